@@ -1,0 +1,39 @@
+"""Trading-session arithmetic on the XNYS calendar."""
+
+from datetime import date
+from functools import cache
+
+import exchange_calendars as xcals
+import pandas as pd
+
+from closecast.errors import InputError
+
+_FIRST_SESSION = "1990-01-01"
+
+
+@cache
+def _xnys() -> xcals.ExchangeCalendar:
+    return xcals.get_calendar("XNYS", start=_FIRST_SESSION)
+
+
+def session_on_or_before(day: date) -> date:
+    """The XNYS session on `day`, or the last one before it (weekend, holiday)."""
+    calendar = _xnys()
+    stamp = pd.Timestamp(day)
+    if not calendar.first_session <= stamp <= calendar.last_session:
+        raise InputError(
+            f"date {day.isoformat()} is outside the XNYS calendar "
+            f"({calendar.first_session.date()} .. {calendar.last_session.date()})"
+        )
+    return calendar.date_to_session(stamp, direction="previous").date()
+
+
+def next_session(day: date) -> date:
+    """The first XNYS session strictly after `day`."""
+    calendar = _xnys()
+    return calendar.next_session(pd.Timestamp(session_on_or_before(day))).date()
+
+
+def sessions_between(start: date, end: date) -> list[date]:
+    """Every XNYS session in [start, end]."""
+    return [s.date() for s in _xnys().sessions_in_range(pd.Timestamp(start), pd.Timestamp(end))]

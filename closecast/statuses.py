@@ -1,0 +1,23 @@
+"""Per-ticker statuses that end up in the report's `status` column."""
+
+from typing import Literal
+
+Status = Literal["ok", "insufficient_history", "fetch_failed", "invalid_data", "stale_data"]
+
+OK: Status = "ok"
+INSUFFICIENT_HISTORY: Status = "insufficient_history"
+FETCH_FAILED: Status = "fetch_failed"
+INVALID_DATA: Status = "invalid_data"
+STALE_DATA: Status = "stale_data"
+
+# ticker -> (status, one-line reason); tickers absent from the mapping are ok.
+Issues = dict[str, tuple[Status, str]]
+
+
+def merge_issues(*issue_maps: Issues) -> Issues:
+    """Combine step issues; a ticker keeps the first (earliest step) issue it got."""
+    merged: Issues = {}
+    for issues in issue_maps:
+        for ticker, issue in issues.items():
+            merged.setdefault(ticker, issue)
+    return merged

@@ -1,0 +1,70 @@
+"""The nightly flow: fetch → validate → features → windows → train → evaluate →
+register/promote → predict → report."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow
+
+from closecast.config import MODEL_NAME, PipelineConfig
+from closecast.statuses import merge_issues
+from flows.fetch import fetch
+from tasks.evaluation import evaluate_model
+from tasks.features import build_features, latest_rows
+from tasks.registry import predict_next, register_model
+from tasks.report import ReportContext, build_report, publish_report
+from tasks.store import load_prices
+from tasks.tracking import log_run, run_tags, tracking_run
+from tasks.training import train_model
+from tasks.validate import validate_prices
+from tasks.windows import build_windows
+
+
+@dataclass(frozen=True)
+class NightlyResult:
+    """What a nightly run produced."""
+
+    report_path: Path
+    run_id: str
+    version: str
+    predicting_version: str
+    promotion: str
+    metrics: dict[str, float]
+
+
+@flow(name="nightly", flow_run_name="nightly {config.data.source} as_of={config.data.as_of}")
+def nightly(config: PipelineConfig) -> NightlyResult:
+    """Retrain on everything up to as_of, gate the new version, predict the next session."""
+    fetched = fetch(config.data, config.home)
+    prices = load_prices(config.prices_dir, config.data.tickers, config.data.as_of)
+    validated = validate_prices(prices.frames)
+    features = build_features(validated.frames, config.windows.features)
+    dataset = build_windows(features, config.windows, prices.as_of)
+    issues = merge_issues(
+        fetched.issues(prices.frames), prices.issues, validated.issues, dataset.issues
+    )
+    tags = run_tags(config, prices, dataset)
+    with tracking_run(config, f"nightly {prices.as_of}", tags) as run_id:
+        trained = train_model(dataset, config.lstm, config.train)
+        evaluation = evaluate_model(trained.forecaster, dataset.test)
+        log_run(config.mlflow_uri, run_id, trained, evaluation, validated)
+        latest = latest_rows(validated.frames, dataset.latest.tickers.tolist(), dataset.window)
+        registered = register_model(config, run_id, trained.forecaster, evaluation, dataset, latest)
+        predictions = predict_next(config.mlflow_uri, registered.predicting_version, latest)
+        context = ReportContext(
+            prices.as_of, prices.target_date, MODEL_NAME, registered.predicting_version, run_id
+        )
+        report = build_report(
+            config.data.tickers, context, prices.last_closes(), predictions, issues
+        )
+        path = publish_report(
+            report, config.reports_dir, evaluation.metrics, registered.decision.tag
+        )
+    return NightlyResult(
+        path,
+        run_id,
+        registered.version,
+        registered.predicting_version,
+        registered.decision.tag,
+        evaluation.metrics,
+    )

@@ -1,0 +1,128 @@
+"""The report: one row per requested ticker, written atomically, published to Prefect."""
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from closecast.statuses import OK, Issues
+from tasks.store import write_atomic
+
+REPORT_COLUMNS = [
+    "as_of",
+    "target_date",
+    "ticker",
+    "last_close",
+    "predicted_close",
+    "predicted_return",
+    "model_name",
+    "model_version",
+    "run_id",
+    "status",
+    "message",
+]
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What every row of one report shares."""
+
+    as_of: date
+    target_date: date
+    model_name: str
+    model_version: str
+    run_id: str
+
+
+def build_report(
+    tickers: list[str],
+    context: ReportContext,
+    last_close: dict[str, float],
+    predictions: pd.DataFrame,
+    issues: Issues,
+) -> pd.DataFrame:
+    """One row per requested ticker, sorted by ticker; a ticker with no prediction says why."""
+    predicted = dict(zip(predictions["ticker"], predictions["predicted_close"], strict=True))
+    rows = []
+    for ticker in sorted(tickers):
+        status, message = issues.get(ticker, (OK, ""))
+        close = last_close.get(ticker, float("nan"))
+        forecast = predicted.get(ticker, float("nan")) if status == OK else float("nan")
+        if status == OK and pd.isna(forecast):
+            status, message = "invalid_data", "the model returned no prediction"
+        rows.append(
+            {
+                "as_of": context.as_of.isoformat(),
+                "target_date": context.target_date.isoformat(),
+                "ticker": ticker,
+                "last_close": close,
+                "predicted_close": forecast,
+                "predicted_return": forecast / close - 1.0,
+                "model_name": context.model_name,
+                "model_version": context.model_version,
+                "run_id": context.run_id,
+                "status": status,
+                "message": message,
+            }
+        )
+    return pd.DataFrame(rows, columns=REPORT_COLUMNS)
+
+
+def report_path(reports_dir: Path, as_of: date) -> Path:
+    return reports_dir / f"predictions_{as_of.isoformat()}.csv"
+
+
+def write_report(report: pd.DataFrame, reports_dir: Path, as_of: date) -> Path:
+    """Write the CSV atomically; a rerun for the same as_of replaces it."""
+    path = report_path(reports_dir, as_of)
+    write_atomic(path, lambda tmp: report.to_csv(tmp, index=False, float_format="%.6f"))
+    return path
+
+
+def summary_markdown(report: pd.DataFrame, metrics: dict[str, float], decision: str) -> str:
+    """The run summary a person reads in the Prefect UI."""
+    not_ok = report[report["status"] != OK]
+    lines = [
+        f"# closecast {report['as_of'].iloc[0]} → {report['target_date'].iloc[0]}",
+        "",
+        f"- model: {report['model_name'].iloc[0]} v{report['model_version'].iloc[0]}",
+        f"- promotion: {decision}",
+        f"- skill vs naive: {metrics.get('skill', float('nan')):+.4f} "
+        f"(test_rmse {metrics.get('test_rmse', float('nan')):.6f}, "
+        f"naive_rmse {metrics.get('naive_rmse', float('nan')):.6f})",
+        f"- tickers: {len(report)} requested, {len(report) - len(not_ok)} predicted",
+    ]
+    if len(not_ok):
+        lines += ["", "| ticker | status | message |", "|---|---|---|"]
+        lines += [f"| {r.ticker} | {r.status} | {r.message} |" for r in not_ok.itertuples()]
+    return "\n".join(lines)
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish_report(
+    report: pd.DataFrame,
+    reports_dir: Path,
+    metrics: dict[str, float],
+    decision: str,
+) -> Path:
+    """Write the CSV and publish it as a Prefect table artifact with a markdown summary."""
+    as_of = date.fromisoformat(report["as_of"].iloc[0])
+    path = write_report(report, reports_dir, as_of)
+    table = report.astype(object).where(report.notna(), None).to_dict(orient="records")
+    create_table_artifact(table=table, key="predictions", description=f"Predictions from {as_of}")
+    create_markdown_artifact(
+        markdown=summary_markdown(report, metrics, decision), key="nightly-summary"
+    )
+    not_ok = report[report["status"] != OK]
+    if len(not_ok):
+        get_run_logger().warning(
+            "%d ticker(s) not ok: %s",
+            len(not_ok),
+            ", ".join(f"{r.ticker} ({r.status})" for r in not_ok.itertuples()),
+        )
+    get_run_logger().info("report written to %s", path)
+    return path

@@ -1,0 +1,110 @@
+"""Training: encode the windows once, fit one global LSTM across all tickers."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from closecast.config import TrainConfig
+from models.encoding import Encoding
+from models.forecaster import Forecaster
+from models.lstm import LSTMConfig, LSTMForecaster
+from models.training import EpochCallback, FitResult, FitSettings, fit, seed_everything
+from tasks.windows import Dataset, WindowSet
+
+
+@dataclass
+class TrainedModel:
+    """A fitted forecaster and how its training went."""
+
+    forecaster: Forecaster
+    fit: FitResult
+    device: str
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available")
+    return torch.device(device)
+
+
+def encode_split(
+    forecaster: Forecaster, windows: WindowSet, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoded inputs (N, T, F) and targets (N,) of one split, as tensors on `device`."""
+    bounds = forecaster.window_bounds(windows.tickers)
+    inputs = forecaster.encoding.inputs(windows.windows, bounds)
+    targets = forecaster.encoding.targets(windows.next_close, windows.last_close, bounds)
+    return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
+
+
+def train_forecaster(
+    dataset: Dataset,
+    lstm: LSTMConfig,
+    config: TrainConfig,
+    on_epoch_end: EpochCallback | None = None,
+) -> TrainedModel:
+    """Fit one LSTM on every ticker's training windows, early-stopped on validation."""
+    device = resolve_device(config.device)
+    seed_everything(config.seed)  # before the module exists: its initial weights are seeded
+    forecaster = Forecaster(
+        module=LSTMForecaster(lstm, n_features=len(dataset.features)),
+        encoding=Encoding(features=dataset.features, target=dataset.target),
+        window=dataset.window,
+        bounds=dataset.bounds,
+    )
+    train = encode_split(forecaster, dataset.train, device)
+    validation = encode_split(forecaster, dataset.validation, device)
+    settings = FitSettings(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        patience=config.patience,
+        grad_clip=config.grad_clip,
+        seed=config.seed,
+    )
+    forecaster.module.to(device)
+    result = fit(forecaster.module, train, validation, settings, on_epoch_end)
+    forecaster.module.cpu()
+    return TrainedModel(forecaster=forecaster, fit=result, device=str(device))
+
+
+def _epoch_logger(epochs: int) -> Callable[[int, dict[str, float]], None]:
+    logger = get_run_logger()
+
+    def log(epoch: int, metrics: dict[str, float]) -> None:
+        logger.info(
+            "epoch %d/%d  train_loss %.5f  val_loss %.5f",
+            epoch,
+            epochs,
+            metrics["train_loss"],
+            metrics["val_loss"],
+        )
+
+    return log
+
+
+@task(name="train-model", cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> TrainedModel:
+    """Train the global LSTM, one log line per epoch."""
+    trained = train_forecaster(dataset, lstm, config, _epoch_logger(config.epochs))
+    get_run_logger().info(
+        "trained %d epochs on %d windows (%s) in %.1fs; best val loss %.5f at epoch %d",
+        trained.fit.epochs_trained,
+        len(dataset.train),
+        trained.device,
+        trained.fit.train_seconds,
+        trained.fit.best_val_loss,
+        trained.fit.best_epoch,
+    )
+    return trained
+
+
+def history_frame(result: FitResult) -> dict[str, list[float]]:
+    """Loss curves as columns, for an MLflow table."""
+    return {k: [float(h[k]) for h in result.history] for k in ("epoch", "train_loss", "val_loss")}

@@ -1,0 +1,229 @@
+"""Windows: split by date first, then cut fixed-length windows, all vectorised."""
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from datetime import date
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from closecast.config import WindowConfig
+from closecast.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
+from models.encoding import fit_bounds
+
+
+def make_windows(values: np.ndarray, window: int) -> np.ndarray:
+    """Every run of `window` consecutive rows.
+
+    Args:
+        values: one series, shape (n, F).
+        window: rows per window.
+
+    Returns:
+        Shape (n - window + 1, window, F); row i holds values[i : i + window].
+
+    Raises:
+        ValueError: when the series has fewer rows than the window.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    if len(values) < window:
+        raise ValueError(
+            f"series has {len(values)} rows, fewer than the window of {window}: "
+            "fetch more history or use a shorter --window"
+        )
+    view = sliding_window_view(values, window, axis=0)  # (n, F) -> (n - T + 1, F, T)
+    return np.ascontiguousarray(view.transpose(0, 2, 1))  # -> (n - T + 1, T, F)
+
+
+@dataclass
+class WindowSet:
+    """Raw windows with what each one predicts."""
+
+    windows: np.ndarray  # (N, T, F) raw feature values
+    next_close: np.ndarray  # (N,) the close after the window (NaN when not yet known)
+    tickers: np.ndarray  # (N,) ticker of each window
+    target_dates: np.ndarray  # (N,) date of the close being predicted
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def select(self, mask: np.ndarray) -> "WindowSet":
+        return WindowSet(
+            self.windows[mask], self.next_close[mask], self.tickers[mask], self.target_dates[mask]
+        )
+
+    @property
+    def last_close(self) -> np.ndarray:
+        """Close on the last day of each window, (N, T, F) -> (N,); close is column 0."""
+        return self.windows[:, -1, 0]
+
+    @classmethod
+    def concat(cls, parts: list["WindowSet"], window: int, n_features: int) -> "WindowSet":
+        if not parts:
+            return cls(
+                np.empty((0, window, n_features)),
+                np.empty(0),
+                np.empty(0, dtype=object),
+                np.empty(0, dtype="datetime64[ns]"),
+            )
+        return cls(
+            np.concatenate([p.windows for p in parts]),
+            np.concatenate([p.next_close for p in parts]),
+            np.concatenate([p.tickers for p in parts]),
+            np.concatenate([p.target_dates for p in parts]),
+        )
+
+
+@dataclass
+class Dataset:
+    """Train | validation | test windows split by one set of dates, plus the latest windows."""
+
+    features: tuple[str, ...]
+    window: int
+    target: str
+    train: WindowSet
+    validation: WindowSet
+    test: WindowSet
+    latest: WindowSet
+    val_start: pd.Timestamp
+    test_start: pd.Timestamp
+    data_sha256: str
+    bounds: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    issues: Issues = field(default_factory=dict)
+
+    @property
+    def tickers(self) -> list[str]:
+        """Tickers whose windows the model trains on."""
+        return sorted(set(self.train.tickers.tolist()) | set(self.test.tickers.tolist()))
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "train_windows": len(self.train),
+            "val_windows": len(self.validation),
+            "test_windows": len(self.test),
+            "val_start": self.val_start.date().isoformat(),
+            "test_start": self.test_start.date().isoformat(),
+        }
+
+
+def split_boundaries(
+    target_dates: np.ndarray, val_fraction: float, test_fraction: float
+) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """First validation date and first test date, from the sorted unique target dates.
+
+    Raises:
+        ValueError: when there are too few dates for three non-empty spans.
+    """
+    dates = np.unique(target_dates)
+    n = len(dates)
+    n_test = math.ceil(test_fraction * n)
+    n_val = math.ceil(val_fraction * n)
+    if n - n_test - n_val < 1:
+        raise ValueError(
+            f"only {n} dates with a known next close: too few for train, validation and test"
+        )
+    return pd.Timestamp(dates[n - n_test - n_val]), pd.Timestamp(dates[n - n_test])
+
+
+def hash_frames(frames: dict[str, pd.DataFrame]) -> str:
+    """sha256 over every ticker's rows, in ticker order: the data a model trained on."""
+    digest = hashlib.sha256()
+    for ticker in sorted(frames):
+        digest.update(ticker.encode())
+        digest.update(pd.util.hash_pandas_object(frames[ticker], index=True).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _ticker_windows(ticker: str, frame: pd.DataFrame, window: int) -> WindowSet:
+    values = frame.to_numpy(dtype=np.float64)  # (n, F)
+    dates = frame.index.to_numpy(dtype="datetime64[ns]")
+    windows = make_windows(values[:-1], window)  # (n - T, T, F): each has a next row
+    return WindowSet(
+        windows=windows,
+        next_close=values[window:, 0],
+        tickers=np.full(len(windows), ticker, dtype=object),
+        target_dates=dates[window:],
+    )
+
+
+def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of: date) -> Dataset:
+    """Cut every ticker's windows and split them by target date.
+
+    Every ticker shares the same boundary dates. A ticker with fewer rows
+    than window + test span gets insufficient_history; one whose last row is
+    before `as_of` still trains but gets stale_data and no latest window.
+
+    Args:
+        features: per ticker, feature columns in `config.features` order with
+            close first, rows dated <= as_of.
+        config: window length, features, split fractions, target.
+        as_of: the session being predicted from.
+    """
+    order = ["close", *[f for f in config.features if f != "close"]]
+    frames = {t: f[order] for t, f in features.items() if len(f) > config.window}
+    issues: Issues = {
+        t: (INSUFFICIENT_HISTORY, f"{len(f)} rows; the window alone needs {config.window + 1}")
+        for t, f in features.items()
+        if len(f) <= config.window
+    }
+    if not frames:
+        raise ValueError(f"no ticker has more than {config.window} rows of valid history")
+    every_target = np.concatenate([f.index.to_numpy()[config.window :] for f in frames.values()])
+    val_start, test_start = split_boundaries(
+        every_target, config.val_fraction, config.test_fraction
+    )
+    n_test = int((np.unique(every_target) >= np.datetime64(test_start)).sum())
+    parts, latest, bounds = [], [], {}
+    as_of_ts = pd.Timestamp(as_of)
+    for ticker, frame in sorted(frames.items()):
+        train_rows = frame[frame.index < val_start]
+        if len(frame) < config.window + n_test or len(train_rows) == 0:
+            issues[ticker] = (
+                INSUFFICIENT_HISTORY,
+                f"{len(frame)} rows; needs window {config.window} + test span {n_test}",
+            )
+            continue
+        parts.append(_ticker_windows(ticker, frame, config.window))
+        if config.target == "minmax_close":
+            bounds[ticker] = fit_bounds(train_rows.to_numpy(dtype=np.float64))
+        if frame.index[-1] < as_of_ts:
+            last = frame.index[-1].date().isoformat()
+            issues[ticker] = (STALE_DATA, f"last price is {last}, before {as_of.isoformat()}")
+            continue
+        latest.append(
+            WindowSet(
+                frame.to_numpy(dtype=np.float64)[-config.window :][None],  # (T, F) -> (1, T, F)
+                np.array([np.nan]),
+                np.array([ticker], dtype=object),
+                np.array([np.datetime64("NaT", "ns")]),
+            )
+        )
+    all_windows = WindowSet.concat(parts, config.window, len(order))
+    when = all_windows.target_dates
+    return Dataset(
+        features=tuple(order),
+        window=config.window,
+        target=config.target,
+        train=all_windows.select(when < np.datetime64(val_start)),
+        validation=all_windows.select(
+            (when >= np.datetime64(val_start)) & (when < np.datetime64(test_start))
+        ),
+        test=all_windows.select(when >= np.datetime64(test_start)),
+        latest=WindowSet.concat(latest, config.window, len(order)),
+        val_start=val_start,
+        test_start=test_start,
+        data_sha256=hash_frames({t: frames[t] for t in sorted(set(all_windows.tickers))}),
+        bounds=bounds,
+        issues=issues,
+    )
+
+
+@task(name="build-windows", cache_policy=NO_CACHE)
+def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of: date) -> Dataset:
+    """Windows for training, evaluation and tomorrow's prediction."""
+    return build_dataset(features, config, as_of)
