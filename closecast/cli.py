@@ -7,9 +7,9 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from pydantic import ValidationError
+from typer.exceptions import TyperException
 
 from closecast.config import (
     DataConfig,
@@ -205,14 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_noise()
     try:
         app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.UsageError as exc:
-        print(f"closecast: error: {exc.format_message()}", file=sys.stderr)
-        return 2
-    except click.Abort:
+    except typer.Abort:
         print("closecast: aborted", file=sys.stderr)
         return 1
+    except TyperException as exc:  # click's usage errors, as Typer vendors click
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"closecast: error: {_one_line(Exception(message))}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
     except InputError as exc:
         print(f"closecast: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,67 @@
+"""Shared fixtures: one Prefect test harness per session, tiny configs, tiny data."""
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from closecast.config import (
+    DataConfig,
+    PipelineConfig,
+    TrainConfig,
+    WindowConfig,
+)
+from models.lstm import LSTMConfig
+from tests.fakes import fake_yahoo, yahoo_frame  # noqa: F401
+
+SHARED_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
+)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's own API on a temporary SQLite database, for every flow test."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_ticker_csvs(
+    folder: Path, tickers: dict[str, int], start: str = "2020-01-02", sessions: int = 300
+) -> Path:
+    """A folder of Yahoo-style `TICKER.csv` files: the last n of `sessions` rows each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (ticker, n) in enumerate(tickers.items()):
+        frame = yahoo_frame(sessions, start=start, seed=i, base=50.0 + 40 * i).iloc[-n:]
+        frame.index = frame.index.tz_localize(None).rename("Date")
+        frame.to_csv(folder / f"{ticker}.csv")
+    return folder
+
+
+@pytest.fixture
+def csv_folder(tmp_path: Path) -> Path:
+    """Three tickers ending 2021-03-12: two with 300 rows, one with 40 (too short)."""
+    return write_ticker_csvs(tmp_path / "csv", {"AAA": 300, "BBB": 300, "SHORT": 40})
+
+
+def tiny_config(home: Path, source: str, tickers: list[str], **data: object) -> PipelineConfig:
+    """Hidden 8, 2 epochs: fast enough for every test."""
+    return PipelineConfig(
+        home=home,
+        data=DataConfig(source=source, tickers=tickers, **data),
+        windows=WindowConfig(),
+        lstm=LSTMConfig(hidden_size=8),
+        train=TrainConfig(epochs=2, batch_size=64),
+    )
+
+
+def read_report(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])

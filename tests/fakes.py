@@ -1,0 +1,94 @@
+"""Offline stand-ins for Yahoo Finance, faithful to yfinance 1.7.
+
+Only the network is faked: `yfinance.Ticker.history` returns what Yahoo's
+chart endpoint would have given for a daily, unadjusted request, or raises
+what yfinance raises. `yf.download` itself runs for real, so the frames
+the pipeline sees are assembled by yfinance's own code: (Price, Ticker)
+MultiIndex columns even for one ticker, NaN columns for a failed ticker in a
+batch, an empty frame when every ticker failed.
+"""
+
+from dataclasses import dataclass, field
+from datetime import date
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yfinance
+from yfinance.exceptions import YFRateLimitError, YFTzMissingError
+
+from closecast.calendar import sessions_between
+
+YAHOO_COLUMNS = ["Open", "High", "Low", "Close", "Adj Close", "Volume"]
+
+
+def yahoo_frame(
+    n: int, start: str = "2020-01-02", seed: int = 0, base: float = 100.0
+) -> pd.DataFrame:
+    """A daily bar frame shaped like `Ticker.history(auto_adjust=False)` returns.
+
+    XNYS sessions, index `Date` tz-aware in America/New_York, float prices,
+    int64 volume, Adj Close a little below Close (dividends).
+    """
+    rng = np.random.default_rng(seed)
+    sessions = sessions_between(date.fromisoformat(start), date(2027, 11, 1))[:n]
+    close = base * np.exp(np.cumsum(rng.normal(0.0003, 0.012, n)))
+    open_ = close * np.exp(rng.normal(0, 0.004, n))
+    high = np.maximum(open_, close) * (1 + rng.uniform(0, 0.01, n))
+    low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.01, n))
+    index = pd.DatetimeIndex(pd.to_datetime(sessions)).tz_localize("America/New_York")
+    return pd.DataFrame(
+        {
+            "Open": open_,
+            "High": high,
+            "Low": low,
+            "Close": close,
+            "Adj Close": close * 0.98,
+            "Volume": rng.integers(1_000_000, 5_000_000, n).astype(np.int64),
+        },
+        index=index.rename("Date"),
+    )
+
+
+@dataclass
+class FakeYahoo:
+    """What the fake Yahoo serves: history per ticker, and errors to raise."""
+
+    history: dict[str, pd.DataFrame] = field(default_factory=dict)
+    # ticker -> exceptions raised on successive calls (then it serves history)
+    failures: dict[str, list[Exception]] = field(default_factory=dict)
+    calls: list[tuple[str, object, object]] = field(default_factory=list)
+
+    def rate_limit_once(self, ticker: str) -> None:
+        self.failures.setdefault(ticker, []).append(YFRateLimitError())
+
+    def serve(self, ticker_obj: yfinance.Ticker, **kwargs: object) -> pd.DataFrame:
+        symbol = ticker_obj.ticker.upper()
+        self.calls.append((symbol, kwargs.get("start"), kwargs.get("end")))
+        pending = self.failures.get(symbol)
+        if pending:
+            raise pending.pop(0)
+        if symbol not in self.history:
+            # What Yahoo does for an unknown symbol: no timezone, so "delisted".
+            raise YFTzMissingError(symbol)
+        frame = self.history[symbol]
+        start, end = kwargs.get("start"), kwargs.get("end")
+        if start is not None:
+            frame = frame[frame.index.tz_localize(None) >= pd.Timestamp(start)]
+        if end is not None:  # exclusive, as in yfinance
+            frame = frame[frame.index.tz_localize(None) < pd.Timestamp(end)]
+        ticker_obj._price_history = SimpleNamespace(_last_error=None)
+        return frame.copy()
+
+
+@pytest.fixture
+def fake_yahoo(monkeypatch: pytest.MonkeyPatch) -> FakeYahoo:
+    """Patch yfinance's network layer; `yf.download` runs for real on top of it."""
+    fake = FakeYahoo()
+
+    def history(self: yfinance.Ticker, *args: object, **kwargs: object) -> pd.DataFrame:
+        return fake.serve(self, **kwargs)
+
+    monkeypatch.setattr(yfinance.Ticker, "history", history)
+    return fake

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from closecast.config import MODEL_NAME
+from flows.nightly import nightly
+from tasks.features import latest_rows
+from tasks.report import REPORT_COLUMNS
+from tasks.store import load_point_in_time
+from tests.conftest import read_report, tiny_config
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+METRICS = {
+    "test_rmse",
+    "test_mae",
+    "test_mape",
+    "test_directional_accuracy",
+    "naive_rmse",
+    "naive_mae",
+    "skill",
+    "best_val_loss",
+    "epochs_trained",
+    "train_seconds",
+}
+
+
+def test_nightly_end_to_end(tmp_path: Path, csv_folder: Path) -> None:
+    """One run fetches, trains, logs, registers a champion and writes the report."""
+    config = tiny_config(tmp_path / "home", f"csv:{csv_folder}", ["AAA", "BBB", "SHORT"])
+    result = nightly(config)
+
+    report = read_report(result.report_path)
+    assert list(report.columns) == REPORT_COLUMNS
+    assert result.report_path.name == f"predictions_{report['as_of'][0]}.csv"
+    assert list(report["ticker"]) == ["AAA", "BBB", "SHORT"]
+    assert list(report["status"]) == ["ok", "ok", "insufficient_history"]
+    ok = report[report["status"] == "ok"]
+    assert ok["predicted_close"].notna().all() and (ok["predicted_close"] > 0).all()
+    np.testing.assert_allclose(
+        ok["predicted_return"], ok["predicted_close"] / ok["last_close"] - 1, atol=1e-6
+    )
+    assert set(report["model_version"]) == {1}
+    assert set(report["run_id"]) == {result.run_id}
+    assert report.loc[2, "message"] != "" and np.isnan(report.loc[2, "predicted_close"])
+
+    client = MlflowClient(config.mlflow_uri)
+    run = client.get_run(result.run_id)
+    assert set(run.data.metrics) >= METRICS
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["as_of"] == report["as_of"][0]
+    assert run.data.tags["source"] == f"csv:{csv_folder}"
+    assert len(run.data.tags["data_sha256"]) == 64
+    assert run.data.params["train.epochs"] == "2"
+    assert run.data.params["lstm.hidden_size"] == "8"
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+    version = client.get_model_version(MODEL_NAME, "1")
+    assert version.tags["promotion"] == "champion"
+    assert "first version" in version.tags["promotion_reason"]
+    assert "test_rmse" in version.description
+
+
+def test_second_run_is_a_challenger_and_report_matches_pyfunc(
+    tmp_path: Path, csv_folder: Path
+) -> None:
+    """A second run registers v2 as challenger; the champion pyfunc reproduces the report."""
+    config = tiny_config(tmp_path / "home", f"csv:{csv_folder}", ["AAA", "BBB"])
+    nightly(config)
+    second = nightly(config)
+    client = MlflowClient(config.mlflow_uri)
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "2"
+    v2 = client.get_model_version(MODEL_NAME, "2")
+    assert v2.tags["promotion"] in {"champion", "rejected"}
+    assert "same test windows" in v2.tags["promotion_reason"]
+
+    report = read_report(second.report_path)
+    champion = str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
+    assert set(report["model_version"].astype(str)) == {champion}
+    mlflow.set_tracking_uri(config.mlflow_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    prices = load_point_in_time(config.prices_dir, ["AAA", "BBB"], None)
+    predicted = model.predict(latest_rows(prices.frames, ["AAA", "BBB"], 10))
+    np.testing.assert_allclose(
+        predicted["predicted_close"].to_numpy(), report["predicted_close"].to_numpy(), rtol=1e-6
+    )
