@@ -19,7 +19,11 @@ REASONS = (
     "bad_volume",
     "inconsistent_ohlc",
     "repeated_bar",
+    "price_spike",
 )
+# A close this far (in log terms, about 28%) from both neighbours, which move
+# back the same way, is a bad tick: real moves that size do not revert next day.
+SPIKE_LOG_RETURN = 0.25
 
 
 @dataclass
@@ -42,13 +46,19 @@ def bad_row_reasons(frame: pd.DataFrame) -> pd.DataFrame:
 
     Rules: prices finite and > 0; volume finite and >= 0; high and low
     bracket open and close; no bar that repeats the next bar's open, high,
-    low and close exactly (a stale copy, as data vendors sometimes publish).
+    low and close exactly (a stale copy, as data vendors sometimes publish);
+    no close that jumps more than SPIKE_LOG_RETURN away from both its
+    neighbours (a single bad tick). Rules that look at the next row never
+    see past the frame, so a point-in-time frame is judged on its own rows.
     """
     prices = frame[PRICE_FIELDS].to_numpy()
     finite = np.isfinite(prices)
     ohlc = frame[["open", "high", "low", "close"]]
     nxt = ohlc.shift(-1)
     tolerance = 1e-9 * ohlc["close"].abs()
+    log_close = np.log(frame["close"].where(frame["close"] > 0))
+    jump_in = log_close.diff()
+    jump_out = log_close.shift(-1) - log_close
     return pd.DataFrame(
         {
             "non_finite_price": ~finite.all(axis=1),
@@ -57,6 +67,9 @@ def bad_row_reasons(frame: pd.DataFrame) -> pd.DataFrame:
             "inconsistent_ohlc": (frame["high"] < ohlc[["open", "close"]].max(axis=1) - tolerance)
             | (frame["low"] > ohlc[["open", "close"]].min(axis=1) + tolerance),
             "repeated_bar": (ohlc == nxt).all(axis=1),
+            "price_spike": (jump_in.abs() > SPIKE_LOG_RETURN)
+            & (jump_out.abs() > SPIKE_LOG_RETURN)
+            & (np.sign(jump_in) != np.sign(jump_out)),
         },
         index=frame.index,
     )
