@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from functools import cache, cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -188,13 +188,26 @@ def read_price_csv(path: Path) -> pd.DataFrame:
     return frame[frame.index.notna()]
 
 
-@cache
-def _load_csv(path: Path, mtime_ns: int) -> dict[str, pd.DataFrame]:
-    """Every ticker's frame in a CSV folder or long file (cached per path and mtime)."""
+def _csv_files(path: Path) -> list[Path]:
+    """The CSV files a source path names: itself, or the folder's *.csv and *.csv.gz."""
+    if not path.is_dir():
+        return [path]
+    files = sorted(path.glob("*.csv")) + sorted(path.glob("*.csv.gz"))
+    if not files:
+        raise InputError(f"no TICKER.csv files in {path}")
+    return files
+
+
+def _fingerprint(files: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    """Name, mtime and size of each file: a changed file is read again."""
+    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+
+
+@lru_cache(maxsize=4)
+def _load_csv(path: Path, fingerprint: tuple[tuple[str, int, int], ...]) -> dict[str, pd.DataFrame]:
+    """Every ticker's frame in a CSV folder or long file (cached while no file changes)."""
     if path.is_dir():
-        files = sorted(path.glob("*.csv")) + sorted(path.glob("*.csv.gz"))
-        if not files:
-            raise InputError(f"no TICKER.csv files in {path}")
+        files = [Path(name) for name, _, _ in fingerprint]
         return {f.name.split(".csv")[0].upper(): normalize_prices(read_price_csv(f)) for f in files}
     frame = read_price_csv(path)
     ticker_col = next((c for c in ("ticker", "symbol", "name") if c in frame.columns), None)
@@ -221,7 +234,8 @@ class CsvSource:
 
     @property
     def _frames(self) -> dict[str, pd.DataFrame]:
-        return _load_csv(self.path.resolve(), self.path.stat().st_mtime_ns)
+        path = self.path.resolve()
+        return _load_csv(path, _fingerprint(_csv_files(path)))
 
     def tickers(self) -> list[str]:
         """Every ticker the source holds."""
