@@ -28,5 +28,6 @@ def fetch(data: DataConfig, home: Path) -> FetchResult:
             refetched = download_all(source, plan_fetches(fresh, data, end), data)
             save_prices(prices_dir, fresh, refetched.frames, replace=True)
             fetched.update(refetched)
+    fetched.end = end
     fetched.require_any(data.tickers)
     return fetched

@@ -23,7 +23,7 @@ from prefect.states import State
 from closecast.calendar import session_on_or_before
 from closecast.config import SAMPLE_TICKERS, DataConfig
 from closecast.errors import InputError, PipelineError
-from closecast.statuses import FETCH_FAILED, Issues
+from closecast.statuses import FETCH_FAILED, STALE_DATA, Issues
 from tasks.store import normalize_prices, overlap_start
 
 logger = logging.getLogger(__name__)
@@ -54,10 +54,24 @@ class FetchResult:
 
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    end: date | None = None  # the last date the fetch asked for
 
     def issues(self, loaded: dict[str, pd.DataFrame]) -> Issues:
-        """fetch_failed for every failed ticker that has no stored rows to fall back on."""
-        return {t: (FETCH_FAILED, m) for t, m in self.failures.items() if t not in loaded}
+        """Why failed tickers lack fresh prices.
+
+        A failed ticker with no stored rows is fetch_failed. One that falls
+        back on stored rows ending before `end`'s session is stale_data, with
+        the fetch error in its message; with rows up to it, it is fine.
+        """
+        issues: Issues = {}
+        last_session = pd.Timestamp(session_on_or_before(self.end)) if self.end else None
+        for ticker, message in self.failures.items():
+            if ticker not in loaded:
+                issues[ticker] = (FETCH_FAILED, message)
+            elif last_session is not None and loaded[ticker].index[-1] < last_session:
+                last = loaded[ticker].index[-1].date().isoformat()
+                issues[ticker] = (STALE_DATA, f"fetch failed ({message}); last stored price {last}")
+        return issues
 
     def require_any(self, tickers: list[str]) -> None:
         """Raise PipelineError when the fetch failed for every requested ticker."""

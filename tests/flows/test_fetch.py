@@ -13,6 +13,7 @@ from closecast.errors import InputError
 from closecast.statuses import FETCH_FAILED, INSUFFICIENT_HISTORY, STALE_DATA, merge_issues
 from flows.fetch import fetch
 from tasks.features import build_features
+from tasks.prices import CsvSource
 from tasks.store import load_point_in_time, read_prices, store_lock, write_prices
 from tasks.validate import validate_all
 from tasks.windows import build_dataset
@@ -209,7 +210,9 @@ def test_failed_fetch_falls_back_to_the_store_as_stale(tmp_path: Path, yahoo: Fa
 
     assert set(result.failures) == {"AAA"}
     assert loaded.frames["AAA"].index[-1] == pd.Timestamp(DAY_100)
-    assert issues == {"AAA": (STALE_DATA, f"last price is {DAY_100}, before {DAY_200}")}
+    assert list(issues) == ["AAA"] and issues["AAA"][0] == STALE_DATA
+    assert issues["AAA"][1].startswith("fetch failed (AAA: ") and str(DAY_100) in issues["AAA"][1]
+    assert dataset.issues["AAA"] == (STALE_DATA, f"last price is {DAY_100}, before {DAY_200}")
     assert "AAA" in dataset.train.tickers
 
 
@@ -303,11 +306,10 @@ def test_sp500_slice_says_why_each_ticker_is_unusable(tmp_path: Path) -> None:
     """A slice of the real file: NaN opens dropped and counted, a 44-row ticker is short."""
     if not SHARED_DATA.is_file():
         pytest.skip(f"{SHARED_DATA} is absent")
-    everything = pd.read_csv(SHARED_DATA)
+    picked = CsvSource(SHARED_DATA).download(["APTV", "DHR", "ABT", "LNT"], None, None).frames
+    long = pd.concat([f.drop(columns="adj_close").assign(Name=t) for t, f in picked.items()])
     slice_path = tmp_path / "slice.csv.gz"
-    everything[everything["Name"].isin(["APTV", "DHR", "ABT", "LNT"])].to_csv(
-        slice_path, index=False
-    )
+    long.to_csv(slice_path)  # date,open,high,low,close,volume,Name as in the shared file
     data = DataConfig(source=f"csv:{slice_path}", tickers=["ABT", "APTV", "DHR", "LNT"])
 
     result = fetch(data, tmp_path / "home")
