@@ -36,6 +36,17 @@ SHARED_DATA = _find_shared_data()
 
 
 @pytest.fixture(scope="session")
+def sp500_frames() -> dict[str, pd.DataFrame]:
+    """Every ticker of the shared S&P 500 file, read once through the csv source."""
+    if not SHARED_DATA.is_file():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    from tasks.prices import CsvSource
+
+    source = CsvSource(SHARED_DATA)
+    return source.download(source.tickers(), None, None).frames
+
+
+@pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """Prefect's own API on a temporary SQLite database, for every flow test."""
     with prefect_test_harness(server_startup_timeout=120):

@@ -13,11 +13,9 @@ from closecast.errors import InputError
 from closecast.statuses import FETCH_FAILED, INSUFFICIENT_HISTORY, STALE_DATA, merge_issues
 from flows.fetch import fetch
 from tasks.features import build_features
-from tasks.prices import CsvSource
 from tasks.store import load_point_in_time, read_prices, store_lock, write_prices
 from tasks.validate import validate_all
 from tasks.windows import build_dataset
-from tests.conftest import SHARED_DATA
 from tests.fakes import FakeYahoo, yahoo_frame
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -81,18 +79,9 @@ def test_second_fetch_asks_only_from_the_overlap(tmp_path: Path, yahoo: FakeYaho
         _assert_stored(tmp_path, ticker, _expected(yahoo.history[ticker], DAY_200))
 
 
-def test_csv_fetched_twice_gives_identical_files(tmp_path: Path, csv_folder: Path) -> None:
-    """With no as_of a local source is re-read whole; the store files stay byte-identical."""
-    data = DataConfig(source=f"csv:{csv_folder}", tickers=["AAA", "BBB"])
-    fetch(data, tmp_path)
-    before = _snapshot(tmp_path / "prices")
-    fetch(data, tmp_path)
-    assert _snapshot(tmp_path / "prices") == before
-    assert len(read_prices(tmp_path / "prices", "AAA")) == 300
-
-
-def test_longer_source_extends_the_store_without_duplicates(tmp_path: Path) -> None:
-    """A source that later holds more rows extends each file; dates stay unique."""
+def test_refetch_changes_nothing_and_a_longer_source_extends(tmp_path: Path) -> None:
+    """Re-reading the same CSV leaves the store byte-identical; a longer CSV later extends
+    it with only the new rows, dates unique and ascending."""
     history = yahoo_frame(300)
     history.index = history.index.tz_localize(None).rename("Date")
     folder = tmp_path / "csv"
@@ -100,6 +89,10 @@ def test_longer_source_extends_the_store_without_duplicates(tmp_path: Path) -> N
     data = DataConfig(source=f"csv:{folder}", tickers=["AAA"])
     history.iloc[:200].to_csv(folder / "AAA.csv")
     fetch(data, tmp_path / "home")
+    before = _snapshot(tmp_path / "home" / "prices")
+    fetch(data, tmp_path / "home")
+    assert _snapshot(tmp_path / "home" / "prices") == before
+
     history.to_csv(folder / "AAA.csv")
     result = fetch(data, tmp_path / "home")
 
@@ -152,7 +145,7 @@ def test_fetch_waits_while_another_run_holds_the_home(tmp_path: Path, yahoo: Fak
     thread = threading.Thread(target=fetch, args=(_data(["AAA"], DAY_100), tmp_path))
     with store_lock(tmp_path):
         thread.start()
-        time.sleep(3.0)  # a fetch takes about a second when nothing holds the lock
+        time.sleep(2.0)  # a fetch takes about a second when nothing holds the lock
         assert yahoo.downloads == []
         assert not (tmp_path / "prices").exists()
     thread.join()
@@ -302,11 +295,11 @@ def test_cli_fetch_reports_each_ticker(
 # --- the shared S&P 500 file --------------------------------------------------
 
 
-def test_sp500_slice_says_why_each_ticker_is_unusable(tmp_path: Path) -> None:
+def test_sp500_slice_says_why_each_ticker_is_unusable(
+    tmp_path: Path, sp500_frames: dict[str, pd.DataFrame]
+) -> None:
     """A slice of the real file: NaN opens dropped and counted, a 44-row ticker is short."""
-    if not SHARED_DATA.is_file():
-        pytest.skip(f"{SHARED_DATA} is absent")
-    picked = CsvSource(SHARED_DATA).download(["APTV", "DHR", "ABT", "LNT"], None, None).frames
+    picked = {t: sp500_frames[t] for t in ["APTV", "DHR", "ABT", "LNT"]}
     long = pd.concat([f.drop(columns="adj_close").assign(Name=t) for t, f in picked.items()])
     slice_path = tmp_path / "slice.csv.gz"
     long.to_csv(slice_path)  # date,open,high,low,close,volume,Name as in the shared file

@@ -1,4 +1,4 @@
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,6 @@ from tasks.prices import (
     split_download,
 )
 from tasks.store import PRICE_COLUMNS
-from tests.conftest import SHARED_DATA
 from tests.fakes import FakeYahoo, yahoo_frame
 
 
@@ -244,17 +243,12 @@ def test_csv_folder_without_csvs_is_an_error(tmp_path: Path) -> None:
         CsvSource(tmp_path).tickers()
 
 
-def test_csv_reads_the_shared_sp500_file() -> None:
-    """The real S&P 500 long file (.csv.gz, `Name` column) gives 505 tickers as stored rows."""
-    if not SHARED_DATA.is_file():
-        pytest.skip(f"{SHARED_DATA} is absent")
-    source = CsvSource(SHARED_DATA)
-    tickers = source.tickers()
-    assert len(tickers) == 505 and {"BF.B", "BRK.B", "APTV"} <= set(tickers)
-    result = source.download(["APTV", "DHR"], None, date(2018, 2, 7))
-    assert len(result.frames["APTV"]) == 44
-    dhr = result.frames["DHR"]
+def test_csv_reads_the_shared_sp500_file(sp500_frames: dict[str, pd.DataFrame]) -> None:
+    """The real S&P 500 long file (.csv.gz, `Name` column) gives 505 tickers, rows kept as-is."""
+    assert len(sp500_frames) == 505 and {"BF.B", "BRK.B", "APTV"} <= set(sp500_frames)
+    assert len(sp500_frames["APTV"]) == 44
+    dhr = sp500_frames["DHR"]
     assert dhr["open"].isna().sum() == 2  # the README's NaN opens, kept for validation
     assert dhr.index.is_unique and dhr.index.is_monotonic_increasing
-    assert dhr.index[-1] == pd.Timestamp("2018-02-07")
-    assert dhr.index[0] - timedelta(days=1) < pd.Timestamp("2013-02-09")
+    assert (dhr.index[0], dhr.index[-1]) == (pd.Timestamp("2013-02-08"), pd.Timestamp("2018-02-07"))
+    np.testing.assert_allclose(dhr["adj_close"], dhr["close"])  # no Adj Close column

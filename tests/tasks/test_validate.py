@@ -3,9 +3,7 @@ import pandas as pd
 import pytest
 
 from closecast.statuses import INVALID_DATA
-from tasks.prices import CsvSource
 from tasks.validate import REASONS, bad_row_reasons, validate_all, validate_frame
-from tests.conftest import SHARED_DATA
 
 
 def _clean(n: int = 8) -> pd.DataFrame:
@@ -104,12 +102,9 @@ def test_clean_data_drops_nothing() -> None:
     assert result.rows_dropped == 0 and len(result.frames["A"]) == 8
 
 
-def test_sp500_faults_are_counted_by_reason() -> None:
+def test_sp500_faults_are_counted_by_reason(sp500_frames: dict[str, pd.DataFrame]) -> None:
     """The shared S&P file's faults: NaN opens, a next-day copy, a bad tick, a wrong bar."""
-    if not SHARED_DATA.is_file():
-        pytest.skip(f"{SHARED_DATA} is absent")
-    frames = CsvSource(SHARED_DATA).download(["DHR", "LNT", "NWL", "ABT"], None, None).frames
-    result = validate_all(frames)
+    result = validate_all({t: sp500_frames[t] for t in ["DHR", "LNT", "NWL", "ABT"]})
     table = result.dropped.set_index(["ticker", "reason"])["rows"].to_dict()
     assert table[("DHR", "non_finite_price")] == 2  # 2015-07-17 and 2016-01-12, volume 0
     assert table[("LNT", "inconsistent_ohlc")] == 1  # 2016-05-19 close 17.87, open 35.19
