@@ -177,7 +177,12 @@ def fetch(
     root = home or default_home()
     result = fetch_flow(data, root)
     for ticker in data.tickers:
-        state = result.failures.get(ticker, f"{len(result.frames.get(ticker, []))} rows fetched")
+        if ticker in result.failures:
+            state = result.failures[ticker].removeprefix(f"{ticker}: ")
+        elif ticker in result.frames:
+            state = f"{len(result.frames[ticker])} rows fetched"
+        else:
+            state = "store already up to date"
         typer.echo(f"{ticker}: {state}")
     typer.echo(f"store: {root / 'prices'}")
 
