@@ -21,6 +21,7 @@ from closecast.config import (
 )
 from models.lstm import LSTMConfig
 from tests.fakes import fake_yahoo, yahoo_frame  # noqa: F401
+from tests.mlflow_fixtures import mlflow_home, mlflow_template  # noqa: F401
 
 SHARED_DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
