@@ -28,6 +28,17 @@ SHARED_DATA = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_mlflow_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI.
+
+    `mlflow.set_tracking_uri` writes them into os.environ, and the CLI honours
+    $MLFLOW_TRACKING_URI, so one test's URI would otherwise leak into the next.
+    """
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """Prefect's own API on a temporary SQLite database, for every flow test."""
