@@ -235,7 +235,9 @@ def rescore_champion(version: str, test: WindowSet) -> float:
         return float("nan")
 
 
-def describe_version(metrics: dict[str, float], decision: Decision, summary: dict[str, str]) -> str:
+def describe_version(
+    metrics: dict[str, float], decision: Decision, summary: dict[str, object]
+) -> str:
     """The markdown description a reviewer reads in the registry."""
     lines = [
         f"**Promotion:** {decision.tag} — {decision.reason}",

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
@@ -179,7 +180,7 @@ def log_training_data(
     last = pd.Timestamp(table["date"].max()).date().isoformat() if len(table) else "none"
     with warnings.catch_warnings():  # MLflow registers its local source twice and says so
         warnings.filterwarnings("ignore", message="The specified dataset source can be")
-        dataset = mlflow.data.from_pandas(
+        dataset = from_pandas(
             table,
             source=source,
             name=f"prices {len(frames)} tickers to {last}",
