@@ -235,6 +235,12 @@ def rescore_champion(version: str, test: WindowSet) -> float:
         return float("nan")
 
 
+def list_tickers(tickers: list[str], limit: int = 40) -> str:
+    """Tickers for a description, cut after `limit` (MySQL/Postgres stores cap it at 5000 chars)."""
+    shown = ", ".join(tickers[:limit])
+    return shown if len(tickers) <= limit else f"{shown}, … ({len(tickers)} in all)"
+
+
 def describe_version(
     metrics: dict[str, float], decision: Decision, summary: dict[str, object]
 ) -> str:
@@ -278,7 +284,7 @@ def register_forecaster(
         **{k: f"{metrics[k]:.6g}" for k in GATED_METRICS},
     }
     version = str(mlflow.register_model(model_uri, MODEL_NAME, tags=tags).version)
-    summary = {**dataset.summary(), "tickers": ", ".join(dataset.tickers)}
+    summary = {**dataset.summary(), "tickers": list_tickers(dataset.tickers)}
     client.update_model_version(
         MODEL_NAME, version, description=describe_version(metrics, decision, summary)
     )
@@ -295,7 +301,7 @@ def move_alias(
         client.delete_registered_model_alias(MODEL_NAME, alias)
     else:
         client.set_registered_model_alias(MODEL_NAME, alias, version)
-    move = AliasMove(datetime.now(UTC), alias, version, previous, by, reason)
+    move = AliasMove(datetime.now(UTC), alias, version, previous, by[:300], reason[:1000])
     client.set_registered_model_tag(MODEL_NAME, move.tag_key, move.to_json())
     return move
 

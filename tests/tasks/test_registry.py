@@ -25,6 +25,7 @@ from tasks.registry import (
     current_aliases,
     decide_promotion,
     discard_run_versions,
+    list_tickers,
     load_forecaster,
     register_forecaster,
 )
@@ -105,6 +106,14 @@ def test_alias_move_round_trips_and_answers_what_was_champion() -> None:
     assert alias_at(history, "champion", t0 + timedelta(days=3)) == "2"
     assert alias_at(history, "champion", t0 + timedelta(days=6)) == "1"
     assert alias_at(history, "challenger", t0 + timedelta(days=6)) == "2"
+
+
+def test_list_tickers_stays_short_for_a_large_universe() -> None:
+    """A few tickers are listed in full; 505 are cut to the first 40 and a count."""
+    assert list_tickers(["AAA", "BBB"]) == "AAA, BBB"
+    many = [f"T{i:03d}" for i in range(505)]
+    text = list_tickers(many)
+    assert text.startswith("T000, T001") and text.endswith("T039, … (505 in all)")
 
 
 def test_discard_run_versions_rejects_a_malformed_run_id() -> None:
