@@ -6,7 +6,7 @@ takes milliseconds, and the copy is a real MLflow store like any other.
 
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,10 +57,3 @@ def spoil_training(value: float) -> Callable[..., TrainedModel]:
         return trained
 
     return train
-
-
-@pytest.fixture
-def spoiled() -> Iterator[Callable[[float], None]]:
-    """Call with a value to make the nightly flow's training produce that broken model."""
-    with pytest.MonkeyPatch.context() as patch:
-        yield lambda value: patch.setattr(tasks.training, "train_forecaster", spoil_training(value))
