@@ -21,6 +21,7 @@ from closecast.config import (
 )
 from models.lstm import LSTMConfig
 from tests.fakes import fake_yahoo, yahoo_frame  # noqa: F401
+from tests.mlflow_fixtures import mlflow_home, mlflow_template  # noqa: F401
 
 _SHARED_FILE = Path("shared") / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
 
@@ -44,6 +45,17 @@ def sp500_frames() -> dict[str, pd.DataFrame]:
 
     source = CsvSource(SHARED_DATA)
     return source.download(source.tickers(), None, None).frames
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_mlflow_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI.
+
+    `mlflow.set_tracking_uri` writes them into os.environ, and the CLI honours
+    $MLFLOW_TRACKING_URI, so one test's URI would otherwise leak into the next.
+    """
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
 
 
 @pytest.fixture(scope="session")
