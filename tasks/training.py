@@ -8,10 +8,18 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from closecast.config import TrainConfig
+from closecast.errors import PipelineError
 from models.encoding import Encoding
 from models.forecaster import Forecaster
 from models.lstm import LSTMConfig, LSTMForecaster
-from models.training import EpochCallback, FitResult, FitSettings, fit, seed_everything
+from models.training import (
+    EpochCallback,
+    FitResult,
+    FitSettings,
+    TrainingDiverged,
+    fit,
+    seed_everything,
+)
 from tasks.windows import Dataset, WindowSet
 
 
@@ -91,8 +99,15 @@ def _epoch_logger(epochs: int) -> Callable[[int, dict[str, float]], None]:
 
 @task(name="train-model", cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
 def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> TrainedModel:
-    """Train the global LSTM, one log line per epoch."""
-    trained = train_forecaster(dataset, lstm, config, _epoch_logger(config.epochs))
+    """Train the global LSTM, one log line per epoch.
+
+    Raises:
+        PipelineError: when the loss diverges; nothing is trained, so nothing is registered.
+    """
+    try:
+        trained = train_forecaster(dataset, lstm, config, _epoch_logger(config.epochs))
+    except TrainingDiverged as exc:
+        raise PipelineError(f"training diverged: {exc}") from exc
     get_run_logger().info(
         "trained %d epochs on %d windows (%s) in %.1fs; best val loss %.5f at epoch %d",
         trained.fit.epochs_trained,
