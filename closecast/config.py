@@ -109,6 +109,11 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(default=1.0, gt=0)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    shrink_output: bool = Field(
+        default=True,
+        description="log_return target: scale predicted returns by the factor in [0, 1] that "
+        "fits the validation windows best (0 = the naive forecast); see benchmarks/README.md.",
+    )
 
 
 class PipelineConfig(_Strict):

@@ -55,6 +55,7 @@ class FitResult:
     best_epoch: int = 0
     epochs_trained: int = 0
     train_seconds: float = 0.0
+    output_scale: float = 1.0  # the shrink factor applied after training (1: none)
 
 
 class Stepper(Protocol):
@@ -157,6 +158,34 @@ def evaluate(
             error = model(inputs[start:stop]) - targets[start:stop]  # (b, T, F) -> (b,)
             total += error.square().sum()
     return float(total) / len(inputs)
+
+
+def fit_output_scale(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 65_536
+) -> float:
+    """The factor in [0, 1] that best shrinks the model's outputs toward zero on held-out windows.
+
+    Least squares, argmin over λ of Σ(λ·ŷ − y)², clipped to [0, 1]. For a
+    return target, zero is the naive forecast, so λ says how much of its
+    predicted move the model has earned on data it did not train on.
+    """
+    model.eval()
+    products = torch.zeros(2, dtype=torch.float64, device=inputs.device)
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            stop = start + batch_size
+            predicted = model(inputs[start:stop]).double()  # (b, T, F) -> (b,)
+            products[0] += torch.dot(predicted, targets[start:stop].double())
+            products[1] += torch.dot(predicted, predicted)
+    along, norm = products.tolist()
+    return min(max(along / norm, 0.0), 1.0) if norm > 0 else 0.0
+
+
+def scale_output(model: LSTMForecaster, factor: float) -> None:
+    """Multiply the dense head (weights and bias), hence every output, by `factor`."""
+    with torch.no_grad():
+        model.head.weight.mul_(factor)
+        model.head.bias.mul_(factor)
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -18,6 +18,8 @@ from models.training import (
     FitSettings,
     TrainingDiverged,
     fit,
+    fit_output_scale,
+    scale_output,
     seed_everything,
 )
 from tasks.windows import Dataset, WindowSet
@@ -57,7 +59,13 @@ def train_forecaster(
     config: TrainConfig,
     on_epoch_end: EpochCallback | None = None,
 ) -> TrainedModel:
-    """Fit one LSTM on every ticker's training windows, early-stopped on validation."""
+    """Fit one LSTM on every ticker's training windows, early-stopped on validation.
+
+    With a log_return target and `config.shrink_output`, the predicted
+    returns are then shrunk toward zero (the naive forecast) by the factor
+    that fits the validation windows best; the factor is baked into the
+    dense head, so a saved model predicts with it.
+    """
     device = resolve_device(config.device)
     seed_everything(config.seed)  # before the module exists: its initial weights are seeded
     forecaster = Forecaster(
@@ -78,6 +86,9 @@ def train_forecaster(
     )
     forecaster.module.to(device)
     result = fit(forecaster.module, train, validation, settings, on_epoch_end)
+    if config.shrink_output and forecaster.encoding.target == "log_return":
+        result.output_scale = fit_output_scale(forecaster.module, *validation)
+        scale_output(forecaster.module, result.output_scale)
     forecaster.module.cpu()
     return TrainedModel(forecaster=forecaster, fit=result, device=str(device))
 
@@ -109,13 +120,15 @@ def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> Trai
     except TrainingDiverged as exc:
         raise PipelineError(f"training diverged: {exc}") from exc
     get_run_logger().info(
-        "trained %d epochs on %d windows (%s) in %.1fs; best val loss %.5f at epoch %d",
+        "trained %d epochs on %d windows (%s) in %.1fs; best val loss %.5f at epoch %d; "
+        "output scale %.3f",
         trained.fit.epochs_trained,
         len(dataset.train),
         trained.device,
         trained.fit.train_seconds,
         trained.fit.best_val_loss,
         trained.fit.best_epoch,
+        trained.fit.output_scale,
     )
     return trained
 

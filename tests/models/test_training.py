@@ -11,7 +11,9 @@ from models.training import (
     FitSettings,
     TrainingDiverged,
     fit,
+    fit_output_scale,
     make_stepper,
+    scale_output,
     training_threads,
 )
 
@@ -170,3 +172,32 @@ def test_fit_refuses_empty_splits() -> None:
     empty = (torch.empty(0, 6, 1), torch.empty(0))
     with pytest.raises(ValueError, match="got 32 and 0"):
         fit(_model(1), _data(32, 1), empty, FitSettings(epochs=1))
+
+
+class _Scaled(torch.nn.Module):
+    """Outputs a fixed multiple of the last input step: a model with a known error."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * x[:, -1, 0]
+
+
+@pytest.mark.parametrize(("factor", "expected"), [(2.0, 0.5), (1.0, 1.0), (0.5, 1.0), (-1.0, 0.0)])
+def test_output_scale_is_the_least_squares_shrink_clipped_to_0_1(
+    factor: float, expected: float
+) -> None:
+    """Predicting 2y needs halving; y is kept; y/2 is not inflated; -y falls back to naive."""
+    x = torch.randn(50, 3, 1)
+    assert fit_output_scale(_Scaled(factor), x, x[:, -1, 0]) == pytest.approx(expected)
+
+
+def test_scale_output_multiplies_every_prediction() -> None:
+    """Scaling the head by 0.25 scales the module's outputs by 0.25."""
+    model, x = _model(2), _data(8, 2)[0]
+    model.eval()
+    before = model(x).detach()
+    scale_output(model, 0.25)
+    torch.testing.assert_close(model(x).detach(), 0.25 * before)

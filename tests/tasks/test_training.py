@@ -46,7 +46,7 @@ def test_same_seed_gives_identical_predictions(dataset: Dataset) -> None:
     lstm = LSTMConfig(hidden_size=8)
     predictions = []
     for seed in (3, 3, 4):
-        config = TrainConfig(epochs=2, batch_size=32, seed=seed, device="cpu")
+        config = TrainConfig(epochs=2, seed=seed, device="cpu", shrink_output=False)
         trained = train_forecaster(dataset, lstm, config)
         predictions.append(
             trained.forecaster.predict_windows(dataset.test.windows, dataset.test.tickers)
@@ -67,6 +67,30 @@ def test_one_model_serves_every_ticker(dataset: Dataset) -> None:
     assert latest.shape == (2,)
     last_close = dataset.latest.windows[:, -1, 0]
     assert np.all(np.abs(latest / last_close - 1) < 0.2)  # a close near the last one
+
+
+def test_predicted_returns_are_shrunk_by_the_validation_factor(dataset: Dataset) -> None:
+    """With shrink_output, the model predicts its unshrunk log return times a factor in [0, 1]."""
+    lstm = LSTMConfig(hidden_size=8)
+    encoded = []
+    for shrink in (False, True):
+        config = TrainConfig(epochs=2, seed=5, shrink_output=shrink)
+        trained = train_forecaster(dataset, lstm, config)
+        inputs = trained.forecaster.encoding.inputs(dataset.test.windows)
+        encoded.append(trained.forecaster.predict_encoded(inputs))
+    factor = trained.fit.output_scale
+    assert 0.0 <= factor <= 1.0
+    np.testing.assert_allclose(encoded[1], factor * encoded[0], rtol=1e-5, atol=1e-7)
+
+
+def test_the_minmax_target_is_never_shrunk() -> None:
+    """Shrinking toward zero only means "no change" for returns; minmax_close keeps scale 1."""
+    frames = _frames()
+    data = build_dataset(
+        frames, WindowConfig(target="minmax_close"), frames["AAA"].index[-1].date()
+    )
+    trained = train_forecaster(data, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
+    assert trained.fit.output_scale == 1.0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
