@@ -17,10 +17,11 @@ its as_of date exist, and its test span is the last 10% of the sessions):
 Test spans do not overlap. Each period is trained once per seed.
 
 `ratio` = test_rmse / naive_rmse (1 = as good as "tomorrow = today", lower
-is better); `skill` = 1 - ratio. A `+shrink` row is the same trained model
-with its predicted return multiplied by the factor in [0, 1] fitted by least
-squares on the validation windows (`models.training.fit_output_scale`), so
-no test data is used.
+is better); `skill` = 1 - ratio. For return targets the same trained model
+is scored twice more, its predicted return multiplied by a factor in [0, 1]
+fitted on the validation windows only (`models.training.fit_output_scale`):
+`+shrink` the least-squares factor, `+gated shrink` that factor lowered by
+1.645 standard errors (what training does by default, `shrink_output`).
 
 Usage:
     python benchmarks/accuracy.py [--epochs 50] [--periods 6] [--seeds 2] [--configs 1,3] [--quick]
@@ -29,6 +30,7 @@ Writes benchmarks/results/accuracy.json and prints the table.
 """
 
 import argparse
+import copy
 import itertools
 import json
 import logging
@@ -48,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from closecast.config import TrainConfig, WindowConfig  # noqa: E402
 from models.lstm import LSTMConfig  # noqa: E402
-from models.training import fit_output_scale, scale_output  # noqa: E402
+from models.training import SHRINK_Z, fit_output_scale, scale_output  # noqa: E402
 from tasks.evaluation import evaluate_forecaster  # noqa: E402
 from tasks.features import compute_features  # noqa: E402
 from tasks.prices import CsvSource, SampleSource  # noqa: E402
@@ -71,19 +73,16 @@ class Recipe:
     window: int = 10
 
 
+CVO = ("close", "volume", "open")
 RECIPES = {
     r.name: r
     for r in (
         Recipe("reference: minmax_close, close", "minmax_close", ("close",)),
         Recipe("log_return, close", "log_return", ("close",)),
-        Recipe("log_return, close,volume,open", "log_return", ("close", "volume", "open")),
-        Recipe("log_return, close, window 20", "log_return", ("close",), 20),
-        Recipe(
-            "log_return, close,volume,open, window 20",
-            "log_return",
-            ("close", "volume", "open"),
-            20,
-        ),
+        Recipe("log_return, close,volume,open", "log_return", CVO),
+        Recipe("vol_return, close", "vol_return", ("close",)),
+        Recipe("vol_return, close,volume,open", "vol_return", CVO),
+        Recipe("vol_return, close,volume,open, window 20", "vol_return", CVO, 20),
     )
 }
 
@@ -150,19 +149,20 @@ def score_period(
         "test_windows": float(len(dataset.test)),
     }
     scores = {recipe.name: row}
-    if recipe.target == "log_return":
-        module = trained.forecaster.module
+    if trained.forecaster.encoding.predicts_return:
         validation = encode_split(trained.forecaster, dataset.validation, torch.device("cpu"))
-        factor = fit_output_scale(module, *validation)
-        scale_output(module, factor)
-        shrunk = evaluate_forecaster(trained.forecaster, dataset.test).metrics
-        scores[f"{recipe.name} +shrink"] = {
-            **row,
-            "ratio": shrunk["test_rmse"] / shrunk["naive_rmse"],
-            "skill": shrunk["skill"],
-            "directional_accuracy": shrunk["test_directional_accuracy"],
-            "shrink": factor,
-        }
+        for suffix, z in (("+shrink", 0.0), ("+gated shrink", SHRINK_Z)):
+            forecaster = copy.deepcopy(trained.forecaster)
+            factor = fit_output_scale(forecaster.module, *validation, z=z)
+            scale_output(forecaster.module, factor)
+            shrunk = evaluate_forecaster(forecaster, dataset.test).metrics
+            scores[f"{recipe.name} {suffix}"] = {
+                **row,
+                "ratio": shrunk["test_rmse"] / shrunk["naive_rmse"],
+                "skill": shrunk["skill"],
+                "directional_accuracy": shrunk["test_directional_accuracy"],
+                "shrink": factor,
+            }
     return scores
 
 
@@ -196,12 +196,12 @@ def summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:
 
 def print_table(table: list[dict[str, object]], universes: list[str]) -> None:
     columns = ["mean_ratio", *[f"mean_ratio_{u}" for u in universes], "worst_ratio"]
-    header = f"{'recipe':44} " + " ".join(f"{c.removeprefix('mean_'):>13}" for c in columns)
+    header = f"{'recipe':56} " + " ".join(f"{c.removeprefix('mean_'):>13}" for c in columns)
     print(header + f" {'skill>=0':>9} {'dir.acc':>8}")
     for e in table:
         cells = " ".join(f"{float(e.get(c, float('nan'))):>13.4f}" for c in columns)  # type: ignore[arg-type]
         share, direction = float(e["share_skill_ge_0"]), float(e["mean_directional_accuracy"])  # type: ignore[arg-type]
-        print(f"{e['recipe']!s:44} {cells} {share:>9.0%} {direction:>8.3f}")
+        print(f"{e['recipe']!s:56} {cells} {share:>9.0%} {direction:>8.3f}")
 
 
 def main() -> None:
@@ -237,9 +237,9 @@ def main() -> None:
                     where = {"universe": universe.name, "as_of": as_of.isoformat(), "seed": seed}
                     rows.append(where | {"recipe": name} | score)
                     print(
-                        f"{universe.name:7} {as_of} {seed} {name:52} ratio {score['ratio']:.4f}"
+                        f"{universe.name:7} {as_of} {seed} {name:58} ratio {score['ratio']:.4f}"
                         f"  epochs {score['epochs']:.0f}"
-                        + (f"  shrink {score['shrink']:.3f}" if "shrink" in score else ""),
+                        + (f"  factor {score['shrink']:.3f}" if "shrink" in score else ""),
                         flush=True,
                     )
     table = summarise(rows)

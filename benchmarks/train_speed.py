@@ -104,12 +104,12 @@ def synthetic_universe(tickers: int, days: int, seed: int = 0) -> tuple[torch.Te
 def windows_per_second(
     inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, threads: int, steps: int
 ) -> float:
-    """Training throughput of `steps` batches (best of three passes)."""
+    """Training throughput of `steps` batches (best of two passes)."""
     n = min(len(inputs), batch_size * steps)
     settings = FitSettings(batch_size=batch_size)
     best = 0.0
     with torch_threads(threads):
-        for _ in range(3):
+        for _ in range(2):
             generator = seed_everything(0)
             model = LSTMForecaster(LSTMConfig(hidden_size=32), n_features=inputs.shape[-1])
             stepper = make_stepper(model, settings)
@@ -157,7 +157,7 @@ def main() -> None:
         rows = []
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         for batch in (32, 256, 1024):
-            steps = max(20, 16_384 // batch)
+            steps = max(16, 8_192 // batch)
             auto = training_threads(batch, 32)
             row: dict[str, object] = {"batch_size": batch, "auto_threads": auto}
             for threads in sorted({1, cores}):

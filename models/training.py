@@ -25,6 +25,8 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 # 8-12x more windows/s than two, because OpenMP's spinning workers fight the
 # other processes for the cores. Only much larger batches get all cores.
 _PARALLEL_MIN_GATE_ELEMENTS = 1 << 20
+# One-sided 95% normal quantile: a shrink factor must clear chance at that level.
+SHRINK_Z = 1.645
 
 
 class TrainingDiverged(RuntimeError):
@@ -161,24 +163,36 @@ def evaluate(
 
 
 def fit_output_scale(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 65_536
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    z: float = SHRINK_Z,
+    batch_size: int = 65_536,
 ) -> float:
-    """The factor in [0, 1] that best shrinks the model's outputs toward zero on held-out windows.
+    """How much of its predicted move the model has earned on held-out windows, in [0, 1].
 
-    Least squares, argmin over λ of Σ(λ·ŷ − y)², clipped to [0, 1]. For a
-    return target, zero is the naive forecast, so λ says how much of its
-    predicted move the model has earned on data it did not train on.
+    λ̂ = Σŷy / Σŷ² is the least-squares factor for the outputs ŷ; it is
+    lowered by `z` of its standard errors and clipped to [0, 1]. For a
+    return target 0 is the naive forecast, so the model keeps only the part
+    of its predicted move that the validation windows support beyond chance
+    (one-sided, 95% with the default z), and predicts "no move" otherwise.
+    z = 0 gives the plain least-squares factor.
     """
     model.eval()
-    products = torch.zeros(2, dtype=torch.float64, device=inputs.device)
+    sums = torch.zeros(3, dtype=torch.float64, device=inputs.device)  # Σŷy, Σŷ², Σy²
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
             stop = start + batch_size
             predicted = model(inputs[start:stop]).double()  # (b, T, F) -> (b,)
-            products[0] += torch.dot(predicted, targets[start:stop].double())
-            products[1] += torch.dot(predicted, predicted)
-    along, norm = products.tolist()
-    return min(max(along / norm, 0.0), 1.0) if norm > 0 else 0.0
+            actual = targets[start:stop].double()  # (b,)
+            sums += torch.stack([predicted @ actual, predicted @ predicted, actual @ actual])
+    along, norm, total = sums.tolist()
+    if norm <= 0 or len(inputs) < 2:
+        return 0.0
+    factor = along / norm
+    residual = max(total - along * factor, 0.0)  # Σ(y - λ̂ŷ)²
+    standard_error = math.sqrt(residual / (len(inputs) - 1) / norm)
+    return min(max(factor - z * standard_error, 0.0), 1.0)
 
 
 def scale_output(model: LSTMForecaster, factor: float) -> None:

@@ -49,7 +49,7 @@ def encode_split(
     """Encoded inputs (N, T, F) and targets (N,) of one split, as tensors on `device`."""
     bounds = forecaster.window_bounds(windows.tickers)
     inputs = forecaster.encoding.inputs(windows.windows, bounds)
-    targets = forecaster.encoding.targets(windows.next_close, windows.last_close, bounds)
+    targets = forecaster.encoding.targets(windows.next_close, windows.windows, bounds)
     return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
 
 
@@ -61,10 +61,10 @@ def train_forecaster(
 ) -> TrainedModel:
     """Fit one LSTM on every ticker's training windows, early-stopped on validation.
 
-    With a log_return target and `config.shrink_output`, the predicted
-    returns are then shrunk toward zero (the naive forecast) by the factor
-    that fits the validation windows best; the factor is baked into the
-    dense head, so a saved model predicts with it.
+    With a return target and `config.shrink_output`, the predicted returns
+    are then shrunk toward zero (the naive forecast) by the factor that the
+    validation windows support (`models.training.fit_output_scale`); the
+    factor is baked into the dense head, so a saved model predicts with it.
     """
     device = resolve_device(config.device)
     seed_everything(config.seed)  # before the module exists: its initial weights are seeded
@@ -86,7 +86,7 @@ def train_forecaster(
     )
     forecaster.module.to(device)
     result = fit(forecaster.module, train, validation, settings, on_epoch_end)
-    if config.shrink_output and forecaster.encoding.target == "log_return":
+    if config.shrink_output and forecaster.encoding.predicts_return:
         result.output_scale = fit_output_scale(forecaster.module, *validation)
         scale_output(forecaster.module, result.output_scale)
     forecaster.module.cpu()

@@ -201,3 +201,18 @@ def test_scale_output_multiplies_every_prediction() -> None:
     before = model(x).detach()
     scale_output(model, 0.25)
     torch.testing.assert_close(model(x).detach(), 0.25 * before)
+
+
+def test_output_scale_drops_moves_that_validation_cannot_tell_from_chance() -> None:
+    """A weak link (λ̂ about 0.1, standard error about 0.07) gates to 0; a strong one stays 1."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 3, 1, generator=gen)
+    predicted = x[:, -1, 0]  # what _Scaled(1.0) outputs
+    noise = torch.randn(200, generator=gen)
+    noise -= (noise @ predicted) / (predicted @ predicted) * predicted  # orthogonal: λ̂ = 0.1
+    weak = 0.1 * predicted + noise
+    model = _Scaled(1.0)
+    assert fit_output_scale(model, x, weak, z=0.0) == pytest.approx(0.1, abs=1e-4)
+    assert fit_output_scale(model, x, weak) == 0.0
+    strong = predicted + 0.1 * torch.randn(200, generator=gen)
+    assert fit_output_scale(model, x, strong) == pytest.approx(1.0, abs=0.05)
