@@ -8,7 +8,7 @@ the median wall time of `models.training.fit` over several runs; the
 textbook autograd step is timed too, for comparison.
 
 Universe: 500 synthetic tickers (random walks), close/volume/open windows
-encoded as log returns; windows per second of training at batch 32, 256 and
+encoded as the default target; windows per second of training at batch 32, 256 and
 1024, with the thread count training picks and with each fixed count.
 
 Usage:
@@ -63,7 +63,7 @@ def reference_tensors() -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, .
     bounds = Bounds(lo=np.tile(lo, (n, 1)), hi=np.tile(hi, (n, 1)))  # (990, 1) each
     encoding = Encoding(features=("close",), target="minmax_close")
     inputs = torch.from_numpy(encoding.inputs(windows, bounds))
-    targets = torch.from_numpy(encoding.targets(next_close, windows[:, -1, 0], bounds))
+    targets = torch.from_numpy(encoding.targets(next_close, windows, bounds))
     train = (inputs[:TRAIN_WINDOWS], targets[:TRAIN_WINDOWS])
     validation = (inputs[TRAIN_WINDOWS:], targets[TRAIN_WINDOWS:])
     return train, validation
@@ -93,11 +93,11 @@ def synthetic_universe(tickers: int, days: int, seed: int = 0) -> tuple[torch.Te
     open_ = close * np.exp(rng.normal(0, 0.005, close.shape))
     volume = rng.lognormal(14, 0.5, close.shape)
     values = np.stack([close, volume, open_], axis=-1)  # (tickers, days, 3)
-    encoding = Encoding(features=("close", "volume", "open"), target="log_return")
+    encoding = Encoding(features=("close", "volume", "open"))  # the default target
     windows = np.concatenate([make_windows(v[:-1], WINDOW) for v in values])  # (N, 10, 3)
     next_close = np.concatenate([v[WINDOW:, 0] for v in values])  # (N,)
     inputs = encoding.inputs(windows)
-    targets = encoding.targets(next_close, windows[:, -1, 0])
+    targets = encoding.targets(next_close, windows)
     return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 

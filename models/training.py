@@ -20,11 +20,13 @@ from models.lstm import LSTMForecaster
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
-# Measured with benchmarks/train_speed.py on the 2-core reference machine while
-# other processes shared it: at batch 32 to 4096 (hidden 32) one thread trained
-# 8-12x more windows/s than two, because OpenMP's spinning workers fight the
-# other processes for the cores. Only much larger batches get all cores.
-_PARALLEL_MIN_GATE_ELEMENTS = 1 << 20
+# Measured with benchmarks/train_speed.py on the 2-core reference machine
+# (hidden 32, windows/s, one thread vs two): batch 32 48k vs 42k; 256 and 512
+# within noise of each other; 1024 85-90k vs 113-126k; 4096 65-73k vs
+# 105-115k. While other processes kept both cores busy, two threads were 8-12x
+# slower at every batch size (OpenMP's spinning workers fight them for the
+# cores), so a second thread is used only where it clearly pays.
+_PARALLEL_MIN_GATE_ELEMENTS = 1024 * 4 * 32  # batch · 4 · hidden
 # One-sided 95% normal quantile: a shrink factor must clear chance at that level.
 SHRINK_Z = 1.645
 

@@ -1,5 +1,7 @@
 """The training loop: fused and autograd steps agree, early stopping, clipping, divergence."""
 
+import os
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -157,6 +159,8 @@ def test_fit_restores_the_thread_count() -> None:
     fit(_model(1), _data(32, 1), _data(8, 1), FitSettings(epochs=1, batch_size=8))
     assert torch.get_num_threads() == before
     assert training_threads(32, 32) == 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    assert training_threads(4096, 32) == cores  # large batches use every core
 
 
 def test_stacked_layers_use_the_autograd_step() -> None:
