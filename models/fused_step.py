@@ -2,12 +2,13 @@
 
 On a CPU the reference problem is tiny (batch 32, window 10, hidden 32), so
 a step's time is per-operation overhead, not arithmetic: autograd records
-and replays every op, `nn.LSTM`'s oneDNN kernels re-plan each call, and
-`torch.optim.Adam` and `clip_grad_norm_` loop over six parameters in Python.
-This step computes exactly the same numbers with about 150 plain tensor ops:
+and replays every op, `nn.LSTM`'s oneDNN kernels carry a fixed cost per
+call, and `torch.optim.Adam` and `clip_grad_norm_` add Python work over six
+parameters. This step computes the same numbers (to float rounding) with
+about 165 plain tensor ops:
 
 - forward: the input projection of every time step in one matmul, then per
-  step one matmul and five elementwise ops into buffers allocated once per
+  step one matmul and six elementwise ops into buffers allocated once per
   batch shape;
 - backward through time: the local derivatives of all steps in a few
   vectorised ops, then per step one matmul and four elementwise ops; the
