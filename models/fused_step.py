@@ -98,19 +98,16 @@ class FusedLSTMStep:
     ) -> None:
         if model.config.num_layers != 1:
             raise ValueError(f"the fused step handles one LSTM layer, got {model.config}")
-        lstm, head = model.lstm, model.head
-        self.params = [
-            lstm.weight_ih_l0,
-            lstm.weight_hh_l0,
-            lstm.bias_ih_l0,
-            lstm.bias_hh_l0,
-            head.weight,
-            head.bias,
+        names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+        self.params: list[torch.Tensor] = [
+            *(model.get_parameter(f"lstm.{name}") for name in names),
+            model.head.weight,
+            model.head.bias,
         ]
         if len(list(model.parameters())) != len(self.params):
             raise ValueError("the fused step expects exactly the LSTM and head parameters")
         self.model = model
-        self.hidden_size = lstm.hidden_size
+        self.hidden_size = model.config.hidden_size
         self.dropout = model.config.dropout
         self.learning_rate = learning_rate
         self.grad_clip = grad_clip
