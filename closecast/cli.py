@@ -120,7 +120,9 @@ def run(
     features: Annotated[
         str, typer.Option(help="Comma-separated: close,volume,open,high,low.")
     ] = "close,volume,open",
-    target: Annotated[str, typer.Option(help="log_return or minmax_close.")] = "log_return",
+    target: Annotated[
+        str, typer.Option(help="vol_return, log_return or minmax_close.")
+    ] = "vol_return",
     hidden: Annotated[int, typer.Option(help="LSTM hidden units.")] = 32,
     dropout: Annotated[float, typer.Option(help="Dropout before the dense head.")] = 0.2,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,

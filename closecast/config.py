@@ -90,9 +90,10 @@ class WindowConfig(_Strict):
     features: list[Literal["close", "volume", "open", "high", "low"]] = Field(
         default_factory=lambda: ["close", "volume", "open"]
     )
-    target: Literal["log_return", "minmax_close"] = Field(
-        default="log_return",
-        description="log_return: next-day log return, inputs normalised inside each window; "
+    target: Literal["vol_return", "log_return", "minmax_close"] = Field(
+        default="vol_return",
+        description="vol_return: next-day log return in units of the window's own volatility; "
+        "log_return: next-day log return, inputs normalised inside each window; "
         "minmax_close: the reference design's MinMax-scaled close, fitted per ticker on train.",
     )
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
@@ -118,6 +119,12 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(default=1.0, gt=0)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    shrink_output: bool = Field(
+        default=True,
+        description="Return targets: scale predicted returns by the factor in [0, 1] that the "
+        "validation windows support beyond chance (0 = the naive forecast); "
+        "see benchmarks/README.md.",
+    )
 
 
 class PipelineConfig(_Strict):

@@ -1,15 +1,25 @@
 """How raw OHLCV windows become model inputs and targets, and back to closes.
 
-Two representations:
+Three representations:
 
-- ``log_return`` (default): every price feature becomes ``100·log(x / last
-  close of the window)`` and volume ``log1p(v)`` minus its window mean, so
-  each window is normalised by its own values only; the target is the
-  next-day log return in percent. Nothing is fitted, nothing can leak, and a
-  ticker never seen in training can be predicted.
+- ``vol_return`` (default): ``log_return`` divided by the window's own
+  volatility σ (the standard deviation of its daily close-to-close log
+  returns, in percent, at least ``VOL_FLOOR``): price features become
+  ``100·log(x / last close) / σ`` and the target the next-day log return in
+  units of σ. A calm window and a crash window look alike to the network and
+  weigh alike in the loss, and a prediction is scaled back by the current
+  window's σ, so a model trained through a crisis does not predict crisis-size
+  moves in a calm market (benchmarks/README.md measures the difference).
+- ``log_return``: every price feature becomes ``100·log(x / last close of
+  the window)``; the target is the next-day log return in percent.
 - ``minmax_close``: the reference design. Each feature is MinMax-scaled with
   bounds fitted on the ticker's training span only; the target is the scaled
   next close.
+
+For both return targets volume becomes ``log1p(v)`` minus its window mean;
+each window is normalised by its own values only: nothing is fitted, nothing
+can leak, and a ticker never seen in training can be predicted. An encoded
+prediction of 0 is the naive forecast (tomorrow's close = today's).
 
 Predictions always come back as closes.
 """
@@ -19,7 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 
 PRICE_FEATURES = frozenset({"close", "open", "high", "low"})
-TARGETS = ("log_return", "minmax_close")
+TARGETS = ("vol_return", "log_return", "minmax_close")
+RETURN_TARGETS = frozenset({"vol_return", "log_return"})
+# Percent. A window with (almost) no movement, e.g. a halted or flat series,
+# would otherwise divide by zero; real daily volatility is rarely below 0.2%.
+VOL_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -35,7 +49,7 @@ class Encoding:
     """A target representation over an ordered tuple of feature names."""
 
     features: tuple[str, ...]
-    target: str = "log_return"
+    target: str = "vol_return"
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -50,6 +64,23 @@ class Encoding:
     @property
     def needs_bounds(self) -> bool:
         return self.target == "minmax_close"
+
+    @property
+    def predicts_return(self) -> bool:
+        """Whether an encoded 0 means "no move": the naive forecast."""
+        return self.target in RETURN_TARGETS
+
+    def volatility(self, windows: np.ndarray) -> np.ndarray:
+        """Each window's daily log-return volatility in percent, (N, T, F) -> (N,), ≥ VOL_FLOOR."""
+        log_close = np.log(windows[:, :, self.close_index])  # (N, T, F) -> (N, T)
+        returns = 100.0 * np.diff(log_close, axis=1)  # (N, T) -> (N, T - 1)
+        return np.maximum(returns.std(axis=1), VOL_FLOOR)
+
+    def _unit(self, windows: np.ndarray) -> np.ndarray:
+        """Percent per encoded unit of each window, (N, T, F) -> (N,)."""
+        if self.target == "vol_return":
+            return self.volatility(windows)
+        return np.ones(len(windows))
 
     def inputs(self, windows: np.ndarray, bounds: Bounds | None = None) -> np.ndarray:
         """Encode raw windows.
@@ -66,34 +97,37 @@ class Encoding:
             scaled = (windows - lo[:, None, :]) / (hi - lo)[:, None, :]  # (N, T, F)
             return scaled.astype(np.float32)
         last_close = windows[:, -1:, self.close_index]  # (N, T, F) -> (N, 1)
+        unit = self._unit(windows)[:, None]  # (N,) -> (N, 1)
         columns = []
         for j, name in enumerate(self.features):
             values = windows[:, :, j]  # (N, T, F) -> (N, T)
             if name in PRICE_FEATURES:
-                columns.append(100.0 * np.log(values / last_close))
+                columns.append(100.0 * np.log(values / last_close) / unit)
             else:
                 logged = np.log1p(values)
                 columns.append(logged - logged.mean(axis=1, keepdims=True))
         return np.stack(columns, axis=-1).astype(np.float32)  # F × (N, T) -> (N, T, F)
 
     def targets(
-        self, next_close: np.ndarray, last_close: np.ndarray, bounds: Bounds | None = None
+        self, next_close: np.ndarray, windows: np.ndarray, bounds: Bounds | None = None
     ) -> np.ndarray:
-        """Encode the next close of each window, shape (N,) -> (N,)."""
+        """Encode the close after each window, (N,) with windows (N, T, F) -> (N,)."""
         if self.needs_bounds:
             lo, hi = self._close_bounds(bounds)
             return ((next_close - lo) / (hi - lo)).astype(np.float32)
-        return (100.0 * np.log(next_close / last_close)).astype(np.float32)
+        last_close = windows[:, -1, self.close_index]  # (N, T, F) -> (N,)
+        return (100.0 * np.log(next_close / last_close) / self._unit(windows)).astype(np.float32)
 
     def decode(
-        self, encoded: np.ndarray, last_close: np.ndarray, bounds: Bounds | None = None
+        self, encoded: np.ndarray, windows: np.ndarray, bounds: Bounds | None = None
     ) -> np.ndarray:
-        """Turn model outputs, shape (N,), back into predicted closes, shape (N,)."""
+        """Turn model outputs (N,) for raw windows (N, T, F) back into predicted closes (N,)."""
         encoded = encoded.astype(np.float64)
         if self.needs_bounds:
             lo, hi = self._close_bounds(bounds)
             return lo + encoded * (hi - lo)
-        return last_close * np.exp(encoded / 100.0)
+        last_close = windows[:, -1, self.close_index]  # (N, T, F) -> (N,)
+        return last_close * np.exp(encoded * self._unit(windows) / 100.0)
 
     def _bounds(self, bounds: Bounds | None) -> tuple[np.ndarray, np.ndarray]:
         if bounds is None:

@@ -58,8 +58,7 @@ class Forecaster:
         """Predict the next close of raw windows (N, T, F) of tickers (N,) -> closes (N,)."""
         bounds = self.window_bounds(tickers)
         encoded = self.predict_encoded(self.encoding.inputs(windows, bounds))
-        last_close = windows[:, -1, self.encoding.close_index]  # (N, T, F) -> (N,)
-        return self.encoding.decode(encoded, last_close, bounds)
+        return self.encoding.decode(encoded, windows, bounds)
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Predict the close after the last row of each ticker.

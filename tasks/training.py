@@ -8,10 +8,20 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from closecast.config import TrainConfig
+from closecast.errors import PipelineError
 from models.encoding import Encoding
 from models.forecaster import Forecaster
 from models.lstm import LSTMConfig, LSTMForecaster
-from models.training import EpochCallback, FitResult, FitSettings, fit, seed_everything
+from models.training import (
+    EpochCallback,
+    FitResult,
+    FitSettings,
+    TrainingDiverged,
+    fit,
+    fit_output_scale,
+    scale_output,
+    seed_everything,
+)
 from tasks.windows import Dataset, WindowSet
 
 
@@ -39,7 +49,7 @@ def encode_split(
     """Encoded inputs (N, T, F) and targets (N,) of one split, as tensors on `device`."""
     bounds = forecaster.window_bounds(windows.tickers)
     inputs = forecaster.encoding.inputs(windows.windows, bounds)
-    targets = forecaster.encoding.targets(windows.next_close, windows.last_close, bounds)
+    targets = forecaster.encoding.targets(windows.next_close, windows.windows, bounds)
     return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
 
 
@@ -49,7 +59,13 @@ def train_forecaster(
     config: TrainConfig,
     on_epoch_end: EpochCallback | None = None,
 ) -> TrainedModel:
-    """Fit one LSTM on every ticker's training windows, early-stopped on validation."""
+    """Fit one LSTM on every ticker's training windows, early-stopped on validation.
+
+    With a return target and `config.shrink_output`, the predicted returns
+    are then shrunk toward zero (the naive forecast) by the factor that the
+    validation windows support (`models.training.fit_output_scale`); the
+    factor is baked into the dense head, so a saved model predicts with it.
+    """
     device = resolve_device(config.device)
     seed_everything(config.seed)  # before the module exists: its initial weights are seeded
     forecaster = Forecaster(
@@ -70,6 +86,9 @@ def train_forecaster(
     )
     forecaster.module.to(device)
     result = fit(forecaster.module, train, validation, settings, on_epoch_end)
+    if config.shrink_output and forecaster.encoding.predicts_return:
+        result.output_scale = fit_output_scale(forecaster.module, *validation)
+        scale_output(forecaster.module, result.output_scale)
     forecaster.module.cpu()
     return TrainedModel(forecaster=forecaster, fit=result, device=str(device))
 
@@ -91,16 +110,25 @@ def _epoch_logger(epochs: int) -> Callable[[int, dict[str, float]], None]:
 
 @task(name="train-model", cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
 def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> TrainedModel:
-    """Train the global LSTM, one log line per epoch."""
-    trained = train_forecaster(dataset, lstm, config, _epoch_logger(config.epochs))
+    """Train the global LSTM, one log line per epoch.
+
+    Raises:
+        PipelineError: when the loss diverges; nothing is trained, so nothing is registered.
+    """
+    try:
+        trained = train_forecaster(dataset, lstm, config, _epoch_logger(config.epochs))
+    except TrainingDiverged as exc:
+        raise PipelineError(f"training diverged: {exc}") from exc
     get_run_logger().info(
-        "trained %d epochs on %d windows (%s) in %.1fs; best val loss %.5f at epoch %d",
+        "trained %d epochs on %d windows (%s) in %.1fs; best val loss %.5f at epoch %d; "
+        "output scale %.3f",
         trained.fit.epochs_trained,
         len(dataset.train),
         trained.device,
         trained.fit.train_seconds,
         trained.fit.best_val_loss,
         trained.fit.best_epoch,
+        trained.fit.output_scale,
     )
     return trained
 

@@ -1,0 +1,85 @@
+"""The module is the LSTM of the design, checked against the equations in NumPy."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.lstm import LSTMConfig, LSTMForecaster
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def lstm_by_hand(state: dict[str, torch.Tensor], x: np.ndarray) -> np.ndarray:
+    """The design's equations, step by step, in float64 NumPy.
+
+    Each gate is σ/tanh(W·[h_{t-1}, x_t] + b), with W the input and
+    recurrent weights side by side; torch stores them as weight_ih and
+    weight_hh (blocks i, f, g, o) and splits b into two biases.
+    """
+    w_ih = state["lstm.weight_ih_l0"].double().numpy()  # (4H, F)
+    w_hh = state["lstm.weight_hh_l0"].double().numpy()  # (4H, H)
+    b = (state["lstm.bias_ih_l0"] + state["lstm.bias_hh_l0"]).double().numpy()  # (4H,)
+    hidden = w_hh.shape[1]
+    w = np.concatenate([w_hh, w_ih], axis=1)  # (4H, H + F), acting on [h_{t-1}, x_t]
+    w_i, w_f, w_c, w_o = np.split(w, 4)  # 4 × (H, H + F)
+    b_i, b_f, b_c, b_o = np.split(b, 4)
+    batch, steps, _ = x.shape
+    h = np.zeros((batch, hidden))  # zero initial states
+    c = np.zeros((batch, hidden))
+    for t in range(steps):
+        hx = np.concatenate([h, x[:, t, :]], axis=1)  # (B, H + F)
+        forget = _sigmoid(hx @ w_f.T + b_f)
+        input_ = _sigmoid(hx @ w_i.T + b_i)
+        candidate = np.tanh(hx @ w_c.T + b_c)
+        output = _sigmoid(hx @ w_o.T + b_o)
+        c = forget * c + input_ * candidate
+        h = output * np.tanh(c)
+    w_head = state["head.weight"].double().numpy()  # (1, H)
+    b_head = state["head.bias"].double().numpy()  # (1,)
+    return (h @ w_head.T + b_head)[:, 0]  # dropout is the identity in eval mode
+
+
+@pytest.mark.parametrize("n_features", [1, 3])
+def test_module_computes_the_design_equations(n_features: int) -> None:
+    """On random weights and inputs, the module's output matches the equations to 1e-5."""
+    torch.manual_seed(n_features)
+    model = LSTMForecaster(LSTMConfig(hidden_size=8, dropout=0.2), n_features=n_features)
+    with torch.no_grad():  # weights well away from torch's small uniform initialisation
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    x = np.random.default_rng(n_features).normal(size=(16, 7, n_features)).astype(np.float32)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)).numpy()
+    expected = lstm_by_hand(model.state_dict(), x.astype(np.float64))
+    assert out.shape == (16,)
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+    assert np.std(expected) > 0.01  # the check is not passing on a constant output
+
+
+def test_dropout_acts_in_train_mode_with_one_layer() -> None:
+    """With one layer, dropout still changes training outputs; in eval mode it does not."""
+    torch.manual_seed(0)
+    model = LSTMForecaster(LSTMConfig(hidden_size=16, num_layers=1, dropout=0.5), n_features=1)
+    x = torch.randn(64, 5, 1)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+        clean = model(x)
+    model.train()
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    assert not torch.allclose(first, clean)
+    assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [({"hidden_size": 0}, "hidden_size"), ({"dropout": 1.0}, "dropout")],
+)
+def test_config_rejects_impossible_values(kwargs: dict[str, float], named: str) -> None:
+    """A zero hidden size or dropout of 1 is refused with a message naming it."""
+    with pytest.raises(ValueError, match=named):
+        LSTMConfig(**kwargs)  # type: ignore[arg-type]

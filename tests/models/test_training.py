@@ -1,0 +1,222 @@
+"""The training loop: fused and autograd steps agree, early stopping, clipping, divergence."""
+
+import os
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from models.fused_step import FusedLSTMStep
+from models.lstm import LSTMConfig, LSTMForecaster
+from models.training import (
+    AutogradStep,
+    FitSettings,
+    TrainingDiverged,
+    fit,
+    fit_output_scale,
+    make_stepper,
+    scale_output,
+    training_threads,
+)
+
+
+def _model(n_features: int, seed: int = 0, **config: float) -> LSTMForecaster:
+    torch.manual_seed(seed)
+    return LSTMForecaster(LSTMConfig(hidden_size=8, **config), n_features=n_features)  # type: ignore[arg-type]
+
+
+def _data(n: int, n_features: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows (n, 6, F) whose target is a noisy function of the last step."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, n_features, generator=gen)
+    y = 0.8 * x[:, -1, 0] - 0.3 * x[:, -2, 0] + 0.05 * torch.randn(n, generator=gen)
+    return x, y
+
+
+def _grad_norm(tensors: list[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in tensors])))
+
+
+@pytest.mark.parametrize("n_features", [1, 3])
+@pytest.mark.parametrize("grad_clip", [0.05, None])
+def test_fused_step_matches_autograd_and_adam(n_features: int, grad_clip: float | None) -> None:
+    """Three steps by hand leave the same weights as autograd + clip_grad_norm_ + Adam."""
+    fused_model, reference = _model(n_features), _model(n_features)
+    x, y = _data(16, n_features)
+    fused = FusedLSTMStep(fused_model, 1e-2, grad_clip)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    reference.train()
+    for step in range(3):
+        torch.manual_seed(100 + step)  # the same dropout mask on both sides
+        sse = fused.step(x, y)
+        torch.manual_seed(100 + step)
+        optimizer.zero_grad()
+        loss = F.mse_loss(reference(x), y)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(reference.parameters(), grad_clip)
+        optimizer.step()
+        assert float(sse) / len(x) == pytest.approx(loss.item(), rel=1e-5)
+    fused.release()
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(fused_model.state_dict()[name], value, atol=1e-6, rtol=1e-5)
+    moved = fused_model.head.weight.detach() - _model(n_features).head.weight.detach()
+    assert float(moved.abs().max()) > 1e-3  # the weights did move
+
+
+@pytest.mark.parametrize("fused_step", [True, False])
+def test_gradients_are_clipped_to_the_norm(fused_step: bool) -> None:
+    """After a step the applied gradient's norm is the clip; without clipping it is larger."""
+    x, y = _data(32, 2)
+    norms = {}
+    for clip in (0.01, None):
+        model = _model(2)
+        stepper = make_stepper(model, FitSettings(grad_clip=clip, fused_step=fused_step))
+        stepper.step(x, y)
+        if isinstance(stepper, FusedLSTMStep):
+            norms[clip] = _grad_norm([stepper.grad])
+        else:
+            norms[clip] = _grad_norm([p.grad for p in model.parameters() if p.grad is not None])
+    assert norms[0.01] == pytest.approx(0.01, rel=1e-4)
+    assert norms[None] > 0.05
+
+
+def test_fused_and_autograd_fits_agree() -> None:
+    """A whole fit with the fused step follows the autograd fit epoch by epoch."""
+    train, validation = _data(96, 3), _data(32, 3, seed=2)
+    results, states = [], []
+    for fused_step in (True, False):
+        model = _model(3)
+        settings = FitSettings(epochs=4, batch_size=16, patience=None, fused_step=fused_step)
+        results.append(fit(model, train, validation, settings))
+        states.append(model.state_dict())
+    for fused_epoch, autograd_epoch in zip(results[0].history, results[1].history, strict=True):
+        assert fused_epoch["train_loss"] == pytest.approx(autograd_epoch["train_loss"], rel=1e-4)
+        assert fused_epoch["val_loss"] == pytest.approx(autograd_epoch["val_loss"], rel=1e-4)
+    for name, value in states[1].items():
+        torch.testing.assert_close(states[0][name], value, atol=1e-5, rtol=1e-4)
+
+
+def test_fit_learns_and_releases_the_flat_buffer() -> None:
+    """Training lowers the validation loss; afterwards each parameter owns its storage."""
+    model = _model(1)
+    result = fit(
+        model,
+        _data(128, 1),
+        _data(64, 1, seed=2),
+        FitSettings(epochs=8, batch_size=16, learning_rate=1e-2),
+    )
+    assert result.history[-1]["val_loss"] < 0.5 * result.history[0]["val_loss"]
+    for p in model.parameters():
+        assert p.untyped_storage().nbytes() == p.numel() * p.element_size()
+
+
+def test_early_stopping_restores_the_best_weights() -> None:
+    """When validation loss only rises, training stops after `patience` and keeps epoch 1."""
+    x, y = _data(64, 1)
+    validation = (x, -y)  # the opposite of what training teaches: val loss keeps rising
+    model = _model(1)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def remember(epoch: int, metrics: dict[str, float]) -> None:
+        snapshots[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    settings = FitSettings(epochs=30, batch_size=16, learning_rate=1e-2, patience=3)
+    result = fit(model, (x, y), validation, settings, on_epoch_end=remember)
+    assert result.best_epoch == 1
+    assert result.epochs_trained == 4
+    assert result.best_val_loss == result.history[0]["val_loss"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[1][name])
+    assert not torch.equal(model.head.weight, snapshots[4]["head.weight"])
+
+
+@pytest.mark.parametrize("fused_step", [True, False])
+def test_a_non_finite_loss_raises_training_diverged(fused_step: bool) -> None:
+    """A NaN in the targets stops training with an error naming the epoch."""
+    x, y = _data(32, 1)
+    y[5] = float("nan")
+    settings = FitSettings(epochs=3, batch_size=8, fused_step=fused_step)
+    with pytest.raises(TrainingDiverged, match="non-finite at epoch 1"):
+        fit(_model(1), (x, y), _data(8, 1), settings)
+
+
+def test_same_seed_same_weights_other_seed_other_weights() -> None:
+    """Two fits from the same seed end bit-identical on the CPU; another seed differs."""
+    train, validation = _data(64, 2), _data(16, 2, seed=2)
+    final = []
+    for seed in (7, 7, 8):
+        model = _model(2, seed=seed)
+        fit(model, train, validation, FitSettings(epochs=3, batch_size=16, seed=seed))
+        final.append(model.head.weight.detach().clone())
+    assert torch.equal(final[0], final[1])
+    assert not torch.equal(final[0], final[2])
+
+
+def test_fit_restores_the_thread_count() -> None:
+    """Training picks its own thread count and leaves the process setting as it was."""
+    before = torch.get_num_threads()
+    fit(_model(1), _data(32, 1), _data(8, 1), FitSettings(epochs=1, batch_size=8))
+    assert torch.get_num_threads() == before
+    assert training_threads(32, 32) == 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    assert training_threads(4096, 32) == cores  # large batches use every core
+
+
+def test_stacked_layers_use_the_autograd_step() -> None:
+    """The fused step refuses two layers; make_stepper then falls back to autograd."""
+    model = _model(1, num_layers=2)
+    with pytest.raises(ValueError, match="one LSTM layer"):
+        FusedLSTMStep(model, 1e-3, 1.0)
+    assert isinstance(make_stepper(model, FitSettings()), AutogradStep)
+
+
+def test_fit_refuses_empty_splits() -> None:
+    """No validation windows: a ValueError that says how many of each there were."""
+    empty = (torch.empty(0, 6, 1), torch.empty(0))
+    with pytest.raises(ValueError, match="got 32 and 0"):
+        fit(_model(1), _data(32, 1), empty, FitSettings(epochs=1))
+
+
+class _Scaled(torch.nn.Module):
+    """Outputs a fixed multiple of the last input step: a model with a known error."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * x[:, -1, 0]
+
+
+@pytest.mark.parametrize(("factor", "expected"), [(2.0, 0.5), (1.0, 1.0), (0.5, 1.0), (-1.0, 0.0)])
+def test_output_scale_is_the_least_squares_shrink_clipped_to_0_1(
+    factor: float, expected: float
+) -> None:
+    """Predicting 2y needs halving; y is kept; y/2 is not inflated; -y falls back to naive."""
+    x = torch.randn(50, 3, 1)
+    assert fit_output_scale(_Scaled(factor), x, x[:, -1, 0]) == pytest.approx(expected)
+
+
+def test_scale_output_multiplies_every_prediction() -> None:
+    """Scaling the head by 0.25 scales the module's outputs by 0.25."""
+    model, x = _model(2), _data(8, 2)[0]
+    model.eval()
+    before = model(x).detach()
+    scale_output(model, 0.25)
+    torch.testing.assert_close(model(x).detach(), 0.25 * before)
+
+
+def test_output_scale_drops_moves_that_validation_cannot_tell_from_chance() -> None:
+    """A weak link (λ̂ about 0.1, standard error about 0.07) gates to 0; a strong one stays 1."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 3, 1, generator=gen)
+    predicted = x[:, -1, 0]  # what _Scaled(1.0) outputs
+    noise = torch.randn(200, generator=gen)
+    noise -= (noise @ predicted) / (predicted @ predicted) * predicted  # orthogonal: λ̂ = 0.1
+    weak = 0.1 * predicted + noise
+    model = _Scaled(1.0)
+    assert fit_output_scale(model, x, weak, z=0.0) == pytest.approx(0.1, abs=1e-4)
+    assert fit_output_scale(model, x, weak) == 0.0
+    strong = predicted + 0.1 * torch.randn(200, generator=gen)
+    assert fit_output_scale(model, x, strong) == pytest.approx(1.0, abs=0.05)

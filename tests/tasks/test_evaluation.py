@@ -1,0 +1,102 @@
+"""Evaluation metrics on numbers small enough to check by hand."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.encoding import Encoding
+from models.forecaster import Forecaster
+from models.lstm import LSTMConfig, LSTMForecaster
+from tasks.evaluation import evaluate_forecaster, per_ticker_metrics, score_forecasts
+from tasks.windows import WindowSet
+
+LAST = np.array([100.0, 100.0, 50.0, 50.0])
+ACTUAL = np.array([102.0, 99.0, 51.0, 50.5])
+
+
+def test_a_perfect_forecast_has_skill_1() -> None:
+    """Predicting the actual closes: zero errors, skill 1, every direction right."""
+    m = score_forecasts(ACTUAL.copy(), ACTUAL, LAST)
+    assert m["test_rmse"] == 0 and m["test_mae"] == 0 and m["test_mape"] == 0
+    assert m["skill"] == 1.0
+    assert m["test_directional_accuracy"] == 1.0
+
+
+def test_the_naive_forecast_has_skill_0() -> None:
+    """Predicting the last close scores exactly the naive baseline: skill 0."""
+    m = score_forecasts(LAST.copy(), ACTUAL, LAST)
+    assert m["test_rmse"] == pytest.approx(m["naive_rmse"])
+    assert m["test_mae"] == pytest.approx(m["naive_mae"])
+    assert m["skill"] == pytest.approx(0.0)
+
+
+def test_errors_are_relative_to_the_last_close() -> None:
+    """RMSE/MAE use error / last close; MAPE is in percent of the actual close."""
+    # relative naive errors: -0.02, 0.01, -0.02, -0.01
+    m = score_forecasts(LAST.copy(), ACTUAL, LAST)
+    assert m["naive_rmse"] == pytest.approx(np.sqrt((4 + 1 + 4 + 1) * 1e-4 / 4))
+    assert m["naive_mae"] == pytest.approx(0.015)
+    # predicted 101, 100, 50, 50: relative errors -0.01, 0.01, -0.02, -0.01
+    m = score_forecasts(np.array([101.0, 100.0, 50.0, 50.0]), ACTUAL, LAST)
+    assert m["test_rmse"] == pytest.approx(np.sqrt((1 + 1 + 4 + 1) * 1e-4 / 4))
+    assert m["test_mae"] == pytest.approx(0.0125)
+    expected_mape = np.mean([1 / 102, 1 / 99, 1 / 51, 0.5 / 50.5]) * 100
+    assert m["test_mape"] == pytest.approx(expected_mape)
+    assert m["skill"] == pytest.approx(1 - np.sqrt(7 / 10))
+
+
+def test_directional_accuracy_counts_predicted_moves_with_the_actual_sign() -> None:
+    """Up/down/up/flat predicted against up/down/up/up actual moves: 3 of 4 right."""
+    predicted = np.array([101.0, 99.5, 52.0, 50.0])  # +, -, +, 0
+    m = score_forecasts(predicted, ACTUAL, LAST)  # actual moves +, -, +, +
+    assert m["test_directional_accuracy"] == pytest.approx(0.75)
+
+
+def test_scoring_refuses_empty_or_non_finite_predictions() -> None:
+    """No windows, or a NaN prediction: a ValueError that says which."""
+    with pytest.raises(ValueError, match="no test windows"):
+        score_forecasts(np.empty(0), np.empty(0), np.empty(0))
+    with pytest.raises(ValueError, match="1 predictions are not finite"):
+        score_forecasts(np.array([np.nan, 1.0]), np.ones(2), np.ones(2))
+
+
+def test_per_ticker_metrics_are_in_price_units() -> None:
+    """Per ticker: RMSE/MAE in currency, the naive RMSE beside it, and skill."""
+    predictions = pd.DataFrame(
+        {
+            "ticker": ["A", "A", "B", "B"],
+            "last_close": LAST,
+            "actual_close": ACTUAL,
+            "predicted_close": [101.0, 100.0, 51.0, 50.5],
+        }
+    )
+    table = per_ticker_metrics(predictions).set_index("ticker")
+    assert list(table["windows"]) == [2, 2]
+    assert table.loc["A", "rmse"] == pytest.approx(1.0)  # errors -1, +1
+    assert table.loc["A", "mae"] == pytest.approx(1.0)
+    assert table.loc["A", "naive_rmse"] == pytest.approx(np.sqrt((4 + 1) / 2))
+    assert table.loc["B", "rmse"] == 0.0 and table.loc["B", "skill"] == 1.0
+    assert table.loc["A", "skill"] == pytest.approx(1 - 1 / np.sqrt(2.5))
+
+
+def test_evaluate_forecaster_scores_the_model_and_naive_on_the_same_windows() -> None:
+    """A model that predicts a zero return is the naive forecast: skill 0, one row per window."""
+    torch.manual_seed(0)
+    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=1)
+    with torch.no_grad():  # output exactly 0 = a zero log return = tomorrow's close is today's
+        module.head.weight.zero_()
+        module.head.bias.zero_()
+    forecaster = Forecaster(module, Encoding(features=("close",)), window=3)
+    closes = np.array([[10.0, 11.0, 12.0], [20.0, 19.0, 18.0]])
+    test = WindowSet(
+        windows=closes[:, :, None],  # (2, 3, 1)
+        next_close=np.array([12.5, 18.0]),
+        tickers=np.array(["A", "B"], dtype=object),
+        target_dates=np.array(["2024-01-02", "2024-01-02"], dtype="datetime64[ns]"),
+    )
+    evaluation = evaluate_forecaster(forecaster, test)
+    np.testing.assert_allclose(evaluation.predictions["predicted_close"], [12.0, 18.0])
+    assert evaluation.metrics["skill"] == pytest.approx(0.0)
+    assert evaluation.metrics["naive_rmse"] == pytest.approx(np.sqrt((0.5 / 12) ** 2 / 2))
+    assert list(evaluation.per_ticker["ticker"]) == ["A", "B"]

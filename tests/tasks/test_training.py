@@ -1,0 +1,144 @@
+"""Training task: one seeded global model; a diverging loss fails the run and registers nothing."""
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from closecast.cli import main
+from closecast.config import TrainConfig, WindowConfig
+from models.encoding import Encoding
+from models.lstm import LSTMConfig
+from tasks.training import resolve_device, train_forecaster
+from tasks.windows import Dataset, build_dataset
+
+
+def _frames(n: int = 120) -> dict[str, pd.DataFrame]:
+    """Two tickers of close/volume/open random walks on business days."""
+    index = pd.bdate_range("2021-01-04", periods=n, name="date")
+    frames = {}
+    for seed, ticker in enumerate(("AAA", "BBB")):
+        rng = np.random.default_rng(seed)
+        close = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+        frames[ticker] = pd.DataFrame(
+            {
+                "close": close,
+                "volume": rng.uniform(1e5, 2e5, n),
+                "open": close * np.exp(rng.normal(0, 0.003, n)),
+            },
+            index=index,
+        )
+    return frames
+
+
+@pytest.fixture
+def dataset() -> Dataset:
+    frames = _frames()
+    return build_dataset(frames, WindowConfig(), frames["AAA"].index[-1].date())
+
+
+def test_same_seed_gives_identical_predictions(dataset: Dataset) -> None:
+    """Two trainings with one seed predict bit-identical closes; another seed does not."""
+    lstm = LSTMConfig(hidden_size=8)
+    predictions = []
+    for seed in (3, 3, 4):
+        config = TrainConfig(epochs=2, seed=seed, device="cpu", shrink_output=False)
+        trained = train_forecaster(dataset, lstm, config)
+        predictions.append(
+            trained.forecaster.predict_windows(dataset.test.windows, dataset.test.tickers)
+        )
+        assert trained.device == "cpu"
+        assert trained.fit.epochs_trained == 2
+    assert np.array_equal(predictions[0], predictions[1])
+    assert not np.array_equal(predictions[0], predictions[2])
+    assert np.all(np.isfinite(predictions[0])) and np.all(predictions[0] > 0)
+
+
+def test_one_model_serves_every_ticker(dataset: Dataset) -> None:
+    """The global model was trained on both tickers' windows and predicts both."""
+    assert set(dataset.train.tickers) == {"AAA", "BBB"}
+    trained = train_forecaster(dataset, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
+    latest = trained.forecaster.predict_windows(dataset.latest.windows, dataset.latest.tickers)
+    assert list(dataset.latest.tickers) == ["AAA", "BBB"]
+    assert latest.shape == (2,)
+    last_close = dataset.latest.windows[:, -1, 0]
+    assert np.all(np.abs(latest / last_close - 1) < 0.2)  # a close near the last one
+
+
+def test_predicted_returns_are_shrunk_by_the_validation_factor(dataset: Dataset) -> None:
+    """With shrink_output, the model predicts its unshrunk log return times a factor in [0, 1]."""
+    lstm = LSTMConfig(hidden_size=8)
+    encoded = []
+    for shrink in (False, True):
+        config = TrainConfig(epochs=2, seed=5, shrink_output=shrink)
+        trained = train_forecaster(dataset, lstm, config)
+        inputs = trained.forecaster.encoding.inputs(dataset.test.windows)
+        encoded.append(trained.forecaster.predict_encoded(inputs))
+    factor = trained.fit.output_scale
+    assert 0.0 <= factor <= 1.0
+    np.testing.assert_allclose(encoded[1], factor * encoded[0], rtol=1e-5, atol=1e-7)
+
+
+def test_the_minmax_target_is_never_shrunk() -> None:
+    """Shrinking toward zero only means "no change" for returns; minmax_close keeps scale 1."""
+    frames = _frames()
+    data = build_dataset(
+        frames, WindowConfig(target="minmax_close"), frames["AAA"].index[-1].date()
+    )
+    trained = train_forecaster(data, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
+    assert trained.fit.output_scale == 1.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_refused() -> None:
+    """Asking for CUDA where there is none names the device; auto falls back to the CPU."""
+    with pytest.raises(ValueError, match="'cuda'"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_diverging_training_exits_1_and_registers_nothing(
+    tmp_path: Path,
+    csv_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A NaN loss fails the nightly run (exit 1, one error line), registers nothing, no report."""
+    real_targets = Encoding.targets
+
+    def poisoned(self: Encoding, *args: object, **kwargs: object) -> np.ndarray:
+        targets = real_targets(self, *args, **kwargs)  # type: ignore[arg-type]
+        targets[0] = np.nan  # one corrupt training target: every loss after it is NaN
+        return targets
+
+    monkeypatch.setattr(Encoding, "targets", poisoned)
+    home = tmp_path / "home"
+    code = main(
+        ["run", "--source", f"csv:{csv_folder}", "--tickers", "AAA,BBB", "--home", str(home),
+         "--epochs", "2", "--hidden", "8"]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    last = err.splitlines()[-1]  # MLflow logs its own set-up lines before it
+    assert last.startswith("closecast: pipeline failed: training diverged")
+    assert "non-finite at epoch 1" in last and "Traceback" not in err
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    assert client.search_registered_models() == []
+    runs = client.search_runs([client.get_experiment_by_name("closecast").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not (home / "reports").exists()
+
+
+def test_training_needs_validation_windows() -> None:
+    """A dataset whose validation span is empty cannot train: the error says so."""
+    frames = _frames()
+    data = build_dataset(frames, WindowConfig(), date(2021, 6, 30))
+    empty = data.validation.select(np.zeros(len(data.validation), dtype=bool))
+    broken = Dataset(**{**data.__dict__, "validation": empty})
+    with pytest.raises(ValueError, match="validation windows"):
+        train_forecaster(broken, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
