@@ -308,7 +308,7 @@ def backfill(
     from flows.backfill import backfill as backfill_flow
 
     result = with_runner(backfill_flow, flow_runner)(
-        config, first, last, retrain_every=retrain_every, register=register
+        config, first, last, retrain_every=retrain_every, register_versions=register
     )
     for path in result.reports:
         typer.echo(f"report: {path}")

@@ -148,6 +148,8 @@ def serve_deployments(config: PipelineConfig, port: int, task_runner: Any | None
     from prefect import serve
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    # Ctrl-C must reach us even when started in the background, where SIGINT is ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)  # stop what we started on SIGTERM too
     api_url = os.environ.get("PREFECT_API_URL")
     if api_url:

@@ -3,7 +3,7 @@
 Each session is its own flow run and MLflow run (experiment
 `closecast-backfill`) and writes its own report. The model is retrained every
 `retrain_every` sessions and predicts from memory in between; nothing is
-registered unless `register` is set. Sessions that already have a complete
+registered unless `register_versions` is set. Sessions that already have a complete
 report are skipped, so a backfill stopped halfway and started again does
 only the rest.
 """
@@ -65,7 +65,7 @@ def backfill(
     start: date,
     end: date,
     retrain_every: Annotated[int, Field(ge=1)] = 1,
-    register: bool = False,
+    register_versions: bool = False,
 ) -> BackfillResult:
     """Run the nightly steps for every XNYS session in [start, end] not yet reported."""
     config = config.model_copy(
@@ -79,7 +79,11 @@ def backfill(
     model, reports = None, []
     for session in plan.sessions:
         path, model = backfill_session(
-            config, session.as_of, fetched.failures, None if session.retrain else model, register
+            config,
+            session.as_of,
+            fetched.failures,
+            None if session.retrain else model,
+            register_versions,
         )
         reports.append(path)
     return BackfillResult(reports, plan.done)
@@ -91,7 +95,7 @@ def backfill_session(
     as_of: date,
     fetch_failures: dict[str, str],
     model: ModelInUse | None,
-    register: bool,
+    register_versions: bool,
 ) -> tuple[Path, ModelInUse]:
     """One point-in-time session: train when given no model, predict, report, score."""
     prices = load_prices(config.prices_dir, config.data.tickers, as_of)
@@ -108,7 +112,7 @@ def backfill_session(
     tags = {**run_tags(config, prices, dataset), "retrained": str(model is None).lower()}
     with tracking_run(config, f"backfill {prices.as_of}", tags) as run_id:
         if model is None:
-            model = train_session(config, run_id, dataset, validated, latest, register)
+            model = train_session(config, run_id, dataset, validated, latest, register_versions)
         predictions = predict_in_memory(model.forecaster, latest)
         context = ReportContext(prices.as_of, prices.target_date, MODEL_NAME, model.version, run_id)
         report = build_report(
@@ -127,13 +131,13 @@ def train_session(
     dataset: Dataset,
     validated: ValidatedPrices,
     latest: pd.DataFrame,
-    register: bool,
+    register_versions: bool,
 ) -> ModelInUse:
     """Train, evaluate and log to `run_id`; register (through the gate) only when asked."""
     trained = train_model(dataset, config.lstm, config.train)
     evaluation = evaluate_model(trained.forecaster, dataset.test)
     log_run(config.mlflow_uri, run_id, trained, evaluation, validated)
-    if not register:
+    if not register_versions:
         return ModelInUse(
             forecaster=trained.forecaster,
             version=f"run:{run_id}",
