@@ -326,6 +326,7 @@ def _download_run_name() -> str:
     name="download-prices",
     retries=3,
     retry_delay_seconds=[2, 8, 30],
+    timeout_seconds=300,  # a hung connection fails the try (and is retried), not the night
     cache_policy=NO_CACHE,
     task_run_name=lambda: _download_run_name(),
 )
