@@ -34,8 +34,12 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-# ../shared/data next to the repository (as in tests.conftest.SHARED_DATA)
-DATA = ROOT.parent / "shared" / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
+_SHARED_FILE = Path("shared") / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
+# ../shared/data beside the repository, also from a git worktree nested deeper
+DATA = next(
+    (p / _SHARED_FILE for p in ROOT.parents if (p / _SHARED_FILE).is_file()),
+    ROOT.parent / _SHARED_FILE,
+)
 RESULTS = ROOT / "benchmarks" / "results" / "universe.json"
 TARGET_S, TARGET_MB = 600.0, 4096.0
 

@@ -3,7 +3,7 @@
 import logging
 import os
 import sys
-from datetime import date
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Annotated
 
@@ -160,6 +160,7 @@ def run(
                 device=device,
             ),
             promotion="manual" if no_promote else "auto",
+            tracking_uri=tracking_uri_from_env(),
         )
     )
     flow_runner = task_runner(runner, dask_address)
@@ -190,7 +191,12 @@ def fetch(
     root = home or default_home()
     result = fetch_flow(data, root)
     for ticker in data.tickers:
-        state = result.failures.get(ticker, f"{len(result.frames.get(ticker, []))} rows fetched")
+        if ticker in result.failures:
+            state = result.failures[ticker].removeprefix(f"{ticker}: ")
+        elif ticker in result.frames:
+            state = f"{len(result.frames[ticker])} rows fetched"
+        else:
+            state = "store already up to date"
         typer.echo(f"{ticker}: {state}")
     typer.echo(f"store: {root / 'prices'}")
 
@@ -239,7 +245,9 @@ def predict(
     """Fetch and predict the next session with the champion model (no training)."""
     config = _build(
         lambda: PipelineConfig(
-            home=home or default_home(), data=data_config(source, tickers, tickers_file, as_of)
+            home=home or default_home(),
+            data=data_config(source, tickers, tickers_file, as_of),
+            tracking_uri=tracking_uri_from_env(),
         )
     )
     flow_runner = task_runner(runner, dask_address)
@@ -302,6 +310,7 @@ def backfill(
             lstm=LSTMConfig(hidden_size=hidden),
             train=TrainConfig(epochs=epochs, seed=seed, device=device),
             promotion="manual" if no_promote else "auto",
+            tracking_uri=tracking_uri_from_env(),
         )
     )
     flow_runner = task_runner(runner, dask_address)
@@ -339,12 +348,116 @@ def serve(
             home=home or default_home(),
             data=data_config(source, tickers, tickers_file, None),
             promotion="manual" if no_promote else "auto",
+            tracking_uri=tracking_uri_from_env(),
         )
     )
     flow_runner = task_runner(runner, dask_address)
     from closecast.serve import serve_deployments
 
     serve_deployments(config, port, flow_runner)
+
+
+def tracking_uri_from_env() -> str | None:
+    """`$MLFLOW_TRACKING_URI` when set; None lets PipelineConfig use `<home>/mlflow.db`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def _registry(home: Path | None):  # type: ignore[no-untyped-def]
+    """A client for the registry the pipeline would use, after one successful contact."""
+    from tasks.tracking import connect_mlflow
+
+    config = PipelineConfig(home=home or default_home(), tracking_uri=tracking_uri_from_env())
+    uri = config.mlflow_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise InputError(
+            f"no MLflow database at {uri.removeprefix('sqlite:///')}: "
+            "run `closecast run` first, or set MLFLOW_TRACKING_URI"
+        )
+    return uri, connect_mlflow(uri)
+
+
+def _as_of_instant(value: str) -> datetime:
+    """An ISO date (its end, UTC) or datetime (UTC unless it says otherwise)."""
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            return datetime.combine(day, time.max, tzinfo=UTC)
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(
+            f"invalid --at {value!r}: expected YYYY-MM-DD or an ISO datetime"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def models(
+    home: HomeOpt = None,
+    history: Annotated[
+        bool, typer.Option("--history", help="Every alias move: when, from, to, by whom.")
+    ] = False,
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="Which version was champion at YYYY-MM-DD (end of day, UTC)."),
+    ] = None,
+) -> None:
+    """List registered versions: version, aliases, created, metrics, promotion decision."""
+    from closecast.config import MODEL_NAME
+    from tasks.registry import CHAMPION, alias_at, alias_history, version_table
+
+    when = _as_of_instant(at) if at is not None else None
+    uri, client = _registry(home)
+    if when is not None:
+        version = alias_at(alias_history(client), CHAMPION, when)
+        typer.echo(
+            f"{CHAMPION} at {when.isoformat(timespec='seconds')}: "
+            + (f"{MODEL_NAME} v{version}" if version else "none recorded")
+        )
+        return
+    if history:
+        moves = alias_history(client)
+        if not moves:
+            typer.echo(f"no alias moves recorded for {MODEL_NAME} at {uri}")
+        for m in moves:
+            typer.echo(
+                f"{m.at.isoformat(timespec='seconds')}  {m.alias:<10}  "
+                f"v{m.previous or '-'} -> v{m.version or '-'}  by {m.by}"
+                + (f"  ({m.reason})" if m.reason else "")
+            )
+        return
+    table = version_table(client)
+    if table.empty:
+        typer.echo(f"no versions of {MODEL_NAME} registered at {uri}")
+        return
+    typer.echo(table.to_string(index=False))
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Registry version to make champion.")],
+    home: HomeOpt = None,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why, for the alias history.")
+    ] = "manual review",
+) -> None:
+    """Point `champion` at VERSION; promoting the previous version is the rollback."""
+    import getpass
+
+    from closecast.config import MODEL_NAME
+    from tasks.registry import UnknownVersion, promote_version
+
+    if not version.isdigit():
+        raise InputError(f"invalid version {version!r}: expected a version number")
+    uri, _ = _registry(home)
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown user"
+    try:
+        move = promote_version(uri, version, f"closecast promote by {user}", reason)
+    except UnknownVersion as exc:
+        raise InputError(str(exc)) from None
+    typer.echo(f"champion: {MODEL_NAME} v{move.version} (was v{move.previous or '-'})")
 
 
 def _build(make):  # type: ignore[no-untyped-def]

@@ -67,6 +67,15 @@ class DataConfig(_Strict):
         default=5, ge=1, le=60, description="Stored rows re-checked against the source each fetch."
     )
     chunk_size: int = Field(default=100, ge=1, le=1000, description="Tickers per yfinance batch.")
+    fetch_retries: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="Retries of a chunk after a rate limit or network error.",
+    )
+    retry_backoff_seconds: float = Field(
+        default=2.0, ge=0, le=600, description="First retry delay; each later one is 4x longer."
+    )
 
     @field_validator("tickers")
     @classmethod

@@ -26,7 +26,7 @@ from tasks.fanout import features_each, validate_each
 from tasks.features import latest_rows
 from tasks.inference import predict_in_memory
 from tasks.prices import FetchResult
-from tasks.registry import register_model
+from tasks.registry import promote_model, register_model, rollback_registration
 from tasks.report import ReportContext, build_report, publish_report
 from tasks.scorecard import update_scorecard
 from tasks.store import load_prices
@@ -110,7 +110,10 @@ def backfill_session(
     )
     latest = latest_rows(validated.frames, dataset.latest.tickers.tolist(), dataset.window)
     tags = {**run_tags(config, prices, dataset), "retrained": str(model is None).lower()}
-    with tracking_run(config, f"backfill {prices.as_of}", tags) as run_id:
+    with (
+        tracking_run(config, f"backfill {prices.as_of}", tags) as run_id,
+        rollback_registration(config.mlflow_uri, run_id),
+    ):
         if model is None:
             model = train_session(config, run_id, dataset, validated, latest, register_versions)
         predictions = predict_in_memory(model.forecaster, latest)
@@ -136,7 +139,7 @@ def train_session(
     """Train, evaluate and log to `run_id`; register (through the gate) only when asked."""
     trained = train_model(dataset, config.lstm, config.train)
     evaluation = evaluate_model(trained.forecaster, dataset.test)
-    log_run(config.mlflow_uri, run_id, trained, evaluation, validated)
+    log_run(config, run_id, trained, evaluation, validated)
     if not register_versions:
         return ModelInUse(
             forecaster=trained.forecaster,
@@ -145,6 +148,7 @@ def train_session(
             decision="not registered",
         )
     registered = register_model(config, run_id, trained.forecaster, evaluation, dataset, latest)
+    promote_model(config.mlflow_uri, registered)
     return ModelInUse(
         forecaster=trained.forecaster,
         version=registered.version,

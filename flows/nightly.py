@@ -12,7 +12,7 @@ from flows.fetch import fetch
 from tasks.evaluation import evaluate_model
 from tasks.fanout import features_each, validate_each
 from tasks.features import latest_rows
-from tasks.registry import predict_next, register_model
+from tasks.registry import predict_next, promote_model, register_model, rollback_registration
 from tasks.report import ReportContext, build_report, publish_report
 from tasks.scorecard import update_scorecard
 from tasks.store import load_prices
@@ -55,10 +55,13 @@ def nightly(config: PipelineConfig) -> NightlyResult:
         fetched.issues(prices.frames), prices.issues, validated.issues, dataset.issues
     )
     tags = run_tags(config, prices, dataset)
-    with tracking_run(config, f"nightly {prices.as_of}", tags) as run_id:
+    with (
+        tracking_run(config, f"nightly {prices.as_of}", tags) as run_id,
+        rollback_registration(config.mlflow_uri, run_id),
+    ):
         trained = train_model(dataset, config.lstm, config.train)
         evaluation = evaluate_model(trained.forecaster, dataset.test)
-        log_run(config.mlflow_uri, run_id, trained, evaluation, validated)
+        log_run(config, run_id, trained, evaluation, validated)
         latest = latest_rows(validated.frames, dataset.latest.tickers.tolist(), dataset.window)
         registered = register_model(config, run_id, trained.forecaster, evaluation, dataset, latest)
         predictions = predict_next(config.mlflow_uri, registered.predicting_version, latest)
@@ -68,6 +71,7 @@ def nightly(config: PipelineConfig) -> NightlyResult:
         report = build_report(
             config.data.tickers, context, prices.last_closes(), predictions, issues
         )
+        promote_model(config.mlflow_uri, registered)
         path = publish_report(
             report, config.reports_dir, evaluation.metrics, registered.decision.tag
         )

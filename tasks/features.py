@@ -27,7 +27,7 @@ def compute_features(prices: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     factor = prices["adj_close"] / prices["close"]
     factor = factor / factor.iloc[-1] if len(factor) else factor
     adjusted = {
-        "close": prices["adj_close"],
+        "close": prices["close"] * factor,
         "open": prices["open"] * factor,
         "high": prices["high"] * factor,
         "low": prices["low"] * factor,

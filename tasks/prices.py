@@ -11,17 +11,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Protocol
 
 import pandas as pd
-from prefect import task
+from prefect import task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
+from closecast.calendar import session_on_or_before
 from closecast.config import SAMPLE_TICKERS, DataConfig
 from closecast.errors import InputError, PipelineError
-from closecast.statuses import FETCH_FAILED, Issues
+from closecast.statuses import FETCH_FAILED, STALE_DATA, Issues
 from tasks.store import normalize_prices, overlap_start
 
 logger = logging.getLogger(__name__)
@@ -52,10 +54,24 @@ class FetchResult:
 
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    end: date | None = None  # the last date the fetch asked for
 
     def issues(self, loaded: dict[str, pd.DataFrame]) -> Issues:
-        """fetch_failed for every failed ticker that has no stored rows to fall back on."""
-        return {t: (FETCH_FAILED, m) for t, m in self.failures.items() if t not in loaded}
+        """Why failed tickers lack fresh prices.
+
+        A failed ticker with no stored rows is fetch_failed. One that falls
+        back on stored rows ending before `end`'s session is stale_data, with
+        the fetch error in its message; with rows up to it, it is fine.
+        """
+        issues: Issues = {}
+        last_session = pd.Timestamp(session_on_or_before(self.end)) if self.end else None
+        for ticker, message in self.failures.items():
+            if ticker not in loaded:
+                issues[ticker] = (FETCH_FAILED, message)
+            elif last_session is not None and loaded[ticker].index[-1] < last_session:
+                last = loaded[ticker].index[-1].date().isoformat()
+                issues[ticker] = (STALE_DATA, f"fetch failed ({message}); last stored price {last}")
+        return issues
 
     def require_any(self, tickers: list[str]) -> None:
         """Raise PipelineError when the fetch failed for every requested ticker."""
@@ -64,14 +80,16 @@ class FetchResult:
             raise PipelineError(f"every fetch failed ({len(tickers)} tickers), e.g. {first}")
 
     def update(self, other: "FetchResult") -> None:
+        """Add another fetch's results; a ticker that has frames is not a failure."""
         self.frames.update(other.frames)
         self.failures.update(other.failures)
-        for ticker in other.frames:
+        for ticker in self.frames:
             self.failures.pop(ticker, None)
 
 
 class PriceSource(Protocol):
     name: str
+    live: bool  # a live source has data up to today; a local one up to its last row
 
     def download(self, tickers: list[str], start: date | None, end: date | None) -> FetchResult:
         """Daily OHLCV for `tickers` on dates in [start, end] (None: unbounded)."""
@@ -107,6 +125,7 @@ class SampleSource:
     """Real daily index OHLCV shipped in the `arch` package: ^GSPC and ^IXIC, 1999-2018."""
 
     name: str = "sample"
+    live: bool = False
 
     @cached_property
     def _frames(self) -> dict[str, pd.DataFrame]:
@@ -134,47 +153,103 @@ def _date_column(frame: pd.DataFrame, path: Path) -> str:
     if "date" in frame.columns:
         return "date"
     first = frame.columns[0]
-    if str(first).startswith("unnamed"):  # pandas' default to_csv writes the index unnamed
+    # pandas' default to_csv writes the index as a leading unnamed column
+    if str(first).startswith("unnamed") and not pd.api.types.is_numeric_dtype(frame[first]):
         return first
     raise InputError(f"no date column in {path}: columns are {', '.join(map(str, frame.columns))}")
 
 
-def _read_price_csv(path: Path) -> pd.DataFrame:
-    frame = _canonical_columns(pd.read_csv(path))
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def parse_dates(values: pd.Series) -> pd.DatetimeIndex:
+    """Trading dates from a CSV column; NaT where a value is no date.
+
+    ISO strings keep their own calendar date, so `2020-07-02 00:00:00-04:00`
+    (yfinance's `to_csv`) is 2020-07-02 whatever its UTC offset.
+    """
+    text = values.astype("string").str.strip()
+    iso = text.str.match(_ISO_DATE).fillna(False).astype(bool)
+    if iso.any():
+        days = text.where(iso).str.slice(0, 10)
+        return pd.DatetimeIndex(pd.to_datetime(days, format="%Y-%m-%d", errors="coerce"))
+    try:
+        index = pd.DatetimeIndex(pd.to_datetime(text, errors="coerce"))
+    except ValueError:  # mixed UTC offsets: read them as New York times
+        index = pd.DatetimeIndex(pd.to_datetime(text, errors="coerce", utc=True))
+        index = index.tz_convert("America/New_York")
+    return index.tz_localize(None) if index.tz is not None else index
+
+
+def read_price_csv(path: Path) -> pd.DataFrame:
+    """One CSV (plain or .gz) with columns matched case-insensitively, indexed by date.
+
+    Raises:
+        InputError: naming the file, when it cannot be read or lacks a column.
+    """
+    try:
+        frame = _canonical_columns(pd.read_csv(path))
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
     date_col = _date_column(frame, path)
     missing = [c for c in ("open", "high", "low", "close", "volume") if c not in frame.columns]
     if missing:
         raise InputError(f"{path} lacks column(s) {', '.join(missing)}")
-    frame.index = pd.to_datetime(frame.pop(date_col), errors="coerce")
+    frame.index = parse_dates(frame.pop(date_col))
+    undated = int(frame.index.isna().sum())
+    if undated:
+        logger.warning("%s: skipped %d rows whose date cannot be parsed", path, undated)
     return frame[frame.index.notna()]
+
+
+def _csv_files(path: Path) -> list[Path]:
+    """The CSV files a source path names: itself, or the folder's *.csv and *.csv.gz."""
+    if not path.is_dir():
+        return [path]
+    files = sorted(path.glob("*.csv")) + sorted(path.glob("*.csv.gz"))
+    if not files:
+        raise InputError(f"no TICKER.csv files in {path}")
+    return files
+
+
+def _fingerprint(files: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    """Name, mtime and size of each file: a changed file is read again."""
+    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+
+
+@lru_cache(maxsize=4)
+def _load_csv(path: Path, fingerprint: tuple[tuple[str, int, int], ...]) -> dict[str, pd.DataFrame]:
+    """Every ticker's frame in a CSV folder or long file (cached while no file changes)."""
+    if path.is_dir():
+        files = [Path(name) for name, _, _ in fingerprint]
+        return {f.name.split(".csv")[0].upper(): normalize_prices(read_price_csv(f)) for f in files}
+    frame = read_price_csv(path)
+    ticker_col = next((c for c in ("ticker", "symbol", "name") if c in frame.columns), None)
+    if ticker_col is None:
+        raise InputError(f"{path} has no ticker column (ticker, symbol or Name)")
+    frame = frame[frame[ticker_col].notna()]
+    return {
+        str(t).strip().upper(): normalize_prices(rows.drop(columns=[ticker_col]))
+        for t, rows in frame.groupby(ticker_col, sort=True)
+    }
 
 
 @dataclass
 class CsvSource:
-    """A folder of `TICKER.csv` files, or one long file with a ticker column."""
+    """A folder of `TICKER.csv` files, or one long file with a ticker column (.csv or .csv.gz)."""
 
     path: Path
     name: str = "csv"
+    live: bool = False
 
     def __post_init__(self) -> None:
         if not self.path.exists():
             raise InputError(f"CSV source path does not exist: {self.path}")
 
-    @cached_property
+    @property
     def _frames(self) -> dict[str, pd.DataFrame]:
-        if self.path.is_dir():
-            files = sorted(self.path.glob("*.csv")) + sorted(self.path.glob("*.csv.gz"))
-            return {
-                f.name.split(".csv")[0].upper(): normalize_prices(_read_price_csv(f)) for f in files
-            }
-        frame = _read_price_csv(self.path)
-        ticker_col = next((c for c in ("ticker", "symbol", "name") if c in frame.columns), None)
-        if ticker_col is None:
-            raise InputError(f"{self.path} has no ticker column (ticker, symbol or Name)")
-        return {
-            str(t).upper(): normalize_prices(rows.drop(columns=[ticker_col]))
-            for t, rows in frame.groupby(ticker_col, sort=True)
-        }
+        path = self.path.resolve()
+        return _load_csv(path, _fingerprint(_csv_files(path)))
 
     def tickers(self) -> list[str]:
         """Every ticker the source holds."""
@@ -242,11 +317,18 @@ class YFinanceSource:
     """Yahoo Finance through `yf.download`, one batched call per chunk, unadjusted."""
 
     name: str = "yfinance"
+    live: bool = True
 
     def download(self, tickers: list[str], start: date | None, end: date | None) -> FetchResult:
+        """One `yf.download` for all `tickers`.
+
+        Raises:
+            TransientFetchError: yfinance logged a rate limit or network error
+                for one of `tickers`; the fetch task retries the chunk.
+        """
         import yfinance as yf
 
-        # yfinance's `end` is exclusive.
+        # yfinance's `end` is exclusive: ask for the day after the last one wanted.
         end_exclusive = (end or date.today()) + timedelta(days=1)
         with _yfinance_errors() as log:
             raw = yf.download(
@@ -260,12 +342,16 @@ class YFinanceSource:
                 progress=False,
                 threads=True,
             )
-        transient = {t: e for t, e in log.errors.items() if _TRANSIENT.search(e)}
+        # The yfinance logger is global: chunks downloading at the same time see
+        # each other's errors, so keep only this chunk's.
+        errors = {t: log.errors[t] for t in tickers if t in log.errors}
+        transient = {t: e for t, e in errors.items() if _TRANSIENT.search(e)}
         if transient:
+            first = transient[min(transient)]
             raise TransientFetchError(
-                f"yfinance failed for {', '.join(sorted(transient))}: {next(iter(transient.values()))}"
+                f"yfinance failed for {', '.join(sorted(transient))}: {first}"
             )
-        return split_download(raw, tickers, log.errors)
+        return split_download(raw, tickers, errors)
 
 
 def open_source(spec: str) -> PriceSource:
@@ -301,9 +387,10 @@ def plan_fetches(
     if fresh_start is None and end is not None:
         fresh_start = end.replace(year=end.year - config.history_years, day=min(end.day, 28))
     by_start: dict[date | None, list[str]] = {}
+    last_session = pd.Timestamp(session_on_or_before(end)) if end is not None else None
     for ticker, frame in stored.items():
-        if frame is not None and end is not None and frame.index[-1] >= pd.Timestamp(end):
-            continue  # the store already covers every date this run may see
+        if frame is not None and last_session is not None and frame.index[-1] >= last_session:
+            continue  # the store already covers every session this run may see
         first = overlap_start(frame, config.overlap_days)
         start = first.date() if first is not None else fresh_start
         by_start.setdefault(start, []).append(ticker)
@@ -314,6 +401,13 @@ def plan_fetches(
     return plans
 
 
+def fetch_end(source: PriceSource, as_of: date | None) -> date | None:
+    """Last date to ask for: as_of, else today for a live source, else all it has."""
+    if as_of is not None:
+        return as_of
+    return date.today() if source.live else None
+
+
 def _download_run_name() -> str:
     from prefect.runtime import task_run
 
@@ -322,10 +416,22 @@ def _download_run_name() -> str:
     return f"download {plan.tickers[0]}{more} from {plan.start or 'start'}"
 
 
+def _worth_retrying(task: object, task_run: object, state: State) -> bool:
+    """Retry rate limits and network errors, not bad input (a broken CSV stays broken)."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, InputError)
+
+
+def retry_delays(retries: int, backoff_seconds: float) -> list[float]:
+    """Exponential backoff: backoff, 4x backoff, 16x backoff, ..."""
+    return [backoff_seconds * 4**i for i in range(retries)]
+
+
 @task(
     name="download-prices",
     retries=3,
-    retry_delay_seconds=[2, 8, 30],
+    retry_delay_seconds=retry_delays(3, 2.0),
+    retry_condition_fn=_worth_retrying,
     timeout_seconds=300,  # a hung connection fails the try (and is retried), not the night
     cache_policy=NO_CACHE,
     task_run_name=lambda: _download_run_name(),
@@ -335,19 +441,26 @@ def download_prices(source: PriceSource, plan: FetchPlan) -> FetchResult:
     return source.download(plan.tickers, plan.start, plan.end)
 
 
-def download_all(source: PriceSource, plans: list[FetchPlan]) -> FetchResult:
+def download_all(source: PriceSource, plans: list[FetchPlan], config: DataConfig) -> FetchResult:
     """Run every planned download (mapped, so a task runner can fan them out).
 
-    A chunk that still fails after its retries marks its tickers fetch_failed;
-    the other chunks go on.
+    Each chunk retries `config.fetch_retries` times with exponential backoff.
+    A chunk that still fails marks only its own tickers fetch_failed; the
+    other chunks go on. Bad input (InputError) is raised, not retried.
     """
     result = FetchResult()
     if not plans:
         return result
-    futures = download_prices.map(source, plans)
+    download = download_prices.with_options(
+        retries=config.fetch_retries,
+        retry_delay_seconds=retry_delays(config.fetch_retries, config.retry_backoff_seconds),
+    )
+    futures = download.map(unmapped(source), plans)
     for plan, future in zip(plans, futures, strict=True):
         try:
             result.update(future.result())
+        except InputError:
+            raise
         except Exception as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             result.failures.update({t: f"{t}: {reason}" for t in plan.tickers})

@@ -1,7 +1,26 @@
-"""The model registry: log the pyfunc, register a version, run the promotion gate."""
+"""The model registry: log the pyfunc, register a version, run the promotion gate, move aliases.
 
+A nightly run registers in two steps so that a failure leaves the registry as
+it found it: `register_forecaster` re-scores the champion, decides, and
+creates the version with its tags (no alias moves); `apply_promotion` moves
+`challenger` (and `champion` when the gate said so) as the run's last registry
+write. `rollback_registration` wraps both: if anything in between fails, the
+run's version is deleted and the aliases are put back.
+
+Every alias move is recorded as a registered-model tag `alias_move.<ms>.<alias>.v<N>`
+whose value is JSON (at, alias, version, previous, by, reason), so
+`alias_history` answers "what was champion on date X".
+"""
+
+import json
+import logging
+import math
+import re
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -25,6 +44,10 @@ from tasks.windows import Dataset, WindowSet
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_CODE = Path(models.__file__).parent / "mlflow_model.py"
+HISTORY_PREFIX = "alias_move."
+GATED_METRICS = ("test_rmse", "naive_rmse", "skill")
+
+logger = logging.getLogger(__name__)
 
 SIGNATURE = ModelSignature(
     inputs=Schema(
@@ -38,6 +61,10 @@ SIGNATURE = ModelSignature(
 )
 
 
+class UnknownVersion(LookupError):
+    """A registry version that does not exist (or a name that is not a version number)."""
+
+
 @dataclass(frozen=True)
 class Decision:
     """What the promotion gate decided for a new version, and why."""
@@ -49,11 +76,39 @@ class Decision:
 
 @dataclass(frozen=True)
 class RegisteredVersion:
-    """The version a run registered, the gate's decision, and the version that predicts."""
+    """A version a run registered (no alias moved yet) and what the gate decided for it."""
 
     version: str
     decision: Decision
     predicting_version: str
+    previous_champion: str | None
+    run_id: str
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One move of an alias: the version it pointed at before and after, by whom, when."""
+
+    at: datetime
+    alias: str
+    version: str | None  # None: the alias was removed
+    previous: str | None
+    by: str
+    reason: str
+
+    @property
+    def tag_key(self) -> str:
+        """The registered-model tag holding this move; keys sort by time."""
+        stamp = int(self.at.timestamp() * 1000)
+        return f"{HISTORY_PREFIX}{stamp:013d}.{self.alias}.v{self.version or 'none'}"
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "at": self.at.isoformat()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "AliasMove":
+        data = json.loads(text)
+        return cls(**{**data, "at": datetime.fromisoformat(data["at"])})
 
 
 def decide_promotion(
@@ -72,7 +127,12 @@ def decide_promotion(
         return Decision(True, "champion", f"first version (test_rmse {challenger_rmse:.6f})")
     version, champion_rmse = champion
     if not np.isfinite(champion_rmse):
-        return Decision(True, "champion", f"champion v{version} could not be re-scored")
+        return Decision(
+            True,
+            "champion",
+            f"champion v{version} cannot score these test windows "
+            f"(test_rmse {challenger_rmse:.6f})",
+        )
     if challenger_rmse < champion_rmse:
         return Decision(
             True,
@@ -86,6 +146,18 @@ def decide_promotion(
         f"test_rmse {challenger_rmse:.6f} does not beat champion v{version}'s "
         f"{champion_rmse:.6f} on the same test windows",
     )
+
+
+def check_metrics(metrics: dict[str, float]) -> None:
+    """Refuse to register a model whose gated metrics are missing or not finite.
+
+    Raises:
+        ValueError: naming the metric and its value.
+    """
+    for name in GATED_METRICS:
+        value = metrics.get(name, float("nan"))
+        if not math.isfinite(value):
+            raise ValueError(f"metric {name} is {value}: refusing to register the model")
 
 
 def example_input(frame: pd.DataFrame) -> pd.DataFrame:
@@ -124,26 +196,54 @@ def load_forecaster(model_uri: str) -> Forecaster:
     return python_model.forecaster
 
 
+def _missing(exc: MlflowException) -> bool:
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def current_aliases(client: MlflowClient) -> dict[str, str]:
+    """alias -> version of the registered model; empty when it is not registered yet.
+
+    Any other registry error (unreachable server) propagates: a missing
+    answer must never read as "there is no champion".
+    """
+    try:
+        return {a: str(v) for a, v in client.get_registered_model(MODEL_NAME).aliases.items()}
+    except MlflowException as exc:
+        if _missing(exc):
+            return {}
+        raise
+
+
 def alias_version(client: MlflowClient, alias: str) -> str | None:
     """The version `alias` points at, or None."""
-    try:
-        return str(client.get_model_version_by_alias(MODEL_NAME, alias).version)
-    except MlflowException:
-        return None
+    return current_aliases(client).get(alias)
 
 
 def rescore_champion(version: str, test: WindowSet) -> float:
-    """The champion's RMSE on the challenger's test windows (NaN if it cannot run on them)."""
+    """The champion's RMSE on the challenger's test windows (NaN if it cannot score them).
+
+    A champion that cannot read these windows (other features or window
+    length, a ticker it has no scaling for) gets NaN; a champion that cannot
+    be loaded (registry unreachable) fails the run rather than the gate.
+    """
+    champion = load_forecaster(f"models:/{MODEL_NAME}/{version}")
     try:
-        champion = load_forecaster(f"models:/{MODEL_NAME}/{version}")
         predicted = champion.predict_windows(test.windows, test.tickers)
-    except (ValueError, RuntimeError, MlflowException) as exc:
+        return score_forecasts(predicted, test.next_close, test.last_close)["test_rmse"]
+    except (ValueError, RuntimeError) as exc:
         get_run_logger().warning("champion v%s cannot be re-scored: %s", version, exc)
         return float("nan")
-    return score_forecasts(predicted, test.next_close, test.last_close)["test_rmse"]
 
 
-def describe_version(metrics: dict[str, float], decision: Decision, summary: dict[str, str]) -> str:
+def list_tickers(tickers: list[str], limit: int = 40) -> str:
+    """Tickers for a description, cut after `limit` (MySQL/Postgres stores cap it at 5000 chars)."""
+    shown = ", ".join(tickers[:limit])
+    return shown if len(tickers) <= limit else f"{shown}, … ({len(tickers)} in all)"
+
+
+def describe_version(
+    metrics: dict[str, float], decision: Decision, summary: dict[str, object]
+) -> str:
     """The markdown description a reviewer reads in the registry."""
     lines = [
         f"**Promotion:** {decision.tag} — {decision.reason}",
@@ -165,31 +265,153 @@ def register_forecaster(
     dataset: Dataset,
     example: pd.DataFrame,
 ) -> RegisteredVersion:
-    """Log, register as `challenger`, run the gate and move `champion` if it says so."""
-    client = configure_mlflow(config.mlflow_uri)
+    """Gate the new model against the champion, then log and register it (aliases untouched).
+
+    The champion is re-scored on this run's test windows before anything is
+    written, so a failing re-score registers nothing.
+    """
     metrics = evaluation.metrics
-    model_uri = log_forecaster(forecaster, run_id, example)
-    version = str(mlflow.register_model(model_uri, MODEL_NAME).version)
-    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+    check_metrics(metrics)
+    client = configure_mlflow(config.mlflow_uri)
     current = alias_version(client, CHAMPION)
     champion = None if current is None else (current, rescore_champion(current, dataset.test))
     decision = decide_promotion(metrics["test_rmse"], champion, config.promotion)
+    model_uri = log_forecaster(forecaster, run_id, example)
     tags = {
         "promotion": decision.tag,
         "promotion_reason": decision.reason,
         "run_id": run_id,
-        **{k: f"{metrics[k]:.6g}" for k in ("test_rmse", "naive_rmse", "skill")},
+        **{k: f"{metrics[k]:.6g}" for k in GATED_METRICS},
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(MODEL_NAME, version, key, value)
-    summary = {**dataset.summary(), "tickers": ", ".join(dataset.tickers)}
+    version = str(mlflow.register_model(model_uri, MODEL_NAME, tags=tags).version)
+    summary = {**dataset.summary(), "tickers": list_tickers(dataset.tickers)}
     client.update_model_version(
         MODEL_NAME, version, description=describe_version(metrics, decision, summary)
     )
-    if decision.promote:
-        client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
     predicting = version if decision.promote or current is None else current
-    return RegisteredVersion(version=version, decision=decision, predicting_version=predicting)
+    return RegisteredVersion(version, decision, predicting, current, run_id)
+
+
+def move_alias(
+    client: MlflowClient, alias: str, version: str | None, by: str, reason: str
+) -> AliasMove:
+    """Point `alias` at `version` (None removes it) and record the move in the history."""
+    previous = alias_version(client, alias)
+    if version is None:
+        client.delete_registered_model_alias(MODEL_NAME, alias)
+    else:
+        client.set_registered_model_alias(MODEL_NAME, alias, version)
+    move = AliasMove(datetime.now(UTC), alias, version, previous, by[:300], reason[:1000])
+    client.set_registered_model_tag(MODEL_NAME, move.tag_key, move.to_json())
+    return move
+
+
+def apply_promotion(tracking_uri: str, registered: RegisteredVersion) -> list[AliasMove]:
+    """Move `challenger` to the new version, and `champion` when the gate promoted it."""
+    client = configure_mlflow(tracking_uri)
+    by = f"nightly run {registered.run_id}"
+    moves = [move_alias(client, CHALLENGER, registered.version, by, "newly trained version")]
+    if registered.decision.promote:
+        moves.append(
+            move_alias(client, CHAMPION, registered.version, by, registered.decision.reason)
+        )
+    return moves
+
+
+def discard_run_versions(client: MlflowClient, run_id: str) -> list[str]:
+    """Delete every version a (failed) run registered; returns their numbers."""
+    if not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        raise ValueError(f"invalid run id {run_id!r}")
+    found = client.search_model_versions(f"name='{MODEL_NAME}' and tags.run_id='{run_id}'")
+    versions = sorted(str(v.version) for v in found)
+    for version in versions:
+        client.delete_model_version(MODEL_NAME, version)
+    return versions
+
+
+@contextmanager
+def rollback_registration(tracking_uri: str, run_id: str) -> Iterator[None]:
+    """If the block fails, delete what `run_id` registered and put the aliases back.
+
+    The original exception always propagates; a failing clean-up is logged,
+    never raised in its place.
+    """
+    client = configure_mlflow(tracking_uri)
+    before = {alias: alias_version(client, alias) for alias in (CHAMPION, CHALLENGER)}
+    try:
+        yield
+    except BaseException:
+        try:
+            discarded = discard_run_versions(client, run_id)
+            for alias, version in before.items():
+                if alias_version(client, alias) != version:
+                    by = f"rollback of failed run {run_id}"
+                    move_alias(client, alias, version, by, "restoring the alias the run had moved")
+            if discarded:
+                logger.warning("run failed: discarded %s v%s", MODEL_NAME, ", v".join(discarded))
+        except Exception as exc:  # the run's own error is the one to report
+            logger.error("could not roll back the registry after the failure: %s", exc)
+        raise
+
+
+def alias_history(client: MlflowClient) -> list[AliasMove]:
+    """Every recorded alias move, oldest first."""
+    try:
+        tags = client.get_registered_model(MODEL_NAME).tags
+    except MlflowException as exc:
+        if _missing(exc):
+            return []
+        raise
+    moves = [AliasMove.from_json(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)]
+    return sorted(moves, key=lambda m: m.at)
+
+
+def alias_at(history: list[AliasMove], alias: str, when: datetime) -> str | None:
+    """The version `alias` pointed at, at time `when`, by the recorded history."""
+    version = None
+    for move in history:
+        if move.alias == alias and move.at <= when:
+            version = move.version
+    return version
+
+
+def promote_version(tracking_uri: str, version: str, by: str, reason: str) -> AliasMove:
+    """Point `champion` at an existing `version` (a manual promotion, or a rollback).
+
+    Raises:
+        UnknownVersion: when `version` is not a number or no such version exists.
+    """
+    if not version.isdigit():
+        raise UnknownVersion(f"invalid version {version!r}: expected a version number")
+    client = configure_mlflow(tracking_uri)
+    try:
+        client.get_model_version(MODEL_NAME, version)
+    except MlflowException as exc:
+        if _missing(exc):
+            raise UnknownVersion(f"version {version} of {MODEL_NAME} does not exist") from None
+        raise
+    return move_alias(client, CHAMPION, version, by, reason)
+
+
+def version_table(client: MlflowClient) -> pd.DataFrame:
+    """One row per registered version, newest first: what `closecast models` prints."""
+    columns = ["version", "aliases", "created", "test_rmse", "naive_rmse", "skill", "promotion"]
+    aliases: dict[str, list[str]] = {}
+    for alias, version in sorted(current_aliases(client).items()):
+        aliases.setdefault(version, []).append(alias)
+    rows = [
+        {
+            "version": int(v.version),
+            "aliases": ",".join(aliases.get(str(v.version), [])),
+            "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).strftime(
+                "%Y-%m-%d %H:%M"
+            ),
+            **{k: v.tags.get(k, "") for k in (*GATED_METRICS, "promotion")},
+        }
+        for v in client.search_model_versions(f"name='{MODEL_NAME}'")
+    ]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("version", ascending=False, ignore_index=True)
 
 
 @task(name="register-model", cache_policy=NO_CACHE)
@@ -201,7 +423,7 @@ def register_model(
     dataset: Dataset,
     example: pd.DataFrame,
 ) -> RegisteredVersion:
-    """Register the new version and apply the promotion gate."""
+    """Register the new version and decide its promotion (aliases move at the end of the run)."""
     registered = register_forecaster(config, run_id, forecaster, evaluation, dataset, example)
     get_run_logger().info(
         "registered %s v%s: %s (%s)",
@@ -211,6 +433,15 @@ def register_model(
         registered.decision.reason,
     )
     return registered
+
+
+@task(name="promote-model", cache_policy=NO_CACHE)
+def promote_model(tracking_uri: str, registered: RegisteredVersion) -> None:
+    """Move the aliases as the gate decided, recording each move."""
+    for move in apply_promotion(tracking_uri, registered):
+        get_run_logger().info(
+            "%s: v%s -> v%s", move.alias, move.previous or "-", move.version or "-"
+        )
 
 
 def predict_with_version(tracking_uri: str, version: str, frame: pd.DataFrame) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from closecast.calendar import next_session, session_on_or_before
 from closecast.errors import PipelineError
-from closecast.statuses import INSUFFICIENT_HISTORY, Issues
+from closecast.statuses import INSUFFICIENT_HISTORY, INVALID_DATA, Issues
 
 logger = logging.getLogger(__name__)
 
@@ -150,27 +150,47 @@ class LoadedPrices:
     as_of: date
     target_date: date
     missing: list[str]
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     @property
     def issues(self) -> Issues:
-        """insufficient_history for tickers with no stored row on or before as_of."""
+        """invalid_data for unreadable store files; insufficient_history for tickers with
+        no stored row on or before as_of."""
         reason = f"no stored price on or before {self.as_of.isoformat()}"
-        return {t: (INSUFFICIENT_HISTORY, reason) for t in self.missing}
+        issues: Issues = {t: (INVALID_DATA, m) for t, m in self.unreadable.items()}
+        for ticker in self.missing:
+            issues.setdefault(ticker, (INSUFFICIENT_HISTORY, reason))
+        return issues
 
     def last_closes(self) -> dict[str, float]:
         """The real close on each ticker's last row."""
         return {t: float(f["close"].iloc[-1]) for t, f in self.frames.items()}
 
 
-def read_stored(prices_dir: Path, tickers: list[str]) -> dict[str, pd.DataFrame | None]:
-    """Each ticker's stored frame; an unreadable file is logged by name and re-fetched."""
+def scan_store(
+    prices_dir: Path, tickers: list[str]
+) -> tuple[dict[str, pd.DataFrame | None], dict[str, str]]:
+    """Each ticker's stored frame (None: nothing usable), and why each unreadable file is so.
+
+    Returns:
+        (frames, unreadable): unreadable maps a ticker to a message naming its file.
+    """
     stored: dict[str, pd.DataFrame | None] = {}
+    unreadable: dict[str, str] = {}
     for ticker in tickers:
         try:
             stored[ticker] = read_prices(prices_dir, ticker)
         except CorruptStoreFile as exc:
-            logger.warning("%s; fetching its whole history again", exc)
             stored[ticker] = None
+            unreadable[ticker] = str(exc).splitlines()[0]
+    return stored, unreadable
+
+
+def read_stored(prices_dir: Path, tickers: list[str]) -> dict[str, pd.DataFrame | None]:
+    """Each ticker's stored frame; an unreadable file is logged by name and read as None."""
+    stored, unreadable = scan_store(prices_dir, tickers)
+    for message in unreadable.values():
+        logger.warning("%s; fetching its whole history again", message)
     return stored
 
 
@@ -206,7 +226,8 @@ def load_point_in_time(prices_dir: Path, tickers: list[str], as_of: date | None)
     With no as_of, the last date with data among the tickers is used. A date
     that is not an XNYS session means the last session before it.
     """
-    frames = {t: f for t, f in read_stored(prices_dir, tickers).items() if f is not None}
+    stored, unreadable = scan_store(prices_dir, tickers)
+    frames = {t: f for t, f in stored.items() if f is not None}
     missing = sorted(set(tickers) - set(frames))
     if not frames:
         raise PipelineError(f"no stored prices for {', '.join(tickers)}")
@@ -220,13 +241,21 @@ def load_point_in_time(prices_dir: Path, tickers: list[str], as_of: date | None)
         as_of=session,
         target_date=next_session(session),
         missing=sorted(missing),
+        unreadable=unreadable,
     )
 
 
 @task(name="read-store", cache_policy=NO_CACHE)
 def read_store(prices_dir: Path, tickers: list[str]) -> dict[str, pd.DataFrame | None]:
-    """The stored frames of `tickers` (None where nothing usable is stored)."""
-    return read_stored(prices_dir, tickers)
+    """The stored frames of `tickers` (None where nothing usable is stored).
+
+    An unreadable file is reported by name and read as None, so its ticker's
+    whole history is fetched again and the file replaced.
+    """
+    stored, unreadable = scan_store(prices_dir, tickers)
+    for message in unreadable.values():
+        get_run_logger().warning("%s; fetching its whole history again", message)
+    return stored
 
 
 @task(name="save-prices", cache_policy=NO_CACHE)

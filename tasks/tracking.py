@@ -1,18 +1,29 @@
-"""MLflow tracking: one run per pipeline run, its params, tags, metrics and tables."""
+"""MLflow tracking: one run per pipeline run, its params, tags, metrics, data and plots."""
 
+import hashlib
+import re
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from closecast.config import PipelineConfig
+from closecast.errors import PipelineError
 from tasks.evaluation import Evaluation
 from tasks.store import LoadedPrices
 from tasks.training import TrainedModel
@@ -20,6 +31,7 @@ from tasks.validate import ValidatedPrices
 from tasks.windows import Dataset
 
 MAX_PARAM_LENGTH = 6000
+PLOTTED_TICKERS = 6  # predicted-vs-actual PNGs per run: all tickers up to this many
 
 
 def configure_mlflow(tracking_uri: str) -> MlflowClient:
@@ -27,6 +39,37 @@ def configure_mlflow(tracking_uri: str) -> MlflowClient:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def unreachable(tracking_uri: str, exc: Exception) -> PipelineError:
+    """One line saying MLflow at `tracking_uri` cannot be reached, and why."""
+    text = str(exc)
+    cause = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", text)
+    if cause:
+        why = cause.group(1).strip()
+    elif "Max retries exceeded" in text or "timed out" in text.lower():
+        why = "no answer"
+    else:
+        why = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    retries = ""
+    if tracking_uri.startswith(("http:", "https:")):
+        retries = f" after {MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries"
+    return PipelineError(f"MLflow at {tracking_uri} cannot be reached{retries}: {why}")
+
+
+def connect_mlflow(tracking_uri: str) -> MlflowClient:
+    """A client for `tracking_uri` that has answered once.
+
+    MLflow retries each HTTP request (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    MLFLOW_HTTP_REQUEST_TIMEOUT); when it still gets no answer this raises
+    one PipelineError line instead of a page of urllib3 errors.
+    """
+    client = configure_mlflow(tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except (MlflowException, OSError) as exc:
+        raise unreachable(tracking_uri, exc) from None
+    return client
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -52,7 +95,13 @@ def flatten_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def artifact_location(config: PipelineConfig) -> str | None:
-    """Artifacts under `<home>/mlartifacts` for a local store; the server decides otherwise."""
+    """Artifacts under `<home>/mlartifacts` for a local SQLite store; None otherwise.
+
+    With a tracking server (`http://...`) or a shared database the server's
+    own default artifact root applies (with `--serve-artifacts` that is
+    `mlflow-artifacts:/`, proxied by the server): a path on this machine
+    would mean nothing to another client.
+    """
     if config.mlflow_uri.startswith("sqlite:"):
         return config.artifacts_dir.absolute().as_uri()
     return None
@@ -60,13 +109,21 @@ def artifact_location(config: PipelineConfig) -> str | None:
 
 @contextmanager
 def tracking_run(config: PipelineConfig, run_name: str, tags: dict[str, str]) -> Iterator[str]:
-    """Open an MLflow run for the block; FINISHED when it ends, FAILED if it raises."""
-    client = configure_mlflow(config.mlflow_uri)
+    """Open an MLflow run for the block; FINISHED when it ends, FAILED if it raises.
+
+    The run carries the full configuration twice: as dotted params (to
+    compare runs) and as the exact `config.json` artifact.
+
+    Raises:
+        PipelineError: when MLflow cannot be reached (before anything is trained).
+    """
+    client = connect_mlflow(config.mlflow_uri)
     experiment_id = ensure_experiment(client, config.experiment, artifact_location(config))
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
-    params = flatten_params(config.model_dump(mode="json"))
-    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    exact = config.model_dump(mode="json")
+    client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(exact).items()])
+    client.log_dict(run_id, exact, "config.json")
     try:
         yield run_id
     except BaseException:
@@ -92,16 +149,92 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
+def prices_table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per-ticker price frames (date index) as one long table: ticker, date, columns..."""
+    parts = [
+        frame.rename_axis("date").reset_index().assign(ticker=ticker)
+        for ticker, frame in sorted(frames.items())
+    ]
+    if not parts:
+        return pd.DataFrame(columns=["ticker", "date"])
+    table = pd.concat(parts, ignore_index=True)
+    return table[["ticker", *[c for c in table.columns if c != "ticker"]]]
+
+
+def table_digest(table: pd.DataFrame) -> str:
+    """sha256 of every row and the column names, cut to MLflow's 36-character digest field."""
+    digest = hashlib.sha256(",".join(map(str, table.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def log_training_data(
+    client: MlflowClient, run_id: str, frames: dict[str, pd.DataFrame], source: str
+) -> str:
+    """Log the validated prices the run trained on as a `training` dataset input.
+
+    MLflow's own pandas digest hashes only the first 10,000 rows; this one
+    covers every row. Returns the digest.
+    """
+    table = prices_table(frames)
+    last = pd.Timestamp(table["date"].max()).date().isoformat() if len(table) else "none"
+    with warnings.catch_warnings():  # MLflow registers its local source twice and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be")
+        dataset = from_pandas(
+            table,
+            source=source,
+            name=f"prices {len(frames)} tickers to {last}",
+            digest=table_digest(table),
+        )
+    entity = DatasetEntity(**dataset.to_dict())
+    context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[context])])
+    return dataset.digest
+
+
+def plot_tickers(per_ticker: pd.DataFrame, limit: int = PLOTTED_TICKERS) -> list[str]:
+    """Tickers worth a plot: all up to `limit`, else the worst and best by skill."""
+    ranked = per_ticker.sort_values(["skill", "ticker"])["ticker"].astype(str).tolist()
+    if len(ranked) <= limit:
+        return sorted(ranked)
+    return sorted(ranked[: limit // 2] + ranked[len(ranked) - (limit - limit // 2) :])
+
+
+def plot_predictions(predictions: pd.DataFrame, ticker: str) -> Figure:
+    """Predicted vs actual close over the test span of one ticker, naive forecast dashed."""
+    rows = predictions[predictions["ticker"] == ticker].sort_values("target_date")
+    figure = Figure(figsize=(9, 4), layout="constrained")
+    axes = figure.subplots()
+    axes.plot(rows["target_date"], rows["actual_close"], label="actual", color="black")
+    axes.plot(rows["target_date"], rows["predicted_close"], label="predicted", color="tab:blue")
+    axes.plot(
+        rows["target_date"], rows["last_close"], label="naive", color="tab:gray", linestyle="--"
+    )
+    error = rows["predicted_close"] - rows["actual_close"]
+    naive = rows["last_close"] - rows["actual_close"]
+    rmse, naive_rmse = np.sqrt(np.mean(error**2)), np.sqrt(np.mean(naive**2))
+    axes.set_title(f"{ticker}: test RMSE {rmse:.4g} vs naive {naive_rmse:.4g}")
+    axes.set_ylabel("close")
+    axes.legend(loc="best")
+    figure.autofmt_xdate()
+    return figure
+
+
+def plot_name(ticker: str) -> str:
+    """Artifact path of a ticker's plot; characters outside [A-Za-z0-9._-] become `_`."""
+    return f"plots/predicted_vs_actual_{re.sub(r'[^A-Za-z0-9._-]', '_', ticker)}.png"
+
+
 @task(name="log-run", cache_policy=NO_CACHE)
 def log_run(
-    tracking_uri: str,
+    config: PipelineConfig,
     run_id: str,
     trained: TrainedModel,
     evaluation: Evaluation,
     validated: ValidatedPrices,
 ) -> None:
-    """Log metrics, loss curves (one step per epoch) and review tables to the run."""
-    client = configure_mlflow(tracking_uri)
+    """Log metrics, loss curves, the training data, review tables and plots to the run."""
+    client = configure_mlflow(config.mlflow_uri)
     log_metrics(client, run_id, run_metrics(evaluation, trained, validated))
     now = int(time.time() * 1000)
     curves = [
@@ -114,6 +247,11 @@ def log_run(
     for name, table in run_tables(evaluation, validated, trained).items():
         if len(table):
             log_table(client, run_id, table, name)
+    log_training_data(client, run_id, validated.frames, str(config.prices_dir))
+    for ticker in plot_tickers(evaluation.per_ticker):
+        client.log_figure(
+            run_id, plot_predictions(evaluation.predictions, ticker), plot_name(ticker)
+        )
 
 
 def run_tags(config: PipelineConfig, prices: LoadedPrices, dataset: Dataset) -> dict[str, str]:

@@ -19,7 +19,11 @@ REASONS = (
     "bad_volume",
     "inconsistent_ohlc",
     "repeated_bar",
+    "price_spike",
 )
+# A close this far (in log terms, about 28%) from both neighbours, which move
+# back the same way, is a bad tick: real moves that size do not revert next day.
+SPIKE_LOG_RETURN = 0.25
 
 
 @dataclass
@@ -42,21 +46,33 @@ def bad_row_reasons(frame: pd.DataFrame) -> pd.DataFrame:
 
     Rules: prices finite and > 0; volume finite and >= 0; high and low
     bracket open and close; no bar that repeats the next bar's open, high,
-    low and close exactly (a stale copy, as data vendors sometimes publish).
+    low and close exactly (a stale copy, as data vendors sometimes publish);
+    no close that jumps more than SPIKE_LOG_RETURN away from both its
+    neighbours (a single bad tick). Rules that look at the next row never
+    see past the frame, so a point-in-time frame is judged on its own rows.
     """
-    prices = frame[PRICE_FIELDS].to_numpy()
+    prices = frame[PRICE_FIELDS].to_numpy(dtype=np.float64)  # (n, 5)
+    volume = frame["volume"].to_numpy(dtype=np.float64)
+    open_, high, low, close = prices[:, 0], prices[:, 1], prices[:, 2], prices[:, 3]
     finite = np.isfinite(prices)
-    ohlc = frame[["open", "high", "low", "close"]]
-    nxt = ohlc.shift(-1)
-    tolerance = 1e-9 * ohlc["close"].abs()
+    ohlc = prices[:, :4]
+    next_ohlc = np.vstack([ohlc[1:], np.full((1, 4), np.nan)])  # row i holds row i + 1
+    tolerance = 1e-9 * np.abs(close)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_close = np.log(np.where(close > 0, close, np.nan))
+    jump_in = np.concatenate([[np.nan], np.diff(log_close)])
+    jump_out = np.concatenate([np.diff(log_close), [np.nan]])
     return pd.DataFrame(
         {
             "non_finite_price": ~finite.all(axis=1),
             "non_positive_price": (np.where(finite, prices, 1.0) <= 0).any(axis=1),
-            "bad_volume": ~(np.isfinite(frame["volume"]) & (frame["volume"] >= 0)),
-            "inconsistent_ohlc": (frame["high"] < ohlc[["open", "close"]].max(axis=1) - tolerance)
-            | (frame["low"] > ohlc[["open", "close"]].min(axis=1) + tolerance),
-            "repeated_bar": (ohlc == nxt).all(axis=1),
+            "bad_volume": ~(np.isfinite(volume) & (volume >= 0)),
+            "inconsistent_ohlc": (high < np.maximum(open_, close) - tolerance)
+            | (low > np.minimum(open_, close) + tolerance),
+            "repeated_bar": (ohlc == next_ohlc).all(axis=1),
+            "price_spike": (np.abs(jump_in) > SPIKE_LOG_RETURN)
+            & (np.abs(jump_out) > SPIKE_LOG_RETURN)
+            & (np.sign(jump_in) != np.sign(jump_out)),
         },
         index=frame.index,
     )
@@ -64,12 +80,13 @@ def bad_row_reasons(frame: pd.DataFrame) -> pd.DataFrame:
 
 def validate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """Drop bad rows; return the clean frame and the count of rows per first broken rule."""
-    reasons = bad_row_reasons(frame)
-    first_reason = reasons.idxmax(axis=1).where(reasons.any(axis=1))
-    counts = first_reason.value_counts().to_dict()
-    clean = frame[first_reason.isna()]
+    broken = bad_row_reasons(frame)[list(REASONS)].to_numpy()  # (n, R)
+    bad = broken.any(axis=1)
+    first = broken.argmax(axis=1)[bad]  # index into REASONS of each bad row's first rule
+    counts = np.bincount(first, minlength=len(REASONS))
+    clean = frame[~bad]
     clean = clean[~clean.index.duplicated(keep="last")].sort_index()
-    return clean, {str(k): int(v) for k, v in counts.items()}
+    return clean, {REASONS[i]: int(n) for i, n in enumerate(counts) if n}
 
 
 def validate_all(frames: dict[str, pd.DataFrame]) -> ValidatedPrices:

@@ -21,10 +21,41 @@ from closecast.config import (
 )
 from models.lstm import LSTMConfig
 from tests.fakes import fake_yahoo, yahoo_frame  # noqa: F401
+from tests.mlflow_fixtures import mlflow_home, mlflow_template  # noqa: F401
 
-SHARED_DATA = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
-)
+_SHARED_FILE = Path("shared") / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
+
+
+def _find_shared_data() -> Path:
+    """`../shared/data/...` beside the repository, also from a git worktree nested deeper."""
+    parents = Path(__file__).resolve().parents[1:]
+    found = [p / _SHARED_FILE for p in parents if (p / _SHARED_FILE).is_file()]
+    return found[0] if found else parents[1] / _SHARED_FILE
+
+
+SHARED_DATA = _find_shared_data()
+
+
+@pytest.fixture(scope="session")
+def sp500_frames() -> dict[str, pd.DataFrame]:
+    """Every ticker of the shared S&P 500 file, read once through the csv source."""
+    if not SHARED_DATA.is_file():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    from tasks.prices import CsvSource
+
+    source = CsvSource(SHARED_DATA)
+    return source.download(source.tickers(), None, None).frames
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_mlflow_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI.
+
+    `mlflow.set_tracking_uri` writes them into os.environ, and the CLI honours
+    $MLFLOW_TRACKING_URI, so one test's URI would otherwise leak into the next.
+    """
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,8 @@ class FakeYahoo:
     # ticker -> exceptions raised on successive calls (then it serves history)
     failures: dict[str, list[Exception]] = field(default_factory=dict)
     calls: list[tuple[str, object, object]] = field(default_factory=list)
+    # one entry per yf.download call: (tickers asked for, start, end)
+    downloads: list[tuple[list[str], object, object]] = field(default_factory=list)
 
     def rate_limit_once(self, ticker: str) -> None:
         self.failures.setdefault(ticker, []).append(YFRateLimitError())
@@ -90,5 +92,13 @@ def fake_yahoo(monkeypatch: pytest.MonkeyPatch) -> FakeYahoo:
     def history(self: yfinance.Ticker, *args: object, **kwargs: object) -> pd.DataFrame:
         return fake.serve(self, **kwargs)
 
+    real_download = yfinance.download
+
+    def download(tickers: list[str] | str, *args: object, **kwargs: object) -> pd.DataFrame:
+        asked = list(tickers) if isinstance(tickers, list | tuple) else str(tickers).split()
+        fake.downloads.append((asked, kwargs.get("start"), kwargs.get("end")))
+        return real_download(tickers, *args, **kwargs)
+
     monkeypatch.setattr(yfinance.Ticker, "history", history)
+    monkeypatch.setattr(yfinance, "download", download)
     return fake

@@ -21,14 +21,14 @@ def _runs(client: MlflowClient, experiment: str) -> list:
 
 
 def test_backfill_reports_each_session_registers_nothing_and_resumes(
-    tmp_path: Path, csv_folder: Path
+    mlflow_home: Path, csv_folder: Path
 ) -> None:
     """One report and one MLflow run per session; a re-run does only the sessions left.
 
     The first call registers nothing; the second, with register_versions, registers
     the model it trains (and only that one).
     """
-    config = tiny_config(tmp_path / "home", f"csv:{csv_folder}", ["AAA", "BBB"])
+    config = tiny_config(mlflow_home, f"csv:{csv_folder}", ["AAA", "BBB"])
     first = backfill(config, date(2021, 3, 1), date(2021, 3, 2), retrain_every=2)
     assert [p.name for p in first.reports] == [
         "predictions_2021-03-01.csv",

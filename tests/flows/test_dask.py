@@ -7,20 +7,21 @@ from prefect_dask import DaskTaskRunner
 
 from flows.nightly import nightly
 from tests.conftest import read_report, tiny_config
+from tests.mlflow_fixtures import new_home
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_nightly_on_a_local_dask_cluster_gives_the_default_runners_report(
-    tmp_path: Path, csv_folder: Path
+    tmp_path: Path, csv_folder: Path, mlflow_template: Path
 ) -> None:
     """Per-ticker tasks run on a real LocalCluster; the report equals the thread pool's."""
     source, tickers = f"csv:{csv_folder}", ["AAA", "BBB", "SHORT"]
-    default = nightly(tiny_config(tmp_path / "threads", source, tickers))
+    default = nightly(tiny_config(new_home(tmp_path / "threads", mlflow_template), source, tickers))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster:
         runner = DaskTaskRunner(address=cluster.scheduler_address)
         on_dask = nightly.with_options(task_runner=runner)(
-            tiny_config(tmp_path / "dask", source, tickers)
+            tiny_config(new_home(tmp_path / "dask", mlflow_template), source, tickers)
         )
         ran = cluster.scheduler.task_prefixes
         # validate and features for each of the 3 tickers went through the scheduler

@@ -1,15 +1,17 @@
+import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 
 from closecast.config import MODEL_NAME
 from flows.nightly import nightly
 from tasks.features import latest_rows
 from tasks.report import REPORT_COLUMNS
 from tasks.store import load_point_in_time
+from tasks.tracking import configure_mlflow, prices_table, table_digest
+from tasks.validate import validate_all
 from tests.conftest import read_report, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -28,9 +30,9 @@ METRICS = {
 }
 
 
-def test_nightly_end_to_end(tmp_path: Path, csv_folder: Path) -> None:
+def test_nightly_end_to_end(mlflow_home: Path, csv_folder: Path) -> None:
     """One run fetches, trains, logs, registers a champion and writes the report."""
-    config = tiny_config(tmp_path / "home", f"csv:{csv_folder}", ["AAA", "BBB", "SHORT"])
+    config = tiny_config(mlflow_home, f"csv:{csv_folder}", ["AAA", "BBB", "SHORT"])
     result = nightly(config)
 
     report = read_report(result.report_path)
@@ -47,7 +49,7 @@ def test_nightly_end_to_end(tmp_path: Path, csv_folder: Path) -> None:
     assert set(report["run_id"]) == {result.run_id}
     assert report.loc[2, "message"] != "" and np.isnan(report.loc[2, "predicted_close"])
 
-    client = MlflowClient(config.mlflow_uri)
+    client = configure_mlflow(config.mlflow_uri)  # tracking and registry both
     run = client.get_run(result.run_id)
     assert set(run.data.metrics) >= METRICS
     assert run.info.status == "FINISHED"
@@ -62,15 +64,31 @@ def test_nightly_end_to_end(tmp_path: Path, csv_folder: Path) -> None:
     assert "first version" in version.tags["promotion_reason"]
     assert "test_rmse" in version.description
 
+    # what a reviewer opens: exact config, training data with its digest, curves, plots
+    artifacts = client.download_artifacts(result.run_id, "", str(mlflow_home / "review"))
+    assert json.loads((Path(artifacts) / "config.json").read_text()) == config.model_dump(
+        mode="json"
+    )
+    [data] = run.inputs.dataset_inputs
+    assert [t.value for t in data.tags] == ["training"]
+    prices = load_point_in_time(config.prices_dir, ["AAA", "BBB", "SHORT"], None)
+    assert data.dataset.digest == table_digest(prices_table(validate_all(prices.frames).frames))
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [1, 2]
+    plots = sorted(p.name for p in (Path(artifacts) / "plots").iterdir())
+    assert plots == ["predicted_vs_actual_AAA.png", "predicted_vs_actual_BBB.png"]
+    assert (Path(artifacts) / "plots" / plots[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (Path(artifacts) / "per_ticker_metrics.json").is_file()
+
 
 def test_second_run_is_a_challenger_and_report_matches_pyfunc(
-    tmp_path: Path, csv_folder: Path
+    mlflow_home: Path, csv_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A second run registers v2 as challenger; the champion pyfunc reproduces the report."""
-    config = tiny_config(tmp_path / "home", f"csv:{csv_folder}", ["AAA", "BBB"])
+    """A second run registers v2 as challenger; the champion pyfunc, loaded with pickle
+    disallowed, reproduces the report from raw OHLCV rows."""
+    config = tiny_config(mlflow_home, f"csv:{csv_folder}", ["AAA", "BBB"])
     nightly(config)
     second = nightly(config)
-    client = MlflowClient(config.mlflow_uri)
+    client = configure_mlflow(config.mlflow_uri)  # tracking and registry both
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "2"
     v2 = client.get_model_version(MODEL_NAME, "2")
     assert v2.tags["promotion"] in {"champion", "rejected"}
@@ -80,9 +98,14 @@ def test_second_run_is_a_challenger_and_report_matches_pyfunc(
     champion = str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
     assert set(report["model_version"].astype(str)) == {champion}
     mlflow.set_tracking_uri(config.mlflow_uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    assert model.metadata.signature is not None
+    assert model.metadata.saved_input_example_info is not None
     prices = load_point_in_time(config.prices_dir, ["AAA", "BBB"], None)
     predicted = model.predict(latest_rows(prices.frames, ["AAA", "BBB"], 10))
+    assert list(predicted.columns) == ["ticker", "predicted_close"]
+    assert list(predicted["ticker"]) == list(report["ticker"])
     np.testing.assert_allclose(
         predicted["predicted_close"].to_numpy(), report["predicted_close"].to_numpy(), rtol=1e-6
     )

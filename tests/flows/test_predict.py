@@ -27,10 +27,10 @@ def folder_with_stale(tmp_path: Path) -> Path:
 
 
 def test_predict_uses_the_champion_and_trains_nothing(
-    tmp_path: Path, folder_with_stale: Path
+    mlflow_home: Path, folder_with_stale: Path
 ) -> None:
     """Predictions come from the champion pyfunc on point-in-time rows; OLD is stale."""
-    home = tmp_path / "home"
+    home = mlflow_home
     source = f"csv:{folder_with_stale}"
     nightly(tiny_config(home, source, ["AAA", "BBB"], as_of=date(2021, 3, 1)))
     config = tiny_config(home, source, ["AAA", "BBB", "OLD"], as_of=date(2021, 3, 9))

@@ -15,12 +15,10 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_nightly_scores_earlier_reports_and_logs_live_rmse(
-    tmp_path: Path, csv_folder: Path
+    mlflow_home: Path, csv_folder: Path
 ) -> None:
     """A run for 03-05 scores the 03-04 report against the 03-05 closes and logs live RMSE."""
-    config = tiny_config(
-        tmp_path / "home", f"csv:{csv_folder}", ["AAA", "BBB"], as_of=date(2021, 3, 5)
-    )
+    config = tiny_config(mlflow_home, f"csv:{csv_folder}", ["AAA", "BBB"], as_of=date(2021, 3, 5))
     closes = {
         t: pd.read_csv(csv_folder / f"{t}.csv", index_col="Date")["Close"] for t in ("AAA", "BBB")
     }

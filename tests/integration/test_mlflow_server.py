@@ -1,0 +1,133 @@
+"""The pipeline against a real `mlflow server` on loopback (SQLite backend, served artifacts)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from closecast.cli import main
+from closecast.config import MODEL_NAME
+from tasks.features import latest_rows
+from tasks.registry import alias_history, current_aliases
+from tasks.store import load_point_in_time
+from tasks.tracking import configure_mlflow
+from tests.conftest import read_report
+from tests.mlflow_fixtures import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+START_TIMEOUT_S = 60
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group (it runs uvicorn as a child), SIGKILL after 3 s."""
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(server.pid, sig)
+            server.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, Path]]:
+    """A tracking server on a free loopback port; skipped if it is not up within 60 s."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    shutil.copyfile(request.getfixturevalue("mlflow_template"), root / "mlflow.db")
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--serve-artifacts",
+        "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+        "--workers", "1",
+    ]  # fmt: skip
+    log = (root / "server.log").open("wb")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _healthy(url):
+        if server.poll() is not None or time.monotonic() > deadline:
+            _stop(server)
+            log.close()
+            tail = (root / "server.log").read_text(errors="replace").strip().splitlines()[-1:]
+            pytest.skip(f"mlflow server did not start within {START_TIMEOUT_S} s: {tail}")
+        time.sleep(0.5)
+    try:
+        yield url, root / "artifacts"
+    finally:
+        _stop(server)
+        log.close()
+
+
+def test_nightly_promote_and_load_against_a_tracking_server(
+    mlflow_server: tuple[str, Path],
+    csv_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With MLFLOW_TRACKING_URI=http://... runs, registry, artifacts and rollback all go
+    through the server; nothing MLflow-related is written under --home."""
+    url, artifacts = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    home = tmp_path / "home"
+    run = ["run", "--source", f"csv:{csv_folder}", "--tickers", "AAA,BBB", "--home", str(home),
+           "--epochs", "2", "--hidden", "8"]  # fmt: skip
+    assert main(run) == 0
+    assert main([*run, "--no-promote"]) == 0
+    capsys.readouterr()
+
+    assert not (home / "mlflow.db").exists() and not (home / "mlartifacts").exists()
+    client = configure_mlflow(url)
+    assert current_aliases(client) == {"champion": "1", "challenger": "2"}
+    assert client.get_model_version(MODEL_NAME, "2").tags["promotion"] == "manual"
+    [report_path] = (home / "reports").glob("predictions_*.csv")
+    report = read_report(report_path)
+    run_id = report["run_id"][0]
+    assert client.get_run(run_id).inputs.dataset_inputs
+    logged = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.json", "plots", "per_ticker_metrics.json"} <= logged
+    assert any(p.name == "weights.pt" for p in artifacts.rglob("weights.pt"))
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    prices = load_point_in_time(home / "prices", ["AAA", "BBB"], None)
+    predicted = model.predict(latest_rows(prices.frames, ["AAA", "BBB"], 10))
+    np.testing.assert_allclose(predicted["predicted_close"], report["predicted_close"], rtol=1e-6)
+
+    assert main(["promote", "2", "--home", str(home)]) == 0
+    assert main(["promote", "1", "--home", str(home)]) == 0
+    assert main(["models", "--home", str(home)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [
+        f"champion: {MODEL_NAME} v2 (was v1)",
+        f"champion: {MODEL_NAME} v1 (was v2)",
+    ]
+    assert [line.split()[:2] for line in out[-2:]] == [["2", "challenger"], ["1", "champion"]]
+    moves = [(m.alias, m.previous, m.version) for m in alias_history(client)]
+    assert moves[-2:] == [("champion", "1", "2"), ("champion", "2", "1")]

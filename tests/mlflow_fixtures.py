@@ -1,0 +1,59 @@
+"""Registry test helpers: a migrated MLflow SQLite file made once and copied, broken models.
+
+Creating MLflow's tables takes seconds; copying a migrated empty database
+takes milliseconds, and the copy is a real MLflow store like any other.
+"""
+
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+import tasks.training
+from tasks.training import TrainedModel
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, fully migrated MLflow SQLite database."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
+def new_home(folder: Path, template: Path) -> Path:
+    """A closecast home whose `mlflow.db` is a copy of the migrated template."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, folder / "mlflow.db")
+    return folder
+
+
+@pytest.fixture
+def mlflow_home(tmp_path: Path, mlflow_template: Path) -> Path:
+    """A fresh home with an empty MLflow database in it."""
+    return new_home(tmp_path / "home", mlflow_template)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spoil_training(value: float) -> Callable[..., TrainedModel]:
+    """Real training, then every weight set to `value`: a model that is bad (or NaN) for sure."""
+    real = tasks.training.train_forecaster
+
+    def train(*args: object, **kwargs: object) -> TrainedModel:
+        trained = real(*args, **kwargs)  # type: ignore[arg-type]
+        with torch.no_grad():
+            for parameter in trained.forecaster.module.parameters():
+                parameter.fill_(value)
+        return trained
+
+    return train

@@ -1,0 +1,254 @@
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yfinance
+
+from closecast.config import DataConfig
+from closecast.errors import InputError
+from tasks.prices import (
+    CsvSource,
+    SampleSource,
+    TransientFetchError,
+    YFinanceSource,
+    fetch_end,
+    open_source,
+    parse_dates,
+    plan_fetches,
+    retry_delays,
+    split_download,
+)
+from tasks.store import PRICE_COLUMNS
+from tests.fakes import FakeYahoo, yahoo_frame
+
+
+def _stored(n: int, start: str = "2020-01-02") -> pd.DataFrame:
+    frame = yahoo_frame(n, start=start)
+    frame.index = frame.index.tz_localize(None).rename("date")
+    return frame.rename(columns=str.lower).rename(columns={"adj close": "adj_close"})
+
+
+# --- yfinance -----------------------------------------------------------------
+
+
+def test_yfinance_returns_unadjusted_rows_and_asks_end_plus_one_day(
+    fake_yahoo: FakeYahoo,
+) -> None:
+    """One batched download, unadjusted Close and Adj Close kept, `end` = last day + 1."""
+    fake_yahoo.history = {"AAA": yahoo_frame(60), "BBB": yahoo_frame(60, seed=1)}
+    as_of = date(2020, 3, 13)  # a Friday inside the history
+
+    result = YFinanceSource().download(["AAA", "BBB"], date(2020, 1, 2), as_of)
+
+    assert fake_yahoo.downloads == [(["AAA", "BBB"], date(2020, 1, 2), date(2020, 3, 14))]
+    assert result.failures == {}
+    aaa = result.frames["AAA"]
+    assert list(aaa.columns) == PRICE_COLUMNS
+    assert aaa.index[-1] == pd.Timestamp(as_of)
+    expected = fake_yahoo.history["AAA"]
+    expected = expected[expected.index.tz_localize(None) <= pd.Timestamp(as_of)]
+    np.testing.assert_allclose(aaa["close"], expected["Close"])
+    np.testing.assert_allclose(aaa["adj_close"], expected["Adj Close"])
+    assert (aaa["adj_close"] < aaa["close"]).all()  # not auto-adjusted
+
+
+def test_yfinance_download_is_multiindex_even_for_one_ticker(fake_yahoo: FakeYahoo) -> None:
+    """yfinance 1.7 gives (Price, Ticker) columns for one ticker; the split handles it."""
+    fake_yahoo.history = {"AAA": yahoo_frame(20)}
+    raw = yfinance.download(
+        ["AAA"], start="2020-01-02", end="2020-02-01", auto_adjust=False, progress=False
+    )
+    assert isinstance(raw.columns, pd.MultiIndex)
+    assert raw.columns.names == ["Price", "Ticker"]
+
+    result = split_download(raw, ["AAA"], {})
+    assert len(result.frames["AAA"]) == len(raw)
+
+
+def test_yfinance_unknown_ticker_fails_alone(fake_yahoo: FakeYahoo) -> None:
+    """An unknown symbol becomes a one-line failure naming it; the others still arrive."""
+    fake_yahoo.history = {"AAA": yahoo_frame(30)}
+
+    result = YFinanceSource().download(["AAA", "NOPE"], date(2020, 1, 2), date(2020, 2, 10))
+
+    assert set(result.frames) == {"AAA"}
+    assert set(result.failures) == {"NOPE"}
+    assert result.failures["NOPE"].startswith("NOPE: ")
+    assert "delisted" in result.failures["NOPE"]
+    assert "\n" not in result.failures["NOPE"]
+
+
+def test_yfinance_every_ticker_unknown_gives_failures_not_an_error(fake_yahoo: FakeYahoo) -> None:
+    """When Yahoo knows none of the tickers, each is a failure and no frame is returned."""
+    result = YFinanceSource().download(["NOPE", "NADA"], None, date(2020, 2, 10))
+    assert result.frames == {}
+    assert set(result.failures) == {"NOPE", "NADA"}
+
+
+def test_yfinance_rate_limit_raises_transient_then_succeeds(fake_yahoo: FakeYahoo) -> None:
+    """A rate limit (which yfinance logs, not raises) is raised so the task can retry."""
+    fake_yahoo.history = {"AAA": yahoo_frame(30), "BBB": yahoo_frame(30, seed=1)}
+    fake_yahoo.rate_limit_once("AAA")
+    source = YFinanceSource()
+
+    with pytest.raises(TransientFetchError, match=r"AAA.*Rate"):
+        source.download(["AAA", "BBB"], date(2020, 1, 2), date(2020, 2, 10))
+    result = source.download(["AAA", "BBB"], date(2020, 1, 2), date(2020, 2, 10))
+
+    assert set(result.frames) == {"AAA", "BBB"}
+    assert [c[0] for c in fake_yahoo.calls].count("AAA") == 2
+
+
+def test_split_download_of_nothing_fails_every_ticker() -> None:
+    """An empty download (every ticker failed) names the logged reason per ticker."""
+    result = split_download(pd.DataFrame(), ["AAA", "BBB"], {"AAA": "boom"})
+    assert result.failures == {"AAA": "AAA: boom", "BBB": "BBB: yfinance returned no rows"}
+
+
+# --- planning -----------------------------------------------------------------
+
+
+def test_plan_new_tickers_from_start_in_chunks() -> None:
+    """Tickers new to the store ask from config.start, chunk_size tickers per request."""
+    config = DataConfig(start=date(2019, 1, 2), chunk_size=2)
+    plans = plan_fetches(dict.fromkeys(["A", "B", "C", "D", "E"]), config, date(2020, 6, 1))
+    assert [p.tickers for p in plans] == [["A", "B"], ["C", "D"], ["E"]]
+    assert {(p.start, p.end) for p in plans} == {(date(2019, 1, 2), date(2020, 6, 1))}
+
+
+def test_plan_new_ticker_without_start_asks_history_years() -> None:
+    """With no start, a new ticker asks history_years before the end."""
+    plans = plan_fetches({"A": None}, DataConfig(history_years=3), date(2020, 2, 29))
+    assert plans[0].start == date(2017, 2, 28)
+
+
+def test_plan_stored_ticker_asks_from_overlap_and_skips_up_to_date() -> None:
+    """A stored ticker asks from overlap_days rows before its last; one covering end is skipped."""
+    stored = _stored(50)  # ends 2020-03-13, a Friday
+    config = DataConfig(overlap_days=5)
+    plans = plan_fetches({"OLD": stored.iloc[:40], "DONE": stored}, config, date(2020, 3, 15))
+    assert len(plans) == 1
+    assert plans[0].tickers == ["OLD"]
+    assert plans[0].start == stored.index[35].date()
+
+
+def test_fetch_end_is_as_of_else_today_for_live_sources() -> None:
+    """A live source asks up to today, a local one for everything it has."""
+    assert fetch_end(YFinanceSource(), date(2020, 1, 3)) == date(2020, 1, 3)
+    assert fetch_end(YFinanceSource(), None) == date.today()
+    assert fetch_end(SampleSource(), None) is None
+
+
+def test_retry_delays_grow_exponentially() -> None:
+    """Each retry waits four times longer than the one before."""
+    assert retry_delays(3, 2.0) == [2.0, 8.0, 32.0]
+    assert retry_delays(0, 2.0) == []
+
+
+def test_open_source_rejects_unknown_spec() -> None:
+    """An unknown source spec is an InputError naming it."""
+    with pytest.raises(InputError, match="'ftp'"):
+        open_source("ftp")
+
+
+# --- CSV ----------------------------------------------------------------------
+
+
+def test_csv_folder_accepts_the_ways_users_write_csvs(tmp_path: Path) -> None:
+    """Any column case, Adj Close optional, pandas' unnamed index column, .csv.gz files."""
+    frame = yahoo_frame(5).reset_index()
+    frame["Date"] = frame["Date"].dt.strftime("%Y-%m-%d")
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    frame.to_csv(folder / "AAA.csv", index=False)
+    frame.drop(columns=["Adj Close"]).rename(columns=str.upper).to_csv(
+        folder / "bbb.csv", index=False
+    )
+    frame.set_index("Date").rename_axis(None).to_csv(folder / "CCC.csv")  # "Unnamed: 0"
+    frame.rename(columns={"Adj Close": "adj_close"}).to_csv(folder / "DDD.csv.gz", index=False)
+
+    source = CsvSource(folder)
+    result = source.download(source.tickers(), None, None)
+
+    assert source.tickers() == ["AAA", "BBB", "CCC", "DDD"]
+    assert result.failures == {}
+    for ticker, got in result.frames.items():
+        assert list(got.columns) == PRICE_COLUMNS, ticker
+        assert got.index[0] == pd.Timestamp("2020-01-02"), ticker
+        np.testing.assert_allclose(got["close"], frame["Close"], err_msg=ticker)
+    np.testing.assert_allclose(result.frames["BBB"]["adj_close"], frame["Close"])
+    np.testing.assert_allclose(result.frames["AAA"]["adj_close"], frame["Adj Close"])
+
+
+def test_csv_dates_with_utc_offsets_keep_their_calendar_day() -> None:
+    """yfinance's to_csv writes `-05:00`/`-04:00` offsets; each row keeps its own date."""
+    values = pd.Series(["2020-03-06 00:00:00-05:00", "2020-03-09 00:00:00-04:00", "junk"])
+    parsed = parse_dates(values)
+    assert list(parsed[:2]) == [pd.Timestamp("2020-03-06"), pd.Timestamp("2020-03-09")]
+    assert parsed[2] is pd.NaT
+
+
+def test_csv_long_file_with_name_column(tmp_path: Path) -> None:
+    """A long .csv.gz with the shared S&P file's `Name` ticker column splits per ticker."""
+    parts = []
+    for i, ticker in enumerate(["AAA", "BF.B"]):
+        part = yahoo_frame(8, seed=i).drop(columns=["Adj Close"]).rename(columns=str.lower)
+        part.index = part.index.strftime("%Y-%m-%d").rename("date")
+        parts.append(part.reset_index().assign(Name=ticker))
+    path = tmp_path / "long.csv.gz"
+    pd.concat(parts).to_csv(path, index=False)
+
+    source = CsvSource(path)
+    result = source.download(["BF.B", "ZZZ"], date(2020, 1, 6), date(2020, 1, 8))
+
+    assert source.tickers() == ["AAA", "BF.B"]
+    assert list(result.frames["BF.B"].index.strftime("%Y-%m-%d")) == [
+        "2020-01-06",
+        "2020-01-07",
+        "2020-01-08",
+    ]
+    assert result.failures == {"ZZZ": "ticker ZZZ is not in the source"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("Date,Open,High,Low,Close\n2020-01-02,1,1,1,1\n", "lacks column(s) volume"),
+        (",Open,High,Low,Close,Volume\n0,1,1,1,1,5\n", "no date column"),
+        ("Open,High,Low,Close,Volume\n1,1,1,1,5\n", "no date column"),
+    ],
+)
+def test_csv_without_needed_columns_names_the_file(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    """A CSV lacking a column (or any date column) is an InputError naming the file."""
+    (tmp_path / "AAA.csv").write_text(content)
+    with pytest.raises(InputError, match=r"AAA\.csv") as info:
+        CsvSource(tmp_path).tickers()
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["missing_folder", "missing.csv"])
+def test_csv_missing_path_names_it(tmp_path: Path, name: str) -> None:
+    """A CSV source path that does not exist is an InputError naming the path."""
+    with pytest.raises(InputError, match=name):
+        open_source(f"csv:{tmp_path / name}")
+
+
+def test_csv_folder_without_csvs_is_an_error(tmp_path: Path) -> None:
+    """An empty folder is an InputError naming it, not an empty universe."""
+    with pytest.raises(InputError, match=str(tmp_path)):
+        CsvSource(tmp_path).tickers()
+
+
+def test_csv_reads_the_shared_sp500_file(sp500_frames: dict[str, pd.DataFrame]) -> None:
+    """The real S&P 500 long file (.csv.gz, `Name` column) gives 505 tickers, rows kept as-is."""
+    assert len(sp500_frames) == 505 and {"BF.B", "BRK.B", "APTV"} <= set(sp500_frames)
+    assert len(sp500_frames["APTV"]) == 44
+    dhr = sp500_frames["DHR"]
+    assert dhr["open"].isna().sum() == 2  # the README's NaN opens, kept for validation
+    assert dhr.index.is_unique and dhr.index.is_monotonic_increasing
+    assert (dhr.index[0], dhr.index[-1]) == (pd.Timestamp("2013-02-08"), pd.Timestamp("2018-02-07"))
+    np.testing.assert_allclose(dhr["adj_close"], dhr["close"])  # no Adj Close column

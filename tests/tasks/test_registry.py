@@ -1,0 +1,268 @@
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+import tasks.report
+from closecast.config import MODEL_NAME, PipelineConfig
+from flows.nightly import NightlyResult, nightly
+from models.encoding import Encoding
+from models.forecaster import Forecaster
+from models.lstm import LSTMConfig, LSTMForecaster
+from tasks.evaluation import Evaluation, score_forecasts
+from tasks.features import compute_features
+from tasks.registry import (
+    AliasMove,
+    alias_at,
+    alias_history,
+    check_metrics,
+    current_aliases,
+    decide_promotion,
+    discard_run_versions,
+    list_tickers,
+    load_forecaster,
+    register_forecaster,
+)
+from tasks.store import load_point_in_time
+from tasks.tracking import configure_mlflow
+from tasks.validate import validate_all
+from tasks.windows import build_dataset
+from tests.conftest import write_ticker_csvs
+from tests.mlflow_fixtures import new_home, spoil_training
+
+TICKERS = ["AAA", "BBB"]
+
+
+@pytest.mark.parametrize(
+    ("rmse", "champion", "mode", "promote", "tag", "says"),
+    [
+        (0.02, None, "auto", True, "champion", "first version"),
+        (0.01, ("3", 0.02), "auto", True, "champion", "beats champion v3's 0.020000"),
+        (0.02, ("3", 0.02), "auto", False, "rejected", "does not beat champion v3's"),
+        (0.03, ("3", 0.02), "auto", False, "rejected", "test_rmse 0.030000 does not beat"),
+        (0.01, ("3", 0.02), "manual", False, "manual", "closecast promote"),
+        (0.01, None, "manual", False, "manual", "promotion is manual"),
+        (0.05, ("3", float("nan")), "auto", True, "champion", "v3 cannot score"),
+    ],
+)
+def test_decide_promotion(
+    rmse: float,
+    champion: tuple[str, float] | None,
+    mode: str,
+    promote: bool,
+    tag: str,
+    says: str,
+) -> None:
+    """First wins; later ones only by a strictly lower RMSE; manual never moves champion."""
+    decision = decide_promotion(rmse, champion, mode)
+    assert (decision.promote, decision.tag) == (promote, tag)
+    assert says in decision.reason
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_check_metrics_refuses_non_finite(bad: float | None) -> None:
+    """A missing or non-finite gated metric stops registration, naming the metric."""
+    metrics = {"test_rmse": 0.01, "naive_rmse": 0.02, "skill": 0.5}
+    check_metrics(metrics)
+    if bad is None:
+        del metrics["skill"]
+    else:
+        metrics["skill"] = bad
+    with pytest.raises(ValueError, match="metric skill is"):
+        check_metrics(metrics)
+
+
+def test_register_refuses_nan_metrics_before_touching_mlflow(tmp_path: Path) -> None:
+    """NaN metrics fail registration before any registry call: nothing is created."""
+    config = PipelineConfig(home=tmp_path / "home")
+    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=1)
+    forecaster = Forecaster(module, Encoding(features=("close",), target="log_return"), 10)
+    metrics = {"test_rmse": float("nan"), "naive_rmse": 0.01, "skill": float("nan")}
+    evaluation = Evaluation(metrics, pd.DataFrame(), pd.DataFrame())
+    with pytest.raises(ValueError, match="test_rmse is nan"):
+        register_forecaster(config, "0" * 32, forecaster, evaluation, None, pd.DataFrame())  # type: ignore[arg-type]
+    assert not config.home.exists()
+
+
+def test_alias_move_round_trips_and_answers_what_was_champion() -> None:
+    """The recorded history says which version held an alias at any moment."""
+    t0 = datetime(2024, 1, 2, 23, tzinfo=UTC)
+    history = [
+        AliasMove(t0, "champion", "1", None, "nightly run a", "first version"),
+        AliasMove(t0 + timedelta(days=1), "challenger", "2", "1", "nightly run b", ""),
+        AliasMove(t0 + timedelta(days=1, seconds=1), "champion", "2", "1", "nightly run b", ""),
+        AliasMove(t0 + timedelta(days=5), "champion", "1", "2", "closecast promote by ann", ""),
+    ]
+    assert [AliasMove.from_json(m.to_json()) for m in history] == history
+    assert len({m.tag_key for m in history}) == 4
+    assert alias_at(history, "champion", t0 - timedelta(seconds=1)) is None
+    assert alias_at(history, "champion", t0 + timedelta(hours=1)) == "1"
+    assert alias_at(history, "champion", t0 + timedelta(days=3)) == "2"
+    assert alias_at(history, "champion", t0 + timedelta(days=6)) == "1"
+    assert alias_at(history, "challenger", t0 + timedelta(days=6)) == "2"
+
+
+def test_list_tickers_stays_short_for_a_large_universe() -> None:
+    """A few tickers are listed in full; 505 are cut to the first 40 and a count."""
+    assert list_tickers(["AAA", "BBB"]) == "AAA, BBB"
+    many = [f"T{i:03d}" for i in range(505)]
+    text = list_tickers(many)
+    assert text.startswith("T000, T001") and text.endswith("T039, … (505 in all)")
+
+
+def test_discard_run_versions_rejects_a_malformed_run_id() -> None:
+    """The run id goes into a registry filter, so anything but 32 hex digits is refused."""
+    with pytest.raises(ValueError, match="invalid run id"):
+        discard_run_versions(None, "x' or name='y")  # type: ignore[arg-type]
+
+
+@dataclass
+class Scenario:
+    """Four nightly runs against one registry, and what the registry held between them."""
+
+    config: PipelineConfig
+    client: MlflowClient
+    first: NightlyResult  # good model, as_of 2021-01-08: v1 champion
+    worse: NightlyResult  # spoiled weights, latest data: v2 rejected
+    worse_report: pd.DataFrame
+    manual: NightlyResult  # good model, promotion manual: v3
+    report_before_failure: bytes
+    before_failure: tuple[dict[str, str], list[AliasMove]]
+    failure: BaseException  # good model whose report cannot be written
+    after_failure: tuple[dict[str, str], list[AliasMove]]
+    failed_run_id: str
+
+
+@pytest.fixture(scope="module")
+def scenario(
+    prefect_harness: None, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Scenario:
+    root = tmp_path_factory.mktemp("gate")
+    folder = write_ticker_csvs(root / "csv", dict.fromkeys(TICKERS, 300))
+    home = new_home(root / "home", request.getfixturevalue("mlflow_template"))
+    config = PipelineConfig.model_validate(
+        {
+            "home": home,
+            "data": {"source": f"csv:{folder}", "tickers": TICKERS},
+            "lstm": {"hidden_size": 8},
+            "train": {"epochs": 2, "batch_size": 64},
+        }
+    )
+    early = config.model_copy(
+        update={"data": config.data.model_copy(update={"as_of": date(2021, 1, 8)})}
+    )
+    client = configure_mlflow(config.mlflow_uri)  # tracking and registry both
+    with pytest.MonkeyPatch.context() as patch:
+        first = nightly(early)
+        patch.setattr("tasks.training.train_forecaster", spoil_training(0.5))
+        worse = nightly(config)
+    worse_report = pd.read_csv(worse.report_path)
+    manual = nightly(config.model_copy(update={"promotion": "manual"}))
+    report_before_failure = manual.report_path.read_bytes()
+    before = (current_aliases(client), alias_history(client))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tasks.report, "write_report", _disk_full)
+        with pytest.raises(OSError) as failure:
+            nightly(config)
+    after = (current_aliases(client), alias_history(client))
+    failed = client.search_runs(
+        [client.get_experiment_by_name(config.experiment).experiment_id],
+        "attributes.status = 'FAILED'",
+    )
+    return Scenario(
+        config,
+        client,
+        first,
+        worse,
+        worse_report,
+        manual,
+        report_before_failure,
+        before,
+        failure.value,
+        after,
+        failed[0].info.run_id,
+    )
+
+
+def _disk_full(*args: object) -> None:
+    raise OSError("No space left on device")
+
+
+def _tags(scenario: Scenario, version: str) -> dict[str, str]:
+    return dict(scenario.client.get_model_version(MODEL_NAME, version).tags)
+
+
+def test_worse_challenger_is_rejected_and_champion_predicts(scenario: Scenario) -> None:
+    """A worse model becomes challenger, is rejected, and the champion makes the report."""
+    assert (scenario.first.version, scenario.first.promotion) == ("1", "champion")
+    assert (scenario.worse.version, scenario.worse.promotion) == ("2", "rejected")
+    assert scenario.worse.predicting_version == "1"
+    tags = _tags(scenario, "2")
+    assert tags["promotion"] == "rejected"
+    assert "does not beat champion v1's" in tags["promotion_reason"]
+    assert set(scenario.worse_report["model_version"]) == {1}
+    description = scenario.client.get_model_version(MODEL_NAME, "2").description
+    assert "rejected" in description and "skill" in description and "AAA, BBB" in description
+
+
+def test_champion_is_rescored_on_the_challengers_test_windows(scenario: Scenario) -> None:
+    """The RMSE the gate compared is v1 scored on v2's test span, not v1's stored number."""
+    reason = _tags(scenario, "2")["promotion_reason"]
+    compared = float(re.search(r"champion v1's ([0-9.]+)", reason).group(1))  # type: ignore[union-attr]
+    config = scenario.config
+    prices = load_point_in_time(config.prices_dir, TICKERS, None)
+    validated = validate_all(prices.frames)
+    features = {
+        t: compute_features(f, config.windows.features) for t, f in validated.frames.items()
+    }
+    test = build_dataset(features, config.windows, prices.as_of).test
+    configure_mlflow(config.mlflow_uri)
+    champion = load_forecaster(f"models:/{MODEL_NAME}/1")
+    rescored = score_forecasts(
+        champion.predict_windows(test.windows, test.tickers), test.next_close, test.last_close
+    )["test_rmse"]
+    assert compared == pytest.approx(rescored, abs=1e-6)
+    stored = float(_tags(scenario, "1")["test_rmse"])  # scored on 2020's windows
+    assert not math.isclose(stored, rescored, rel_tol=1e-3)
+
+
+def test_manual_mode_tags_manual_and_leaves_champion(scenario: Scenario) -> None:
+    """With promotion manual the version is challenger, tagged manual; champion stays."""
+    assert scenario.manual.promotion == "manual"
+    assert _tags(scenario, "3")["promotion"] == "manual"
+    assert scenario.before_failure[0] == {"champion": "1", "challenger": "3"}
+
+
+def test_every_alias_move_is_recorded(scenario: Scenario) -> None:
+    """Each move names the version before and after and the run that made it."""
+    history = scenario.before_failure[1]
+    moves = [(m.alias, m.previous, m.version) for m in history]
+    assert moves == [
+        ("challenger", None, "1"),
+        ("champion", None, "1"),
+        ("challenger", "1", "2"),
+        ("challenger", "2", "3"),
+    ]
+    runs = [scenario.first.run_id, scenario.first.run_id, scenario.worse.run_id]
+    assert [m.by for m in history[:3]] == [f"nightly run {r}" for r in runs]
+    assert history[1].reason.startswith("first version")
+    assert all(a.at <= b.at for a, b in itertools.pairwise(history))
+
+
+def test_failure_after_registration_leaves_the_registry_clean(scenario: Scenario) -> None:
+    """A run failing after it registered and moved aliases: version gone, aliases restored."""
+    assert "No space left" in str(scenario.failure)
+    aliases, history = scenario.after_failure
+    assert aliases == scenario.before_failure[0]
+    assert discard_run_versions(scenario.client, scenario.failed_run_id) == []
+    versions = scenario.client.search_model_versions(f"name='{MODEL_NAME}'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2", "3"]
+    restores = [m for m in history if m.by == f"rollback of failed run {scenario.failed_run_id}"]
+    assert restores and all(m.version == aliases[m.alias] for m in restores)
+    assert scenario.manual.report_path.read_bytes() == scenario.report_before_failure

@@ -1,0 +1,146 @@
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.data.digest_utils import compute_pandas_digest
+from mlflow.exceptions import MlflowException
+
+from closecast.config import PipelineConfig
+from closecast.errors import PipelineError
+from tasks.tracking import (
+    artifact_location,
+    connect_mlflow,
+    flatten_params,
+    plot_name,
+    plot_predictions,
+    plot_tickers,
+    prices_table,
+    table_digest,
+    unreachable,
+)
+from tests.mlflow_fixtures import free_port
+
+REFUSED = (
+    "API request to http://127.0.0.1:9/api/2.0/mlflow/experiments/search failed with exception "
+    "HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: "
+    '/api/2.0/mlflow/experiments/search (Caused by NewConnectionError("HTTPConnection(host='
+    "'127.0.0.1', port=9): Failed to establish a new connection: [Errno 111] Connection refused\"))"
+)
+
+
+def _per_ticker(skills: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame({"ticker": list(skills), "skill": list(skills.values())})
+
+
+@pytest.mark.parametrize(
+    ("skills", "expected"),
+    [
+        ({"B": 0.1, "A": -0.2}, ["A", "B"]),
+        (
+            {f"T{i}": s for i, s in enumerate([0.5, -0.9, 0.1, 0.0, 0.3, -0.1, 0.9, -0.5])},
+            ["T0", "T1", "T4", "T5", "T6", "T7"],  # worst T1 T7 T5, best T4 T0 T6
+        ),
+    ],
+)
+def test_plot_tickers_keeps_all_or_the_worst_and_best(
+    skills: dict[str, float], expected: list[str]
+) -> None:
+    """Up to six tickers are all plotted; beyond that the three worst and three best by skill."""
+    assert plot_tickers(_per_ticker(skills)) == expected
+
+
+def test_plot_predictions_draws_actual_predicted_and_naive() -> None:
+    """One PNG-ready figure per ticker: three lines over the test span, titled with its RMSEs."""
+    dates = pd.date_range("2021-01-04", periods=5, freq="B")
+    predictions = pd.DataFrame(
+        {
+            "ticker": ["AAA"] * 5 + ["BBB"] * 5,
+            "target_date": list(dates) * 2,
+            "last_close": np.arange(10.0) + 10,
+            "actual_close": np.arange(10.0) + 11,
+            "predicted_close": np.arange(10.0) + 11.5,
+        }
+    )
+    figure = plot_predictions(predictions, "BBB")
+    [axes] = figure.axes
+    assert [line.get_label() for line in axes.lines] == ["actual", "predicted", "naive"]
+    np.testing.assert_allclose(axes.lines[0].get_ydata(), np.arange(5.0) + 16)
+    assert axes.get_title() == "BBB: test RMSE 0.5 vs naive 1"
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    assert buffer.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("ticker", "name"),
+    [("AAPL", "AAPL"), ("^GSPC", "_GSPC"), ("BRK.B", "BRK.B"), ("../x", ".._x")],
+)
+def test_plot_name_is_a_safe_artifact_path(ticker: str, name: str) -> None:
+    """A ticker's plot lands in plots/ whatever characters the symbol has."""
+    assert plot_name(ticker) == f"plots/predicted_vs_actual_{name}.png"
+
+
+def test_prices_table_is_long_and_its_digest_covers_every_row() -> None:
+    """The training data is one long table; changing any row, even past 10,000, changes its digest."""
+    index = pd.date_range("2000-01-03", periods=6000, freq="D", name="date")
+    frames = {
+        t: pd.DataFrame({"close": np.linspace(1, 2, 6000), "volume": 1.0}, index=index)
+        for t in ("BBB", "AAA")
+    }
+    table = prices_table(frames)
+    assert list(table.columns) == ["ticker", "date", "close", "volume"]
+    assert len(table) == 12_000 and table["ticker"].iloc[0] == "AAA"
+    changed = table.copy()
+    changed.loc[11_999, "close"] += 0.01
+    assert table_digest(table) == table_digest(table.copy())
+    assert table_digest(changed) != table_digest(table)
+    assert len(table_digest(table)) <= 36
+    # MLflow's default digest looks at the first 10,000 rows only: why closecast computes its own
+    assert compute_pandas_digest(changed) == compute_pandas_digest(table)
+
+
+def test_flatten_params_dots_nested_keys_and_joins_lists() -> None:
+    """Nested config becomes dotted params; lists become comma-separated strings."""
+    assert flatten_params({"train": {"epochs": 2}, "features": ["close", "open"], "x": None}) == {
+        "train.epochs": "2",
+        "features": "close,open",
+        "x": "None",
+    }
+
+
+def test_artifact_location_is_local_only_for_sqlite(tmp_path: Path) -> None:
+    """SQLite stores keep artifacts under <home>/mlartifacts; a server picks its own root."""
+    local = PipelineConfig(home=tmp_path)
+    assert artifact_location(local) == (tmp_path / "mlartifacts").absolute().as_uri()
+    remote = PipelineConfig(home=tmp_path, tracking_uri="http://127.0.0.1:5000")
+    assert artifact_location(remote) is None
+
+
+@pytest.mark.parametrize(
+    ("uri", "error", "says"),
+    [
+        ("http://127.0.0.1:9", MlflowException(REFUSED), "after 7 retries: Connection refused"),
+        ("http://h:1", MlflowException("API request ... Read timed out."), "retries: no answer"),
+        ("sqlite:////x/mlflow.db", OSError("unable to open database file"), ": unable to open"),
+    ],
+)
+def test_unreachable_is_one_line_naming_the_uri(uri: str, error: Exception, says: str) -> None:
+    """The error keeps the URI and the cause, without urllib3's page of detail."""
+    message = str(unreachable(uri, error))
+    assert message.startswith(f"MLflow at {uri} cannot be reached")
+    assert says in message and "\n" not in message and len(message) < 200
+
+
+def test_connect_mlflow_gives_up_after_the_configured_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nobody listening: a PipelineError naming the URI, after MLFLOW_HTTP_REQUEST_MAX_RETRIES."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(
+        PipelineError, match=r"cannot be reached after 0 retries: Connection refused"
+    ):
+        connect_mlflow(uri)
