@@ -114,6 +114,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--log", type=Path, help="also write the command's output here")
     parser.add_argument("extra", nargs="*", help="arguments for `closecast run`, after --")
     args = parser.parse_args()
     if not args.data.is_file():
@@ -138,6 +139,8 @@ def main() -> int:
         sampler.done.set()
         sampler.join()
         load_after = os.getloadavg()
+        if args.log:
+            args.log.write_text(output)
         peak_process_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         if process.returncode != 0:
             print(output[-3000:], file=sys.stderr)
