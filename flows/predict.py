@@ -46,5 +46,7 @@ def predict(config: PipelineConfig) -> PredictResult:
         report = build_report(
             config.data.tickers, context, prices.last_closes(), predictions, issues
         )
-        path = publish_report(report, config.reports_dir, {}, f"champion v{champion.version}")
+        path = publish_report(
+            report, config.reports_dir, champion.metrics, f"champion v{champion.version}"
+        )
     return PredictResult(path, run_id, champion.version)

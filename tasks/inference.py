@@ -18,6 +18,7 @@ from tasks.features import latest_rows
 from tasks.tracking import configure_mlflow
 
 CHAMPION = "champion"
+_VERSION_METRICS = ("test_rmse", "naive_rmse", "skill")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Champion:
     window: int
     features: tuple[str, ...]
     run_id: str
+    metrics: dict[str, float]  # the test metrics recorded on the version when it was registered
 
 
 @dataclass
@@ -64,6 +66,7 @@ def find_champion(tracking_uri: str) -> Champion:
         window=forecaster.window,
         features=forecaster.features,
         run_id=str(version.run_id or ""),
+        metrics={k: float(v) for k, v in version.tags.items() if k in _VERSION_METRICS},
     )
 
 

@@ -158,17 +158,18 @@ def refresh_scorecard(
     """Score reports against `frames`' closes, merge into scorecard.csv (atomically).
 
     Returns:
-        The whole scorecard and how many rows this call scored.
+        The whole scorecard and how many of its rows are new.
     """
     closes = {t: f["close"] for t, f in frames.items()}
     scored = score_predictions(read_reports(reports_dir, as_of), closes)
     path = scorecard_path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(reports_dir / ".scorecard.lock"), timeout=120):
-        table = merge_scorecard(read_scorecard(path), scored)
+        existing = read_scorecard(path)
+        table = merge_scorecard(existing, scored)
         if len(scored):
             write_atomic(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
-    return table, len(scored)
+    return table, len(table) - len(existing)
 
 
 @task(name="update-scorecard", cache_policy=NO_CACHE, timeout_seconds=600)
@@ -180,14 +181,14 @@ def update_scorecard(
     run_id: str,
 ) -> dict[str, float]:
     """Score earlier reports whose target_date has a close; log the rolling live RMSE."""
-    table, scored = refresh_scorecard(reports_dir, frames, as_of)
+    table, added = refresh_scorecard(reports_dir, frames, as_of)
     metrics = live_metrics(table, as_of)
     log = get_run_logger()
     if metrics:
         log_metrics(configure_mlflow(tracking_uri), run_id, metrics)
         log.info(
-            "scored %d predictions; last %d sessions: live rmse %.5f vs naive %.5f",
-            scored,
+            "%d predictions newly scored; last %d sessions: live rmse %.5f vs naive %.5f",
+            added,
             int(metrics[f"live_sessions_{LIVE_SESSIONS}d"]),
             metrics[f"live_rmse_{LIVE_SESSIONS}d"],
             metrics[f"live_naive_rmse_{LIVE_SESSIONS}d"],

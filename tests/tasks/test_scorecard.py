@@ -77,13 +77,14 @@ def test_score_predictions_computes_errors_against_naive() -> None:
 def test_refresh_scores_only_ok_rows_with_a_close_and_is_idempotent(reports_dir: Path) -> None:
     """Rows whose target_date has a close are scored once; re-scoring adds no duplicate."""
     frames = {"AAA": _prices({"2024-01-03": 101.0}), "BBB": _prices({"2024-01-03": 51.0})}
-    table, scored = refresh_scorecard(reports_dir, frames, date(2024, 1, 3))
-    assert scored == 1
+    table, added = refresh_scorecard(reports_dir, frames, date(2024, 1, 3))
+    assert added == 1
     assert list(table["as_of"]) == ["2024-01-02"]  # BBB was stale_data: not scored
 
     later = {"AAA": _prices({"2024-01-03": 101.0, "2024-01-04": 99.0})}
-    refresh_scorecard(reports_dir, later, date(2024, 1, 4))
-    again, _ = refresh_scorecard(reports_dir, later, date(2024, 1, 4))
+    assert refresh_scorecard(reports_dir, later, date(2024, 1, 4))[1] == 1
+    again, added = refresh_scorecard(reports_dir, later, date(2024, 1, 4))
+    assert added == 0
     on_disk = read_scorecard(reports_dir / "scorecard.csv")
     assert len(on_disk) == len(again) == 2
     assert list(on_disk.columns) == SCORECARD_COLUMNS
