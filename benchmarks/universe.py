@@ -75,6 +75,7 @@ def step_name(task_run_name: str) -> str:
 def step_times(prefect_home: Path) -> dict[str, dict[str, float]]:
     """Per step: task runs, summed seconds, and span seconds, from the Prefect API."""
     os.environ["PREFECT_HOME"] = str(prefect_home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.pop("PREFECT_API_URL", None)
     from prefect import get_client
 
@@ -110,6 +111,20 @@ def training_metrics(home: Path, output: str) -> dict[str, float]:
     return {k: metrics[k] for k in keep if k in metrics}
 
 
+def git_head() -> str:
+    """`<commit> (parents ...) <subject>` of the code that ran."""
+    try:
+        return subprocess.run(
+            ["git", "log", "-1", "--format=%h (parents %p) %s"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -126,6 +141,7 @@ def main() -> int:
         command = [sys.executable, "-m", "closecast.cli", "run", "--source", f"csv:{args.data}"]
         command += ["--home", str(home), *args.extra]
         env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
         env.pop("PREFECT_API_URL", None)
         load_before = os.getloadavg()
         started = time.perf_counter()
@@ -156,6 +172,7 @@ def main() -> int:
 
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code": git_head(),
         "command": " ".join(["closecast", *command[3:]]).replace(tmp, "$TMP"),
         "cpus": os.cpu_count(),
         "load_average_before": load_before,
