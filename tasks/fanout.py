@@ -14,7 +14,7 @@ validation 4 s unmapped, 15 s in 505 runs on 2 cores).
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -74,9 +74,11 @@ def validate_each(frames: dict[str, pd.DataFrame]) -> ValidatedPrices:
     return combine_validated(map_tickers(validate_prices, frames))
 
 
-def features_each(frames: dict[str, pd.DataFrame], features: list[str]) -> dict[str, pd.DataFrame]:
+def features_each(
+    frames: dict[str, pd.DataFrame], features: Sequence[str]
+) -> dict[str, pd.DataFrame]:
     """`build_features`, mapped over tickers."""
     combined: dict[str, pd.DataFrame] = {}
-    for part in map_tickers(build_features, frames, features):
+    for part in map_tickers(build_features, frames, list(features)):
         combined.update(part)
     return combined
