@@ -46,6 +46,16 @@ AsOfOpt = Annotated[
 HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="Data folder; default $CLOSECAST_HOME or .closecast.")
 ]
+TaskRunnerOpt = Annotated[
+    str,
+    typer.Option(
+        "--task-runner", help="default (threads) or dask (a local Dask cluster, or --dask-address)."
+    ),
+]
+DaskAddressOpt = Annotated[
+    str | None,
+    typer.Option("--dask-address", help="Scheduler of an existing Dask cluster, tcp://HOST:PORT."),
+]
 
 
 def parse_date(value: str | None, flag: str) -> date | None:
@@ -131,6 +141,8 @@ def run(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     no_promote: Annotated[bool, typer.Option("--no-promote", help="Never move champion.")] = False,
+    runner: TaskRunnerOpt = "default",
+    dask_address: DaskAddressOpt = None,
 ) -> None:
     """The nightly flow: fetch, validate, train, evaluate, register, predict, report."""
     config = _build(
@@ -153,9 +165,10 @@ def run(
             tracking_uri=tracking_uri_from_env(),
         )
     )
+    flow_runner = task_runner(runner, dask_address)
     from flows.nightly import nightly
 
-    result = nightly(config)
+    result = with_runner(nightly, flow_runner)(config)
     typer.echo(f"report: {result.report_path}")
     typer.echo(f"mlflow run: {result.run_id}")
     typer.echo(
@@ -188,6 +201,162 @@ def fetch(
             state = "store already up to date"
         typer.echo(f"{ticker}: {state}")
     typer.echo(f"store: {root / 'prices'}")
+
+
+# --- operations: predict, backfill, serve, and the task runner -----------------------------
+
+
+def task_runner(kind: str, address: str | None):  # type: ignore[no-untyped-def]
+    """The task runner --task-runner names (None: the flow's own thread pool)."""
+    if kind not in {"default", "dask"}:
+        raise InputError(f"invalid --task-runner {kind!r}: expected default or dask")
+    if kind == "default":
+        if address:
+            raise InputError(f"--dask-address {address!r} needs --task-runner dask")
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+    if address:
+        if not address.startswith(("tcp://", "tls://", "inproc://", "ws://", "wss://")):
+            raise InputError(f"invalid --dask-address {address!r}: expected tcp://HOST:PORT")
+        return DaskTaskRunner(address=address)
+    # Small on purpose: 2 cores here. Threads, not processes: per-ticker frames are
+    # handed over without pickling and workers start in a second.
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False}
+    )
+
+
+def with_runner(flow, runner):  # type: ignore[no-untyped-def]
+    """`flow`, on `runner` when one is given."""
+    return flow if runner is None else flow.with_options(task_runner=runner)
+
+
+@app.command()
+def predict(
+    tickers: TickersOpt = None,
+    tickers_file: TickersFileOpt = None,
+    source: SourceOpt = "yfinance",
+    as_of: AsOfOpt = None,
+    home: HomeOpt = None,
+    runner: TaskRunnerOpt = "default",
+    dask_address: DaskAddressOpt = None,
+) -> None:
+    """Fetch and predict the next session with the champion model (no training)."""
+    config = _build(
+        lambda: PipelineConfig(
+            home=home or default_home(),
+            data=data_config(source, tickers, tickers_file, as_of),
+            tracking_uri=tracking_uri_from_env(),
+        )
+    )
+    flow_runner = task_runner(runner, dask_address)
+    from flows.predict import predict as predict_flow
+    from tasks.inference import require_champion
+
+    require_champion(config.mlflow_uri)  # fail in one line, before any flow run starts
+
+    result = with_runner(predict_flow, flow_runner)(config)
+    typer.echo(f"report: {result.report_path}")
+    typer.echo(f"mlflow run: {result.run_id}")
+    typer.echo(f"predictions by closecast-lstm v{result.version} (champion)")
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option("--start", help="First date, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--end", help="Last date, YYYY-MM-DD.")],
+    retrain_every: Annotated[
+        int, typer.Option("--retrain-every", help="Retrain every N sessions.")
+    ] = 1,
+    register: Annotated[
+        bool, typer.Option("--register", help="Register each trained model (default: none).")
+    ] = False,
+    tickers: TickersOpt = None,
+    tickers_file: TickersFileOpt = None,
+    source: SourceOpt = "yfinance",
+    home: HomeOpt = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 50,
+    window: Annotated[int, typer.Option(help="Days per input window.")] = 10,
+    features: Annotated[str, typer.Option(help="Comma-separated features.")] = "close,volume,open",
+    target: Annotated[str, typer.Option(help="log_return or minmax_close.")] = "log_return",
+    hidden: Annotated[int, typer.Option(help="LSTM hidden units.")] = 32,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    no_promote: Annotated[
+        bool, typer.Option("--no-promote", help="With --register: never move champion.")
+    ] = False,
+    runner: TaskRunnerOpt = "default",
+    dask_address: DaskAddressOpt = None,
+) -> None:
+    """Point-in-time runs for every XNYS session in [start, end] (experiment closecast-backfill)."""
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
+    assert first is not None and last is not None
+    if first > last:
+        raise InputError(f"--start {start} is after --end {end}")
+    if retrain_every < 1:
+        raise InputError(f"invalid --retrain-every {retrain_every}: expected 1 or more")
+    from closecast.calendar import sessions_between
+
+    if not sessions_between(first, last):
+        raise InputError(f"no XNYS session between --start {start} and --end {end}")
+    config = _build(
+        lambda: PipelineConfig(
+            home=home or default_home(),
+            data=data_config(source, tickers, tickers_file, None),
+            windows=WindowConfig(
+                window=window, features=[f.strip() for f in features.split(",")], target=target
+            ),
+            lstm=LSTMConfig(hidden_size=hidden),
+            train=TrainConfig(epochs=epochs, seed=seed, device=device),
+            promotion="manual" if no_promote else "auto",
+            tracking_uri=tracking_uri_from_env(),
+        )
+    )
+    flow_runner = task_runner(runner, dask_address)
+    from flows.backfill import backfill as backfill_flow
+
+    result = with_runner(backfill_flow, flow_runner)(
+        config, first, last, retrain_every=retrain_every, register_versions=register
+    )
+    for path in result.reports:
+        typer.echo(f"report: {path}")
+    if result.skipped:
+        days = ", ".join(d.isoformat() for d in result.skipped)
+        typer.echo(f"already reported, skipped: {days}")
+    typer.echo(f"scorecard: {config.reports_dir / 'scorecard.csv'}")
+
+
+@app.command()
+def serve(
+    tickers: TickersOpt = None,
+    tickers_file: TickersFileOpt = None,
+    source: SourceOpt = "yfinance",
+    home: HomeOpt = None,
+    port: Annotated[
+        int, typer.Option("--port", help="Port of the local Prefect server (no PREFECT_API_URL).")
+    ] = 4200,
+    no_promote: Annotated[bool, typer.Option("--no-promote", help="Never move champion.")] = False,
+    runner: TaskRunnerOpt = "default",
+    dask_address: DaskAddressOpt = None,
+) -> None:
+    """Serve nightly (weeknights 18:30 New York), predict and backfill until Ctrl-C."""
+    if not 1 <= port <= 65535:
+        raise InputError(f"invalid --port {port}: expected 1-65535")
+    config = _build(
+        lambda: PipelineConfig(
+            home=home or default_home(),
+            data=data_config(source, tickers, tickers_file, None),
+            promotion="manual" if no_promote else "auto",
+            tracking_uri=tracking_uri_from_env(),
+        )
+    )
+    flow_runner = task_runner(runner, dask_address)
+    from closecast.serve import serve_deployments
+
+    serve_deployments(config, port, flow_runner)
 
 
 def tracking_uri_from_env() -> str | None:

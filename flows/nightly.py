@@ -10,13 +10,14 @@ from closecast.config import MODEL_NAME, PipelineConfig
 from closecast.statuses import merge_issues
 from flows.fetch import fetch
 from tasks.evaluation import evaluate_model
-from tasks.features import build_features, latest_rows
+from tasks.fanout import features_each, validate_each
+from tasks.features import latest_rows
 from tasks.registry import predict_next, promote_model, register_model, rollback_registration
 from tasks.report import ReportContext, build_report, publish_report
+from tasks.scorecard import update_scorecard
 from tasks.store import load_prices
 from tasks.tracking import log_run, run_tags, tracking_run
 from tasks.training import train_model
-from tasks.validate import validate_prices
 from tasks.windows import build_windows
 
 
@@ -32,13 +33,23 @@ class NightlyResult:
     metrics: dict[str, float]
 
 
-@flow(name="nightly", flow_run_name="nightly {config.data.source} as_of={config.data.as_of}")
+def run_name(kind: str) -> str:
+    """`nightly AAPL+2 as_of=2024-05-01`: the flow, the tickers and the as_of, for the UI."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters["config"]
+    tickers = config.data.tickers
+    more = f"+{len(tickers) - 1}" if len(tickers) > 1 else ""
+    return f"{kind} {tickers[0] if tickers else '-'}{more} as_of={config.data.as_of or 'latest'}"
+
+
+@flow(name="nightly", flow_run_name=lambda: run_name("nightly"))
 def nightly(config: PipelineConfig) -> NightlyResult:
     """Retrain on everything up to as_of, gate the new version, predict the next session."""
     fetched = fetch(config.data, config.home)
     prices = load_prices(config.prices_dir, config.data.tickers, config.data.as_of)
-    validated = validate_prices(prices.frames)
-    features = build_features(validated.frames, config.windows.features)
+    validated = validate_each(prices.frames)
+    features = features_each(validated.frames, config.windows.features)
     dataset = build_windows(features, config.windows, prices.as_of)
     issues = merge_issues(
         fetched.issues(prices.frames), prices.issues, validated.issues, dataset.issues
@@ -63,6 +74,9 @@ def nightly(config: PipelineConfig) -> NightlyResult:
         promote_model(config.mlflow_uri, registered)
         path = publish_report(
             report, config.reports_dir, evaluation.metrics, registered.decision.tag
+        )
+        update_scorecard(
+            config.reports_dir, validated.frames, prices.as_of, config.mlflow_uri, run_id
         )
     return NightlyResult(
         path,

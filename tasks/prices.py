@@ -432,6 +432,7 @@ def retry_delays(retries: int, backoff_seconds: float) -> list[float]:
     retries=3,
     retry_delay_seconds=retry_delays(3, 2.0),
     retry_condition_fn=_worth_retrying,
+    timeout_seconds=300,  # a hung connection fails the try (and is retried), not the night
     cache_policy=NO_CACHE,
     task_run_name=lambda: _download_run_name(),
 )

@@ -126,3 +126,23 @@ def publish_report(
         )
     get_run_logger().info("report written to %s", path)
     return path
+
+
+def is_complete_report(path: Path, tickers: list[str], as_of: date) -> bool:
+    """True when `path` is a readable report for `as_of` with one row per ticker.
+
+    Reports are written atomically, so a file that exists is whole; this also
+    refuses one written for another ticker list or with other columns.
+    """
+    if not path.is_file():
+        return False
+    try:
+        report = pd.read_csv(path, usecols=lambda c: c in {"as_of", "ticker"}, dtype=str)
+        header = pd.read_csv(path, nrows=0).columns.tolist()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+        return False
+    return (
+        header == REPORT_COLUMNS
+        and set(report["as_of"]) == {as_of.isoformat()}
+        and sorted(report["ticker"]) == sorted(tickers)
+    )

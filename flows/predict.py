@@ -1,0 +1,52 @@
+"""The predict flow: fetch → validate → latest windows → champion pyfunc → report (no training)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow
+
+from closecast.config import MODEL_NAME, PipelineConfig
+from closecast.statuses import merge_issues
+from flows.fetch import fetch
+from flows.nightly import run_name
+from tasks.inference import latest_inputs, load_champion
+from tasks.registry import predict_next
+from tasks.report import ReportContext, build_report, publish_report
+from tasks.store import load_prices
+from tasks.tracking import tracking_run
+from tasks.validate import validate_prices
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What a predict run produced."""
+
+    report_path: Path
+    run_id: str
+    version: str
+
+
+@flow(name="predict", flow_run_name=lambda: run_name("predict"))
+def predict(config: PipelineConfig) -> PredictResult:
+    """Predict the session after as_of with the registry's champion; nothing is trained."""
+    champion = load_champion(config.mlflow_uri)
+    fetched = fetch(config.data, config.home)
+    prices = load_prices(config.prices_dir, config.data.tickers, config.data.as_of)
+    validated = validate_prices(prices.frames)
+    latest = latest_inputs(validated.frames, config.data.tickers, prices.as_of, champion.window)
+    issues = merge_issues(
+        fetched.issues(prices.frames), prices.issues, validated.issues, latest.issues
+    )
+    tags = {"as_of": prices.as_of.isoformat(), "model_version": champion.version, "kind": "predict"}
+    with tracking_run(config, f"predict {prices.as_of}", tags) as run_id:
+        predictions = predict_next(config.mlflow_uri, champion.version, latest.rows)
+        context = ReportContext(
+            prices.as_of, prices.target_date, MODEL_NAME, champion.version, run_id
+        )
+        report = build_report(
+            config.data.tickers, context, prices.last_closes(), predictions, issues
+        )
+        path = publish_report(
+            report, config.reports_dir, champion.metrics, f"champion v{champion.version}"
+        )
+    return PredictResult(path, run_id, champion.version)

@@ -1,0 +1,131 @@
+"""Prediction without training: the champion from the registry, or a model held in memory."""
+
+from dataclasses import dataclass
+from datetime import date
+
+import mlflow
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from closecast.config import MODEL_NAME
+from closecast.errors import PipelineError
+from closecast.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
+from models.forecaster import Forecaster
+from tasks.features import latest_rows
+from tasks.tracking import configure_mlflow
+
+CHAMPION = "champion"
+_VERSION_METRICS = ("test_rmse", "naive_rmse", "skill")
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The registry version behind alias `champion`, and the window it needs."""
+
+    version: str
+    window: int
+    features: tuple[str, ...]
+    run_id: str
+    metrics: dict[str, float]  # the test metrics recorded on the version when it was registered
+
+
+@dataclass
+class LatestInputs:
+    """The last `window` rows of every ticker that can be predicted, and why others cannot."""
+
+    rows: pd.DataFrame
+    issues: Issues
+
+
+def require_champion(tracking_uri: str) -> ModelVersion:
+    """The registry version behind alias `champion`.
+
+    Raises:
+        PipelineError: when the registry has no `champion` alias.
+    """
+    client = configure_mlflow(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    except MlflowException:
+        raise PipelineError(
+            f"no {CHAMPION} version of {MODEL_NAME} in the registry at {tracking_uri}: "
+            "run `closecast run` first (or `closecast promote VERSION`)"
+        ) from None
+
+
+def find_champion(tracking_uri: str) -> Champion:
+    """The champion version and its input spec (see `require_champion`)."""
+    version = require_champion(tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}")
+    forecaster: Forecaster = model.unwrap_python_model().forecaster
+    return Champion(
+        version=str(version.version),
+        window=forecaster.window,
+        features=forecaster.features,
+        run_id=str(version.run_id or ""),
+        metrics={k: float(v) for k, v in version.tags.items() if k in _VERSION_METRICS},
+    )
+
+
+def select_latest(
+    frames: dict[str, pd.DataFrame], tickers: list[str], as_of: date, window: int
+) -> LatestInputs:
+    """Pyfunc input rows for tickers with `window` rows ending on `as_of`.
+
+    A ticker whose last row is before as_of gets stale_data; one with fewer
+    than `window` rows gets insufficient_history. Tickers absent from
+    `frames` are left to the earlier steps' issues.
+    """
+    issues: Issues = {}
+    ready = []
+    for ticker in sorted(set(tickers) & set(frames)):
+        frame = frames[ticker]
+        if frame.index[-1] < pd.Timestamp(as_of):
+            last = frame.index[-1].date().isoformat()
+            issues[ticker] = (STALE_DATA, f"last price is {last}, before {as_of.isoformat()}")
+        elif len(frame) < window:
+            issues[ticker] = (
+                INSUFFICIENT_HISTORY,
+                f"{len(frame)} rows; the model's window needs {window}",
+            )
+        else:
+            ready.append(ticker)
+    return LatestInputs(rows=latest_rows(frames, ready, window), issues=issues)
+
+
+def predict_frame(forecaster: Forecaster, rows: pd.DataFrame) -> pd.DataFrame:
+    """Next closes from a forecaster held in memory (the same code the pyfunc runs)."""
+    if rows.empty:
+        return pd.DataFrame({"ticker": [], "predicted_close": []})
+    return forecaster.predict_frame(rows)
+
+
+@task(name="find-champion", cache_policy=NO_CACHE)
+def load_champion(tracking_uri: str) -> Champion:
+    """Look up the champion; a clear error when there is none."""
+    champion = find_champion(tracking_uri)
+    get_run_logger().info(
+        "champion is %s v%s (window %d, features %s)",
+        MODEL_NAME,
+        champion.version,
+        champion.window,
+        ",".join(champion.features),
+    )
+    return champion
+
+
+@task(name="latest-inputs", cache_policy=NO_CACHE, task_run_name="latest-inputs as_of={as_of}")
+def latest_inputs(
+    frames: dict[str, pd.DataFrame], tickers: list[str], as_of: date, window: int
+) -> LatestInputs:
+    """The rows the model predicts from, one window per ready ticker."""
+    return select_latest(frames, tickers, as_of, window)
+
+
+@task(name="predict-in-memory", cache_policy=NO_CACHE)
+def predict_in_memory(forecaster: Forecaster, rows: pd.DataFrame) -> pd.DataFrame:
+    """Tomorrow's closes from the model this run trained last (nothing registered)."""
+    return predict_frame(forecaster, rows)

@@ -1,0 +1,198 @@
+"""The live scorecard: earlier predictions scored against the closes that came after them.
+
+Each run reads the reports in `<home>/reports/`, scores every `ok` row whose
+target_date now has a close, and merges those rows into
+`<home>/reports/scorecard.csv` (one row per as_of and ticker, so scoring the
+same reports again changes nothing). The rolling realised RMSE of the last 20
+sessions, and the naive forecast's, go to the run's MLflow metrics.
+"""
+
+import logging
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from closecast.statuses import OK
+from tasks.store import write_atomic
+from tasks.tracking import configure_mlflow, log_metrics
+
+logger = logging.getLogger(__name__)
+
+SCORECARD_COLUMNS = [
+    "as_of",
+    "target_date",
+    "ticker",
+    "predicted_close",
+    "actual_close",
+    "error",
+    "naive_error",
+    "direction_hit",
+    "model_version",
+]
+LIVE_SESSIONS = 20
+_KEY = ["as_of", "ticker"]
+
+
+def scorecard_path(reports_dir: Path) -> Path:
+    return reports_dir / "scorecard.csv"
+
+
+def read_reports(reports_dir: Path, as_of: date) -> pd.DataFrame:
+    """The ok rows of every report whose target_date is on or before `as_of`."""
+    frames = []
+    for path in sorted(reports_dir.glob("predictions_*.csv")):
+        try:
+            report = pd.read_csv(path, dtype={"model_version": str}, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            logger.warning("skipping unreadable report %s: %s", path.name, exc)
+            continue
+        needed = {"as_of", "target_date", "ticker", "last_close", "predicted_close", "status"}
+        if not needed <= set(report.columns):
+            logger.warning("skipping %s: not a predictions report", path.name)
+            continue
+        frames.append(report[report["status"] == OK])
+    if not frames:
+        columns = [
+            "as_of",
+            "target_date",
+            "ticker",
+            "last_close",
+            "predicted_close",
+            "model_version",
+        ]
+        return pd.DataFrame(columns=columns)
+    reports = pd.concat(frames, ignore_index=True)
+    return reports[pd.to_datetime(reports["target_date"]) <= pd.Timestamp(as_of)]
+
+
+def score_predictions(reports: pd.DataFrame, closes: dict[str, pd.Series]) -> pd.DataFrame:
+    """Score report rows whose ticker has a close on its target_date.
+
+    Args:
+        reports: ok report rows (as_of, target_date, ticker, last_close,
+            predicted_close, model_version).
+        closes: per ticker, closes indexed by date (rows the run may see).
+
+    Returns:
+        SCORECARD_COLUMNS: error = predicted - actual, naive_error = last close
+        - actual (the persistence forecast), direction_hit = the predicted move
+        from the last close has the sign of the actual move.
+    """
+    known = pd.concat(
+        [
+            pd.DataFrame({"ticker": t, "when": s.index, "actual_close": s.to_numpy(np.float64)})
+            for t, s in closes.items()
+        ]
+        or [pd.DataFrame({"ticker": [], "when": pd.to_datetime([]), "actual_close": []})],
+        ignore_index=True,
+    )
+    when = pd.to_datetime(reports["target_date"]).astype("datetime64[ns]")
+    keyed = reports.assign(ticker=reports["ticker"].astype(str), when=when)
+    known = known.astype({"ticker": str, "when": "datetime64[ns]"})
+    scored = keyed.merge(known, on=["ticker", "when"], how="inner")
+    predicted = scored["predicted_close"].astype(np.float64)
+    last = scored["last_close"].astype(np.float64)
+    table = pd.DataFrame(
+        {
+            "as_of": scored["as_of"].astype(str),
+            "target_date": scored["target_date"].astype(str),
+            "ticker": scored["ticker"].astype(str),
+            "predicted_close": predicted,
+            "actual_close": scored["actual_close"],
+            "error": predicted - scored["actual_close"],
+            "naive_error": last - scored["actual_close"],
+            "direction_hit": np.sign(predicted - last) == np.sign(scored["actual_close"] - last),
+            "model_version": scored["model_version"].astype(str),
+        }
+    )
+    return table[SCORECARD_COLUMNS].reset_index(drop=True)
+
+
+def merge_scorecard(existing: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame:
+    """Existing rows updated by newly scored ones: one row per (as_of, ticker), sorted."""
+    merged = pd.concat([existing[SCORECARD_COLUMNS], scored], ignore_index=True)
+    merged = merged.drop_duplicates(subset=_KEY, keep="last")
+    return merged.sort_values(["as_of", "ticker"], ignore_index=True)
+
+
+def live_metrics(scorecard: pd.DataFrame, as_of: date, sessions: int = LIVE_SESSIONS) -> dict:
+    """Realised RMSE of the model and of naive over the last `sessions` target dates.
+
+    Errors are relative to the last close, like the run-level test metrics,
+    so no ticker dominates by its price level. Empty when nothing is scored.
+    """
+    seen = scorecard[pd.to_datetime(scorecard["target_date"]) <= pd.Timestamp(as_of)]
+    recent = sorted(seen["target_date"].unique())[-sessions:]
+    window = seen[seen["target_date"].isin(recent)]
+    if window.empty:
+        return {}
+    last_close = window["actual_close"] + window["naive_error"]
+    relative = window["error"] / last_close
+    naive_relative = window["naive_error"] / last_close
+    suffix = f"{sessions}d"
+    return {
+        f"live_rmse_{suffix}": float(np.sqrt(np.mean(np.square(relative)))),
+        f"live_naive_rmse_{suffix}": float(np.sqrt(np.mean(np.square(naive_relative)))),
+        f"live_directional_accuracy_{suffix}": float(window["direction_hit"].astype(bool).mean()),
+        f"live_sessions_{suffix}": float(len(recent)),
+    }
+
+
+def read_scorecard(path: Path) -> pd.DataFrame:
+    """The scorecard on disk, or an empty one."""
+    if not path.exists():
+        return pd.DataFrame(columns=SCORECARD_COLUMNS)
+    table = pd.read_csv(path, dtype={"as_of": str, "target_date": str, "model_version": str})
+    table["direction_hit"] = table["direction_hit"].astype(str).str.lower() == "true"
+    return table
+
+
+def refresh_scorecard(
+    reports_dir: Path, frames: dict[str, pd.DataFrame], as_of: date
+) -> tuple[pd.DataFrame, int]:
+    """Score reports against `frames`' closes, merge into scorecard.csv (atomically).
+
+    Returns:
+        The whole scorecard and how many of its rows are new.
+    """
+    closes = {t: f["close"] for t, f in frames.items()}
+    scored = score_predictions(read_reports(reports_dir, as_of), closes)
+    path = scorecard_path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(reports_dir / ".scorecard.lock"), timeout=120):
+        existing = read_scorecard(path)
+        table = merge_scorecard(existing, scored)
+        if len(scored):
+            write_atomic(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
+    return table, len(table) - len(existing)
+
+
+@task(name="update-scorecard", cache_policy=NO_CACHE, timeout_seconds=600)
+def update_scorecard(
+    reports_dir: Path,
+    frames: dict[str, pd.DataFrame],
+    as_of: date,
+    tracking_uri: str,
+    run_id: str,
+) -> dict[str, float]:
+    """Score earlier reports whose target_date has a close; log the rolling live RMSE."""
+    table, added = refresh_scorecard(reports_dir, frames, as_of)
+    metrics = live_metrics(table, as_of)
+    log = get_run_logger()
+    if metrics:
+        log_metrics(configure_mlflow(tracking_uri), run_id, metrics)
+        log.info(
+            "%d predictions newly scored; last %d sessions: live rmse %.5f vs naive %.5f",
+            added,
+            int(metrics[f"live_sessions_{LIVE_SESSIONS}d"]),
+            metrics[f"live_rmse_{LIVE_SESSIONS}d"],
+            metrics[f"live_naive_rmse_{LIVE_SESSIONS}d"],
+        )
+    else:
+        log.info("no earlier prediction has a close yet: nothing to score")
+    return metrics

@@ -1,0 +1,74 @@
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from closecast.config import BACKFILL_EXPERIMENT, EXPERIMENT
+from flows.backfill import backfill
+from tasks.scorecard import read_scorecard
+from tests.conftest import read_report, tiny_config
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _runs(client: MlflowClient, experiment: str) -> list:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_backfill_reports_each_session_registers_nothing_and_resumes(
+    mlflow_home: Path, csv_folder: Path
+) -> None:
+    """One report and one MLflow run per session; a re-run does only the sessions left.
+
+    The first call registers nothing; the second, with register_versions, registers
+    the model it trains (and only that one).
+    """
+    config = tiny_config(mlflow_home, f"csv:{csv_folder}", ["AAA", "BBB"])
+    first = backfill(config, date(2021, 3, 1), date(2021, 3, 2), retrain_every=2)
+    assert [p.name for p in first.reports] == [
+        "predictions_2021-03-01.csv",
+        "predictions_2021-03-02.csv",
+    ]
+    stamps = {p: p.stat().st_mtime_ns for p in first.reports}
+    client = MlflowClient(config.mlflow_uri)
+    assert client.search_model_versions() == []  # nothing registered without register_versions
+
+    # Stopped after 03-02, started again for the whole range: only 03-03 runs.
+    second = backfill(
+        config, date(2021, 3, 1), date(2021, 3, 3), retrain_every=2, register_versions=True
+    )
+    assert second.skipped == [date(2021, 3, 1), date(2021, 3, 2)]
+    assert [p.name for p in second.reports] == ["predictions_2021-03-03.csv"]
+    assert {p: p.stat().st_mtime_ns for p in first.reports} == stamps
+
+    runs = _runs(client, BACKFILL_EXPERIMENT)
+    assert [r.data.tags["as_of"] for r in runs] == ["2021-03-01", "2021-03-02", "2021-03-03"]
+    assert [r.data.tags["retrained"] for r in runs] == ["true", "false", "true"]
+    assert _runs(client, EXPERIMENT) == []
+    (version,) = client.search_model_versions()
+    assert version.run_id == runs[2].info.run_id
+
+    # Each session predicts with the model trained last, held in memory.
+    versions = [
+        read_report(p)["model_version"].astype(str).unique().tolist()
+        for p in [*first.reports, *second.reports]
+    ]
+    assert versions == [[f"run:{runs[0].info.run_id}"]] * 2 + [[str(version.version)]]
+
+    # Point-in-time: each report's last close is that session's close in the source.
+    source = pd.read_csv(csv_folder / "AAA.csv", index_col="Date")
+    for path in [*first.reports, *second.reports]:
+        row = read_report(path).set_index("ticker").loc["AAA"]
+        assert row["last_close"] == pytest.approx(source.loc[row["as_of"], "Close"], rel=1e-6)
+
+    # Every session scored the sessions before it; the last logged the live RMSE.
+    scorecard = read_scorecard(config.reports_dir / "scorecard.csv")
+    assert sorted(set(scorecard["as_of"])) == ["2021-03-01", "2021-03-02"]
+    assert len(scorecard) == 4
+    assert runs[-1].data.metrics["live_sessions_20d"] == 2
+    assert runs[-1].data.metrics["live_rmse_20d"] > 0

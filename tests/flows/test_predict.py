@@ -1,0 +1,55 @@
+from datetime import date
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from closecast.config import MODEL_NAME
+from flows.nightly import nightly
+from flows.predict import predict
+from tasks.features import latest_rows
+from tasks.store import load_point_in_time
+from tests.conftest import read_report, tiny_config, write_ticker_csvs
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def folder_with_stale(tmp_path: Path) -> Path:
+    """AAA and BBB up to 2021-03-11; OLD stops five sessions earlier."""
+    folder = write_ticker_csvs(tmp_path / "csv", {"AAA": 300, "BBB": 300, "OLD": 300})
+    old = pd.read_csv(folder / "OLD.csv")
+    old.iloc[:-5].to_csv(folder / "OLD.csv", index=False)
+    return folder
+
+
+def test_predict_uses_the_champion_and_trains_nothing(
+    mlflow_home: Path, folder_with_stale: Path
+) -> None:
+    """Predictions come from the champion pyfunc on point-in-time rows; OLD is stale."""
+    home = mlflow_home
+    source = f"csv:{folder_with_stale}"
+    nightly(tiny_config(home, source, ["AAA", "BBB"], as_of=date(2021, 3, 1)))
+    config = tiny_config(home, source, ["AAA", "BBB", "OLD"], as_of=date(2021, 3, 9))
+    result = predict(config)
+
+    client = MlflowClient(config.mlflow_uri)
+    assert len(client.search_model_versions()) == 1  # predict registered nothing
+    assert result.version == "1"
+    report = read_report(result.report_path)
+    assert result.report_path.name == "predictions_2021-03-09.csv"
+    assert list(report["status"]) == ["ok", "ok", "stale_data"]
+    assert set(report["target_date"]) == {"2021-03-10"}
+    assert report["model_version"].astype(str).tolist() == ["1"] * 3
+    assert set(report["run_id"]) == {result.run_id}
+
+    mlflow.set_tracking_uri(config.mlflow_uri)
+    champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    prices = load_point_in_time(config.prices_dir, ["AAA", "BBB"], date(2021, 3, 9))
+    expected = champion.predict(latest_rows(prices.frames, ["AAA", "BBB"], 10))
+    np.testing.assert_allclose(
+        report["predicted_close"][:2].to_numpy(), expected["predicted_close"], rtol=1e-6
+    )

@@ -1,0 +1,36 @@
+import pandas as pd
+import pytest
+
+from tasks.fanout import combine_validated, split_tickers
+from tasks.validate import ValidatedPrices
+
+
+def _frames(n: int) -> dict[str, pd.DataFrame]:
+    return {f"T{i:03d}": pd.DataFrame({"close": [float(i)]}) for i in range(n)}
+
+
+@pytest.mark.parametrize(
+    ("n", "max_parts", "sizes"),
+    [(3, 16, [1, 1, 1]), (16, 16, [1] * 16), (40, 16, [3] * 13 + [1]), (505, 16, [32] * 15 + [25])],
+)
+def test_split_tickers_is_per_ticker_until_there_are_too_many(
+    n: int, max_parts: int, sizes: list[int]
+) -> None:
+    """One ticker per part up to max_parts; then equal groups, every ticker once, in order."""
+    frames = _frames(n)
+    parts = split_tickers(frames, max_parts)
+    assert [len(p) for p in parts] == sizes
+    assert [t for p in parts for t in p] == sorted(frames)
+
+
+def test_combine_validated_keeps_every_parts_frames_drops_and_issues() -> None:
+    """Frames, dropped-row counts and issues of all parts end up in one result."""
+    a = ValidatedPrices(
+        frames={"AAA": pd.DataFrame({"close": [1.0]})},
+        dropped=pd.DataFrame({"ticker": ["AAA"], "reason": ["bad_volume"], "rows": [2]}),
+    )
+    b = ValidatedPrices(issues={"BBB": ("invalid_data", "all 3 rows failed validation")})
+    combined = combine_validated([a, b])
+    assert list(combined.frames) == ["AAA"]
+    assert combined.issues == {"BBB": ("invalid_data", "all 3 rows failed validation")}
+    assert combined.rows_dropped == 2

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from closecast.cli import main
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["backfill", "--start", "2021-13-01", "--end", "2021-03-05"], "2021-13-01"),
+        (["backfill", "--start", "2021-03-05", "--end", "2021-03-01"], "2021-03-05"),
+        (["backfill", "--start", "2021-03-06", "--end", "2021-03-07"], "no XNYS session"),
+        (["backfill", "--start", "2021-03-01", "--end", "2021-03-05", "--retrain-every", "0"], "0"),
+        (["backfill", "--end", "2021-03-05"], "--start"),
+        (["run", "--task-runner", "spark"], "'spark'"),
+        (["run", "--dask-address", "tcp://h:8786"], "--task-runner dask"),
+        (["run", "--task-runner", "dask", "--dask-address", "h:8786"], "'h:8786'"),
+        (["predict", "--tickers", "../x"], "'../x'"),
+        (["serve", "--port", "0"], "--port 0"),
+    ],
+)  # fmt: skip
+def test_bad_ops_input_exits_2_with_one_line(
+    tmp_path: Path,
+    csv_folder: Path,
+    args: list[str],
+    named: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Bad usage of predict/backfill/serve/--task-runner: exit 2, one line naming it, nothing made."""
+    home = tmp_path / "home"
+    assert main([*args, "--source", f"csv:{csv_folder}", "--home", str(home)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert named in err
+    assert not home.exists()
+
+
+def test_predict_without_a_champion_exits_1_and_writes_no_report(
+    tmp_path: Path, csv_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No champion yet: exit 1 with one line that says so; no store, no report."""
+    home = tmp_path / "home"
+    assert main(["predict", "--source", f"csv:{csv_folder}", "--home", str(home)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("closecast: pipeline failed: no champion version")
+    assert "Traceback" not in err
+    assert not (home / "reports").exists() and not (home / "prices").exists()

@@ -1,0 +1,78 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _deployments(api: str) -> dict[str, dict]:
+    request = urllib.request.Request(
+        f"{api}/deployments/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return {d["name"]: d for d in json.load(response)}
+    except OSError:
+        return {}
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group (the server and its uvicorn child) is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_serve_starts_a_server_serves_three_deployments_and_stops_it(
+    tmp_path: Path, csv_folder: Path
+) -> None:
+    """With no PREFECT_API_URL, serve starts a server, deploys; Ctrl-C stops both."""
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    command = [sys.executable, "-m", "closecast.cli", "serve", "--port", str(port)]
+    command += ["--source", f"csv:{csv_folder}", "--home", str(tmp_path / "home")]
+    serve = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline, found = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and len(found) < 3 and serve.poll() is None:
+            time.sleep(1)
+            found = _deployments(api)
+        assert set(found) == {"nightly", "predict", "backfill"}, serve.poll()
+        (schedule,) = found["nightly"]["schedules"]
+        assert schedule["schedule"]["cron"] == "30 18 * * 1-5"
+        assert schedule["schedule"]["timezone"] == "America/New_York"
+        assert found["predict"]["schedules"] == found["backfill"]["schedules"] == []
+        assert found["nightly"]["parameters"]["config"]["data"]["source"] == f"csv:{csv_folder}"
+    finally:
+        serve.send_signal(signal.SIGINT)
+        output, _ = serve.communicate(timeout=60)
+    server_pid = int(output.split("Prefect server (pid ")[1].split(")")[0])
+    assert f"Prefect UI: http://127.0.0.1:{port}" in output
+    assert f"Prefect server (pid {server_pid}) stopped" in output
+    assert not _group_alive(server_pid)  # the server leads its own process group
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{api}/health", timeout=2)
