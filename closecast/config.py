@@ -16,7 +16,8 @@ from models.lstm import LSTMConfig
 
 TICKER_PATTERN = re.compile(r"^[A-Za-z0-9.^=_-]{1,20}$")
 SAMPLE_TICKERS = ("^GSPC", "^IXIC")
-FEATURE_NAMES = ("close", "volume", "open", "high", "low")
+FeatureName = Literal["close", "volume", "open", "high", "low"]
+DEFAULT_FEATURES: tuple[FeatureName, ...] = ("close", "volume", "open")
 EXPERIMENT = "closecast"
 BACKFILL_EXPERIMENT = "closecast-backfill"
 MODEL_NAME = "closecast-lstm"
@@ -87,9 +88,7 @@ class WindowConfig(_Strict):
     """Features, window length, target representation and the time split."""
 
     window: int = Field(default=10, ge=2, le=250)
-    features: list[Literal["close", "volume", "open", "high", "low"]] = Field(
-        default_factory=lambda: ["close", "volume", "open"]
-    )
+    features: list[FeatureName] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
     target: Literal["vol_return", "log_return", "minmax_close"] = Field(
         default="vol_return",
         description="vol_return: next-day log return in units of the window's own volatility; "
