@@ -57,6 +57,11 @@ DaskAddressOpt = Annotated[
     typer.Option("--dask-address", help="Scheduler of an existing Dask cluster, tcp://HOST:PORT."),
 ]
 
+FeaturesOpt = Annotated[str, typer.Option(help="Comma-separated: close,volume,open,high,low.")]
+TargetOpt = Annotated[str, typer.Option(help="vol_return, log_return or minmax_close.")]
+DEFAULT_FEATURES = ",".join(WindowConfig().features)
+DEFAULT_TARGET = WindowConfig().target
+
 
 def parse_date(value: str | None, flag: str) -> date | None:
     """An ISO date, or InputError naming the flag and the value."""
@@ -127,12 +132,8 @@ def run(
         int, typer.Option(help="Training epochs (early stopping may end sooner).")
     ] = 50,
     window: Annotated[int, typer.Option(help="Days per input window.")] = 10,
-    features: Annotated[
-        str, typer.Option(help="Comma-separated: close,volume,open,high,low.")
-    ] = "close,volume,open",
-    target: Annotated[
-        str, typer.Option(help="vol_return, log_return or minmax_close.")
-    ] = "vol_return",
+    features: FeaturesOpt = DEFAULT_FEATURES,
+    target: TargetOpt = DEFAULT_TARGET,
     hidden: Annotated[int, typer.Option(help="LSTM hidden units.")] = 32,
     dropout: Annotated[float, typer.Option(help="Dropout before the dense head.")] = 0.2,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
@@ -280,8 +281,8 @@ def backfill(
     home: HomeOpt = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 50,
     window: Annotated[int, typer.Option(help="Days per input window.")] = 10,
-    features: Annotated[str, typer.Option(help="Comma-separated features.")] = "close,volume,open",
-    target: Annotated[str, typer.Option(help="log_return or minmax_close.")] = "log_return",
+    features: FeaturesOpt = DEFAULT_FEATURES,
+    target: TargetOpt = DEFAULT_TARGET,
     hidden: Annotated[int, typer.Option(help="LSTM hidden units.")] = 32,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
