@@ -14,6 +14,13 @@ STALE_DATA: Status = "stale_data"
 Issues = dict[str, tuple[Status, str]]
 
 
+def ticker_label(tickers: list[str]) -> str:
+    """`AAPL +2` for three tickers, `AAPL` for one, `-` for none: for run names."""
+    if not tickers:
+        return "-"
+    return tickers[0] + (f" +{len(tickers) - 1}" if len(tickers) > 1 else "")
+
+
 def merge_issues(*issue_maps: Issues) -> Issues:
     """Combine step issues; a ticker keeps the first (earliest step) issue it got."""
     merged: Issues = {}

@@ -18,7 +18,7 @@ from prefect import flow
 from pydantic import Field
 
 from closecast.config import BACKFILL_EXPERIMENT, MODEL_NAME, PipelineConfig
-from closecast.statuses import merge_issues
+from closecast.statuses import merge_issues, ticker_label
 from flows.fetch import fetch
 from tasks.backfill import ModelInUse, plan_backfill
 from tasks.evaluation import evaluate_model
@@ -54,9 +54,7 @@ def _backfill_name() -> str:
     from prefect.runtime import flow_run
 
     p = flow_run.parameters
-    tickers = p["config"].data.tickers
-    more = f"+{len(tickers) - 1}" if len(tickers) > 1 else ""
-    return f"backfill {tickers[0] if tickers else '-'}{more} {p['start']}..{p['end']}"
+    return f"backfill {ticker_label(p['config'].data.tickers)} {p['start']}..{p['end']}"
 
 
 @flow(name="backfill", flow_run_name=_backfill_name)

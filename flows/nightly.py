@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 
 from closecast.config import MODEL_NAME, PipelineConfig
-from closecast.statuses import merge_issues
+from closecast.statuses import merge_issues, ticker_label
 from flows.fetch import fetch
 from tasks.evaluation import evaluate_model
 from tasks.fanout import features_each, validate_each
@@ -34,13 +34,11 @@ class NightlyResult:
 
 
 def run_name(kind: str) -> str:
-    """`nightly AAPL+2 as_of=2024-05-01`: the flow, the tickers and the as_of, for the UI."""
+    """`nightly AAPL +2 as_of=2024-05-01`: the flow, the tickers and the as_of, for the UI."""
     from prefect.runtime import flow_run
 
     config = flow_run.parameters["config"]
-    tickers = config.data.tickers
-    more = f"+{len(tickers) - 1}" if len(tickers) > 1 else ""
-    return f"{kind} {tickers[0] if tickers else '-'}{more} as_of={config.data.as_of or 'latest'}"
+    return f"{kind} {ticker_label(config.data.tickers)} as_of={config.data.as_of or 'latest'}"
 
 
 @flow(name="nightly", flow_run_name=lambda: run_name("nightly"))

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import pandas as pd
 from prefect import Task, unmapped
 
+from closecast.statuses import ticker_label
 from tasks.features import build_features
 from tasks.validate import ValidatedPrices, validate_prices
 
@@ -29,9 +30,7 @@ MAX_PARTS = 16
 
 def _named_after_tickers(step: Task[..., R]) -> Callable[..., str]:
     def name(parameters: dict[str, Any]) -> str:
-        tickers = list(parameters.get("frames") or {})
-        more = f" +{len(tickers) - 1}" if len(tickers) > 1 else ""
-        return f"{step.name} {tickers[0] if tickers else '-'}{more}"
+        return f"{step.name} {ticker_label(list(parameters.get('frames') or {}))}"
 
     return name
 

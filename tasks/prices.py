@@ -23,7 +23,7 @@ from prefect.states import State
 from closecast.calendar import session_on_or_before
 from closecast.config import SAMPLE_TICKERS, DataConfig
 from closecast.errors import InputError, PipelineError
-from closecast.statuses import FETCH_FAILED, STALE_DATA, Issues
+from closecast.statuses import FETCH_FAILED, STALE_DATA, Issues, ticker_label
 from tasks.store import normalize_prices, overlap_start
 
 logger = logging.getLogger(__name__)
@@ -412,8 +412,7 @@ def _download_run_name() -> str:
     from prefect.runtime import task_run
 
     plan: FetchPlan = task_run.parameters["plan"]
-    more = f" +{len(plan.tickers) - 1}" if len(plan.tickers) > 1 else ""
-    return f"download {plan.tickers[0]}{more} from {plan.start or 'start'}"
+    return f"download {ticker_label(plan.tickers)} from {plan.start or 'start'}"
 
 
 def _worth_retrying(task: object, task_run: object, state: State) -> bool:
