@@ -109,15 +109,31 @@ def data_config(
     return DataConfig(source=source, tickers=symbols, as_of=parse_date(as_of, "--as-of"))
 
 
+class _DropLocked(logging.Filter):
+    """Prefect's ephemeral SQLite server logs harmless lock contention."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "database is locked" not in record.getMessage()
+
+
+class _NoTracebackForExpected(logging.Filter):
+    """Expected failures (bad input, a failed pipeline) get one line, not a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], InputError | PipelineError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_DROP_LOCKED, _NO_TRACEBACK = _DropLocked(), _NoTracebackForExpected()
+
+
 def _quiet_noise() -> None:
-    """Prefect's ephemeral SQLite server logs harmless lock contention; keep output readable."""
-
-    class _DropLocked(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "database is locked" not in record.getMessage()
-
+    """Keep output readable: no lock noise, no tracebacks for expected errors."""
     for name in ("prefect", "prefect.server", "uvicorn.error", "sqlalchemy", "alembic"):
-        logging.getLogger(name).addFilter(_DropLocked())
+        logging.getLogger(name).addFilter(_DROP_LOCKED)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_NO_TRACEBACK)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 

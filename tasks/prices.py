@@ -341,6 +341,8 @@ class YFinanceSource:
                 multi_level_index=True,
                 progress=False,
                 threads=True,
+                # Per request: a hung connection fails this try (the task retries), not the night.
+                timeout=30,
             )
         # The yfinance logger is global: chunks downloading at the same time see
         # each other's errors, so keep only this chunk's.
@@ -431,7 +433,6 @@ def retry_delays(retries: int, backoff_seconds: float) -> list[float]:
     retries=3,
     retry_delay_seconds=retry_delays(3, 2.0),
     retry_condition_fn=_worth_retrying,
-    timeout_seconds=300,  # a hung connection fails the try (and is retried), not the night
     cache_policy=NO_CACHE,
     task_run_name=lambda: _download_run_name(),
 )

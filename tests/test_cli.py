@@ -1,8 +1,10 @@
+import logging
 from pathlib import Path
 
 import pytest
 
 from closecast.cli import main
+from closecast.errors import InputError, PipelineError
 from tests.conftest import read_report
 
 
@@ -63,3 +65,24 @@ def test_every_fetch_failing_exits_1_and_keeps_reports(
     assert code == 1
     assert "every fetch failed" in capsys.readouterr().err
     assert not (home / "reports").exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "keeps_traceback"),
+    [
+        (PipelineError("every fetch failed"), False),
+        (InputError("bad"), False),
+        (KeyError("x"), True),
+    ],
+)
+def test_flow_logs_carry_no_traceback_for_expected_errors(
+    error: Exception, keeps_traceback: bool
+) -> None:
+    """Prefect's flow-run logger drops the traceback of expected errors, keeps others'."""
+    main(["--help"])
+    logger = logging.getLogger("prefect.flow_runs")
+    record = logger.makeRecord(
+        logger.name, logging.ERROR, __file__, 1, "failed", (), (type(error), error, None)
+    )
+    assert all(f.filter(record) for f in logger.filters)
+    assert (record.exc_info is not None) == keeps_traceback
