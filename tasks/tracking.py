@@ -278,6 +278,8 @@ def run_metrics(
         "epochs_trained": float(trained.fit.epochs_trained),
         "train_seconds": trained.fit.train_seconds,
         "rows_dropped": float(validated.rows_dropped),
+        # The shrink factor applied to predicted moves (1: none; 0: the model adds nothing).
+        "output_scale": trained.fit.output_scale,
     }
 
 

@@ -27,6 +27,8 @@ METRICS = {
     "best_val_loss",
     "epochs_trained",
     "train_seconds",
+    "rows_dropped",
+    "output_scale",
 }
 
 
