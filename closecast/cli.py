@@ -21,7 +21,6 @@ from closecast.config import (
     default_home,
 )
 from closecast.errors import InputError, PipelineError
-from models.lstm import LSTMConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -76,15 +75,17 @@ def parse_date(value: str | None, flag: str) -> date | None:
 def parse_tickers(tickers: str | None, tickers_file: Path | None) -> list[str]:
     """Tickers from --tickers and --tickers-file, validated before anything touches disk."""
     raw: list[str] = []
-    if tickers:
+    if tickers is not None:
         raw += [t for t in tickers.split(",") if t.strip()]
+        if not raw:
+            raise InputError(f"no tickers given: --tickers {tickers!r} names none")
     if tickers_file is not None:
         if not tickers_file.is_file():
             raise InputError(f"tickers file not found: {tickers_file}")
-        for line in tickers_file.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                raw.append(line)
+        listed = [line.split("#", 1)[0].strip() for line in tickers_file.read_text().splitlines()]
+        if not any(listed):
+            raise InputError(f"no tickers given: --tickers-file {tickers_file} lists none")
+        raw += [t for t in listed if t]
     try:
         return list(dict.fromkeys(check_ticker(t) for t in raw))
     except ValueError as exc:
@@ -169,7 +170,7 @@ def run(
             windows=WindowConfig(
                 window=window, features=[f.strip() for f in features.split(",")], target=target
             ),
-            lstm=LSTMConfig(hidden_size=hidden, dropout=dropout),
+            lstm={"hidden_size": hidden, "dropout": dropout},  # type: ignore[arg-type]
             train=TrainConfig(
                 epochs=epochs,
                 batch_size=batch_size,
@@ -204,10 +205,14 @@ def fetch(
     home: HomeOpt = None,
 ) -> None:
     """Fetch and store prices only."""
-    data = _build(lambda: data_config(source, tickers, tickers_file, as_of))
+    config = _build(
+        lambda: PipelineConfig(
+            home=home or default_home(), data=data_config(source, tickers, tickers_file, as_of)
+        )
+    )
     from flows.fetch import fetch as fetch_flow
 
-    root = home or default_home()
+    data, root = config.data, config.home
     result = fetch_flow(data, root)
     for ticker in data.tickers:
         if ticker in result.failures:
@@ -326,7 +331,7 @@ def backfill(
             windows=WindowConfig(
                 window=window, features=[f.strip() for f in features.split(",")], target=target
             ),
-            lstm=LSTMConfig(hidden_size=hidden),
+            lstm={"hidden_size": hidden},  # type: ignore[arg-type]
             train=TrainConfig(epochs=epochs, seed=seed, device=device),
             promotion="manual" if no_promote else "auto",
             tracking_uri=tracking_uri_from_env(),
@@ -385,7 +390,9 @@ def _registry(home: Path | None):  # type: ignore[no-untyped-def]
     """A client for the registry the pipeline would use, after one successful contact."""
     from tasks.tracking import connect_mlflow
 
-    config = PipelineConfig(home=home or default_home(), tracking_uri=tracking_uri_from_env())
+    config = _build(
+        lambda: PipelineConfig(home=home or default_home(), tracking_uri=tracking_uri_from_env())
+    )
     uri = config.mlflow_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise InputError(
@@ -479,15 +486,37 @@ def promote(
     typer.echo(f"champion: {MODEL_NAME} v{move.version} (was v{move.previous or '-'})")
 
 
+# Config fields -> the flags that set them, so an out-of-range value names the flag a person typed.
+_FLAGS = {
+    "home": "--home",
+    "data.source": "--source",
+    "data.as_of": "--as-of",
+    "windows.window": "--window",
+    "windows.features": "--features",
+    "windows.target": "--target",
+    "lstm.hidden_size": "--hidden",
+    "lstm.dropout": "--dropout",
+    "train.epochs": "--epochs",
+    "train.batch_size": "--batch-size",
+    "train.learning_rate": "--learning-rate",
+    "train.patience": "--patience",
+    "train.seed": "--seed",
+    "train.device": "--device",
+    "tracking_uri": "MLFLOW_TRACKING_URI",
+}
+
+
 def _build(make):  # type: ignore[no-untyped-def]
-    """Build a config, turning validation errors into one-line InputErrors."""
+    """Build a config, turning validation errors into one-line InputErrors naming the flag."""
     try:
         return make()
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
+        if first["type"] == "value_error":  # our own validators' messages name the value
+            raise InputError(str(first["msg"]).removeprefix("Value error, ")) from None
         value = first.get("input")
-        raise InputError(f"invalid {where} {value!r}: {first['msg']}") from None
+        raise InputError(f"invalid {_FLAGS.get(where, where)} {value!r}: {first['msg']}") from None
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

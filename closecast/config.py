@@ -15,6 +15,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from models.lstm import LSTMConfig
 
 TICKER_PATTERN = re.compile(r"^[A-Za-z0-9.^=_-]{1,20}$")
+# The same rule as `check_source`, as a JSON-schema pattern: Prefect's run form refuses a typo.
+SOURCE_PATTERN = r"^(yfinance|sample|csv:.+)$"
 SAMPLE_TICKERS = ("^GSPC", "^IXIC")
 FeatureName = Literal["close", "volume", "open", "high", "low"]
 DEFAULT_FEATURES: tuple[FeatureName, ...] = ("close", "volume", "open")
@@ -43,6 +45,31 @@ def check_source(source: str) -> str:
     raise ValueError(f"invalid source {source!r}: expected yfinance, sample or csv:PATH")
 
 
+def check_home(home: Path) -> Path:
+    """A home is a folder, or a path where one can be made: not a file, not under a file."""
+    for path in (home, *home.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is" if path == home else f"is under {path}, which is"
+                raise ValueError(f"home {str(home)!r} {what} a file, not a folder")
+            break
+    return home
+
+
+def check_tracking_uri(uri: str | None) -> str | None:
+    """A `sqlite:///PATH` URI whose database can live there (no file where a folder must be)."""
+    if uri is not None and uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        for path in db.parents:
+            if path.exists():
+                if not path.is_dir():
+                    raise ValueError(f"tracking URI {uri!r}: {path} is a file, not a folder")
+                break
+        if db.is_dir():
+            raise ValueError(f"tracking URI {uri!r}: {db} is a folder, not a database file")
+    return uri
+
+
 def default_home() -> Path:
     """`$CLOSECAST_HOME`, else `.closecast` under the current directory."""
     return Path(os.environ.get("CLOSECAST_HOME") or ".closecast").absolute()
@@ -55,9 +82,22 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where prices come from and which dates a run may see."""
 
-    source: Annotated[str, AfterValidator(check_source)] = "yfinance"
-    tickers: list[Ticker] = Field(default_factory=list)
-    as_of: date | None = None
+    source: Annotated[str, AfterValidator(check_source)] = Field(
+        default="yfinance",
+        pattern=SOURCE_PATTERN,
+        description="Where prices come from: yfinance, sample (offline ^GSPC/^IXIC), or "
+        "csv:PATH (a folder of TICKER.csv files or one long file), e.g. csv:/data/prices.",
+    )
+    tickers: list[Ticker] = Field(
+        default_factory=list,
+        description="Tickers to predict, e.g. AAPL, MSFT, ^GSPC; empty with source sample "
+        "means ^GSPC and ^IXIC, with a csv source every ticker it holds.",
+    )
+    as_of: date | None = Field(
+        default=None,
+        description="Last date a run may see, e.g. 2024-05-01; empty = the latest session; "
+        "a date that is not a session means the session before.",
+    )
     start: date | None = Field(
         default=None, description="First date fetched for a ticker new to the store."
     )
@@ -87,16 +127,28 @@ class DataConfig(_Strict):
 class WindowConfig(_Strict):
     """Features, window length, target representation and the time split."""
 
-    window: int = Field(default=10, ge=2, le=250)
-    features: list[FeatureName] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
+    window: int = Field(
+        default=10, ge=2, le=250, description="Trading days per input window, e.g. 10."
+    )
+    features: list[FeatureName] = Field(
+        default_factory=lambda: list(DEFAULT_FEATURES),
+        description="Input columns per day, close first, e.g. close, volume, open.",
+    )
     target: Literal["vol_return", "log_return", "minmax_close"] = Field(
         default="vol_return",
         description="vol_return: next-day log return in units of the window's own volatility; "
         "log_return: next-day log return, inputs normalised inside each window; "
         "minmax_close: the reference design's MinMax-scaled close, fitted per ticker on train.",
     )
-    val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    val_fraction: float = Field(
+        default=0.1, gt=0, lt=0.5, description="Share of dates for validation, e.g. 0.1."
+    )
+    test_fraction: float = Field(
+        default=0.1,
+        gt=0,
+        lt=0.5,
+        description="Share of the latest dates held out for test, e.g. 0.1.",
+    )
 
     @field_validator("features")
     @classmethod
@@ -111,13 +163,28 @@ class WindowConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimisation settings: Adam on MSE with early stopping."""
 
-    epochs: int = Field(default=50, ge=1, le=10_000)
-    batch_size: int = Field(default=32, ge=1, le=65_536)
-    learning_rate: float = Field(default=1e-3, gt=0, le=1)
-    patience: int = Field(default=5, ge=1, description="Epochs without a better val loss.")
-    grad_clip: float = Field(default=1.0, gt=0)
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: int = Field(
+        default=50,
+        ge=1,
+        le=10_000,
+        description="Most epochs; early stopping may end sooner, e.g. 50.",
+    )
+    batch_size: int = Field(
+        default=32, ge=1, le=65_536, description="Windows per training step, e.g. 32."
+    )
+    learning_rate: float = Field(
+        default=1e-3, gt=0, le=1, description="Adam learning rate, e.g. 0.001."
+    )
+    patience: int = Field(
+        default=5,
+        ge=1,
+        description="Epochs without a better validation loss before stopping, e.g. 5.",
+    )
+    grad_clip: float = Field(default=1.0, gt=0, description="Gradient norm clip, e.g. 1.0.")
+    seed: int = Field(default=42, description="Random seed: the same seed gives the same model.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto (CUDA when available), cpu or cuda."
+    )
     shrink_output: bool = Field(
         default=True,
         description="Return targets: scale predicted returns by the factor in [0, 1] that the "
@@ -129,19 +196,31 @@ class TrainConfig(_Strict):
 class PipelineConfig(_Strict):
     """Everything one pipeline run needs."""
 
-    home: Path = Field(default_factory=default_home)
-    data: DataConfig = Field(default_factory=DataConfig)
-    windows: WindowConfig = Field(default_factory=WindowConfig)
-    lstm: LSTMConfig = Field(default_factory=LSTMConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    home: Annotated[Path, AfterValidator(check_home)] = Field(
+        default_factory=default_home,
+        description="Folder for prices, reports and the local MLflow store, e.g. "
+        "/srv/closecast; default $CLOSECAST_HOME, else .closecast in the working folder.",
+    )
+    data: DataConfig = Field(default_factory=DataConfig, description="Source, tickers, as_of.")
+    windows: WindowConfig = Field(
+        default_factory=WindowConfig, description="Features, window length, target, splits."
+    )
+    lstm: LSTMConfig = Field(
+        default_factory=LSTMConfig, description="hidden_size (e.g. 32), num_layers, dropout."
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="Epochs, batch size, learning rate, seed, device."
+    )
     promotion: Literal["auto", "manual"] = Field(
         default="auto",
         description="auto: the gate may move `champion`; manual: people promote by hand.",
     )
-    tracking_uri: str | None = Field(
-        default=None, description="MLflow tracking URI; default sqlite:///<home>/mlflow.db."
+    tracking_uri: Annotated[str | None, AfterValidator(check_tracking_uri)] = Field(
+        default=None,
+        description="MLflow tracking URI, e.g. http://127.0.0.1:5000; "
+        "empty = sqlite:///<home>/mlflow.db.",
     )
-    experiment: str = EXPERIMENT
+    experiment: str = Field(default=EXPERIMENT, description="MLflow experiment of the runs.")
 
     @model_validator(mode="after")
     def _sample_defaults(self) -> "PipelineConfig":

@@ -117,7 +117,7 @@ def backfill_session(
         predictions = predict_in_memory(model.forecaster, latest)
         context = ReportContext(prices.as_of, prices.target_date, MODEL_NAME, model.version, run_id)
         report = build_report(
-            config.data.tickers, context, prices.last_closes(), predictions, issues
+            config.data.tickers, context, validated.last_closes(), predictions, issues
         )
         path = publish_report(report, config.reports_dir, model.metrics, model.decision)
         update_scorecard(

@@ -4,6 +4,7 @@ register/promote → predict → report."""
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from prefect import flow
 
 from closecast.config import MODEL_NAME, PipelineConfig
@@ -13,7 +14,7 @@ from tasks.evaluation import evaluate_model
 from tasks.fanout import features_each, validate_each
 from tasks.features import latest_rows
 from tasks.registry import predict_next, promote_model, register_model, rollback_registration
-from tasks.report import ReportContext, build_report, publish_report
+from tasks.report import ReportContext, build_report, publish_report, require_predictions
 from tasks.scorecard import update_scorecard
 from tasks.store import load_prices
 from tasks.tracking import log_run, run_tags, tracking_run
@@ -52,6 +53,15 @@ def nightly(config: PipelineConfig) -> NightlyResult:
     issues = merge_issues(
         fetched.issues(prices.frames), prices.issues, validated.issues, dataset.issues
     )
+    if not len(dataset.latest):  # nothing to predict: train nothing, register nothing
+        context = ReportContext(prices.as_of, prices.target_date, MODEL_NAME, "", "")
+        no_predictions = pd.DataFrame({"ticker": [], "predicted_close": []})
+        require_predictions(
+            build_report(
+                config.data.tickers, context, validated.last_closes(), no_predictions, issues
+            ),
+            config.reports_dir,
+        )
     tags = run_tags(config, prices, dataset)
     with (
         tracking_run(config, f"nightly {prices.as_of}", tags) as run_id,
@@ -67,8 +77,9 @@ def nightly(config: PipelineConfig) -> NightlyResult:
             prices.as_of, prices.target_date, MODEL_NAME, registered.predicting_version, run_id
         )
         report = build_report(
-            config.data.tickers, context, prices.last_closes(), predictions, issues
+            config.data.tickers, context, validated.last_closes(), predictions, issues
         )
+        require_predictions(report, config.reports_dir)  # else the version is rolled back
         promote_model(config.mlflow_uri, registered)
         path = publish_report(
             report, config.reports_dir, evaluation.metrics, registered.decision.tag

@@ -11,7 +11,7 @@ from flows.fetch import fetch
 from flows.nightly import run_name
 from tasks.inference import latest_inputs, load_champion
 from tasks.registry import predict_next
-from tasks.report import ReportContext, build_report, publish_report
+from tasks.report import ReportContext, build_report, publish_report, require_predictions
 from tasks.store import load_prices
 from tasks.tracking import tracking_run
 from tasks.validate import validate_prices
@@ -44,8 +44,9 @@ def predict(config: PipelineConfig) -> PredictResult:
             prices.as_of, prices.target_date, MODEL_NAME, champion.version, run_id
         )
         report = build_report(
-            config.data.tickers, context, prices.last_closes(), predictions, issues
+            config.data.tickers, context, validated.last_closes(), predictions, issues
         )
+        require_predictions(report, config.reports_dir)
         path = publish_report(
             report, config.reports_dir, champion.metrics, f"champion v{champion.version}"
         )

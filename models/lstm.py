@@ -16,8 +16,10 @@ dense layer to one output. `torch.nn.LSTM` computes exactly these equations
 """
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
 
@@ -25,12 +27,18 @@ from torch import nn
 class LSTMConfig:
     """Architecture of the forecaster (the number of features comes from the data)."""
 
-    hidden_size: int = 32
-    num_layers: int = 1
+    # The Field annotations are for the config form and its validation (pydantic);
+    # __post_init__ checks the same bounds when the class is built directly.
+    hidden_size: Annotated[int, Field(ge=1, le=4096, description="LSTM hidden units, e.g. 32.")] = (
+        32
+    )
+    num_layers: Annotated[int, Field(ge=1, le=8, description="Stacked LSTM layers, e.g. 1.")] = 1
     # Applied to the last hidden state, before the head. nn.LSTM's own
     # `dropout` acts only between stacked layers, so with one layer it would
     # silently do nothing.
-    dropout: float = 0.2
+    dropout: Annotated[
+        float, Field(ge=0, lt=1, description="Dropout before the dense head, e.g. 0.2.")
+    ] = 0.2
 
     def __post_init__(self) -> None:
         if self.hidden_size < 1 or self.num_layers < 1:

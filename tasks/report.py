@@ -1,5 +1,6 @@
 """The report: one row per requested ticker, written atomically, published to Prefect."""
 
+import math
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -9,7 +10,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from closecast.statuses import OK, Issues
+from closecast.errors import PipelineError
+from closecast.statuses import INVALID_DATA, OK, Issues
 from tasks.store import write_atomic
 
 REPORT_COLUMNS = [
@@ -51,9 +53,12 @@ def build_report(
     for ticker in sorted(tickers):
         status, message = issues.get(ticker, (OK, ""))
         close = last_close.get(ticker, float("nan"))
+        if not (math.isfinite(close) and close > 0):
+            close = float("nan")  # never print an invalid price, e.g. a -1.0 the source sent
         forecast = predicted.get(ticker, float("nan")) if status == OK else float("nan")
-        if status == OK and pd.isna(forecast):
-            status, message = "invalid_data", "the model returned no prediction"
+        if status == OK and not (math.isfinite(forecast) and forecast > 0 and close > 0):
+            status, message = INVALID_DATA, "the model returned no usable prediction"
+            forecast = float("nan")
         rows.append(
             {
                 "as_of": context.as_of.isoformat(),
@@ -81,6 +86,34 @@ def write_report(report: pd.DataFrame, reports_dir: Path, as_of: date) -> Path:
     path = report_path(reports_dir, as_of)
     write_atomic(path, lambda tmp: report.to_csv(tmp, index=False, float_format="%.6f"))
     return path
+
+
+def require_predictions(report: pd.DataFrame, reports_dir: Path) -> None:
+    """Fail the run when no ticker got a prediction, leaving the statuses for the reader.
+
+    The report goes to its usual path only when none exists for that as_of, so
+    an earlier good report is never replaced by one without a prediction.
+
+    Raises:
+        PipelineError: when no row of `report` is ok; names the statuses and the report.
+    """
+    if (report["status"] == OK).any():
+        return
+    as_of = date.fromisoformat(report["as_of"].iloc[0]) if len(report) else None
+    counts = report["status"].value_counts().sort_index()
+    first = report.iloc[0] if len(report) else None
+    why = ", ".join(f"{n} {status}" for status, n in counts.items())
+    if first is not None:
+        why += f" (e.g. {first.ticker}: {first.message})"
+    where = ""
+    if as_of is not None:
+        path = report_path(reports_dir, as_of)
+        if path.exists():
+            where = f"; {path} was left as it was"
+        else:
+            blank = report.assign(model_version="")  # nothing was registered or used
+            where = f"; statuses in {write_report(blank, reports_dir, as_of)}"
+    raise PipelineError(f"no ticker could be predicted: {why}{where}")
 
 
 def summary_markdown(report: pd.DataFrame, metrics: dict[str, float], decision: str) -> str:

@@ -162,10 +162,6 @@ class LoadedPrices:
             issues.setdefault(ticker, (INSUFFICIENT_HISTORY, reason))
         return issues
 
-    def last_closes(self) -> dict[str, float]:
-        """The real close on each ticker's last row."""
-        return {t: float(f["close"].iloc[-1]) for t, f in self.frames.items()}
-
 
 def scan_store(
     prices_dir: Path, tickers: list[str]

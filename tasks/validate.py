@@ -40,6 +40,10 @@ class ValidatedPrices:
     def rows_dropped(self) -> int:
         return int(self.dropped["rows"].sum()) if len(self.dropped) else 0
 
+    def last_closes(self) -> dict[str, float]:
+        """The last valid close of each ticker (a dropped bad row never shows in a report)."""
+        return {t: float(f["close"].iloc[-1]) for t, f in self.frames.items()}
+
 
 def bad_row_reasons(frame: pd.DataFrame) -> pd.DataFrame:
     """One boolean column per reason, True where a row breaks that rule.
@@ -97,7 +101,13 @@ def validate_all(frames: dict[str, pd.DataFrame]) -> ValidatedPrices:
         clean, counts = validate_frame(frame)
         records += [{"ticker": ticker, "reason": r, "rows": n} for r, n in counts.items()]
         if clean.empty:
-            result.issues[ticker] = (INVALID_DATA, f"all {len(frame)} rows failed validation")
+            result.issues[ticker] = (
+                INVALID_DATA,
+                (
+                    f"all {len(frame)} price rows failed validation: "
+                    + ", ".join(f"{n} {reason}" for reason, n in counts.items())
+                ),
+            )
         else:
             result.frames[ticker] = clean
     if records:

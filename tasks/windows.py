@@ -12,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from closecast.config import WindowConfig
+from closecast.errors import PipelineError
 from closecast.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
 from models.encoding import fit_bounds
 
@@ -124,7 +125,7 @@ def split_boundaries(
     n_test = math.ceil(test_fraction * n)
     n_val = math.ceil(val_fraction * n)
     if n - n_test - n_val < 1:
-        raise ValueError(
+        raise PipelineError(
             f"only {n} dates with a known next close: too few for train, validation and test"
         )
     return pd.Timestamp(dates[n - n_test - n_val]), pd.Timestamp(dates[n - n_test])
@@ -167,12 +168,20 @@ def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
     order = ["close", *[f for f in config.features if f != "close"]]
     frames = {t: f[order] for t, f in features.items() if len(f) > config.window}
     issues: Issues = {
-        t: (INSUFFICIENT_HISTORY, f"{len(f)} rows; the window alone needs {config.window + 1}")
+        t: (
+            INSUFFICIENT_HISTORY,
+            f"only {len(f)} rows of valid history; one window and its next close need "
+            f"{config.window + 1}",
+        )
         for t, f in features.items()
         if len(f) <= config.window
     }
     if not frames:
-        raise ValueError(f"no ticker has more than {config.window} rows of valid history")
+        longest = max((len(f) for f in features.values()), default=0)
+        raise PipelineError(
+            f"no ticker can be trained: the longest valid history is {longest} rows; "
+            f"a window of {config.window} days and its next close need {config.window + 1}"
+        )
     every_target = np.concatenate([f.index.to_numpy()[config.window :] for f in frames.values()])
     val_start, test_start = split_boundaries(
         every_target, config.val_fraction, config.test_fraction
@@ -185,7 +194,8 @@ def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
         if len(frame) < config.window + n_test or len(train_rows) == 0:
             issues[ticker] = (
                 INSUFFICIENT_HISTORY,
-                f"{len(frame)} rows; needs window {config.window} + test span {n_test}",
+                f"only {len(frame)} rows of valid history; the model needs "
+                f"{config.window + n_test} (window {config.window} + test span {n_test})",
             )
             continue
         parts.append(_ticker_windows(ticker, frame, config.window))
@@ -193,7 +203,10 @@ def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
             bounds[ticker] = fit_bounds(train_rows.to_numpy(dtype=np.float64))
         if frame.index[-1] < as_of_ts:
             last = frame.index[-1].date().isoformat()
-            issues[ticker] = (STALE_DATA, f"last price is {last}, before {as_of.isoformat()}")
+            issues[ticker] = (
+                STALE_DATA,
+                f"the last valid price is from {last}, before as_of {as_of.isoformat()}",
+            )
             continue
         latest.append(
             WindowSet(

@@ -5,7 +5,7 @@ import pytest
 
 from closecast.cli import main
 from closecast.errors import InputError, PipelineError
-from tests.conftest import read_report
+from tests.conftest import read_report, write_ticker_csvs
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -38,6 +38,11 @@ def test_run_exits_0_and_prints_where_things_are(
         (["run", "--source", "sample", "--epochs", "0"], "0"),
         (["run", "--source", "sample", "--features", "volume"], "close"),
         (["run"], "--tickers"),
+        (["run", "--source", "sample", "--hidden", "0"], "--hidden 0"),
+        (["run", "--source", "sample", "--dropout", "1.5"], "--dropout 1.5"),
+        (["run", "--source", "sample", "--tickers", ""], "no tickers given"),
+        (["fetch", "--source", "sample", "--tickers", " , "], "no tickers given"),
+        (["run", "--source", "yfinance", "--tickers", ""], "no tickers given"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -86,3 +91,69 @@ def test_flow_logs_carry_no_traceback_for_expected_errors(
     )
     assert all(f.filter(record) for f in logger.filters)
     assert (record.exc_info is not None) == keeps_traceback
+
+
+@pytest.mark.parametrize("command", ["run", "fetch", "predict"])
+def test_an_empty_tickers_file_is_bad_input_not_everything(
+    tmp_path: Path, csv_folder: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tickers file with only comments and blank lines exits 2; it never means every ticker."""
+    listed = tmp_path / "universe.txt"
+    listed.write_text("# nothing yet\n\n")
+    home = tmp_path / "home"
+    args = [command, "--source", f"csv:{csv_folder}", "--tickers-file", str(listed)]
+    assert main([*args, "--home", str(home)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"closecast: error: no tickers given: --tickers-file {listed} lists none"
+    assert not home.exists()
+
+
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_home_that_is_a_file_exits_2_and_leaves_the_file(
+    tmp_path: Path, under: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--home naming a file (or a path under one) exits 2 in one line; the file is untouched."""
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    home = afile / under if under else afile
+    for command in (["run", "--source", "sample"], ["fetch", "--source", "sample"], ["models"]):
+        assert main([*command, "--home", str(home)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"'{home}'" in err and "is a file" in err, err
+    assert afile.read_text() == "keep me"
+
+
+def test_sqlite_tracking_uri_under_a_file_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MLFLOW_TRACKING_URI=sqlite:///FILE/mlflow.db is refused before anything runs."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{afile}/mlflow.db")
+    home = tmp_path / "home"
+    assert main(["run", "--source", "sample", "--home", str(home)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"closecast: error: tracking URI 'sqlite:///{afile}/mlflow.db': {afile} is a file, "
+        "not a folder"
+    )
+    assert not home.exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_every_ticker_too_short_exits_1_in_one_line_without_traceback(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Valid input that cannot train a model: exit 1, one line, no traceback from any logger."""
+    folder = write_ticker_csvs(tmp_path / "csv", {"AAA": 8, "BBB": 6})
+    home = tmp_path / "home"
+    args = ["run", "--source", f"csv:{folder}", "--tickers", "AAA,BBB", "--home", str(home)]
+    assert main([*args, "--epochs", "1", "--hidden", "8"]) == 1
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    last = err.strip().splitlines()[-1]
+    assert last == (
+        "closecast: pipeline failed: no ticker can be trained: the longest valid history is "
+        "8 rows; a window of 10 days and its next close need 11"
+    )
+    assert not (home / "reports").exists() and not (home / "mlflow.db").exists()

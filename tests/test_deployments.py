@@ -41,3 +41,53 @@ def test_each_entrypoint_is_a_flow_that_accepts_the_deployment_parameters(
     validated = flow.validate_parameters({**deployment["parameters"], **extra})
     assert isinstance(validated["config"], PipelineConfig)
     assert validated["config"].data.tickers == ["AAPL", "MSFT", "NVDA"]
+
+
+def _field_schemas(schema: dict) -> dict[str, dict]:
+    """`section.field` -> its JSON schema, for every field of the config's models."""
+    defs = schema.get("definitions") or schema.get("$defs") or {}
+    sections = {"DataConfig": "data", "WindowConfig": "windows", "LSTMConfig": "lstm"}
+    sections |= {"TrainConfig": "train", "PipelineConfig": "config"}
+    return {
+        f"{sections[model]}.{name}": field
+        for model, spec in defs.items()
+        if model in sections
+        for name, field in spec.get("properties", {}).items()
+    }
+
+
+HAND_SET = [
+    "data.source", "data.tickers", "data.as_of", "config.home", "config.tracking_uri",
+    "windows.window", "windows.features", "lstm.hidden_size", "lstm.dropout",
+    "train.epochs", "train.batch_size", "train.learning_rate", "train.device", "train.seed",
+]  # fmt: skip
+
+
+def test_run_form_describes_every_field_a_person_sets() -> None:
+    """Each hand-set field of the Prefect run form has a one-line description with an example
+    or the values it takes."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.nightly import nightly
+
+    fields = _field_schemas(parameter_schema(nightly).model_dump())
+    for name in HAND_SET:
+        description = fields[name].get("description", "")
+        assert description and "\n" not in description, name
+        assert "e.g." in description or ":" in description or " or " in description, name
+    assert "empty = the latest session" in fields["data.as_of"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("source", "valid"),
+    [("yahoo", False), ("csv:", False), ("yfinance", True), ("sample", True), ("csv:/d", True)],
+)
+def test_run_form_refuses_a_source_typo_before_submitting(source: str, valid: bool) -> None:
+    """The form's schema carries the source pattern, so Prefect refuses `yahoo` up front."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import is_valid
+
+    from flows.nightly import nightly
+
+    schema = parameter_schema(nightly).model_dump()
+    assert is_valid({"config": {"data": {"source": source}}}, schema) is valid

@@ -205,7 +205,10 @@ def test_failed_fetch_falls_back_to_the_store_as_stale(tmp_path: Path, yahoo: Fa
     assert loaded.frames["AAA"].index[-1] == pd.Timestamp(DAY_100)
     assert list(issues) == ["AAA"] and issues["AAA"][0] == STALE_DATA
     assert issues["AAA"][1].startswith("fetch failed (AAA: ") and str(DAY_100) in issues["AAA"][1]
-    assert dataset.issues["AAA"] == (STALE_DATA, f"last price is {DAY_100}, before {DAY_200}")
+    assert dataset.issues["AAA"] == (
+        STALE_DATA,
+        f"the last valid price is from {DAY_100}, before as_of {DAY_200}",
+    )
     assert "AAA" in dataset.train.tickers
 
 

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from closecast.config import WindowConfig
+from closecast.errors import PipelineError
 from closecast.statuses import INSUFFICIENT_HISTORY, STALE_DATA
 from tasks.windows import build_dataset, make_windows, split_boundaries
 
@@ -39,7 +40,7 @@ def test_split_boundaries_are_dates_in_time_order() -> None:
 
 
 def test_split_boundaries_refuse_too_few_dates() -> None:
-    with pytest.raises(ValueError, match="only 2 dates"):
+    with pytest.raises(PipelineError, match="only 2 dates"):
         split_boundaries(pd.date_range("2020-01-01", periods=2).to_numpy(), 0.4, 0.4)
 
 
