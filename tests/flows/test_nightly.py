@@ -1,4 +1,5 @@
 import json
+from datetime import date
 from pathlib import Path
 
 import mlflow
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from closecast.config import MODEL_NAME
+from closecast.errors import PipelineError
 from flows.nightly import nightly
 from tasks.features import latest_rows
 from tasks.report import REPORT_COLUMNS
@@ -111,3 +113,26 @@ def test_second_run_is_a_challenger_and_report_matches_pyfunc(
     np.testing.assert_allclose(
         predicted["predicted_close"].to_numpy(), report["predicted_close"].to_numpy(), rtol=1e-6
     )
+
+
+def test_a_run_that_predicts_nothing_registers_nothing(mlflow_home: Path, csv_folder: Path) -> None:
+    """as_of after the data ends: every ticker is stale, the run fails, the registry and the
+    champion are as they were, and the report says why for every ticker."""
+    config = tiny_config(mlflow_home, f"csv:{csv_folder}", ["AAA", "BBB"])
+    first = nightly(config)
+    late = config.model_copy(
+        update={"data": config.data.model_copy(update={"as_of": date(2021, 6, 1)})}
+    )
+    with pytest.raises(PipelineError, match=r"^no ticker could be predicted: 2 stale_data"):
+        nightly(late)
+
+    client = configure_mlflow(config.mlflow_uri)
+    versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+    assert first.report_path.exists()
+    report = read_report(config.reports_dir / "predictions_2021-06-01.csv")
+    assert list(report["status"]) == ["stale_data", "stale_data"]
+    assert report["predicted_close"].isna().all()
+    assert (report["last_close"] > 0).all()
+    assert report["message"].str.contains("before as_of 2021-06-01").all()

@@ -1,0 +1,66 @@
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from closecast.errors import PipelineError
+from tasks.report import ReportContext, build_report, report_path, require_predictions
+from tests.conftest import read_report
+
+CONTEXT = ReportContext(date(2024, 5, 1), date(2024, 5, 2), "closecast-lstm", "3", "r" * 32)
+
+
+def predictions(**closes: float) -> pd.DataFrame:
+    return pd.DataFrame({"ticker": list(closes), "predicted_close": list(closes.values())})
+
+
+def test_a_non_ok_row_shows_no_invalid_price() -> None:
+    """A -1.0 close or a NaN prediction never reaches the report; the row says why."""
+    report = build_report(
+        ["BAD", "GOOD", "NANPRED"],
+        CONTEXT,
+        {"BAD": -1.0, "GOOD": 100.0, "NANPRED": 50.0},
+        predictions(GOOD=101.0, NANPRED=float("nan")),
+        {"BAD": ("invalid_data", "all 3 price rows failed validation: 3 non_positive_price")},
+    )
+    rows = report.set_index("ticker")
+    assert np.isnan(rows.loc["BAD", "last_close"])
+    assert rows.loc["GOOD", ["last_close", "predicted_close"]].tolist() == [100.0, 101.0]
+    assert rows.loc["NANPRED", "status"] == "invalid_data"
+    assert rows.loc["NANPRED", "message"] == "the model returned no usable prediction"
+    assert np.isnan(rows.loc["NANPRED", "predicted_close"])
+    assert np.isnan(rows.loc["NANPRED", "predicted_return"])
+
+
+def test_require_predictions_passes_when_one_ticker_is_ok(tmp_path: Path) -> None:
+    """One ok row is a usable report: nothing raised, nothing written."""
+    report = build_report(["A"], CONTEXT, {"A": 10.0}, predictions(A=10.5), {})
+    require_predictions(report, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_prediction_fails_and_writes_the_statuses(tmp_path: Path) -> None:
+    """No ok row: PipelineError in one line naming the statuses, and the report keeps why."""
+    issues = {t: ("stale_data", f"the last valid price is from 2024-04-01 ({t})") for t in "AB"}
+    report = build_report(["A", "B"], CONTEXT, {"A": 10.0}, predictions(), issues)
+    with pytest.raises(PipelineError) as failed:
+        require_predictions(report, tmp_path)
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith("no ticker could be predicted: 2 stale_data (e.g. A: the last")
+    written = read_report(report_path(tmp_path, CONTEXT.as_of))
+    assert list(written["status"]) == ["stale_data", "stale_data"]
+    assert written["model_version"].isna().all()  # nothing registered made it
+    assert str(report_path(tmp_path, CONTEXT.as_of)) in message
+
+
+def test_no_prediction_never_replaces_an_earlier_report(tmp_path: Path) -> None:
+    """An existing report for that as_of is left byte for byte."""
+    path = report_path(tmp_path, CONTEXT.as_of)
+    path.write_text("as_of,ticker\n2024-05-01,A\n")
+    report = build_report(["A"], CONTEXT, {}, predictions(), {"A": ("fetch_failed", "x")})
+    with pytest.raises(PipelineError, match="was left as it was"):
+        require_predictions(report, tmp_path)
+    assert path.read_text() == "as_of,ticker\n2024-05-01,A\n"
