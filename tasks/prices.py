@@ -7,13 +7,13 @@ for the tickers it has, and a one-line reason for those it has not.
 import ast
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import pandas as pd
 from prefect import task, unmapped
@@ -24,9 +24,10 @@ from closecast.calendar import session_on_or_before
 from closecast.config import SAMPLE_TICKERS, DataConfig
 from closecast.errors import InputError, PipelineError
 from closecast.statuses import FETCH_FAILED, STALE_DATA, Issues, ticker_label
-from tasks.store import normalize_prices, overlap_start
+from tasks.store import PRICE_COLUMNS, normalize_prices, overlap_start
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _YAHOO_COLUMNS = {
     "Open": "open",
@@ -181,8 +182,40 @@ def parse_dates(values: pd.Series) -> pd.DatetimeIndex:
     return index.tz_localize(None) if index.tz is not None else index
 
 
+def _numbers(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Price and volume columns as numbers; a cell that is none ('abc') becomes missing.
+
+    Validation then drops the rows holding such cells and counts them, as it
+    does for empty cells, so one bad cell costs its row and not its file.
+    """
+    junk: dict[str, int] = {}
+    example = ""
+    for column in [c for c in PRICE_COLUMNS if c in frame.columns]:
+        raw = frame[column]
+        values = pd.to_numeric(raw, errors="coerce").astype("float64")
+        bad = (values.isna() & raw.notna()).to_numpy()
+        if bad.any():
+            junk[column] = int(bad.sum())
+            example = example or repr(raw.to_numpy()[bad][0])
+        frame[column] = values
+    if junk:
+        where = ", ".join(f"{column} {n}" for column, n in junk.items())
+        logger.warning(
+            "%s: %d cells that are not numbers (%s; e.g. %s) read as missing; "
+            "validation drops their rows",
+            path,
+            sum(junk.values()),
+            where,
+            example,
+        )
+    return frame
+
+
 def read_price_csv(path: Path) -> pd.DataFrame:
     """One CSV (plain or .gz) with columns matched case-insensitively, indexed by date.
+
+    Cells that are not numbers are read as missing (see `_numbers`); rows
+    whose date cannot be parsed are skipped, with a logged count.
 
     Raises:
         InputError: naming the file, when it cannot be read or lacks a column.
@@ -199,30 +232,39 @@ def read_price_csv(path: Path) -> pd.DataFrame:
     undated = int(frame.index.isna().sum())
     if undated:
         logger.warning("%s: skipped %d rows whose date cannot be parsed", path, undated)
-    return frame[frame.index.notna()]
+    return _numbers(frame[frame.index.notna()], path)
 
 
-def _csv_files(path: Path) -> list[Path]:
-    """The CSV files a source path names: itself, or the folder's *.csv and *.csv.gz."""
-    if not path.is_dir():
-        return [path]
-    files = sorted(path.glob("*.csv")) + sorted(path.glob("*.csv.gz"))
+def _ticker_files(folder: Path) -> dict[str, list[Path]]:
+    """A folder's TICKER.csv and TICKER.csv.gz files by upper-cased ticker, from names alone."""
+    files: dict[str, list[Path]] = {}
+    for suffix in (".csv", ".csv.gz"):
+        for file in sorted(folder.glob(f"*{suffix}")):
+            files.setdefault(file.name.removesuffix(suffix).upper(), []).append(file)
     if not files:
-        raise InputError(f"no TICKER.csv files in {path}")
+        raise InputError(f"no TICKER.csv files in {folder}")
     return files
 
 
-def _fingerprint(files: list[Path]) -> tuple[tuple[str, int, int], ...]:
-    """Name, mtime and size of each file: a changed file is read again."""
-    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+def _read_cached(path: Path, load: Callable[[Path, int, int], T]) -> T:
+    """`load(path, mtime, size)`: a cached load is reused until the file changes."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    return load(path, stat.st_mtime_ns, stat.st_size)
+
+
+# Keyed on each file's mtime and size; a backfill reads each file once, not once per session.
+@lru_cache(maxsize=1024)
+def _load_ticker_file(path: Path, mtime_ns: int, size: int) -> pd.DataFrame:
+    """One ticker's frame from its own CSV file."""
+    return normalize_prices(read_price_csv(path))
 
 
 @lru_cache(maxsize=4)
-def _load_csv(path: Path, fingerprint: tuple[tuple[str, int, int], ...]) -> dict[str, pd.DataFrame]:
-    """Every ticker's frame in a CSV folder or long file (cached while no file changes)."""
-    if path.is_dir():
-        files = [Path(name) for name, _, _ in fingerprint]
-        return {f.name.split(".csv")[0].upper(): normalize_prices(read_price_csv(f)) for f in files}
+def _load_long_file(path: Path, mtime_ns: int, size: int) -> dict[str, pd.DataFrame]:
+    """Every ticker's frame in a long file with a ticker column."""
     frame = read_price_csv(path)
     ticker_col = next((c for c in ("ticker", "symbol", "name") if c in frame.columns), None)
     if ticker_col is None:
@@ -236,7 +278,11 @@ def _load_csv(path: Path, fingerprint: tuple[tuple[str, int, int], ...]) -> dict
 
 @dataclass
 class CsvSource:
-    """A folder of `TICKER.csv` files, or one long file with a ticker column (.csv or .csv.gz)."""
+    """A folder of `TICKER.csv` files, or one long file with a ticker column (.csv or .csv.gz).
+
+    In a folder, each ticker is read from its own file only (its name matched
+    case-insensitively), so a broken file fails its own ticker and no other.
+    """
 
     path: Path
     name: str = "csv"
@@ -246,17 +292,46 @@ class CsvSource:
         if not self.path.exists():
             raise InputError(f"CSV source path does not exist: {self.path}")
 
-    @property
-    def _frames(self) -> dict[str, pd.DataFrame]:
-        path = self.path.resolve()
-        return _load_csv(path, _fingerprint(_csv_files(path)))
-
     def tickers(self) -> list[str]:
-        """Every ticker the source holds."""
-        return sorted(self._frames)
+        """Every ticker the source holds: a folder's file names (nothing is parsed), or the
+        long file's ticker column."""
+        path = self.path.resolve()
+        if path.is_dir():
+            return sorted(_ticker_files(path))
+        return sorted(_read_cached(path, _load_long_file))
 
     def download(self, tickers: list[str], start: date | None, end: date | None) -> FetchResult:
-        return _from_local(self._frames, tickers, start, end)
+        """The frames of `tickers`; a file that cannot be parsed fails its tickers, one line each."""
+        frames, unreadable = self._read(tickers)
+        for reason in dict.fromkeys(unreadable.values()):
+            logger.warning("%s", reason)
+        result = _from_local(frames, [t for t in tickers if t not in unreadable], start, end)
+        result.failures.update(unreadable)
+        return result
+
+    def _read(self, tickers: list[str]) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+        """(frames of the tickers found, reason per ticker whose file cannot be parsed)."""
+        path = self.path.resolve()
+        frames: dict[str, pd.DataFrame] = {}
+        unreadable: dict[str, str] = {}
+        if not path.is_dir():
+            try:
+                held = _read_cached(path, _load_long_file)
+            except InputError as exc:
+                return {}, {t: f"{t}: {exc}" for t in tickers}
+            return {t: held[t.upper()] for t in tickers if t.upper() in held}, {}
+        files = _ticker_files(path)
+        for ticker in tickers:
+            matches = files.get(ticker.upper(), [])
+            if len(matches) > 1:
+                names = ", ".join(f.name for f in matches)
+                unreadable[ticker] = f"{ticker}: several files in {path} match ({names})"
+            elif matches:
+                try:
+                    frames[ticker] = _read_cached(matches[0], _load_ticker_file)
+                except InputError as exc:
+                    unreadable[ticker] = f"{ticker}: {exc}"
+        return frames, unreadable
 
 
 class _ErrorLog(logging.Handler):
@@ -418,9 +493,13 @@ def _download_run_name() -> str:
 
 
 def _worth_retrying(task: object, task_run: object, state: State) -> bool:
-    """Retry rate limits and network errors, not bad input (a broken CSV stays broken)."""
+    """Retry rate limits and network errors only: a parse error or a bug fails again the same way.
+
+    OSError covers ConnectionError, TimeoutError and the request errors of
+    curl_cffi and requests, which yfinance's HTTP layer raises.
+    """
     exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, InputError)
+    return isinstance(exc, TransientFetchError | OSError)
 
 
 def retry_delays(retries: int, backoff_seconds: float) -> list[float]:
@@ -444,9 +523,10 @@ def download_prices(source: PriceSource, plan: FetchPlan) -> FetchResult:
 def download_all(source: PriceSource, plans: list[FetchPlan], config: DataConfig) -> FetchResult:
     """Run every planned download (mapped, so a task runner can fan them out).
 
-    Each chunk retries `config.fetch_retries` times with exponential backoff.
-    A chunk that still fails marks only its own tickers fetch_failed; the
-    other chunks go on. Bad input (InputError) is raised, not retried.
+    A chunk that hits a rate limit or network error retries
+    `config.fetch_retries` times with exponential backoff; any other error
+    fails it at once. A chunk that fails marks only its own tickers
+    fetch_failed; the other chunks go on. Bad input (InputError) is raised.
     """
     result = FetchResult()
     if not plans:

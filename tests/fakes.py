@@ -19,6 +19,7 @@ import yfinance
 from yfinance.exceptions import YFRateLimitError, YFTzMissingError
 
 from closecast.calendar import sessions_between
+from tasks.prices import FetchResult
 
 YAHOO_COLUMNS = ["Open", "High", "Low", "Close", "Adj Close", "Volume"]
 
@@ -102,3 +103,23 @@ def fake_yahoo(monkeypatch: pytest.MonkeyPatch) -> FakeYahoo:
     monkeypatch.setattr(yfinance.Ticker, "history", history)
     monkeypatch.setattr(yfinance, "download", download)
     return fake
+
+
+@dataclass
+class FlakySource:
+    """A local price source that raises `errors` on its first downloads, then serves `frames`.
+
+    `calls` counts downloads, so a test sees how often the fetch task ran it.
+    """
+
+    errors: list[Exception]
+    frames: dict[str, pd.DataFrame]
+    calls: int = 0
+    name: str = "flaky"
+    live: bool = False
+
+    def download(self, tickers: list[str], start: date | None, end: date | None) -> FetchResult:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return FetchResult(frames={t: self.frames[t] for t in tickers})

@@ -3,19 +3,21 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
 from closecast.calendar import sessions_between
 from closecast.cli import main
 from closecast.config import DataConfig, WindowConfig
-from closecast.errors import InputError
+from closecast.errors import PipelineError
 from closecast.statuses import FETCH_FAILED, INSUFFICIENT_HISTORY, STALE_DATA, merge_issues
 from flows.fetch import fetch
 from tasks.features import build_features
 from tasks.store import load_point_in_time, read_prices, store_lock, write_prices
 from tasks.validate import validate_all
 from tasks.windows import build_dataset
+from tests.conftest import read_report, write_ticker_csvs
 from tests.fakes import FakeYahoo, yahoo_frame
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -212,16 +214,20 @@ def test_failed_fetch_falls_back_to_the_store_as_stale(tmp_path: Path, yahoo: Fa
     assert "AAA" in dataset.train.tickers
 
 
-def test_broken_csv_is_bad_input_not_retried(tmp_path: Path) -> None:
-    """A CSV without a volume column is an InputError naming it, raised at once."""
-    folder = tmp_path / "csv"
-    folder.mkdir()
+def test_broken_csv_fails_its_ticker_and_the_others_are_stored(tmp_path: Path) -> None:
+    """A CSV without a volume column fails only its ticker (fetch_failed, naming the file);
+    when it is the only ticker asked for, the fetch is a one-line PipelineError."""
+    folder = write_ticker_csvs(tmp_path / "csv", {"BBB": 300})
     (folder / "AAA.csv").write_text("Date,Open,High,Low,Close\n2020-01-02,1,1,1,1\n")
-    started = time.monotonic()
-    with pytest.raises(InputError, match=r"AAA\.csv lacks column\(s\) volume"):
-        fetch(DataConfig(source=f"csv:{folder}", tickers=["AAA"]), tmp_path / "home")
-    assert time.monotonic() - started < 30  # the default retries would wait 2 + 8 + 32 s
-    assert not (tmp_path / "home" / "prices").exists()
+    home = tmp_path / "home"
+
+    result = fetch(DataConfig(source=f"csv:{folder}", tickers=["AAA", "BBB"]), home)
+    issues = result.issues(load_point_in_time(home / "prices", ["AAA", "BBB"], None).frames)
+
+    assert issues == {"AAA": (FETCH_FAILED, f"AAA: {folder / 'AAA.csv'} lacks column(s) volume")}
+    assert [p.name for p in (home / "prices").iterdir()] == ["BBB.parquet"]
+    with pytest.raises(PipelineError, match=r"every fetch failed \(1 tickers\).*AAA\.csv lacks"):
+        fetch(DataConfig(source=f"csv:{folder}", tickers=["AAA"]), home)
 
 
 # --- command line -------------------------------------------------------------
@@ -247,6 +253,34 @@ def test_cli_run_with_every_fetch_failing_exits_1_and_touches_nothing(
     assert "every fetch failed" in capsys.readouterr().err
     assert {d: _snapshot(home / d) for d in ("prices", "reports")} == before
     assert not (home / "mlflow.db").exists() and not (home / "mlartifacts").exists()
+
+
+def test_cli_run_on_a_folder_with_a_broken_file_predicts_the_ticker_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run --tickers GOOD` on a folder whose TXT.csv has 'abc' in a price exits 0 with an ok
+    report row for GOOD; GOOD's own row with 'abc' is dropped and counted in rows_dropped."""
+    folder = write_ticker_csvs(tmp_path / "csv", {"GOOD": 300, "TXT": 300})
+    for name, row in [("TXT.csv", 3), ("GOOD.csv", 150)]:
+        lines = (folder / name).read_text().splitlines()
+        cells = lines[row].split(",")
+        cells[4] = "abc"  # Date,Open,High,Low,Close,...: the close
+        lines[row] = ",".join(cells)
+        (folder / name).write_text("\n".join(lines) + "\n")
+    home = tmp_path / "home"
+
+    code = main(
+        ["run", "--source", f"csv:{folder}", "--tickers", "GOOD", "--home", str(home),
+         "--epochs", "2", "--hidden", "8"]
+    )  # fmt: skip
+
+    assert code == 0, capsys.readouterr().err
+    (path,) = (home / "reports").glob("predictions_*.csv")
+    report = read_report(path)
+    assert list(report["ticker"]) == ["GOOD"] and list(report["status"]) == ["ok"]
+    assert report.loc[0, "predicted_close"] > 0
+    run = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(report.loc[0, "run_id"])
+    assert run.data.metrics["rows_dropped"] == 1
 
 
 @pytest.mark.parametrize("how", ["--tickers", "--tickers-file"])

@@ -5,14 +5,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import yfinance
+from prefect import flow
 
 from closecast.config import DataConfig
 from closecast.errors import InputError
+from tasks import prices
 from tasks.prices import (
     CsvSource,
+    FetchPlan,
+    FetchResult,
     SampleSource,
     TransientFetchError,
     YFinanceSource,
+    download_all,
     fetch_end,
     open_source,
     parse_dates,
@@ -21,7 +26,8 @@ from tasks.prices import (
     split_download,
 )
 from tasks.store import PRICE_COLUMNS
-from tests.fakes import FakeYahoo, yahoo_frame
+from tasks.validate import validate_all
+from tests.fakes import FakeYahoo, FlakySource, yahoo_frame
 
 
 def _stored(n: int, start: str = "2020-01-02") -> pd.DataFrame:
@@ -147,6 +153,35 @@ def test_retry_delays_grow_exponentially() -> None:
     assert retry_delays(0, 2.0) == []
 
 
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(
+    ("error", "calls", "fetched"),
+    [
+        (ValueError("could not convert string to float: 'abc'"), 1, False),
+        (KeyError("close"), 1, False),
+        (TransientFetchError("yfinance failed for AAA: Too Many Requests"), 2, True),
+        (ConnectionError("connection reset by peer"), 2, True),
+        (TimeoutError("read timed out"), 2, True),
+    ],
+)
+def test_download_retries_only_network_errors(error: Exception, calls: int, fetched: bool) -> None:
+    """Rate limits and network errors are retried; a parse error or a bug runs once and fails
+    its chunk's tickers with a one-line reason."""
+    source = FlakySource(errors=[error], frames={"AAA": _stored(5)})
+    config = DataConfig(fetch_retries=3, retry_backoff_seconds=0)
+
+    @flow
+    def download_once() -> FetchResult:
+        return download_all(source, [FetchPlan(["AAA"], None, None)], config)
+
+    result = download_once()
+
+    assert source.calls == calls
+    assert ("AAA" in result.frames) == fetched
+    if not fetched:
+        assert result.failures["AAA"].startswith("AAA: ")
+
+
 def test_open_source_rejects_unknown_spec() -> None:
     """An unknown source spec is an InputError naming it."""
     with pytest.raises(InputError, match="'ftp'"):
@@ -212,22 +247,127 @@ def test_csv_long_file_with_name_column(tmp_path: Path) -> None:
     assert result.failures == {"ZZZ": "ticker ZZZ is not in the source"}
 
 
+def _write_csv(
+    path: Path, n: int = 20, seed: int = 0, bad: dict[tuple[int, str], str] | None = None
+) -> pd.DataFrame:
+    """A Yahoo-style CSV of n sessions, with `bad` cells ((row, column) -> text) written in."""
+    frame = yahoo_frame(n, seed=seed)
+    frame.index = frame.index.tz_localize(None).rename("Date")
+    text = frame.astype(object)
+    for (row, column), value in (bad or {}).items():
+        text.iloc[row, text.columns.get_loc(column)] = value
+    text.to_csv(path)
+    return frame
+
+
+def test_csv_folder_reads_only_the_requested_tickers_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing a folder reads no file; fetching GOOD reads GOOD.csv alone, never TXT.csv."""
+    _write_csv(tmp_path / "GOOD.csv")
+    _write_csv(tmp_path / "TXT.csv", bad={(3, "Close"): "abc"})
+    read: list[str] = []
+    real_read = prices.read_price_csv
+
+    def counting_read(path: Path) -> pd.DataFrame:
+        read.append(path.name)
+        return real_read(path)
+
+    monkeypatch.setattr(prices, "read_price_csv", counting_read)
+    source = CsvSource(tmp_path)
+
+    assert source.tickers() == ["GOOD", "TXT"]
+    assert read == []
+    result = source.download(["GOOD"], None, None)
+
+    assert read == ["GOOD.csv"]
+    assert result.failures == {} and len(result.frames["GOOD"]) == 20
+
+
+@pytest.mark.parametrize("layout", ["folder", "long file"])
+def test_csv_cells_that_are_not_numbers_cost_only_their_rows(
+    tmp_path: Path, layout: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'abc' in a price, 'x' in a volume and an empty cell become missing values: validation
+    drops and counts those rows of that ticker; its other rows and other tickers are kept."""
+    bad = {(2, "Close"): "abc", (5, "Volume"): "x", (7, "Open"): ""}
+    if layout == "folder":
+        _write_csv(tmp_path / "AAA.csv", bad=bad)
+        _write_csv(tmp_path / "BBB.csv", seed=1)
+        path = tmp_path
+    else:
+        for ticker, seed, cells in [("AAA", 0, bad), ("BBB", 1, {})]:
+            _write_csv(tmp_path / f"{ticker}.part", seed=seed, bad=cells)
+        parts = [
+            pd.read_csv(tmp_path / f"{t}.part", dtype=str).assign(Name=t) for t in ["AAA", "BBB"]
+        ]
+        path = tmp_path / "long.csv"
+        pd.concat(parts).to_csv(path, index=False)
+
+    result = CsvSource(path).download(["AAA", "BBB"], None, None)
+    validated = validate_all(result.frames)
+
+    assert result.failures == {}
+    assert result.frames["AAA"]["close"].isna().sum() == 1
+    assert validated.dropped.set_index(["ticker", "reason"])["rows"].to_dict() == {
+        ("AAA", "non_finite_price"): 2,
+        ("AAA", "bad_volume"): 1,
+    }
+    assert len(validated.frames["AAA"]) == 17 and len(validated.frames["BBB"]) == 20
+    assert "2 cells that are not numbers" in caplog.text and "'abc'" in caplog.text
+
+
 @pytest.mark.parametrize(
-    ("content", "message"),
+    ("name", "content", "message"),
     [
-        ("Date,Open,High,Low,Close\n2020-01-02,1,1,1,1\n", "lacks column(s) volume"),
-        (",Open,High,Low,Close,Volume\n0,1,1,1,1,5\n", "no date column"),
-        ("Open,High,Low,Close,Volume\n1,1,1,1,5\n", "no date column"),
+        ("AAA.csv", "Date,Open,High,Low,Close\n2020-01-02,1,1,1,1\n", "lacks column(s) volume"),
+        ("AAA.csv", ",Open,High,Low,Close,Volume\n0,1,1,1,1,5\n", "no date column"),
+        ("AAA.csv", "Open,High,Low,Close,Volume\n1,1,1,1,5\n", "no date column"),
+        ("AAA.csv", "a picture, not prices\n", "no date column"),
+        ("AAA.csv", "", "cannot read"),
+        ("aaa.csv.gz", "not gzip at all", "cannot read"),
     ],
 )
-def test_csv_without_needed_columns_names_the_file(
-    tmp_path: Path, content: str, message: str
+def test_csv_file_that_cannot_be_parsed_fails_only_its_ticker(
+    tmp_path: Path, name: str, content: str, message: str
 ) -> None:
-    """A CSV lacking a column (or any date column) is an InputError naming the file."""
-    (tmp_path / "AAA.csv").write_text(content)
-    with pytest.raises(InputError, match=r"AAA\.csv") as info:
-        CsvSource(tmp_path).tickers()
-    assert message in str(info.value)
+    """An unparseable file is a one-line failure of its own ticker, naming the file."""
+    (tmp_path / name).write_text(content)
+    _write_csv(tmp_path / "GOOD.csv")
+
+    result = CsvSource(tmp_path).download(["AAA", "GOOD"], None, None)
+
+    assert set(result.frames) == {"GOOD"}
+    assert set(result.failures) == {"AAA"}
+    reason = result.failures["AAA"]
+    assert reason.startswith("AAA: ") and name in reason and message in reason
+    assert "\n" not in reason
+
+
+def test_csv_long_file_that_cannot_be_parsed_fails_every_ticker(tmp_path: Path) -> None:
+    """A long file without a ticker column fails each requested ticker with that reason."""
+    path = tmp_path / "long.csv"
+    _write_csv(path)
+
+    result = CsvSource(path).download(["AAA", "BBB"], None, None)
+
+    assert result.frames == {}
+    assert set(result.failures) == {"AAA", "BBB"}
+    assert all("has no ticker column" in r for r in result.failures.values())
+    with pytest.raises(InputError, match="has no ticker column"):
+        CsvSource(path).tickers()
+
+
+def test_csv_folder_with_two_files_for_a_ticker_fails_it(tmp_path: Path) -> None:
+    """GOOD.csv beside good.csv.gz is ambiguous: GOOD fails naming both, nothing is guessed."""
+    _write_csv(tmp_path / "GOOD.csv")
+    _write_csv(tmp_path / "good.csv.gz", seed=1)
+    _write_csv(tmp_path / "BBB.csv")
+
+    result = CsvSource(tmp_path).download(["GOOD", "BBB"], None, None)
+
+    assert set(result.frames) == {"BBB"}
+    assert "GOOD.csv" in result.failures["GOOD"] and "good.csv.gz" in result.failures["GOOD"]
 
 
 @pytest.mark.parametrize("name", ["missing_folder", "missing.csv"])
