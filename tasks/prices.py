@@ -105,6 +105,15 @@ def _clip(frame: pd.DataFrame, start: date | None, end: date | None) -> pd.DataF
     return frame
 
 
+def _span(start: date | None, end: date | None) -> str:
+    """` from 2020-01-02 to 2020-03-31`, ` up to ...`, ` from ...`, or nothing when unbounded."""
+    if start and end:
+        return f" from {start.isoformat()} to {end.isoformat()}"
+    if end:
+        return f" up to {end.isoformat()}"
+    return f" from {start.isoformat()} on" if start else ""
+
+
 def _from_local(
     available: dict[str, pd.DataFrame], tickers: list[str], start: date | None, end: date | None
 ) -> FetchResult:
@@ -115,7 +124,7 @@ def _from_local(
             continue
         frame = _clip(available[ticker], start, end)
         if frame.empty:
-            result.failures[ticker] = f"no rows for {ticker} between {start} and {end}"
+            result.failures[ticker] = f"the source has no rows for {ticker}{_span(start, end)}"
         else:
             result.frames[ticker] = frame
     return result

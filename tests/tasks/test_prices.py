@@ -392,3 +392,22 @@ def test_csv_reads_the_shared_sp500_file(sp500_frames: dict[str, pd.DataFrame]) 
     assert dhr.index.is_unique and dhr.index.is_monotonic_increasing
     assert (dhr.index[0], dhr.index[-1]) == (pd.Timestamp("2013-02-08"), pd.Timestamp("2018-02-07"))
     np.testing.assert_allclose(dhr["adj_close"], dhr["close"])  # no Adj Close column
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "said"),
+    [
+        (None, None, "the source has no rows for AAA"),
+        (None, date(2021, 1, 8), "the source has no rows for AAA up to 2021-01-08"),
+        (date(2021, 1, 4), date(2021, 1, 8), "the source has no rows for AAA from 2021-01-04 to"),
+    ],
+)
+def test_header_only_csv_fails_its_ticker_in_a_sentence(
+    tmp_path: Path, start: date | None, end: date | None, said: str
+) -> None:
+    """A CSV with a header and no rows fails its ticker with a sentence, never 'None'."""
+    (tmp_path / "AAA.csv").write_text("Date,Open,High,Low,Close,Adj Close,Volume\n")
+    result = CsvSource(tmp_path).download(["AAA"], start, end)
+    assert result.frames == {}
+    assert result.failures["AAA"].startswith(said)
+    assert "None" not in result.failures["AAA"]
