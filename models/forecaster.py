@@ -13,11 +13,55 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.encoding import Bounds, Encoding
+from models.encoding import PRICE_FEATURES, Bounds, Encoding
 from models.lstm import LSTMConfig, LSTMForecaster
 
 SPEC_VERSION = 1
-INPUT_COLUMNS = ("ticker", "date", "open", "high", "low", "close", "volume")
+
+# The report's statuses (closecast.statuses): models/ travels inside the logged
+# model as code, so it imports nothing from closecast and repeats the strings.
+OK, INSUFFICIENT_HISTORY, INVALID_DATA = "ok", "insufficient_history", "invalid_data"
+# ticker -> (status, one-line reason) for the tickers that get no prediction.
+Issues = dict[str, tuple[str, str]]
+# What `predict_frame` (and so the pyfunc) returns, column -> MLflow type.
+OUTPUT_COLUMNS = {
+    "ticker": "string",
+    "predicted_close": "double",
+    "status": "string",
+    "message": "string",
+}
+
+
+def prediction_table(closes: dict[str, float], issues: Issues) -> pd.DataFrame:
+    """The prediction output: one row per ticker, sorted, with its status.
+
+    Built here only, so that every path (pyfunc, in memory) returns the same
+    columns. A ticker with an issue, or whose prediction is not finite, gets
+    no number and a one-line message; an ok row always has a finite number.
+
+    Args:
+        closes: ticker -> predicted close, for the tickers the model predicted.
+        issues: ticker -> (status, message), for the tickers it could not predict.
+    """
+    tickers = sorted({*closes, *issues})
+    predicted, statuses, messages = [], [], []
+    for ticker in tickers:
+        close = closes.get(ticker, float("nan"))
+        status, message = issues.get(ticker, (OK, ""))
+        if status == OK and not np.isfinite(close):
+            status, message = INVALID_DATA, f"the model returned a non-finite prediction ({close})"
+        predicted.append(close if status == OK else float("nan"))
+        statuses.append(status)
+        messages.append(message)
+    table = pd.DataFrame(
+        {
+            "ticker": pd.Series(tickers, dtype=str),
+            "predicted_close": pd.Series(predicted, dtype=np.float64),
+            "status": pd.Series(statuses, dtype=str),
+            "message": pd.Series(messages, dtype=str),
+        }
+    )
+    return table[list(OUTPUT_COLUMNS)]
 
 
 @dataclass
@@ -32,6 +76,11 @@ class Forecaster:
     @property
     def features(self) -> tuple[str, ...]:
         return self.encoding.features
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The columns `predict_frame` reads: ticker, date and the features."""
+        return ("ticker", "date", *self.features)
 
     def window_bounds(self, tickers: np.ndarray) -> Bounds | None:
         """Stack each window's ticker bounds, (N,) -> Bounds of (N, F); None if not needed."""
@@ -63,30 +112,68 @@ class Forecaster:
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Predict the close after the last row of each ticker.
 
+        A ticker that cannot be predicted (too few rows, a missing or bad
+        value in its last window) gets a status and a message; the others are
+        predicted all the same.
+
         Args:
-            frame: rows with columns ticker, date and the feature columns, at
-                least `window` rows per ticker.
+            frame: rows with columns ticker, date (datetimes) and the feature
+                columns (numbers), in any order.
 
         Returns:
-            One row per ticker (sorted): ticker, predicted_close.
+            One row per ticker, sorted, with the columns of `prediction_table`.
+
+        Raises:
+            ValueError: when a column is missing, naming it.
         """
-        missing = [c for c in ("ticker", "date", *self.features) if c not in frame.columns]
+        missing = [c for c in self.input_columns if c not in frame.columns]
         if missing:
             raise ValueError(f"input is missing column(s) {', '.join(missing)}")
-        tickers, windows = [], []
-        for ticker, rows in frame.sort_values(["ticker", "date"]).groupby("ticker", sort=True):
-            values = rows[list(self.features)].to_numpy(dtype=np.float64)  # (n, F)
-            if len(values) < self.window:
-                raise ValueError(
-                    f"ticker {ticker} has {len(values)} rows; the model needs {self.window}"
-                )
-            tickers.append(str(ticker))
+        tickers, windows, issues = [], [], {}
+        ordered = frame.sort_values(["ticker", "date"], kind="stable")
+        for key, rows in ordered.groupby("ticker", sort=True):
+            ticker = str(key)
+            issue = self.window_issue(ticker, rows)
+            if issue is not None:
+                issues[ticker] = issue
+                continue
+            tickers.append(ticker)
+            values = rows[list(self.features)].to_numpy(np.float64)  # (n, F)
             windows.append(values[-self.window :])  # (n, F) -> (T, F)
         if not windows:
-            return pd.DataFrame({"ticker": [], "predicted_close": []})
+            return prediction_table({}, issues)
         stacked = np.stack(windows)  # T×F per ticker -> (N, T, F)
         closes = self.predict_windows(stacked, np.array(tickers))
-        return pd.DataFrame({"ticker": tickers, "predicted_close": closes})
+        return prediction_table(dict(zip(tickers, closes.tolist(), strict=True)), issues)
+
+    def window_issue(self, ticker: str, rows: pd.DataFrame) -> tuple[str, str] | None:
+        """Why one ticker's rows (sorted by date) cannot be predicted, or None.
+
+        Prices must be finite and > 0 and other features finite and >= 0 (the
+        encoding takes their logs), over the last `window` rows only.
+        """
+        if self.encoding.needs_bounds and ticker not in self.bounds:
+            reason = "no MinMax bounds for this ticker: the model was not trained on it"
+            return INSUFFICIENT_HISTORY, reason
+        if len(rows) < self.window:
+            return INSUFFICIENT_HISTORY, f"{len(rows)} rows; the model's window needs {self.window}"
+        last = rows.iloc[-self.window :]
+        dates = last["date"]
+        if dates.isna().any():
+            return INVALID_DATA, f"a date in the last {self.window} rows is missing or not a date"
+        repeated = dates[dates.duplicated()]
+        if len(repeated):
+            day = repeated.iloc[0].date().isoformat()
+            return INVALID_DATA, f"date {day} appears more than once"
+        for name in self.features:
+            values = last[name].to_numpy(np.float64)  # (T,)
+            valid = values > 0 if name in PRICE_FEATURES else values >= 0
+            bad = ~(np.isfinite(values) & valid)
+            if bad.any():
+                at = int(np.argmax(bad))
+                day = dates.iloc[at].date().isoformat()
+                return INVALID_DATA, f"{name} is {values[at]:g} on {day}"
+        return None
 
     def spec(self) -> dict[str, Any]:
         """Everything but the weights, as JSON-ready data."""

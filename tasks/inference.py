@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from closecast.config import MODEL_NAME
 from closecast.errors import PipelineError
 from closecast.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
-from models.forecaster import Forecaster
+from models.forecaster import Forecaster, prediction_table
 from tasks.features import latest_rows
 from tasks.tracking import configure_mlflow
 
@@ -97,9 +97,12 @@ def select_latest(
 
 
 def predict_frame(forecaster: Forecaster, rows: pd.DataFrame) -> pd.DataFrame:
-    """Next closes from a forecaster held in memory (the same code the pyfunc runs)."""
+    """Next closes from a forecaster held in memory (the same code the pyfunc runs).
+
+    One row per ticker: ticker, predicted_close, status, message.
+    """
     if rows.empty:
-        return pd.DataFrame({"ticker": [], "predicted_close": []})
+        return prediction_table({}, {})
     return forecaster.predict_frame(rows)
 
 

@@ -30,14 +30,15 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types.schema import AnyType
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import models
 from closecast.config import MODEL_NAME, PipelineConfig
-from models.forecaster import INPUT_COLUMNS, Forecaster
-from models.pyfunc import CloseForecastModel
+from models.forecaster import OUTPUT_COLUMNS, Forecaster, prediction_table
+from models.pyfunc import CloseForecastModel, accepted_names
 from tasks.evaluation import Evaluation, score_forecasts
 from tasks.tracking import configure_mlflow
 from tasks.windows import Dataset, WindowSet
@@ -48,17 +49,6 @@ HISTORY_PREFIX = "alias_move."
 GATED_METRICS = ("test_rmse", "naive_rmse", "skill")
 
 logger = logging.getLogger(__name__)
-
-SIGNATURE = ModelSignature(
-    inputs=Schema(
-        [
-            ColSpec("string", "ticker"),
-            ColSpec("datetime", "date"),
-            *[ColSpec("double", c) for c in ("open", "high", "low", "close", "volume")],
-        ]
-    ),
-    outputs=Schema([ColSpec("string", "ticker"), ColSpec("double", "predicted_close")]),
-)
 
 
 class UnknownVersion(LookupError):
@@ -160,9 +150,31 @@ def check_metrics(metrics: dict[str, float]) -> None:
             raise ValueError(f"metric {name} is {value}: refusing to register the model")
 
 
-def example_input(frame: pd.DataFrame) -> pd.DataFrame:
-    """An input example in the pyfunc's own format."""
-    return frame.loc[:, list(INPUT_COLUMNS)].reset_index(drop=True)
+def signature(forecaster: Forecaster) -> ModelSignature:
+    """The pyfunc's signature: the columns this model reads, and what it returns.
+
+    MLflow checks the input against it before `predict` runs, matching names
+    exactly and refusing int64 for double and strings for datetime, with an
+    error that prints the whole input. So each column the model reads is
+    listed under every name the pyfunc accepts (`close`, `Close`), optional and
+    of any type, and `predict` itself refuses a missing column or a column of
+    the wrong kind in one line. Columns the model does not read are not listed.
+    """
+    inputs: list[ColSpec | TensorSpec] = [
+        ColSpec(AnyType(), name, required=False)
+        for column in forecaster.input_columns
+        for name in accepted_names(column)
+    ]
+    outputs: list[ColSpec | TensorSpec] = [
+        ColSpec(kind, name) for name, kind in OUTPUT_COLUMNS.items()
+    ]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def example_input(frame: pd.DataFrame, forecaster: Forecaster) -> pd.DataFrame:
+    """An input example in the pyfunc's own format: the first ticker's rows, the model's columns."""
+    first = frame["ticker"] == frame["ticker"].min()
+    return frame.loc[first, list(forecaster.input_columns)].reset_index(drop=True)
 
 
 def log_forecaster(forecaster: Forecaster, run_id: str, example: pd.DataFrame) -> str:
@@ -180,8 +192,8 @@ def log_forecaster(forecaster: Forecaster, run_id: str, example: pd.DataFrame) -
             python_model=str(MODEL_CODE),
             artifacts={"weights": str(weights), "spec": str(spec)},
             code_paths=[str(Path(models.__file__).parent)],
-            signature=SIGNATURE,
-            input_example=example_input(example) if len(example) else None,
+            signature=signature(forecaster),
+            input_example=example_input(example, forecaster) if len(example) else None,
             pip_requirements=requirements,
         )
     return info.model_uri
@@ -445,15 +457,22 @@ def promote_model(tracking_uri: str, registered: RegisteredVersion) -> None:
 
 
 def predict_with_version(tracking_uri: str, version: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """Load registry version `version` as a pyfunc and predict from raw OHLCV rows."""
+    """Load registry version `version` as a pyfunc and predict from raw OHLCV rows.
+
+    Only the columns its signature lists are passed, so MLflow has no unused
+    column to warn about. Returns one row per ticker: ticker, predicted_close,
+    status, message (a version logged before statuses existed returns the
+    first two only).
+    """
     configure_mlflow(tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")
-    return model.predict(example_input(frame))
+    listed = set(model.metadata.get_input_schema().input_names())
+    return model.predict(frame.loc[:, [c for c in frame.columns if c in listed]])
 
 
 @task(name="predict-next", cache_policy=NO_CACHE)
 def predict_next(tracking_uri: str, version: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """Tomorrow's closes from the registered version that predicts."""
+    """Tomorrow's closes from the registered version that predicts, with a status per ticker."""
     if frame.empty:
-        return pd.DataFrame({"ticker": [], "predicted_close": []})
+        return prediction_table({}, {})
     return predict_with_version(tracking_uri, version, frame)

@@ -25,9 +25,12 @@ from tasks.registry import (
     current_aliases,
     decide_promotion,
     discard_run_versions,
+    example_input,
     list_tickers,
     load_forecaster,
+    predict_next,
     register_forecaster,
+    signature,
 )
 from tasks.store import load_point_in_time
 from tasks.tracking import configure_mlflow
@@ -88,6 +91,49 @@ def test_register_refuses_nan_metrics_before_touching_mlflow(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="test_rmse is nan"):
         register_forecaster(config, "0" * 32, forecaster, evaluation, None, pd.DataFrame())  # type: ignore[arg-type]
     assert not config.home.exists()
+
+
+def _forecaster(features: tuple[str, ...]) -> Forecaster:
+    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=len(features))
+    return Forecaster(module, Encoding(features=features), 10)
+
+
+def test_signature_lists_the_models_own_columns_under_each_accepted_name() -> None:
+    """Built per model: a close-only model lists no volume; every name is optional."""
+    close_only = signature(_forecaster(("close",)))
+    names = close_only.inputs.input_names()
+    assert {n.lower() for n in names} == {"ticker", "symbol", "name", "date", "close"}
+    assert {"Ticker", "Date", "Close"} <= set(names)
+    assert close_only.inputs.required_input_names() == []
+    default = signature(_forecaster(("close", "volume", "open")))
+    assert {"volume", "Volume", "open", "Open"} <= set(default.inputs.input_names())
+    assert not {"high", "low"} & {n.lower() for n in default.inputs.input_names()}
+    assert default.outputs.input_names() == ["ticker", "predicted_close", "status", "message"]
+
+
+def test_example_input_is_one_tickers_rows_in_the_models_columns() -> None:
+    """The logged example stays small (one ticker) and shows only what the model reads."""
+    rows = pd.DataFrame(
+        {
+            "ticker": ["BBB", "AAA", "AAA"],
+            "date": pd.to_datetime(["2024-01-02"] * 3),
+            "open": 1.0,
+            "high": 1.0,
+            "low": 1.0,
+            "close": [1.0, 2.0, 3.0],
+            "volume": 10,
+        }
+    )
+    example = example_input(rows, _forecaster(("close",)))
+    assert list(example.columns) == ["ticker", "date", "close"]
+    assert example["close"].tolist() == [2.0, 3.0]
+
+
+def test_predict_next_on_no_rows_returns_every_output_column() -> None:
+    """No ticker to predict: an empty table with the same columns, registry untouched."""
+    empty = predict_next.fn("sqlite:///unused.db", "1", pd.DataFrame())
+    assert empty.empty
+    assert list(empty.columns) == ["ticker", "predicted_close", "status", "message"]
 
 
 def test_alias_move_round_trips_and_answers_what_was_champion() -> None:
