@@ -49,9 +49,17 @@ def build_report(
 ) -> pd.DataFrame:
     """One row per requested ticker, sorted by ticker; a ticker with no prediction says why."""
     predicted = dict(zip(predictions["ticker"], predictions["predicted_close"], strict=True))
+    # The model's own word on a ticker it could not predict (status and message columns).
+    model_issues: Issues = {}
+    if {"status", "message"} <= set(predictions.columns):
+        model_issues = {
+            str(r.ticker): (r.status, str(r.message))
+            for r in predictions.itertuples()
+            if r.status != OK
+        }
     rows = []
     for ticker in sorted(tickers):
-        status, message = issues.get(ticker, (OK, ""))
+        status, message = issues.get(ticker) or model_issues.get(ticker) or (OK, "")
         close = last_close.get(ticker, float("nan"))
         if not (math.isfinite(close) and close > 0):
             close = float("nan")  # never print an invalid price, e.g. a -1.0 the source sent

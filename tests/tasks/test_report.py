@@ -64,3 +64,28 @@ def test_no_prediction_never_replaces_an_earlier_report(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="was left as it was"):
         require_predictions(report, tmp_path)
     assert path.read_text() == "as_of,ticker\n2024-05-01,A\n"
+
+
+def test_the_models_own_status_and_message_reach_the_report() -> None:
+    """A ticker the model could not predict keeps the model's reason; earlier issues win."""
+    predictions = pd.DataFrame(
+        {
+            "ticker": ["A", "B", "C"],
+            "predicted_close": [float("nan"), 11.0, float("nan")],
+            "status": ["invalid_data", "ok", "insufficient_history"],
+            "message": ["close is nan on 2024-05-01", "", "5 rows; the model's window needs 10"],
+        }
+    )
+    report = build_report(
+        ["A", "B", "C"],
+        CONTEXT,
+        {"A": 10.0, "B": 10.0, "C": 10.0},
+        predictions,
+        {"C": ("stale_data", "the last valid price is from 2024-04-01")},
+    ).set_index("ticker")
+    assert report.loc["A", ["status", "message"]].tolist() == [
+        "invalid_data",
+        "close is nan on 2024-05-01",
+    ]
+    assert report.loc["B", "status"] == "ok" and report.loc["B", "predicted_close"] == 11.0
+    assert report.loc["C", "status"] == "stale_data"
