@@ -5,12 +5,13 @@ Everything here works on log returns as fractions (0.01 = 1%), not percent:
 - a *scale* σ̂ forecasts the spread of the next log return from data up to
   today: `ewma_sigma` (RiskMetrics, nothing fitted) or `predict_scale`, a
   HAR-style regression (Corsi 2009) of the next absolute return on the mean
-  absolute return and mean high-low log range over 1, 5 and 22 days, fitted
-  by `fit_scale` on training rows only, a few JSON-able floats;
+  absolute return and mean high-low log range over 1, 5 and 9 days (all a
+  10-row window holds; Corsi's 22 days score the same), fitted by
+  `fit_scale` on training rows only: six JSON-able floats;
 - a *calibration* turns σ̂ into intervals: `fit_conformal` takes the
-  standardized residuals z = (r − centre) / σ̂ of windows the scale never
-  saw (the validation span) and returns finite-sample corrected empirical
-  quantiles of z for each central level (split conformal prediction);
+  standardized residuals z = (r − centre) / σ̂ of windows not in the test
+  span and returns finite-sample corrected empirical quantiles of z for each
+  central level (split conformal prediction): four JSON-able floats;
   `normal_calibration` gives the ±Φ⁻¹ quantiles of the EWMA baseline;
 - `close_intervals` combines a centre, a scale and a calibration into
   `lower_80, upper_80, lower_95, upper_95` closes that never cross;
@@ -18,7 +19,15 @@ Everything here works on log returns as fractions (0.01 = 1%), not percent:
   `christoffersen_pvalue` test whether the misses are as rare (and as
   scattered) as the nominal level says.
 
-benchmarks/intervals.py measures which scale and calibration to use.
+benchmarks/intervals.py measures which scale and calibration to use. Its
+recommended recipe, per run:
+
+    spans = HAR_SPANS                                    # needs scale_history(spans) = 10 rows
+    x = scale_features(close, high, low, spans)[..., -1, :]   # (N, T) windows -> (N, 6)
+    model = fit_scale(x_train, r_train, spans)           # training windows, all tickers
+    z = (r - centre) / predict_scale(model, x)           # training + validation windows
+    calibration = fit_conformal(z)
+    bounds = close_intervals(last_close, centre, predict_scale(model, x_latest), calibration)
 """
 
 import math
@@ -36,7 +45,8 @@ LEVELS = (0.8, 0.95)
 # Log-return units: the encoding's volatility floor (0.1%/day). A flat window
 # would otherwise get σ̂ = 0 and a zero-width interval.
 SIGMA_FLOOR = VOL_FLOOR / 100.0
-HAR_SPANS = (1, 5, 22)
+# Days the HAR scale averages over: the 9 returns and 10 ranges of a 10-row window.
+HAR_SPANS = (1, 5, 9)
 # Standardized units. Calibrated quantiles are at least this far from the
 # centre, so degenerate calibration data (every residual 0) cannot give a
 # zero-width interval; real data's 80% quantiles are near ±1.3.
@@ -411,8 +421,11 @@ def fit_conformal(z: np.ndarray, levels: Sequence[float] = LEVELS) -> Calibratio
     Tails are fitted separately, so a skewed z gives an asymmetric interval.
 
     Args:
-        z: (n,) standardized residuals (r − centre) / σ̂ of windows the scale
-            and the centre were not fitted on, e.g. the validation windows.
+        z: (n,) standardized residuals (r − centre) / σ̂, e.g. of the
+            validation windows (split conformal proper) or of training +
+            validation: a six-coefficient scale hardly overfits, and ten
+            times the residuals steady the 95% quantiles (the benchmark's
+            default; never the test windows).
         levels: central coverages, e.g. (0.8, 0.95).
 
     Returns:

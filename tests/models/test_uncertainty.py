@@ -200,6 +200,7 @@ def test_scale_features_of_windows_equal_the_series_at_each_window_end() -> None
     spans = (1, 2, 4)
     rows = scale_history(spans)
     assert rows == 5
+    assert scale_history() == 10  # the default spans fit the LSTM's 10-row window exactly
     series = scale_features(CLOSE, HIGH, LOW, spans)  # (6, 6)
     windows = [np.lib.stride_tricks.sliding_window_view(a, rows) for a in (CLOSE, HIGH, LOW)]
     last = scale_features(*windows, spans)[:, -1]  # (2, 5, 6) -> (2, 6)
