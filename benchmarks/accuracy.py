@@ -56,7 +56,7 @@ from tasks.features import compute_features  # noqa: E402
 from tasks.prices import CsvSource, SampleSource  # noqa: E402
 from tasks.training import encode_split, train_forecaster  # noqa: E402
 from tasks.validate import validate_all  # noqa: E402
-from tasks.windows import build_dataset  # noqa: E402
+from tasks.windows import build_dataset, window_columns  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
 SHARED = ROOT.parent / "shared" / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
@@ -134,7 +134,7 @@ def score_period(
     features = {}
     for ticker, frame in universe.frames.items():
         visible = frame[frame.index <= pd.Timestamp(as_of)].iloc[-universe.history :]
-        features[ticker] = compute_features(visible, list(recipe.features))
+        features[ticker] = compute_features(visible, window_columns(recipe.features))
     windows = WindowConfig(
         window=recipe.window, features=list(recipe.features), target=recipe.target
     )

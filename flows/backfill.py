@@ -33,7 +33,7 @@ from tasks.store import load_prices
 from tasks.tracking import log_run, run_tags, tracking_run
 from tasks.training import train_model
 from tasks.validate import ValidatedPrices
-from tasks.windows import Dataset, build_windows
+from tasks.windows import Dataset, build_windows, window_columns
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def backfill_session(
     """One point-in-time session: train when given no model, predict, report, score."""
     prices = load_prices(config.prices_dir, config.data.tickers, as_of)
     validated = validate_each(prices.frames)
-    features = features_each(validated.frames, config.windows.features)
+    features = features_each(validated.frames, window_columns(config.windows.features))
     dataset = build_windows(features, config.windows, prices.as_of)
     issues = merge_issues(
         FetchResult(failures=fetch_failures).issues(prices.frames),

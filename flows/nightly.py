@@ -19,7 +19,7 @@ from tasks.scorecard import update_scorecard
 from tasks.store import load_prices
 from tasks.tracking import log_run, run_tags, tracking_run
 from tasks.training import train_model
-from tasks.windows import build_windows
+from tasks.windows import build_windows, window_columns
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def nightly(config: PipelineConfig) -> NightlyResult:
     fetched = fetch(config.data, config.home)
     prices = load_prices(config.prices_dir, config.data.tickers, config.data.as_of)
     validated = validate_each(prices.frames)
-    features = features_each(validated.frames, config.windows.features)
+    features = features_each(validated.frames, window_columns(config.windows.features))
     dataset = build_windows(features, config.windows, prices.as_of)
     issues = merge_issues(
         fetched.issues(prices.frames), prices.issues, validated.issues, dataset.issues

@@ -86,12 +86,14 @@ class Encoding:
         """Encode raw windows.
 
         Args:
-            windows: raw feature values, shape (N, T, F), columns in `features` order.
+            windows: raw values, shape (N, T, C), the first F columns in `features` order
+                (columns after them, e.g. the interval scale's high and low, are not read).
             bounds: per-window MinMax bounds (minmax_close only).
 
         Returns:
             Model inputs, shape (N, T, F), float32.
         """
+        windows = windows[:, :, : len(self.features)]  # (N, T, C) -> (N, T, F)
         if self.needs_bounds:
             lo, hi = self._bounds(bounds)
             scaled = (windows - lo[:, None, :]) / (hi - lo)[:, None, :]  # (N, T, F)

@@ -1,4 +1,6 @@
-"""A trained LSTM together with everything needed to use it: encoding, window, bounds.
+"""A trained LSTM together with everything needed to use it: encoding, window,
+bounds, and the interval scale and calibration that make its point forecast a
+distribution.
 
 Saved as two files that need no pickle: the weights as a torch `state_dict`
 (loaded with ``weights_only=True``) and the spec as JSON.
@@ -6,6 +8,7 @@ Saved as two files that need no pickle: the weights as a torch `state_dict`
 
 import json
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +18,20 @@ import torch
 
 from models.encoding import PRICE_FEATURES, Bounds, Encoding
 from models.lstm import LSTMConfig, LSTMForecaster
+from models.uncertainty import (
+    Calibration,
+    ScaleModel,
+    close_intervals,
+    predict_scale,
+    scale_features,
+)
 
-SPEC_VERSION = 1
+# 2: intervals (scale + calibration) and the window's columns; 1 (point only) still loads.
+SPEC_VERSION = 2
+READABLE_SPECS = (1, 2)
+# Columns a window must hold for the interval scale, beyond the network's features.
+SCALE_COLUMNS = ("high", "low")
+INTERVAL_COLUMNS = ("lower_80", "upper_80", "lower_95", "upper_95")
 
 # The report's statuses (closecast.statuses): models/ travels inside the logged
 # model as code, so it imports nothing from closecast and repeats the strings.
@@ -27,41 +42,77 @@ Issues = dict[str, tuple[str, str]]
 OUTPUT_COLUMNS = {
     "ticker": "string",
     "predicted_close": "double",
+    **dict.fromkeys(INTERVAL_COLUMNS, "double"),
     "status": "string",
     "message": "string",
 }
+FORECAST_COLUMNS = ("predicted_close", *INTERVAL_COLUMNS)
 
 
-def prediction_table(closes: dict[str, float], issues: Issues) -> pd.DataFrame:
+def prediction_table(forecasts: dict[str, dict[str, float]], issues: Issues) -> pd.DataFrame:
     """The prediction output: one row per ticker, sorted, with its status.
 
     Built here only, so that every path (pyfunc, in memory) returns the same
-    columns. A ticker with an issue, or whose prediction is not finite, gets
-    no number and a one-line message; an ok row always has a finite number.
+    columns. A ticker with an issue, or whose forecast is not finite or not
+    ordered lower_95 ≤ lower_80 ≤ predicted_close ≤ upper_80 ≤ upper_95, gets
+    no numbers and a one-line message; an ok row always has finite numbers
+    (interval columns are NaN only for a model that has no intervals).
 
     Args:
-        closes: ticker -> predicted close, for the tickers the model predicted.
+        forecasts: ticker -> {column of FORECAST_COLUMNS: value}, for the
+            tickers the model predicted.
         issues: ticker -> (status, message), for the tickers it could not predict.
     """
-    tickers = sorted({*closes, *issues})
-    predicted, statuses, messages = [], [], []
+    tickers = sorted({*forecasts, *issues})
+    rows = []
     for ticker in tickers:
-        close = closes.get(ticker, float("nan"))
+        values = {c: forecasts.get(ticker, {}).get(c, float("nan")) for c in FORECAST_COLUMNS}
         status, message = issues.get(ticker, (OK, ""))
-        if status == OK and not np.isfinite(close):
-            status, message = INVALID_DATA, f"the model returned a non-finite prediction ({close})"
-        predicted.append(close if status == OK else float("nan"))
-        statuses.append(status)
-        messages.append(message)
-    table = pd.DataFrame(
-        {
-            "ticker": pd.Series(tickers, dtype=str),
-            "predicted_close": pd.Series(predicted, dtype=np.float64),
-            "status": pd.Series(statuses, dtype=str),
-            "message": pd.Series(messages, dtype=str),
-        }
-    )
-    return table[list(OUTPUT_COLUMNS)]
+        if status == OK:
+            status, message = _check_forecast(values)
+        if status != OK:
+            values = dict.fromkeys(FORECAST_COLUMNS, float("nan"))
+        rows.append({"ticker": ticker, **values, "status": status, "message": message})
+    table = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+    return table.astype({c: "float64" for c in FORECAST_COLUMNS} | {"ticker": str})
+
+
+def _check_forecast(values: dict[str, float]) -> tuple[str, str]:
+    """(ok, "") for a finite, positive, ordered forecast; else invalid_data and why."""
+    point = values["predicted_close"]
+    if not (np.isfinite(point) and point > 0):
+        return INVALID_DATA, f"the model returned a non-finite prediction ({point})"
+    bounds = [values[c] for c in INTERVAL_COLUMNS]
+    if all(np.isnan(b) for b in bounds):
+        return OK, ""  # a model without intervals (spec version 1)
+    order = [values["lower_95"], values["lower_80"], point, values["upper_80"], values["upper_95"]]
+    if not (all(np.isfinite(order)) and all(a <= b for a, b in pairwise(order))):
+        return INVALID_DATA, "the model returned intervals that are not finite or cross"
+    return OK, ""
+
+
+def window_scale_inputs(
+    windows: np.ndarray, columns: tuple[str, ...], spans: tuple[int, ...]
+) -> np.ndarray:
+    """HAR regressors at each window's last day, (N, T, C) -> (N, 2·len(spans))."""
+    close, high, low = (windows[:, :, columns.index(c)] for c in ("close", "high", "low"))
+    return scale_features(close, high, low, spans)[:, -1, :]  # (N, T, 2S) -> (N, 2S)
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """How a point forecast becomes 80% and 95% intervals: a HAR-style scale σ̂ of the next
+    log return and conformal quantiles of (r − centre) / σ̂ (models/uncertainty.py)."""
+
+    scale: ScaleModel
+    calibration: Calibration
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale.to_dict(), "calibration": self.calibration.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Intervals":
+        return cls(ScaleModel.from_dict(data["scale"]), Calibration.from_dict(data["calibration"]))
 
 
 @dataclass
@@ -72,15 +123,29 @@ class Forecaster:
     encoding: Encoding
     window: int
     bounds: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    intervals: Intervals | None = None  # None: point forecasts only (a spec-1 model)
 
     @property
     def features(self) -> tuple[str, ...]:
         return self.encoding.features
 
     @property
+    def columns(self) -> tuple[str, ...]:
+        """Each raw window's columns: the features, then the scale's (with intervals)."""
+        if self.intervals is None:
+            return self.features
+        return (*self.features, *[c for c in SCALE_COLUMNS if c not in self.features])
+
+    @property
     def input_columns(self) -> tuple[str, ...]:
-        """The columns `predict_frame` reads: ticker, date and the features."""
-        return ("ticker", "date", *self.features)
+        """The columns `predict_frame` reads: ticker, date and the window's columns."""
+        return ("ticker", "date", *self.columns)
+
+    def scale_inputs(self, windows: np.ndarray) -> np.ndarray:
+        """The scale's regressors at each window's last day, (N, T, C) -> (N, 2·spans)."""
+        if self.intervals is None:
+            raise ValueError("this model has no interval scale")
+        return window_scale_inputs(windows, self.columns, self.intervals.scale.spans)
 
     def window_bounds(self, tickers: np.ndarray) -> Bounds | None:
         """Stack each window's ticker bounds, (N,) -> Bounds of (N, F); None if not needed."""
@@ -104,10 +169,30 @@ class Forecaster:
         return np.concatenate(outputs) if outputs else np.empty(0, dtype=np.float32)
 
     def predict_windows(self, windows: np.ndarray, tickers: np.ndarray) -> np.ndarray:
-        """Predict the next close of raw windows (N, T, F) of tickers (N,) -> closes (N,)."""
+        """Predict the next close of raw windows (N, T, C) of tickers (N,) -> closes (N,)."""
+        features = windows[:, :, : len(self.features)]  # (N, T, C) -> (N, T, F)
         bounds = self.window_bounds(tickers)
-        encoded = self.predict_encoded(self.encoding.inputs(windows, bounds))
-        return self.encoding.decode(encoded, windows, bounds)
+        encoded = self.predict_encoded(self.encoding.inputs(features, bounds))
+        return self.encoding.decode(encoded, features, bounds)
+
+    def predict_distribution(
+        self, windows: np.ndarray, tickers: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The point forecast and its intervals for raw windows (N, T, C) of tickers (N,).
+
+        Returns:
+            {column of FORECAST_COLUMNS: closes (N,)}; interval columns are NaN for a
+            model without intervals.
+        """
+        point = self.predict_windows(windows, tickers)  # (N,)
+        if self.intervals is None:
+            nan = np.full(len(point), np.nan)
+            return {"predicted_close": point, **{c: nan.copy() for c in INTERVAL_COLUMNS}}
+        last_close = windows[:, -1, self.columns.index("close")]  # (N, T, C) -> (N,)
+        sigma = predict_scale(self.intervals.scale, self.scale_inputs(windows))  # (N,)
+        center = np.log(point / last_close)  # the point forecast as a log return
+        bounds = close_intervals(last_close, center, sigma, self.intervals.calibration)
+        return {"predicted_close": point, **{c: bounds[c] for c in INTERVAL_COLUMNS}}
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Predict the close after the last row of each ticker.
@@ -138,13 +223,14 @@ class Forecaster:
                 issues[ticker] = issue
                 continue
             tickers.append(ticker)
-            values = rows[list(self.features)].to_numpy(np.float64)  # (n, F)
-            windows.append(values[-self.window :])  # (n, F) -> (T, F)
+            values = rows[list(self.columns)].to_numpy(np.float64)  # (n, C)
+            windows.append(values[-self.window :])  # (n, C) -> (T, C)
         if not windows:
             return prediction_table({}, issues)
-        stacked = np.stack(windows)  # T×F per ticker -> (N, T, F)
-        closes = self.predict_windows(stacked, np.array(tickers))
-        return prediction_table(dict(zip(tickers, closes.tolist(), strict=True)), issues)
+        stacked = np.stack(windows)  # T×C per ticker -> (N, T, C)
+        forecast = self.predict_distribution(stacked, np.array(tickers))
+        rows_out = {t: {c: float(v[i]) for c, v in forecast.items()} for i, t in enumerate(tickers)}
+        return prediction_table(rows_out, issues)
 
     def window_issue(self, ticker: str, rows: pd.DataFrame) -> tuple[str, str] | None:
         """Why one ticker's rows (sorted by date) cannot be predicted, or None.
@@ -165,7 +251,7 @@ class Forecaster:
         if len(repeated):
             day = repeated.iloc[0].date().isoformat()
             return INVALID_DATA, f"date {day} appears more than once"
-        for name in self.features:
+        for name in self.columns:
             values = last[name].to_numpy(np.float64)  # (T,)
             valid = values > 0 if name in PRICE_FEATURES else values >= 0
             bad = ~(np.isfinite(values) & valid)
@@ -173,6 +259,11 @@ class Forecaster:
                 at = int(np.argmax(bad))
                 day = dates.iloc[at].date().isoformat()
                 return INVALID_DATA, f"{name} is {values[at]:g} on {day}"
+        if self.intervals is not None:
+            inverted = (last["high"] < last["low"]).to_numpy()
+            if inverted.any():
+                day = dates.iloc[int(np.argmax(inverted))].date().isoformat()
+                return INVALID_DATA, f"high is below low on {day}"
         return None
 
     def spec(self) -> dict[str, Any]:
@@ -185,6 +276,7 @@ class Forecaster:
             "target": self.encoding.target,
             "window": self.window,
             "bounds": {t: [lo, hi] for t, (lo, hi) in self.bounds.items()},
+            "intervals": self.intervals.to_dict() if self.intervals else None,
         }
 
     def save(self, directory: Path) -> tuple[Path, Path]:
@@ -200,7 +292,7 @@ class Forecaster:
     def load(cls, weights: Path, spec: Path) -> "Forecaster":
         """Rebuild from the two files `save` wrote, without unpickling anything."""
         data = json.loads(Path(spec).read_text())
-        if data.get("spec_version") != SPEC_VERSION:
+        if data.get("spec_version") not in READABLE_SPECS:
             raise ValueError(f"unsupported model spec version {data.get('spec_version')!r}")
         module = LSTMForecaster(LSTMConfig(**data["lstm"]), n_features=data["n_features"])
         module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -210,4 +302,5 @@ class Forecaster:
             encoding=Encoding(features=tuple(data["features"]), target=data["target"]),
             window=int(data["window"]),
             bounds={t: (b[0], b[1]) for t, b in data["bounds"].items()},
+            intervals=Intervals.from_dict(data["intervals"]) if data.get("intervals") else None,
         )

@@ -38,6 +38,7 @@ from statistics import NormalDist
 
 import numpy as np
 from scipy.optimize import nnls
+from scipy.signal import lfilter
 
 from models.encoding import VOL_FLOOR
 
@@ -212,14 +213,11 @@ def ewma_sigma(log_returns: np.ndarray, lam: float = EWMA_LAMBDA) -> np.ndarray:
     if not 0.0 < lam < 1.0:
         raise ValueError(f"lam must be in (0, 1), got {lam}")
     returns = _finite("log_returns", log_returns)
-    out = np.empty_like(returns)
-    weighted = np.zeros(returns.shape[:-1])  # (...,) Σ λ^(t−i) r_i²
-    weights = 0.0  # Σ λ^(t−i)
-    for t in range(returns.shape[-1]):
-        weighted = lam * weighted + returns[..., t] ** 2
-        weights = lam * weights + 1.0
-        out[..., t] = np.sqrt(weighted / weights)
-    return np.maximum(out, SIGMA_FLOOR)
+    # s_t = λ s_{t−1} + x_t as one linear filter along the last axis (a Python loop over
+    # a 20-year history costs seconds per universe).
+    weighted = lfilter([1.0], [1.0, -lam], returns**2, axis=-1)  # (..., n) Σ λ^(t−i) r_i²
+    weights = lfilter([1.0], [1.0, -lam], np.ones(returns.shape[-1]))  # (n,) Σ λ^(t−i)
+    return np.maximum(np.sqrt(weighted / weights), SIGMA_FLOOR)
 
 
 def _trailing_mean(values: np.ndarray, span: int) -> np.ndarray:
@@ -231,6 +229,17 @@ def _trailing_mean(values: np.ndarray, span: int) -> np.ndarray:
     if span <= values.shape[-1]:
         out[..., span - 1 :] = (total[..., span:] - total[..., :-span]) / span
     return out
+
+
+def spans_for_window(window: int) -> tuple[int, ...]:
+    """HAR_SPANS cut to what a `window`-row window holds: (1, 5, 9) for 10 rows, (1, 4) for 5.
+
+    Raises:
+        ValueError: for a window under 2 rows (no return to average).
+    """
+    if window < 2:
+        raise ValueError(f"a scale needs a window of at least 2 rows, got {window}")
+    return tuple(sorted({min(s, window - 1) for s in HAR_SPANS}))
 
 
 def scale_history(spans: Sequence[int] = HAR_SPANS) -> int:

@@ -39,14 +39,14 @@ import models
 from closecast.config import MODEL_NAME, PipelineConfig
 from models.forecaster import OUTPUT_COLUMNS, Forecaster, prediction_table
 from models.pyfunc import CloseForecastModel, accepted_names
-from tasks.evaluation import Evaluation, score_forecasts
+from tasks.evaluation import Evaluation, score_distribution
 from tasks.tracking import configure_mlflow
 from tasks.windows import Dataset, WindowSet
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_CODE = Path(models.__file__).parent / "mlflow_model.py"
 HISTORY_PREFIX = "alias_move."
-GATED_METRICS = ("test_rmse", "naive_rmse", "skill")
+GATED_METRICS = ("test_interval_score", "test_rmse", "naive_rmse", "skill")
 
 logger = logging.getLogger(__name__)
 
@@ -101,41 +101,52 @@ class AliasMove:
         return cls(**{**data, "at": datetime.fromisoformat(data["at"])})
 
 
+def _scores(metrics: dict[str, float]) -> str:
+    return (
+        f"interval score {metrics.get('test_interval_score', float('nan')):.6f}, "
+        f"test_rmse {metrics.get('test_rmse', float('nan')):.6f}"
+    )
+
+
 def decide_promotion(
-    challenger_rmse: float, champion: tuple[str, float] | None, mode: str
+    challenger: dict[str, float], champion: tuple[str, dict[str, float]] | None, mode: str
 ) -> Decision:
     """The gate: the first version becomes champion; later ones only if they beat it.
 
+    "Beat" means a strictly lower `test_interval_score` (the mean of the 80%
+    and 95% interval scores: a proper score of the whole forecast, centre and
+    width) on the same test windows. A champion without intervals (a model
+    from before they existed) is compared on `test_rmse` only, and the reason
+    says so. The reason names both scores of both versions.
+
     Args:
-        challenger_rmse: the new version's test RMSE.
-        champion: (version, RMSE re-scored on the same test windows), or None.
+        challenger: the new version's test metrics.
+        champion: (version, its metrics re-scored on the same test windows), or None.
         mode: `auto`, or `manual` to leave the champion to people.
     """
     if mode == "manual":
         return Decision(False, "manual", "promotion is manual: review and run `closecast promote`")
     if champion is None:
-        return Decision(True, "champion", f"first version (test_rmse {challenger_rmse:.6f})")
-    version, champion_rmse = champion
-    if not np.isfinite(champion_rmse):
+        return Decision(True, "champion", f"first version ({_scores(challenger)})")
+    version, held = champion
+    if not np.isfinite(held.get("test_rmse", np.nan)):
         return Decision(
             True,
             "champion",
-            f"champion v{version} cannot score these test windows "
-            f"(test_rmse {challenger_rmse:.6f})",
+            f"champion v{version} cannot score these test windows ({_scores(challenger)})",
         )
-    if challenger_rmse < champion_rmse:
-        return Decision(
-            True,
-            "champion",
-            f"test_rmse {challenger_rmse:.6f} beats champion v{version}'s {champion_rmse:.6f} "
-            "on the same test windows",
-        )
-    return Decision(
-        False,
-        "rejected",
-        f"test_rmse {challenger_rmse:.6f} does not beat champion v{version}'s "
-        f"{champion_rmse:.6f} on the same test windows",
-    )
+    name, note = "interval score", ""
+    mine, theirs = challenger["test_interval_score"], held.get("test_interval_score", np.nan)
+    if not np.isfinite(theirs):
+        name, note = "test_rmse", f"champion v{version} has no intervals, so test_rmse decides; "
+        mine, theirs = challenger["test_rmse"], held["test_rmse"]
+    both = f"{_scores(challenger)} vs champion v{version}'s {_scores(held)}"
+    if mine < theirs:
+        verdict = f"{note}{name} {mine:.6f} beats champion v{version}'s {theirs:.6f}"
+        return Decision(True, "champion", f"{verdict} on the same test windows ({both})")
+    beaten = "ties" if mine == theirs else "does not beat"
+    verdict = f"{note}{name} {mine:.6f} {beaten} champion v{version}'s {theirs:.6f}"
+    return Decision(False, "rejected", f"{verdict} on the same test windows ({both})")
 
 
 def check_metrics(metrics: dict[str, float]) -> None:
@@ -231,20 +242,27 @@ def alias_version(client: MlflowClient, alias: str) -> str | None:
     return current_aliases(client).get(alias)
 
 
-def rescore_champion(version: str, test: WindowSet) -> float:
-    """The champion's RMSE on the challenger's test windows (NaN if it cannot score them).
+def rescore_champion(version: str, test: WindowSet, columns: tuple[str, ...]) -> dict[str, float]:
+    """The champion's metrics on the challenger's test windows (empty if it cannot score them).
 
+    The windows hold `columns`; the champion reads the ones it was trained on.
     A champion that cannot read these windows (other features or window
-    length, a ticker it has no scaling for) gets NaN; a champion that cannot
-    be loaded (registry unreachable) fails the run rather than the gate.
+    length, a ticker it has no scaling for) gets no metrics; a champion that
+    cannot be loaded (registry unreachable) fails the run rather than the gate.
     """
     champion = load_forecaster(f"models:/{MODEL_NAME}/{version}")
     try:
-        predicted = champion.predict_windows(test.windows, test.tickers)
-        return score_forecasts(predicted, test.next_close, test.last_close)["test_rmse"]
+        missing = [c for c in champion.columns if c not in columns]
+        if missing:
+            raise ValueError(f"the test windows lack its column(s) {', '.join(missing)}")
+        windows = test.windows[:, -champion.window :, [columns.index(c) for c in champion.columns]]
+        if windows.shape[1] != champion.window:
+            raise ValueError(f"its window is {champion.window} days, these hold {windows.shape[1]}")
+        forecast = champion.predict_distribution(windows, test.tickers)
+        return score_distribution(forecast, test)
     except (ValueError, RuntimeError) as exc:
         get_run_logger().warning("champion v%s cannot be re-scored: %s", version, exc)
-        return float("nan")
+        return {}
 
 
 def list_tickers(tickers: list[str], limit: int = 40) -> str:
@@ -286,8 +304,10 @@ def register_forecaster(
     check_metrics(metrics)
     client = configure_mlflow(config.mlflow_uri)
     current = alias_version(client, CHAMPION)
-    champion = None if current is None else (current, rescore_champion(current, dataset.test))
-    decision = decide_promotion(metrics["test_rmse"], champion, config.promotion)
+    champion = None
+    if current is not None:
+        champion = (current, rescore_champion(current, dataset.test, dataset.columns))
+    decision = decide_promotion(metrics, champion, config.promotion)
     model_uri = log_forecaster(forecaster, run_id, example)
     tags = {
         "promotion": decision.tag,

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from closecast.errors import PipelineError
 from closecast.statuses import INVALID_DATA, OK, Issues
+from models.forecaster import INTERVAL_COLUMNS
 from tasks.store import write_atomic
 
 REPORT_COLUMNS = [
@@ -21,12 +22,17 @@ REPORT_COLUMNS = [
     "last_close",
     "predicted_close",
     "predicted_return",
+    *INTERVAL_COLUMNS,
     "model_name",
     "model_version",
     "run_id",
     "status",
     "message",
 ]
+
+
+# The columns of reports written before the forecasts had intervals; they still count as done.
+POINT_ONLY_COLUMNS = [c for c in REPORT_COLUMNS if c not in INTERVAL_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ def build_report(
 ) -> pd.DataFrame:
     """One row per requested ticker, sorted by ticker; a ticker with no prediction says why."""
     predicted = dict(zip(predictions["ticker"], predictions["predicted_close"], strict=True))
+    by_ticker = predictions.set_index("ticker")
+    intervals = [c for c in INTERVAL_COLUMNS if c in by_ticker.columns]
     # The model's own word on a ticker it could not predict (status and message columns).
     model_issues: Issues = {}
     if {"status", "message"} <= set(predictions.columns):
@@ -67,6 +75,9 @@ def build_report(
         if status == OK and not (math.isfinite(forecast) and forecast > 0 and close > 0):
             status, message = INVALID_DATA, "the model returned no usable prediction"
             forecast = float("nan")
+        bounds = dict.fromkeys(INTERVAL_COLUMNS, float("nan"))
+        if status == OK:  # a non-ok row leaves the interval columns empty
+            bounds |= {c: float(by_ticker.at[ticker, c]) for c in intervals}
         rows.append(
             {
                 "as_of": context.as_of.isoformat(),
@@ -75,6 +86,7 @@ def build_report(
                 "last_close": close,
                 "predicted_close": forecast,
                 "predicted_return": forecast / close - 1.0,
+                **bounds,
                 "model_name": context.model_name,
                 "model_version": context.model_version,
                 "run_id": context.run_id,
@@ -183,7 +195,7 @@ def is_complete_report(path: Path, tickers: list[str], as_of: date) -> bool:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
         return False
     return (
-        header == REPORT_COLUMNS
+        header in (REPORT_COLUMNS, POINT_ONLY_COLUMNS)
         and set(report["as_of"]) == {as_of.isoformat()}
         and sorted(report["ticker"]) == sorted(tickers)
     )

@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -10,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from closecast.config import TrainConfig
 from closecast.errors import PipelineError
 from models.encoding import Encoding
-from models.forecaster import Forecaster
+from models.forecaster import Forecaster, Intervals, window_scale_inputs
 from models.lstm import LSTMConfig, LSTMForecaster
 from models.training import (
     EpochCallback,
@@ -21,6 +22,14 @@ from models.training import (
     fit_output_scale,
     scale_output,
     seed_everything,
+)
+from models.uncertainty import (
+    fit_conformal,
+    fit_scale,
+    min_calibration_size,
+    normal_calibration,
+    predict_scale,
+    spans_for_window,
 )
 from tasks.windows import Dataset, WindowSet
 
@@ -90,7 +99,42 @@ def train_forecaster(
         result.output_scale = fit_output_scale(forecaster.module, *validation)
         scale_output(forecaster.module, result.output_scale)
     forecaster.module.cpu()
+    forecaster.intervals = fit_intervals(forecaster, dataset)
     return TrainedModel(forecaster=forecaster, fit=result, device=str(device))
+
+
+def fit_intervals(forecaster: Forecaster, dataset: Dataset) -> Intervals:
+    """The scale and calibration that turn the trained point forecast into intervals.
+
+    The HAR-style scale is fitted on the training windows; the conformal
+    quantiles of (r − centre) / σ̂, centred on the model's own point forecast,
+    on the training and validation windows (ten times the residuals of the
+    validation span alone, which steadies the 95% quantiles:
+    benchmarks/README.md). Nothing is fitted on the test span. Too few
+    windows to calibrate on fall back on normal quantiles.
+    """
+    columns = (*dataset.features, *[c for c in dataset.columns if c not in dataset.features])
+    if columns != dataset.columns:
+        raise ValueError(f"windows hold {dataset.columns}, expected the features first: {columns}")
+    spans = spans_for_window(dataset.window)
+
+    def log_returns(windows: WindowSet) -> np.ndarray:
+        return np.log(windows.next_close / windows.last_close)  # (N,)
+
+    train = dataset.train
+    scale = fit_scale(
+        window_scale_inputs(train.windows, dataset.columns, spans), log_returns(train), spans
+    )
+    calibration_set = WindowSet.concat([train, dataset.validation], dataset.window, len(columns))
+    sigma = predict_scale(
+        scale, window_scale_inputs(calibration_set.windows, dataset.columns, spans)
+    )
+    point = forecaster.predict_windows(calibration_set.windows, calibration_set.tickers)
+    z = (log_returns(calibration_set) - np.log(point / calibration_set.last_close)) / sigma
+    z = z[np.isfinite(z)]
+    if len(z) < min_calibration_size():
+        return Intervals(scale, normal_calibration())
+    return Intervals(scale, fit_conformal(z))
 
 
 def _epoch_logger(epochs: int) -> Callable[[int, dict[str, float]], None]:

@@ -2,6 +2,7 @@
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -15,6 +16,18 @@ from closecast.config import WindowConfig
 from closecast.errors import PipelineError
 from closecast.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
 from models.encoding import fit_bounds
+from models.forecaster import SCALE_COLUMNS
+from models.uncertainty import ewma_sigma
+
+
+def window_columns(features: Sequence[str]) -> list[str]:
+    """Each window's columns: close, the other features, then any scale column not among them.
+
+    The interval scale reads each window's high-low ranges (models/uncertainty.py),
+    whatever the network reads; `Forecaster.columns` is the same order.
+    """
+    order = ["close", *[f for f in features if f != "close"]]
+    return order + [c for c in SCALE_COLUMNS if c not in order]
 
 
 def make_windows(values: np.ndarray, window: int) -> np.ndarray:
@@ -45,17 +58,24 @@ def make_windows(values: np.ndarray, window: int) -> np.ndarray:
 class WindowSet:
     """Raw windows with what each one predicts."""
 
-    windows: np.ndarray  # (N, T, F) raw feature values
+    windows: np.ndarray  # (N, T, C) raw values of the dataset's columns, close first
     next_close: np.ndarray  # (N,) the close after the window (NaN when not yet known)
     tickers: np.ndarray  # (N,) ticker of each window
     target_dates: np.ndarray  # (N,) date of the close being predicted
+    # (N,) RiskMetrics EWMA σ of the next log return from the ticker's whole history up to the
+    # window's last day: the interval baseline, which should not be limited to the window.
+    baseline_sigma: np.ndarray
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def select(self, mask: np.ndarray) -> "WindowSet":
         return WindowSet(
-            self.windows[mask], self.next_close[mask], self.tickers[mask], self.target_dates[mask]
+            self.windows[mask],
+            self.next_close[mask],
+            self.tickers[mask],
+            self.target_dates[mask],
+            self.baseline_sigma[mask],
         )
 
     @property
@@ -71,12 +91,14 @@ class WindowSet:
                 np.empty(0),
                 np.empty(0, dtype=object),
                 np.empty(0, dtype="datetime64[ns]"),
+                np.empty(0),
             )
         return cls(
             np.concatenate([p.windows for p in parts]),
             np.concatenate([p.next_close for p in parts]),
             np.concatenate([p.tickers for p in parts]),
             np.concatenate([p.target_dates for p in parts]),
+            np.concatenate([p.baseline_sigma for p in parts]),
         )
 
 
@@ -84,7 +106,8 @@ class WindowSet:
 class Dataset:
     """Train | validation | test windows split by one set of dates, plus the latest windows."""
 
-    features: tuple[str, ...]
+    features: tuple[str, ...]  # what the network reads, close first
+    columns: tuple[str, ...]  # what each window holds: the features, then SCALE_COLUMNS
     window: int
     target: str
     train: WindowSet
@@ -140,15 +163,27 @@ def hash_frames(frames: dict[str, pd.DataFrame]) -> str:
     return digest.hexdigest()
 
 
+def next_day_ewma_sigma(close: np.ndarray) -> np.ndarray:
+    """RiskMetrics σ of the log return after each row, from the rows up to it, (n,) -> (n,).
+
+    Row 0 has no return yet and gets NaN.
+    """
+    sigma = np.full(len(close), np.nan)
+    if len(close) > 1:
+        sigma[1:] = ewma_sigma(np.diff(np.log(close)))  # (n - 1,): forecasts after rows 1..
+    return sigma
+
+
 def _ticker_windows(ticker: str, frame: pd.DataFrame, window: int) -> WindowSet:
-    values = frame.to_numpy(dtype=np.float64)  # (n, F)
+    values = frame.to_numpy(dtype=np.float64)  # (n, C)
     dates = frame.index.to_numpy(dtype="datetime64[ns]")
-    windows = make_windows(values[:-1], window)  # (n - T, T, F): each has a next row
+    windows = make_windows(values[:-1], window)  # (n - T, T, C): each has a next row
     return WindowSet(
         windows=windows,
         next_close=values[window:, 0],
         tickers=np.full(len(windows), ticker, dtype=object),
         target_dates=dates[window:],
+        baseline_sigma=next_day_ewma_sigma(values[:, 0])[window - 1 : -1],  # at each last row
     )
 
 
@@ -166,7 +201,11 @@ def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
         as_of: the session being predicted from.
     """
     order = ["close", *[f for f in config.features if f != "close"]]
-    frames = {t: f[order] for t, f in features.items() if len(f) > config.window}
+    columns = window_columns(config.features)
+    absent = sorted({c for f in features.values() for c in columns if c not in f.columns})
+    if absent:
+        raise ValueError(f"feature frames lack column(s) {', '.join(absent)}: see window_columns")
+    frames = {t: f[columns] for t, f in features.items() if len(f) > config.window}
     issues: Issues = {
         t: (
             INSUFFICIENT_HISTORY,
@@ -200,7 +239,7 @@ def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
             continue
         parts.append(_ticker_windows(ticker, frame, config.window))
         if config.target == "minmax_close":
-            bounds[ticker] = fit_bounds(train_rows.to_numpy(dtype=np.float64))
+            bounds[ticker] = fit_bounds(train_rows[order].to_numpy(dtype=np.float64))
         if frame.index[-1] < as_of_ts:
             last = frame.index[-1].date().isoformat()
             issues[ticker] = (
@@ -210,16 +249,18 @@ def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
             continue
         latest.append(
             WindowSet(
-                frame.to_numpy(dtype=np.float64)[-config.window :][None],  # (T, F) -> (1, T, F)
+                frame.to_numpy(dtype=np.float64)[-config.window :][None],  # (T, C) -> (1, T, C)
                 np.array([np.nan]),
                 np.array([ticker], dtype=object),
                 np.array([np.datetime64("NaT", "ns")]),
+                next_day_ewma_sigma(frame["close"].to_numpy(dtype=np.float64))[-1:],
             )
         )
-    all_windows = WindowSet.concat(parts, config.window, len(order))
+    all_windows = WindowSet.concat(parts, config.window, len(columns))
     when = all_windows.target_dates
     return Dataset(
         features=tuple(order),
+        columns=tuple(columns),
         window=config.window,
         target=config.target,
         train=all_windows.select(when < np.datetime64(val_start)),
@@ -227,7 +268,7 @@ def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
             (when >= np.datetime64(val_start)) & (when < np.datetime64(test_start))
         ),
         test=all_windows.select(when >= np.datetime64(test_start)),
-        latest=WindowSet.concat(latest, config.window, len(order)),
+        latest=WindowSet.concat(latest, config.window, len(columns)),
         val_start=val_start,
         test_start=test_start,
         data_sha256=hash_frames({t: frames[t] for t in sorted(set(all_windows.tickers))}),

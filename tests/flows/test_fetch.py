@@ -199,7 +199,7 @@ def test_failed_fetch_falls_back_to_the_store_as_stale(tmp_path: Path, yahoo: Fa
     result = fetch(_data(["AAA", "BBB"], DAY_200), tmp_path)
     loaded = load_point_in_time(tmp_path / "prices", ["AAA", "BBB"], DAY_200)
     validated = validate_all(loaded.frames)
-    features = build_features.fn(validated.frames, ["close", "volume", "open"])
+    features = build_features.fn(validated.frames, ["close", "volume", "open", "high", "low"])
     dataset = build_dataset(features, WindowConfig(), loaded.as_of)
     issues = merge_issues(result.issues(loaded.frames), loaded.issues, dataset.issues)
 
@@ -345,7 +345,7 @@ def test_sp500_slice_says_why_each_ticker_is_unusable(
     result = fetch(data, tmp_path / "home")
     loaded = load_point_in_time(tmp_path / "home" / "prices", data.tickers, None)
     validated = validate_all(loaded.frames)
-    features = build_features.fn(validated.frames, ["close", "volume", "open"])
+    features = build_features.fn(validated.frames, ["close", "volume", "open", "high", "low"])
     dataset = build_dataset(features, WindowConfig(), loaded.as_of)
     issues = merge_issues(result.issues(loaded.frames), loaded.issues, dataset.issues)
 

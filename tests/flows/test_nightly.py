@@ -108,7 +108,16 @@ def test_second_run_is_a_challenger_and_report_matches_pyfunc(
     assert model.metadata.saved_input_example_info is not None
     prices = load_point_in_time(config.prices_dir, ["AAA", "BBB"], None)
     predicted = model.predict(latest_rows(prices.frames, ["AAA", "BBB"], 10))
-    assert list(predicted.columns) == ["ticker", "predicted_close", "status", "message"]
+    assert list(predicted.columns) == [
+        "ticker",
+        "predicted_close",
+        "lower_80",
+        "upper_80",
+        "lower_95",
+        "upper_95",
+        "status",
+        "message",
+    ]
     assert set(predicted["status"]) == {"ok"}
     assert list(predicted["ticker"]) == list(report["ticker"])
     np.testing.assert_allclose(

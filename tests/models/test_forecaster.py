@@ -122,7 +122,16 @@ def test_no_rows_give_an_empty_table_with_every_column() -> None:
     """Empty in, empty out, with the columns a reader matches by name."""
     predicted = _forecaster().predict_frame(_rows(["AAA"]).iloc[:0])
     assert predicted.empty
-    assert list(predicted.columns) == ["ticker", "predicted_close", "status", "message"]
+    assert list(predicted.columns) == [
+        "ticker",
+        "predicted_close",
+        "lower_80",
+        "upper_80",
+        "lower_95",
+        "upper_95",
+        "status",
+        "message",
+    ]
 
 
 def test_a_missing_feature_column_is_refused_naming_it() -> None:

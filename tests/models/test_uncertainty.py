@@ -27,6 +27,7 @@ from models.uncertainty import (
     predict_scale,
     scale_features,
     scale_history,
+    spans_for_window,
     window_sigma,
 )
 
@@ -392,3 +393,17 @@ def test_the_recommended_recipe_is_calibrated_on_real_index_data() -> None:
                 0.95, abs=0.03
             )
     assert scores["har10"] <= scores["ewma"]
+
+
+@pytest.mark.parametrize(
+    ("window", "spans"), [(10, (1, 5, 9)), (30, (1, 5, 9)), (5, (1, 4)), (2, (1,))]
+)
+def test_spans_for_window_fit_inside_the_window(window: int, spans: tuple[int, ...]) -> None:
+    """The scale's spans never need more rows than the model's window holds."""
+    assert spans_for_window(window) == spans
+    assert scale_history(spans) <= window
+
+
+def test_spans_for_window_refuses_a_one_row_window() -> None:
+    with pytest.raises(ValueError, match="at least 2 rows, got 1"):
+        spans_for_window(1)

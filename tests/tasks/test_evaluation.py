@@ -94,6 +94,7 @@ def test_evaluate_forecaster_scores_the_model_and_naive_on_the_same_windows() ->
         next_close=np.array([12.5, 18.0]),
         tickers=np.array(["A", "B"], dtype=object),
         target_dates=np.array(["2024-01-02", "2024-01-02"], dtype="datetime64[ns]"),
+        baseline_sigma=np.array([0.01, 0.02]),
     )
     evaluation = evaluate_forecaster(forecaster, test)
     np.testing.assert_allclose(evaluation.predictions["predicted_close"], [12.0, 18.0])

@@ -15,7 +15,7 @@ from flows.nightly import NightlyResult, nightly
 from models.encoding import Encoding
 from models.forecaster import Forecaster
 from models.lstm import LSTMConfig, LSTMForecaster
-from tasks.evaluation import Evaluation, score_forecasts
+from tasks.evaluation import Evaluation, score_distribution
 from tasks.features import compute_features
 from tasks.registry import (
     AliasMove,
@@ -35,43 +35,58 @@ from tasks.registry import (
 from tasks.store import load_point_in_time
 from tasks.tracking import configure_mlflow
 from tasks.validate import validate_all
-from tasks.windows import build_dataset
+from tasks.windows import build_dataset, window_columns
 from tests.conftest import write_ticker_csvs
 from tests.mlflow_fixtures import new_home, spoil_training
 
 TICKERS = ["AAA", "BBB"]
 
 
+def scored(interval: float, rmse: float = 0.01) -> dict[str, float]:
+    return {"test_interval_score": interval, "test_rmse": rmse}
+
+
+NO_INTERVALS = {"test_rmse": 0.02, "test_interval_score": float("nan")}
+
+
 @pytest.mark.parametrize(
-    ("rmse", "champion", "mode", "promote", "tag", "says"),
+    ("challenger", "champion", "mode", "promote", "tag", "says"),
     [
-        (0.02, None, "auto", True, "champion", "first version"),
-        (0.01, ("3", 0.02), "auto", True, "champion", "beats champion v3's 0.020000"),
-        (0.02, ("3", 0.02), "auto", False, "rejected", "does not beat champion v3's"),
-        (0.03, ("3", 0.02), "auto", False, "rejected", "test_rmse 0.030000 does not beat"),
-        (0.01, ("3", 0.02), "manual", False, "manual", "closecast promote"),
-        (0.01, None, "manual", False, "manual", "promotion is manual"),
-        (0.05, ("3", float("nan")), "auto", True, "champion", "v3 cannot score"),
+        (scored(0.05), None, "auto", True, "champion", "first version (interval score 0.050000"),
+        (scored(0.04), ("3", scored(0.05)), "auto", True, "champion",
+         "interval score 0.040000 beats champion v3's 0.050000 on the same test windows"),
+        (scored(0.05, 0.001), ("3", scored(0.05)), "auto", False, "rejected",
+         "interval score 0.050000 ties champion v3's 0.050000"),
+        (scored(0.06, 0.001), ("3", scored(0.05, 0.02)), "auto", False, "rejected",
+         "interval score 0.060000 does not beat champion v3's 0.050000"),
+        (scored(0.06, 0.01), ("3", NO_INTERVALS), "auto", True, "champion",
+         "champion v3 has no intervals, so test_rmse decides; test_rmse 0.010000 beats"),
+        (scored(0.04), ("3", scored(0.05)), "manual", False, "manual", "closecast promote"),
+        (scored(0.04), None, "manual", False, "manual", "promotion is manual"),
+        (scored(0.04), ("3", {}), "auto", True, "champion", "v3 cannot score"),
     ],
-)
+)  # fmt: skip
 def test_decide_promotion(
-    rmse: float,
-    champion: tuple[str, float] | None,
+    challenger: dict[str, float],
+    champion: tuple[str, dict[str, float]] | None,
     mode: str,
     promote: bool,
     tag: str,
     says: str,
 ) -> None:
-    """First wins; later ones only by a strictly lower RMSE; manual never moves champion."""
-    decision = decide_promotion(rmse, champion, mode)
+    """First wins; later ones only by a strictly lower interval score (RMSE against a champion
+    without intervals); manual never moves champion; the reason names both scores."""
+    decision = decide_promotion(challenger, champion, mode)
     assert (decision.promote, decision.tag) == (promote, tag)
     assert says in decision.reason
+    if champion is not None and champion[1] and mode == "auto":
+        assert "vs champion v3's interval score" in decision.reason
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
 def test_check_metrics_refuses_non_finite(bad: float | None) -> None:
     """A missing or non-finite gated metric stops registration, naming the metric."""
-    metrics = {"test_rmse": 0.01, "naive_rmse": 0.02, "skill": 0.5}
+    metrics = {"test_interval_score": 0.03, "test_rmse": 0.01, "naive_rmse": 0.02, "skill": 0.5}
     check_metrics(metrics)
     if bad is None:
         del metrics["skill"]
@@ -86,7 +101,7 @@ def test_register_refuses_nan_metrics_before_touching_mlflow(tmp_path: Path) -> 
     config = PipelineConfig(home=tmp_path / "home")
     module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=1)
     forecaster = Forecaster(module, Encoding(features=("close",), target="log_return"), 10)
-    metrics = {"test_rmse": float("nan"), "naive_rmse": 0.01, "skill": float("nan")}
+    metrics = {"test_interval_score": 0.02, "test_rmse": float("nan"), "naive_rmse": 0.01}
     evaluation = Evaluation(metrics, pd.DataFrame(), pd.DataFrame())
     with pytest.raises(ValueError, match="test_rmse is nan"):
         register_forecaster(config, "0" * 32, forecaster, evaluation, None, pd.DataFrame())  # type: ignore[arg-type]
@@ -108,7 +123,16 @@ def test_signature_lists_the_models_own_columns_under_each_accepted_name() -> No
     default = signature(_forecaster(("close", "volume", "open")))
     assert {"volume", "Volume", "open", "Open"} <= set(default.inputs.input_names())
     assert not {"high", "low"} & {n.lower() for n in default.inputs.input_names()}
-    assert default.outputs.input_names() == ["ticker", "predicted_close", "status", "message"]
+    assert default.outputs.input_names() == [
+        "ticker",
+        "predicted_close",
+        "lower_80",
+        "upper_80",
+        "lower_95",
+        "upper_95",
+        "status",
+        "message",
+    ]
 
 
 def test_example_input_is_one_tickers_rows_in_the_models_columns() -> None:
@@ -133,7 +157,16 @@ def test_predict_next_on_no_rows_returns_every_output_column() -> None:
     """No ticker to predict: an empty table with the same columns, registry untouched."""
     empty = predict_next.fn("sqlite:///unused.db", "1", pd.DataFrame())
     assert empty.empty
-    assert list(empty.columns) == ["ticker", "predicted_close", "status", "message"]
+    assert list(empty.columns) == [
+        "ticker",
+        "predicted_close",
+        "lower_80",
+        "upper_80",
+        "lower_95",
+        "upper_95",
+        "status",
+        "message",
+    ]
 
 
 def test_alias_move_round_trips_and_answers_what_was_champion() -> None:
@@ -265,16 +298,17 @@ def test_champion_is_rescored_on_the_challengers_test_windows(scenario: Scenario
     prices = load_point_in_time(config.prices_dir, TICKERS, None)
     validated = validate_all(prices.frames)
     features = {
-        t: compute_features(f, config.windows.features) for t, f in validated.frames.items()
+        t: compute_features(f, window_columns(config.windows.features))
+        for t, f in validated.frames.items()
     }
     test = build_dataset(features, config.windows, prices.as_of).test
     configure_mlflow(config.mlflow_uri)
     champion = load_forecaster(f"models:/{MODEL_NAME}/1")
-    rescored = score_forecasts(
-        champion.predict_windows(test.windows, test.tickers), test.next_close, test.last_close
-    )["test_rmse"]
+    rescored = score_distribution(champion.predict_distribution(test.windows, test.tickers), test)[
+        "test_interval_score"
+    ]
     assert compared == pytest.approx(rescored, abs=1e-6)
-    stored = float(_tags(scenario, "1")["test_rmse"])  # scored on 2020's windows
+    stored = float(_tags(scenario, "1")["test_interval_score"])  # scored on 2020's windows
     assert not math.isclose(stored, rescored, rel_tol=1e-3)
 
 

@@ -24,11 +24,14 @@ def _frames(n: int = 120) -> dict[str, pd.DataFrame]:
     for seed, ticker in enumerate(("AAA", "BBB")):
         rng = np.random.default_rng(seed)
         close = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+        open_ = close * np.exp(rng.normal(0, 0.003, n))
         frames[ticker] = pd.DataFrame(
             {
                 "close": close,
                 "volume": rng.uniform(1e5, 2e5, n),
-                "open": close * np.exp(rng.normal(0, 0.003, n)),
+                "open": open_,
+                "high": np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.004, n))),
+                "low": np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.004, n))),
             },
             index=index,
         )

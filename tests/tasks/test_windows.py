@@ -47,7 +47,8 @@ def test_split_boundaries_refuse_too_few_dates() -> None:
 def _frame(n: int, start: str = "2020-01-01", offset: float = 0.0) -> pd.DataFrame:
     index = pd.bdate_range(start, periods=n, name="date")
     close = 100.0 + offset + np.arange(n, dtype=float)
-    return pd.DataFrame({"close": close, "volume": 1e6 + np.arange(n)}, index=index)
+    frame = {"close": close, "volume": 1e6 + np.arange(n), "high": close + 1, "low": close - 1}
+    return pd.DataFrame(frame, index=index)
 
 
 def test_dataset_splits_every_ticker_at_the_same_dates() -> None:
