@@ -46,7 +46,7 @@ from tasks.windows import Dataset, WindowSet
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_CODE = Path(models.__file__).parent / "mlflow_model.py"
 HISTORY_PREFIX = "alias_move."
-GATED_METRICS = ("test_interval_score", "test_rmse", "naive_rmse", "skill")
+GATED_METRICS = ("test_interval_score", "test_rmse", "naive_rmse", "skill")  # the gate's first
 
 logger = logging.getLogger(__name__)
 
@@ -149,13 +149,18 @@ def decide_promotion(
     return Decision(False, "rejected", f"{verdict} on the same test windows ({both})")
 
 
-def check_metrics(metrics: dict[str, float]) -> None:
+def check_metrics(metrics: dict[str, float], intervals: bool = True) -> None:
     """Refuse to register a model whose gated metrics are missing or not finite.
+
+    Args:
+        metrics: the model's test metrics.
+        intervals: whether the model gives intervals; a point-only model (as
+            they were before intervals existed) has no interval score to check.
 
     Raises:
         ValueError: naming the metric and its value.
     """
-    for name in GATED_METRICS:
+    for name in GATED_METRICS if intervals else GATED_METRICS[1:]:
         value = metrics.get(name, float("nan"))
         if not math.isfinite(value):
             raise ValueError(f"metric {name} is {value}: refusing to register the model")
@@ -301,7 +306,7 @@ def register_forecaster(
     written, so a failing re-score registers nothing.
     """
     metrics = evaluation.metrics
-    check_metrics(metrics)
+    check_metrics(metrics, intervals=forecaster.intervals is not None)
     client = configure_mlflow(config.mlflow_uri)
     current = alias_version(client, CHAMPION)
     champion = None

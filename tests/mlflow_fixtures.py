@@ -57,3 +57,15 @@ def spoil_training(value: float) -> Callable[..., TrainedModel]:
         return trained
 
     return train
+
+
+def point_only_training() -> Callable[..., TrainedModel]:
+    """Real training without intervals: a model as they were before intervals existed."""
+    real = tasks.training.train_forecaster
+
+    def train(*args: object, **kwargs: object) -> TrainedModel:
+        trained = real(*args, **kwargs)  # type: ignore[arg-type]
+        trained.forecaster.intervals = None
+        return trained
+
+    return train

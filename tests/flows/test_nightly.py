@@ -15,6 +15,7 @@ from tasks.store import load_point_in_time
 from tasks.tracking import configure_mlflow, prices_table, table_digest
 from tasks.validate import validate_all
 from tests.conftest import read_report, tiny_config
+from tests.mlflow_fixtures import point_only_training
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -146,3 +147,40 @@ def test_a_run_that_predicts_nothing_registers_nothing(mlflow_home: Path, csv_fo
     assert report["predicted_close"].isna().all()
     assert (report["last_close"] > 0).all()
     assert report["message"].str.contains("before as_of 2021-06-01").all()
+
+
+def test_a_champion_without_intervals_is_judged_on_test_rmse(
+    mlflow_home: Path, csv_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old point-only champion still predicts (no interval numbers) and is re-scored on
+    test_rmse only; the challenger's reason says so and names both scores."""
+    config = tiny_config(mlflow_home, f"csv:{csv_folder}", ["AAA", "BBB"])
+    with monkeypatch.context() as patch:
+        patch.setattr("tasks.training.train_forecaster", point_only_training())
+        old = nightly(config)
+    old_report = read_report(old.report_path)
+    assert list(old_report["status"]) == ["ok", "ok"]
+    assert old_report[["lower_80", "upper_80", "lower_95", "upper_95"]].isna().all().all()
+
+    nightly(config)
+    client = configure_mlflow(config.mlflow_uri)
+    reason = client.get_model_version(MODEL_NAME, "2").tags["promotion_reason"]
+    assert "champion v1 has no intervals, so test_rmse decides" in reason
+    assert "vs champion v1's interval score nan, test_rmse " in reason
+
+
+def test_ok_rows_carry_ordered_intervals(mlflow_home: Path, csv_folder: Path) -> None:
+    """Every ok row has lower_95 ≤ lower_80 ≤ predicted ≤ upper_80 ≤ upper_95; others none."""
+    config = tiny_config(mlflow_home, f"csv:{csv_folder}", ["AAA", "BBB", "SHORT"])
+    result = nightly(config)
+    report = read_report(result.report_path)
+    bounds = ["lower_95", "lower_80", "predicted_close", "upper_80", "upper_95"]
+    ok = report[report["status"] == "ok"]
+    assert len(ok) == 2
+    assert (ok[bounds].diff(axis=1).iloc[:, 1:] >= 0).all().all()
+    assert report.loc[report["status"] != "ok", bounds].isna().all().all()
+    run = configure_mlflow(config.mlflow_uri).get_run(result.run_id)
+    for name in ("coverage_80", "coverage_95", "interval_score_95", "baseline_interval_score_95",
+                 "interval_skill_95", "test_interval_score", "skill_pvalue"):  # fmt: skip
+        assert np.isfinite(run.data.metrics[name]), name
+    assert 0 <= run.data.metrics["skill_pvalue"] <= 1

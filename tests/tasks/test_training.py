@@ -145,3 +145,50 @@ def test_training_needs_validation_windows() -> None:
     broken = Dataset(**{**data.__dict__, "validation": empty})
     with pytest.raises(ValueError, match="validation windows"):
         train_forecaster(broken, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
+
+
+def test_intervals_are_ordered_and_never_zero_width_on_real_data(
+    sp500_frames: dict[str, pd.DataFrame],
+) -> None:
+    """On real S&P 500 prices every forecast is ordered
+    lower_95 ≤ lower_80 ≤ predicted ≤ upper_80 ≤ upper_95, with positive width, for every
+    ticker of the file, whether the model trained on it or not."""
+    from tasks.features import compute_features
+    from tasks.validate import validate_all
+    from tasks.windows import window_columns
+
+    validated = validate_all(sp500_frames).frames
+    config = WindowConfig()
+    columns = window_columns(config.features)
+    trained_on = {t: compute_features(validated[t], columns) for t in ("AAPL", "XOM", "GE", "F")}
+    as_of = max(f.index[-1] for f in trained_on.values()).date()
+    data = build_dataset(trained_on, config, as_of)
+    forecaster = train_forecaster(
+        data, LSTMConfig(hidden_size=8), TrainConfig(epochs=2, device="cpu")
+    ).forecaster
+    assert forecaster.intervals is not None and forecaster.intervals.calibration.n > 1000
+
+    everyone = {t: compute_features(f, columns) for t, f in validated.items() if len(f) > 20}
+    latest = build_dataset(everyone, config, as_of).latest
+    forecast = forecaster.predict_distribution(latest.windows, latest.tickers)
+    ordered = np.stack(
+        [forecast[c] for c in ("lower_95", "lower_80", "predicted_close", "upper_80", "upper_95")]
+    )  # (5, N)
+    assert len(latest) > 480 and np.isfinite(ordered).all()
+    assert (np.diff(ordered, axis=0) >= 0).all()
+    assert (forecast["upper_80"] - forecast["lower_80"] > 0).all()
+
+
+def test_a_flat_window_gets_the_volatility_floor_not_a_zero_width_interval() -> None:
+    """A halted series (every price equal, high = low) still gets an interval of positive width."""
+    frames = _frames()
+    data = build_dataset(frames, WindowConfig(), frames["AAA"].index[-1].date())
+    forecaster = train_forecaster(
+        data, LSTMConfig(hidden_size=8), TrainConfig(epochs=1, device="cpu")
+    ).forecaster
+    flat = np.full((1, 10, len(data.columns)), 50.0)  # (1, T, C): close, volume, open, high, low
+    flat[:, :, data.columns.index("volume")] = 1e5
+    forecast = forecaster.predict_distribution(flat, np.array(["AAA"], dtype=object))
+    assert forecast["lower_95"][0] < forecast["lower_80"][0] < 50.0 * 1.0001
+    assert forecast["upper_95"][0] > forecast["upper_80"][0] > 50.0 * 0.9999
+    assert forecast["upper_80"][0] - forecast["lower_80"][0] > 50.0 * 1e-4
