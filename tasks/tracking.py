@@ -2,11 +2,13 @@
 
 import hashlib
 import re
+import socket
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 import numpy as np
@@ -21,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from requests.utils import get_environ_proxies
 
 from closecast.config import PipelineConfig
 from closecast.errors import PipelineError
@@ -32,6 +35,9 @@ from tasks.windows import Dataset
 
 MAX_PARAM_LENGTH = 6000
 PLOTTED_TICKERS = 6  # predicted-vs-actual PNGs per run: all tickers up to this many
+# A refused connection to the tracking server is tried again after each wait, then reported.
+REFUSED_WAITS_S = (1.0, 2.0, 4.0)
+CONNECT_TIMEOUT_S = 10.0
 
 
 def configure_mlflow(tracking_uri: str) -> MlflowClient:
@@ -41,8 +47,11 @@ def configure_mlflow(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def unreachable(tracking_uri: str, exc: Exception) -> PipelineError:
-    """One line saying MLflow at `tracking_uri` cannot be reached, and why."""
+def unreachable(tracking_uri: str, exc: Exception, retries: int | None = None) -> PipelineError:
+    """One line saying MLflow at `tracking_uri` cannot be reached, and why.
+
+    `retries` defaults to MLflow's own MLFLOW_HTTP_REQUEST_MAX_RETRIES.
+    """
     text = str(exc)
     cause = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", text)
     if cause:
@@ -51,19 +60,54 @@ def unreachable(tracking_uri: str, exc: Exception) -> PipelineError:
         why = "no answer"
     else:
         why = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
-    retries = ""
+    after = ""
     if tracking_uri.startswith(("http:", "https:")):
-        retries = f" after {MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries"
-    return PipelineError(f"MLflow at {tracking_uri} cannot be reached{retries}: {why}")
+        count = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() if retries is None else retries
+        after = f" after {count} retries"
+    return PipelineError(f"MLflow at {tracking_uri} cannot be reached{after}: {why}")
+
+
+def refuse_fast(tracking_uri: str, waits_s: tuple[float, ...] = REFUSED_WAITS_S) -> None:
+    """Fail within seconds when the port of the tracking server refuses connections.
+
+    MLflow retries a refused connection like any other failure: 7 retries
+    with exponential backoff, over four minutes. A refusal is the host's
+    definite answer, so its port is tried directly, again after each of
+    `waits_s` (a server restarting has those seconds), and then reported.
+    A port that accepts, a connect that times out, a proxy in the way or a
+    user's own MLFLOW_HTTP_REQUEST_MAX_RETRIES leave it to MLflow's retries.
+
+    Raises:
+        PipelineError: the port refused every try.
+    """
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if MLFLOW_HTTP_REQUEST_MAX_RETRIES.is_set() or get_environ_proxies(tracking_uri):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for wait_s in (*waits_s, None):
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S):
+                return
+        except ConnectionRefusedError as exc:
+            refused = exc
+        except OSError:  # no route, DNS, timeout: maybe transient, MLflow's retries decide
+            return
+        if wait_s is not None:
+            time.sleep(wait_s)
+    raise unreachable(tracking_uri, refused, retries=len(waits_s))
 
 
 def connect_mlflow(tracking_uri: str) -> MlflowClient:
     """A client for `tracking_uri` that has answered once.
 
-    MLflow retries each HTTP request (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-    MLFLOW_HTTP_REQUEST_TIMEOUT); when it still gets no answer this raises
-    one PipelineError line instead of a page of urllib3 errors.
+    A refused connection is reported within seconds (`refuse_fast`); a
+    server that accepts but does not answer gets MLflow's own retries
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT). Either
+    way the failure is one PipelineError line, not a page of urllib3 errors.
     """
+    refuse_fast(tracking_uri)
     client = configure_mlflow(tracking_uri)
     try:
         client.search_experiments(max_results=1)

@@ -1,4 +1,7 @@
 import io
+import re
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +147,35 @@ def test_connect_mlflow_gives_up_after_the_configured_retries(
         PipelineError, match=r"cannot be reached after 0 retries: Connection refused"
     ):
         connect_mlflow(uri)
+
+
+def test_connect_mlflow_reports_a_refused_connection_within_20_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nobody listening, MLflow's retry settings left alone: one line well within 20 s."""
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(PipelineError) as raised:
+        connect_mlflow(uri)
+    assert time.monotonic() - start < 20
+    assert re.fullmatch(
+        rf"MLflow at {re.escape(uri)} cannot be reached after \d+ retries: Connection refused",
+        str(raised.value),
+    )
+
+
+def test_connect_mlflow_keeps_mlflow_retries_for_a_server_that_accepts_but_is_silent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A port that accepts connections is left to MLflow's own (bounded) retries."""
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    with socket.socket() as silent:  # listens, never answers: connections wait in the backlog
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(PipelineError, match=r"cannot be reached after 7 retries: no answer"):
+            connect_mlflow(uri)
