@@ -1,6 +1,8 @@
 """MLflow tracking: one run per pipeline run, its params, tags, metrics, data and plots."""
 
 import hashlib
+import logging
+import os
 import re
 import socket
 import time
@@ -20,7 +22,7 @@ from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from requests.utils import get_environ_proxies
@@ -33,11 +35,18 @@ from tasks.training import TrainedModel
 from tasks.validate import ValidatedPrices
 from tasks.windows import Dataset
 
+logger = logging.getLogger(__name__)
+
 MAX_PARAM_LENGTH = 6000
 PLOTTED_TICKERS = 6  # predicted-vs-actual PNGs per run: all tickers up to this many
 # A refused connection to the tracking server is tried again after each wait, then reported.
 REFUSED_WAITS_S = (1.0, 2.0, 4.0)
 CONNECT_TIMEOUT_S = 10.0
+# Who runs a run: a RUNNING run whose process is gone was killed (see mark_killed_runs).
+PID_TAG = "closecast.pid"
+HOST_TAG = "closecast.host"
+KILLED_TAG = "closecast.killed_reason"
+_OPEN_RUNS: set[str] = set()  # runs open in this process
 
 
 def configure_mlflow(tracking_uri: str) -> MlflowClient:
@@ -156,24 +165,73 @@ def tracking_run(config: PipelineConfig, run_name: str, tags: dict[str, str]) ->
     """Open an MLflow run for the block; FINISHED when it ends, FAILED if it raises.
 
     The run carries the full configuration twice: as dotted params (to
-    compare runs) and as the exact `config.json` artifact.
+    compare runs) and as the exact `config.json` artifact, and the pid and
+    host of its process, so a later run can tell it was killed.
 
     Raises:
         PipelineError: when MLflow cannot be reached (before anything is trained).
     """
     client = connect_mlflow(config.mlflow_uri)
     experiment_id = ensure_experiment(client, config.experiment, artifact_location(config))
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    owner = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, **owner})
     run_id = run.info.run_id
-    exact = config.model_dump(mode="json")
-    client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(exact).items()])
-    client.log_dict(run_id, exact, "config.json")
+    _OPEN_RUNS.add(run_id)
     try:
+        mark_killed_runs(client, experiment_id, run_id)
+        exact = config.model_dump(mode="json")
+        client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(exact).items()])
+        client.log_dict(run_id, exact, "config.json")
         yield run_id
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    else:
+        client.set_terminated(run_id, "FINISHED")
+    finally:
+        _OPEN_RUNS.discard(run_id)
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process `pid` exists on this host (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def mark_killed_runs(client: MlflowClient, experiment_id: str, by_run_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of the experiment whose process is gone; their ids.
+
+    A run killed with `kill -9` (or a lost machine) never ends itself. A run
+    is judged only by its own `closecast.pid`/`closecast.host` tags and only
+    on the host that started it: a run whose process still exists (another
+    run going on right now) or that runs elsewhere is left alone. The
+    process's own pid counts as gone unless the run is open in this process:
+    in a container every run may get the same pid.
+    """
+    host = socket.gethostname()
+    killed = []
+    running = client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    for run in running:
+        run_id, tags = run.info.run_id, run.data.tags
+        pid = tags.get(PID_TAG, "")
+        if run_id in _OPEN_RUNS or tags.get(HOST_TAG) != host or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and not process_gone(int(pid)):
+            continue
+        reason = f"found RUNNING by run {by_run_id}: its process {pid} on {host} no longer exists"
+        note = {} if MLFLOW_RUN_NOTE in tags else {MLFLOW_RUN_NOTE: reason}
+        set_tags(client, run_id, {KILLED_TAG: reason, **note})
+        client.set_terminated(run_id, "KILLED")
+        logger.warning("marked MLflow run %s KILLED: %s", run_id, reason)
+        killed.append(run_id)
+    return killed
 
 
 def log_metrics(
