@@ -160,6 +160,7 @@ def test_connect_mlflow_reports_a_refused_connection_within_20_s(
 ) -> None:
     """Nobody listening, MLflow's retry settings left alone: one line well within 20 s."""
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")  # a proxy would leave it to MLflow
     uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(PipelineError) as raised:
@@ -176,6 +177,7 @@ def test_connect_mlflow_keeps_mlflow_retries_for_a_server_that_accepts_but_is_si
 ) -> None:
     """A port that accepts connections is left to MLflow's own (bounded) retries."""
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")  # a proxy would leave it to MLflow
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
