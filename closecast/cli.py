@@ -529,8 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     # No telemetry from the embedded Prefect server: this runs unattended, often offline.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     _quiet_noise()
+    from closecast.prefect_api import temporary_api
+
     try:
-        app(args=argv, standalone_mode=False)
+        with temporary_api(sys.argv[1:] if argv is None else argv):  # dies with us, even on kill -9
+            app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:

@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,23 @@ def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 20.0) 
             continue
 
 
+def server_environment(host: str, port: int, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment for `prefect server start` on host:port, whose UI calls that API.
+
+    `--port` moves only the API: the UI's API address comes from
+    PREFECT_SERVER_UI_API_URL, else PREFECT_API_URL, else
+    PREFECT_SERVER_API_HOST and _PORT (4200). A UI API URL the user set
+    (behind a proxy) is kept; a PREFECT_API_URL is dropped, it is not this server.
+    """
+    env = {**base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    env["PREFECT_SERVER_API_HOST"] = host
+    env["PREFECT_SERVER_API_PORT"] = str(port)
+    if not (env.get("PREFECT_SERVER_UI_API_URL") or env.get("PREFECT_UI_API_URL")):
+        env["PREFECT_SERVER_UI_API_URL"] = f"http://{host}:{port}/api"
+    return env
+
+
 @contextmanager
 def local_server(
     port: int, log_path: Path, host: str = "127.0.0.1", timeout_s: float = STARTUP_TIMEOUT_S
@@ -77,8 +94,7 @@ def local_server(
             return
         raise InputError(f"port {port} is in use by something other than a Prefect server")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
+    env = server_environment(host, port, os.environ)
     command = [sys.executable, "-m", "prefect", "server", "start"]
     command += ["--host", host, "--port", str(port), "--analytics-off"]
     with log_path.open("ab") as log:

@@ -15,7 +15,7 @@ from closecast.errors import PipelineError
 from closecast.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
 from models.forecaster import Forecaster, prediction_table
 from tasks.features import latest_rows
-from tasks.tracking import configure_mlflow
+from tasks.tracking import connect_mlflow
 
 CHAMPION = "champion"
 _VERSION_METRICS = ("test_rmse", "naive_rmse", "skill")
@@ -44,9 +44,9 @@ def require_champion(tracking_uri: str) -> ModelVersion:
     """The registry version behind alias `champion`.
 
     Raises:
-        PipelineError: when the registry has no `champion` alias.
+        PipelineError: when MLflow cannot be reached or the registry has no `champion` alias.
     """
-    client = configure_mlflow(tracking_uri)
+    client = connect_mlflow(tracking_uri)
     try:
         return client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     except MlflowException:

@@ -86,13 +86,33 @@ def write_prices(prices_dir: Path, ticker: str, frame: pd.DataFrame) -> Path:
     return path
 
 
+def _current_umask() -> int:
+    """The process umask, read from /proc where it can be: setting it to read it (the
+    only portable way) would briefly change it for every thread of the process."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    for line in status.splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, write) -> None:  # type: ignore[no-untyped-def]
-    """Call `write(tmp_path)` then rename over `path`; nothing half-written survives."""
+    """Call `write(tmp_path)` then rename over `path`; nothing half-written survives.
+
+    mkstemp makes its file 0600; the result gets the mode any new file gets
+    (0666 less the umask), so reports and prices are as readable as the rest.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

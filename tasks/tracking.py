@@ -1,12 +1,16 @@
 """MLflow tracking: one run per pipeline run, its params, tags, metrics, data and plots."""
 
 import hashlib
+import logging
+import os
 import re
+import socket
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 import numpy as np
@@ -18,9 +22,10 @@ from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from requests.utils import get_environ_proxies
 
 from closecast.config import PipelineConfig
 from closecast.errors import PipelineError
@@ -30,8 +35,18 @@ from tasks.training import TrainedModel
 from tasks.validate import ValidatedPrices
 from tasks.windows import Dataset
 
+logger = logging.getLogger(__name__)
+
 MAX_PARAM_LENGTH = 6000
 PLOTTED_TICKERS = 6  # predicted-vs-actual PNGs per run: all tickers up to this many
+# A refused connection to the tracking server is tried again after each wait, then reported.
+REFUSED_WAITS_S = (1.0, 2.0, 4.0)
+CONNECT_TIMEOUT_S = 10.0
+# Who runs a run: a RUNNING run whose process is gone was killed (see mark_killed_runs).
+PID_TAG = "closecast.pid"
+HOST_TAG = "closecast.host"
+KILLED_TAG = "closecast.killed_reason"
+_OPEN_RUNS: set[str] = set()  # runs open in this process
 
 
 def configure_mlflow(tracking_uri: str) -> MlflowClient:
@@ -41,8 +56,11 @@ def configure_mlflow(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def unreachable(tracking_uri: str, exc: Exception) -> PipelineError:
-    """One line saying MLflow at `tracking_uri` cannot be reached, and why."""
+def unreachable(tracking_uri: str, exc: Exception, retries: int | None = None) -> PipelineError:
+    """One line saying MLflow at `tracking_uri` cannot be reached, and why.
+
+    `retries` defaults to MLflow's own MLFLOW_HTTP_REQUEST_MAX_RETRIES.
+    """
     text = str(exc)
     cause = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", text)
     if cause:
@@ -51,19 +69,54 @@ def unreachable(tracking_uri: str, exc: Exception) -> PipelineError:
         why = "no answer"
     else:
         why = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
-    retries = ""
+    after = ""
     if tracking_uri.startswith(("http:", "https:")):
-        retries = f" after {MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries"
-    return PipelineError(f"MLflow at {tracking_uri} cannot be reached{retries}: {why}")
+        count = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() if retries is None else retries
+        after = f" after {count} retries"
+    return PipelineError(f"MLflow at {tracking_uri} cannot be reached{after}: {why}")
+
+
+def refuse_fast(tracking_uri: str, waits_s: tuple[float, ...] = REFUSED_WAITS_S) -> None:
+    """Fail within seconds when the port of the tracking server refuses connections.
+
+    MLflow retries a refused connection like any other failure: 7 retries
+    with exponential backoff, over four minutes. A refusal is the host's
+    definite answer, so its port is tried directly, again after each of
+    `waits_s` (a server restarting has those seconds), and then reported.
+    A port that accepts, a connect that times out, a proxy in the way or a
+    user's own MLFLOW_HTTP_REQUEST_MAX_RETRIES leave it to MLflow's retries.
+
+    Raises:
+        PipelineError: the port refused every try.
+    """
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if MLFLOW_HTTP_REQUEST_MAX_RETRIES.is_set() or get_environ_proxies(tracking_uri):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for wait_s in (*waits_s, None):
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S):
+                return
+        except ConnectionRefusedError as exc:
+            refused = exc
+        except OSError:  # no route, DNS, timeout: maybe transient, MLflow's retries decide
+            return
+        if wait_s is not None:
+            time.sleep(wait_s)
+    raise unreachable(tracking_uri, refused, retries=len(waits_s))
 
 
 def connect_mlflow(tracking_uri: str) -> MlflowClient:
     """A client for `tracking_uri` that has answered once.
 
-    MLflow retries each HTTP request (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-    MLFLOW_HTTP_REQUEST_TIMEOUT); when it still gets no answer this raises
-    one PipelineError line instead of a page of urllib3 errors.
+    A refused connection is reported within seconds (`refuse_fast`); a
+    server that accepts but does not answer gets MLflow's own retries
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT). Either
+    way the failure is one PipelineError line, not a page of urllib3 errors.
     """
+    refuse_fast(tracking_uri)
     client = configure_mlflow(tracking_uri)
     try:
         client.search_experiments(max_results=1)
@@ -112,24 +165,73 @@ def tracking_run(config: PipelineConfig, run_name: str, tags: dict[str, str]) ->
     """Open an MLflow run for the block; FINISHED when it ends, FAILED if it raises.
 
     The run carries the full configuration twice: as dotted params (to
-    compare runs) and as the exact `config.json` artifact.
+    compare runs) and as the exact `config.json` artifact, and the pid and
+    host of its process, so a later run can tell it was killed.
 
     Raises:
         PipelineError: when MLflow cannot be reached (before anything is trained).
     """
     client = connect_mlflow(config.mlflow_uri)
     experiment_id = ensure_experiment(client, config.experiment, artifact_location(config))
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    owner = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, **owner})
     run_id = run.info.run_id
-    exact = config.model_dump(mode="json")
-    client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(exact).items()])
-    client.log_dict(run_id, exact, "config.json")
+    _OPEN_RUNS.add(run_id)
     try:
+        mark_killed_runs(client, experiment_id, run_id)
+        exact = config.model_dump(mode="json")
+        client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(exact).items()])
+        client.log_dict(run_id, exact, "config.json")
         yield run_id
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    else:
+        client.set_terminated(run_id, "FINISHED")
+    finally:
+        _OPEN_RUNS.discard(run_id)
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process `pid` exists on this host (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def mark_killed_runs(client: MlflowClient, experiment_id: str, by_run_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of the experiment whose process is gone; their ids.
+
+    A run killed with `kill -9` (or a lost machine) never ends itself. A run
+    is judged only by its own `closecast.pid`/`closecast.host` tags and only
+    on the host that started it: a run whose process still exists (another
+    run going on right now) or that runs elsewhere is left alone. The
+    process's own pid counts as gone unless the run is open in this process:
+    in a container every run may get the same pid.
+    """
+    host = socket.gethostname()
+    killed = []
+    running = client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    for run in running:
+        run_id, tags = run.info.run_id, run.data.tags
+        pid = tags.get(PID_TAG, "")
+        if run_id in _OPEN_RUNS or tags.get(HOST_TAG) != host or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and not process_gone(int(pid)):
+            continue
+        reason = f"found RUNNING by run {by_run_id}: its process {pid} on {host} no longer exists"
+        note = {} if MLFLOW_RUN_NOTE in tags else {MLFLOW_RUN_NOTE: reason}
+        set_tags(client, run_id, {KILLED_TAG: reason, **note})
+        client.set_terminated(run_id, "KILLED")
+        logger.warning("marked MLflow run %s KILLED: %s", run_id, reason)
+        killed.append(run_id)
+    return killed
 
 
 def log_metrics(

@@ -1,8 +1,10 @@
+import time
 from pathlib import Path
 
 import pytest
 
 from closecast.cli import main
+from tests.mlflow_fixtures import free_port
 
 
 @pytest.mark.parametrize(
@@ -46,3 +48,25 @@ def test_predict_without_a_champion_exits_1_and_writes_no_report(
     assert err.splitlines()[-1].startswith("closecast: pipeline failed: no champion version")
     assert "Traceback" not in err
     assert not (home / "reports").exists() and not (home / "prices").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["models"], ["predict", "--source", "sample"]], ids=["models", "predict"]
+)
+def test_a_refused_tracking_server_exits_1_within_20_s(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """MLFLOW_TRACKING_URI on a port nobody listens on: exit 1, one line, in under 20 s."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")  # a proxy would leave it to MLflow
+    start = time.monotonic()
+    assert main([*command, "--home", str(tmp_path / "home")]) == 1
+    assert time.monotonic() - start < 20
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"closecast: pipeline failed: MLflow at {uri} cannot be reached")
+    assert line.endswith("Connection refused")

@@ -9,6 +9,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prefect.settings import Settings
+
+from closecast.serve import server_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +70,8 @@ def test_serve_starts_a_server_serves_three_deployments_and_stops_it(
         assert schedule["schedule"]["timezone"] == "America/New_York"
         assert found["predict"]["schedules"] == found["backfill"]["schedules"] == []
         assert found["nightly"]["parameters"]["config"]["data"]["source"] == f"csv:{csv_folder}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=5) as page:
+            assert json.load(page)["api_url"] == api  # the UI calls this server, not port 4200
     finally:
         serve.send_signal(signal.SIGINT)
         output, _ = serve.communicate(timeout=60)
@@ -76,3 +81,28 @@ def test_serve_starts_a_server_serves_three_deployments_and_stops_it(
     assert not _group_alive(server_pid)  # the server leads its own process group
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{api}/health", timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("user", "ui_api"),
+    [
+        ({}, "http://127.0.0.1:4321/api"),
+        ({"PREFECT_API_URL": "http://elsewhere:4200/api"}, "http://127.0.0.1:4321/api"),
+        ({"PREFECT_UI_API_URL": "https://proxy.example/api"}, "https://proxy.example/api"),
+    ],
+)
+def test_the_local_server_ui_calls_the_api_on_its_port(
+    monkeypatch: pytest.MonkeyPatch, user: dict[str, str], ui_api: str
+) -> None:
+    """Prefect's settings under serve's environment: API on --port, UI calling it."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "PREFECT_UI"))}
+    env = server_environment("127.0.0.1", 4321, {**base, **user})
+    assert "PREFECT_API_URL" not in env  # another server's address is not this one's
+    for name in list(os.environ):
+        if name.startswith("PREFECT_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert (settings.server.api.host, settings.server.api.port) == ("127.0.0.1", 4321)
+    assert settings.server.ui.api_url == ui_api

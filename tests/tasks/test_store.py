@@ -1,3 +1,5 @@
+import os
+import stat
 import threading
 from datetime import date
 from pathlib import Path
@@ -75,6 +77,19 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> N
         write_atomic(path, write_half_then_fail)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    """A file written atomically has 0o666 less the umask, like any other new file."""
+    previous = os.umask(umask)
+    try:
+        written = write_prices(tmp_path, "AAA", _prices(5))
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(written.stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == mode
 
 
 def test_unreadable_file_is_named(tmp_path: Path) -> None:

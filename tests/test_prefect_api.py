@@ -1,0 +1,160 @@
+"""The temporary Prefect API of a CLI command: started for flow commands, gone with the command."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from closecast.prefect_api import runs_a_flow, temporary_api
+
+ROOT = Path(__file__).resolve().parents[1]
+PROC = Path("/proc")
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is `pid`, from /proc."""
+    found = []
+    for stat in PROC.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _servers_of(parent: int) -> list[int]:
+    """The temporary API servers started by process `parent`, wherever they are now."""
+    return [
+        int(p.name)
+        for p in PROC.glob("[0-9]*")
+        if re.search(rf"closecast\.prefect_api \d+ {parent} ", _cmdline(int(p.name)))
+    ]
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie waiting for its (new) parent to reap it."""
+    try:
+        state = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _server_of(pid: int, timeout_s: float) -> tuple[int, int]:
+    """The pid and port of the API server `pid` started, once it answers."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in _children(pid):
+            port = re.search(r"--port (\d+)", _cmdline(child))
+            if port and _healthy(int(port.group(1))):
+                return child, int(port.group(1))
+        time.sleep(0.2)
+    raise AssertionError(f"no Prefect API server under pid {pid} within {timeout_s:.0f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PROC.is_dir(), reason="reads processes from /proc")
+def test_the_temporary_api_dies_with_a_killed_command(tmp_path: Path) -> None:
+    """`kill -9` of a running `closecast run` leaves no Prefect API server behind."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    command = [sys.executable, "-m", "closecast.cli", "run", "--source", "sample"]
+    command += ["--home", str(tmp_path / "home"), "--epochs", "20", "--hidden", "8"]
+    cli = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    server = None
+    try:
+        server, _ = _server_of(cli.pid, timeout_s=120)
+        cli.send_signal(signal.SIGKILL)
+        cli.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while _running(server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(server), f"the API server {server} outlived its command"
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        if server is not None and _running(server):
+            os.kill(server, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("argv", "runs"),
+    [
+        (["run", "--source", "sample"], True),
+        (["predict"], True),
+        (["backfill", "--start", "2024-01-02", "--end", "2024-01-03"], True),
+        (["fetch"], True),
+        (["run", "--help"], False),
+        (["models"], False),
+        (["promote", "1"], False),
+        (["serve"], False),  # serve starts a full Prefect server of its own
+        (["--help"], False),
+        ([], False),
+    ],
+)
+def test_only_flow_commands_get_a_temporary_api(argv: list[str], runs: bool) -> None:
+    """run, predict, backfill and fetch need a Prefect API; nothing else starts one."""
+    assert runs_a_flow(argv) is runs
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_configured_api_is_used_as_it_is() -> None:
+    """With a Prefect API configured (here the test harness) nothing is started."""
+    with temporary_api(["run"]) as url:
+        assert url is None
+    assert _servers_of(os.getpid()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PROC.is_dir(), reason="reads processes from /proc")
+def test_a_finished_command_stops_its_api_after_sending_its_logs(tmp_path: Path) -> None:
+    """A command that ends normally stops its server; no log is lost, no dead UI link shown."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    command = [
+        sys.executable,
+        "-m",
+        "closecast.cli",
+        "fetch",
+        "--source",
+        "sample",
+        "--tickers",
+        "^GSPC",
+    ]
+    command += ["--home", str(tmp_path / "home")]
+    cli = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    out, err = cli.communicate(timeout=180)
+    assert cli.returncode == 0, err
+    assert "^GSPC: " in out
+    assert "Error logging to API" not in err and "View at" not in err
+    assert [pid for pid in _servers_of(cli.pid) if _running(pid)] == []
