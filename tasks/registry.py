@@ -432,7 +432,7 @@ def promote_version(tracking_uri: str, version: str, by: str, reason: str) -> Al
 
 def version_table(client: MlflowClient) -> pd.DataFrame:
     """One row per registered version, newest first: what `closecast models` prints."""
-    columns = ["version", "aliases", "created", "test_rmse", "naive_rmse", "skill", "promotion"]
+    columns = ["version", "aliases", "created", *GATED_METRICS, "promotion"]
     aliases: dict[str, list[str]] = {}
     for alias, version in sorted(current_aliases(client).items()):
         aliases.setdefault(version, []).append(alias)

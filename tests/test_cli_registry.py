@@ -11,7 +11,10 @@ from tasks.registry import alias_history, current_aliases, move_alias
 from tasks.tracking import configure_mlflow
 from tests.mlflow_fixtures import free_port
 
-METRICS = {"1": ("0.0132", "0.0123", "-0.0732"), "2": ("0.0488", "0.0123", "-2.96")}
+METRICS = {
+    "1": ("0.0301", "0.0132", "0.0123", "-0.0732"),
+    "2": ("0.0802", "0.0488", "0.0123", "-2.96"),
+}
 
 
 def make_registry(home: Path) -> MlflowClient:
@@ -19,8 +22,9 @@ def make_registry(home: Path) -> MlflowClient:
     client = configure_mlflow(f"sqlite:///{home / 'mlflow.db'}")
     client.create_registered_model(MODEL_NAME)
     for version, promotion in (("1", "champion"), ("2", "rejected")):
-        rmse, naive, skill = METRICS[version]
-        tags = {"promotion": promotion, "test_rmse": rmse, "naive_rmse": naive, "skill": skill}
+        score, rmse, naive, skill = METRICS[version]
+        tags = {"promotion": promotion, "test_interval_score": score, "test_rmse": rmse}
+        tags |= {"naive_rmse": naive, "skill": skill}
         client.create_model_version(MODEL_NAME, source=str(home / "model"), tags=tags)
     move_alias(client, "challenger", "1", "nightly run a", "newly trained version")
     move_alias(client, "champion", "1", "nightly run a", "first version")
@@ -36,13 +40,14 @@ def test_models_prints_versions_aliases_metrics_and_promotion(
     assert main(["models", "--home", str(mlflow_home)]) == 0
     header, *rows = capsys.readouterr().out.strip().splitlines()
     assert header.split() == [
-        "version", "aliases", "created", "test_rmse", "naive_rmse", "skill", "promotion"
+        "version", "aliases", "created", "test_interval_score", "test_rmse", "naive_rmse", "skill",
+        "promotion",
     ]  # fmt: skip
     today = datetime.now(UTC).date().isoformat()
     assert [r.split()[:2] for r in rows] == [["2", "challenger"], ["1", "champion"]]
     assert rows[0].split()[2] == today
-    assert rows[0].split()[-4:] == [*METRICS["2"], "rejected"]
-    assert rows[1].split()[-4:] == [*METRICS["1"], "champion"]
+    assert rows[0].split()[-5:] == [*METRICS["2"], "rejected"]
+    assert rows[1].split()[-5:] == [*METRICS["1"], "champion"]
 
 
 def test_promote_then_roll_back_is_recorded(

@@ -93,7 +93,7 @@ def test_validate_all_tables_counts_and_flags_empty_tickers() -> None:
     assert table == {("GOOD", "non_finite_price"): 2, ("BAD", "bad_volume"): 3}
     assert set(result.frames) == {"GOOD"}
     assert result.issues["BAD"][0] == INVALID_DATA
-    assert "all 3 rows" in result.issues["BAD"][1]
+    assert result.issues["BAD"][1] == "all 3 price rows failed validation: 3 bad_volume"
 
 
 def test_clean_data_drops_nothing() -> None:
