@@ -9,6 +9,7 @@ import pytest
 from closecast.config import MODEL_NAME
 from closecast.errors import PipelineError
 from flows.nightly import nightly
+from models.forecaster import OUTPUT_COLUMNS
 from tasks.features import latest_rows
 from tasks.report import REPORT_COLUMNS
 from tasks.store import load_point_in_time
@@ -109,16 +110,7 @@ def test_second_run_is_a_challenger_and_report_matches_pyfunc(
     assert model.metadata.saved_input_example_info is not None
     prices = load_point_in_time(config.prices_dir, ["AAA", "BBB"], None)
     predicted = model.predict(latest_rows(prices.frames, ["AAA", "BBB"], 10))
-    assert list(predicted.columns) == [
-        "ticker",
-        "predicted_close",
-        "lower_80",
-        "upper_80",
-        "lower_95",
-        "upper_95",
-        "status",
-        "message",
-    ]
+    assert list(predicted.columns) == list(OUTPUT_COLUMNS)
     assert set(predicted["status"]) == {"ok"}
     assert list(predicted["ticker"]) == list(report["ticker"])
     np.testing.assert_allclose(

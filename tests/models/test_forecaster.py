@@ -8,7 +8,7 @@ import torch
 from closecast import statuses
 from models import forecaster as forecaster_module
 from models.encoding import Encoding
-from models.forecaster import Forecaster
+from models.forecaster import OUTPUT_COLUMNS, Forecaster
 from models.lstm import LSTMConfig, LSTMForecaster
 
 FEATURES = ("close", "volume", "open")
@@ -122,16 +122,7 @@ def test_no_rows_give_an_empty_table_with_every_column() -> None:
     """Empty in, empty out, with the columns a reader matches by name."""
     predicted = _forecaster().predict_frame(_rows(["AAA"]).iloc[:0])
     assert predicted.empty
-    assert list(predicted.columns) == [
-        "ticker",
-        "predicted_close",
-        "lower_80",
-        "upper_80",
-        "lower_95",
-        "upper_95",
-        "status",
-        "message",
-    ]
+    assert list(predicted.columns) == list(OUTPUT_COLUMNS)
 
 
 def test_a_missing_feature_column_is_refused_naming_it() -> None:

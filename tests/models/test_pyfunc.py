@@ -14,7 +14,7 @@ from mlflow.pyfunc import PyFuncModel
 
 from closecast.config import MODEL_NAME
 from models.encoding import Encoding
-from models.forecaster import Forecaster
+from models.forecaster import OUTPUT_COLUMNS, Forecaster
 from models.lstm import LSTMConfig, LSTMForecaster
 from tasks.registry import log_forecaster
 from tasks.tracking import configure_mlflow
@@ -90,16 +90,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path) -> I
 
 
 def _assert_all_ok(predicted: pd.DataFrame, expected: dict[str, float]) -> None:
-    assert list(predicted.columns) == [
-        "ticker",
-        "predicted_close",
-        "lower_80",
-        "upper_80",
-        "lower_95",
-        "upper_95",
-        "status",
-        "message",
-    ]
+    assert list(predicted.columns) == list(OUTPUT_COLUMNS)
     assert list(predicted["ticker"]) == sorted(expected)
     assert list(predicted["status"]) == ["ok"] * len(expected)
     assert list(predicted["message"]) == [""] * len(expected)
@@ -200,14 +191,5 @@ def test_an_unreadable_date_marks_only_its_ticker(logged: Logged) -> None:
 def test_the_output_signature_lists_status_and_message(logged: Logged) -> None:
     """The logged output schema says what predict returns, column for column."""
     outputs = logged.default_model.metadata.get_output_schema()
-    assert outputs.input_names() == [
-        "ticker",
-        "predicted_close",
-        "lower_80",
-        "upper_80",
-        "lower_95",
-        "upper_95",
-        "status",
-        "message",
-    ]
+    assert outputs.input_names() == list(OUTPUT_COLUMNS)
     assert logged.default_model.metadata.saved_input_example_info is not None

@@ -13,7 +13,7 @@ import tasks.report
 from closecast.config import MODEL_NAME, PipelineConfig
 from flows.nightly import NightlyResult, nightly
 from models.encoding import Encoding
-from models.forecaster import Forecaster
+from models.forecaster import OUTPUT_COLUMNS, Forecaster
 from models.lstm import LSTMConfig, LSTMForecaster
 from tasks.evaluation import Evaluation, score_distribution
 from tasks.features import compute_features
@@ -123,16 +123,7 @@ def test_signature_lists_the_models_own_columns_under_each_accepted_name() -> No
     default = signature(_forecaster(("close", "volume", "open")))
     assert {"volume", "Volume", "open", "Open"} <= set(default.inputs.input_names())
     assert not {"high", "low"} & {n.lower() for n in default.inputs.input_names()}
-    assert default.outputs.input_names() == [
-        "ticker",
-        "predicted_close",
-        "lower_80",
-        "upper_80",
-        "lower_95",
-        "upper_95",
-        "status",
-        "message",
-    ]
+    assert default.outputs.input_names() == list(OUTPUT_COLUMNS)
 
 
 def test_example_input_is_one_tickers_rows_in_the_models_columns() -> None:
@@ -157,16 +148,7 @@ def test_predict_next_on_no_rows_returns_every_output_column() -> None:
     """No ticker to predict: an empty table with the same columns, registry untouched."""
     empty = predict_next.fn("sqlite:///unused.db", "1", pd.DataFrame())
     assert empty.empty
-    assert list(empty.columns) == [
-        "ticker",
-        "predicted_close",
-        "lower_80",
-        "upper_80",
-        "lower_95",
-        "upper_95",
-        "status",
-        "message",
-    ]
+    assert list(empty.columns) == list(OUTPUT_COLUMNS)
 
 
 def test_alias_move_round_trips_and_answers_what_was_champion() -> None:
