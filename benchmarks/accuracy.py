@@ -23,10 +23,25 @@ fitted on the validation windows only (`models.training.fit_output_scale`):
 `+shrink` the least-squares factor, `+gated shrink` that factor lowered by
 1.645 standard errors (what training does by default, `shrink_output`).
 
+Intervals (issue 10): the default recipe is also trained exactly as the
+pipeline trains it (`train_forecaster` with the default TrainConfig: gated
+shrink, then `fit_intervals`) and scored by `evaluate_forecaster`, whose
+80% / 95% intervals are compared on the same test windows with the
+baselines of benchmarks/intervals.py (imported, not copied): RiskMetrics
+EWMA (λ = 0.94, normal, around naive, over the period's whole visible
+history), GARCH(1,1) per ticker (normal; and Student-t for information)
+fitted with `arch` on the training span only and filtered forward, Corsi's
+HAR (1, 5, 22 days of |r| and high-low ranges, per ticker, empirical
+quantiles), and the research recipe har10 + conformal centred on naive.
+Scores are relative to the last close: coverage, mean Gneiting–Raftery
+interval score, Kupiec and Christoffersen p-values (models/uncertainty.py),
+the 95% score against each baseline pooled and per period, and the issue's
+targets. The model's numbers are the mean over seeds; p-values per seed.
+
 Usage:
     python benchmarks/accuracy.py [--epochs 50] [--periods 6] [--seeds 2] [--configs 1,3] [--quick]
 
-Writes benchmarks/results/accuracy.json and prints the table.
+Writes benchmarks/results/accuracy.json and prints the tables.
 """
 
 import argparse
@@ -34,12 +49,15 @@ import copy
 import itertools
 import json
 import logging
+import math
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,6 +65,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from closecast.config import TrainConfig, WindowConfig  # noqa: E402
 from models.lstm import LSTMConfig  # noqa: E402
@@ -61,6 +80,23 @@ from tasks.windows import build_dataset, window_columns  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
 SHARED = ROOT.parent / "shared" / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
 STOCKS = ["AAPL", "MSFT", "JPM", "XOM", "JNJ", "PG", "AMZN", "GE"]
+TRAIN_SPEED = ROOT / "benchmarks" / "results" / "train_speed.json"
+# The default recipe's pooled point-forecast table before intervals (commit 862c6d0,
+# results/accuracy.json then): the issue's "not lower than today's" skill.
+PREVIOUS_DEFAULT: dict[str, Any] = {
+    "commit": "862c6d0",
+    "recipe": "vol_return, close,volume,open +gated shrink",
+    "mean_ratio": 0.9987281387018436,
+    "mean_ratio_sample": 0.9981534025886011,
+    "mean_ratio_stocks": 0.999302874815086,
+    "worst_ratio": 1.0020486202058387,
+}
+# Ratios that differ by less than this are the same model up to float rounding (the
+# windows now carry high and low, which moves the last digits of a few features' sums).
+RATIO_TOLERANCE = 1e-6
+# The reference scenario's training time before intervals (benchmarks/README.md, quiet
+# machine, fit alone: the scenario does not run fit_intervals).
+PREVIOUS_REFERENCE_S = 0.913
 
 
 @dataclass(frozen=True)
@@ -85,6 +121,9 @@ RECIPES = {
         Recipe("vol_return, close,volume,open, window 20", "vol_return", CVO, 20),
     )
 }
+DEFAULT = "vol_return, close,volume,open"  # closecast.config's WindowConfig()
+MODEL = "lstm+intervals"  # the product's intervals in the interval tables
+LEVELS = (80, 95)
 
 
 @dataclass(frozen=True)
@@ -129,8 +168,14 @@ def load_universes(periods: int, stocks_file: Path) -> list[Universe]:
 
 def score_period(
     universe: Universe, as_of: date, recipe: Recipe, train: TrainConfig
-) -> dict[str, dict[str, float]]:
-    """Train and evaluate one recipe on one period; with +shrink for return targets."""
+) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
+    """Train and evaluate one recipe on one period; with +shrink for return targets.
+
+    For the default recipe, also the product's own model (gated shrink and
+    intervals, as `train_forecaster` makes it with `shrink_output` on) and its
+    test-span distribution: {"part": test windows' y and bounds relative to the
+    last close, sorted by ticker and date, "metrics": evaluate_forecaster's}.
+    """
     features = {}
     for ticker, frame in universe.frames.items():
         visible = frame[frame.index <= pd.Timestamp(as_of)].iloc[-universe.history :]
@@ -163,7 +208,37 @@ def score_period(
                 "directional_accuracy": shrunk["test_directional_accuracy"],
                 "shrink": factor,
             }
-    return scores
+    if recipe.name != DEFAULT:
+        return scores, None
+    # the pipeline's own path: same seed, so the same network, then shrink and intervals
+    product = train_forecaster(
+        dataset, LSTMConfig(), train.model_copy(update={"shrink_output": True})
+    )
+    evaluation = evaluate_forecaster(product.forecaster, dataset.test)
+    gated = scores[f"{recipe.name} +gated shrink"]
+    product_ratio = evaluation.metrics["test_rmse"] / evaluation.metrics["naive_rmse"]
+    if not math.isclose(product_ratio, gated["ratio"], rel_tol=1e-9):
+        print(f"note: the product's ratio {product_ratio:.6f} differs from +gated shrink's")
+    gated["product_ratio"] = product_ratio
+    return scores, {
+        "part": distribution_part(evaluation.predictions),
+        "metrics": evaluation.metrics | {"shrink": product.fit.output_scale},
+    }
+
+
+def distribution_part(predictions: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Test windows as benchmarks/intervals.py scores them: relative to the last close."""
+    p = predictions.sort_values(["ticker", "target_date"], kind="stable")
+    last = p["last_close"].to_numpy()
+    part = {
+        "y": p["actual_close"].to_numpy() / last - 1.0,
+        "tickers": p["ticker"].to_numpy(dtype=object),
+        "dates": p["target_date"].to_numpy(dtype="datetime64[ns]"),
+    }
+    for level in LEVELS:
+        for side in ("lower", "upper"):
+            part[f"{side}_{level}"] = p[f"{side}_{level}"].to_numpy() / last - 1.0
+    return part
 
 
 def summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -204,6 +279,227 @@ def print_table(table: list[dict[str, object]], universes: list[str]) -> None:
         print(f"{e['recipe']!s:56} {cells} {share:>9.0%} {direction:>8.3f}")
 
 
+# --- intervals: the product's against benchmarks/intervals.py's baselines ---------------------
+
+
+def _intervals() -> ModuleType:
+    """benchmarks/intervals.py, imported late: it imports this module's loaders."""
+    import intervals
+
+    return intervals
+
+
+def baseline_rows() -> tuple[str, ...]:
+    """The interval recipes compared with the product: baselines, then the naive-centred one."""
+    iv = _intervals()
+    return (*iv.BASELINES, iv.RECOMMENDED)
+
+
+def baseline_parts(universe: Universe, as_of: date) -> dict[str, dict[str, np.ndarray]]:
+    """Each baseline's test-window intervals in one period (nothing fitted on the test span)."""
+    iv = _intervals()
+    panel = iv.build_panel(universe, as_of, WindowConfig().window)  # checks the test windows
+    recipes = [iv.RECIPES[name] for name in baseline_rows()]
+    scales, _ = iv.compute_scales(panel, {r.scale for r in recipes})
+    return {r.name: iv.held_out_intervals(r, panel, scales) for r in recipes}
+
+
+def check_aligned(model: dict[str, np.ndarray], base: dict[str, np.ndarray], where: str) -> None:
+    """The product's test windows are the baselines' (same tickers, dates, outcomes)."""
+    same = (
+        len(model["y"]) == len(base["y"])
+        and (model["tickers"] == base["tickers"]).all()
+        and (model["dates"] == base["dates"].astype("datetime64[ns]")).all()
+        and np.allclose(model["y"], base["y"], rtol=0, atol=1e-12)
+    )
+    if not same:
+        raise RuntimeError(f"{where}: the model's test windows differ from the baselines'")
+
+
+def _seed_mean(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.fmean(float(r[key]) for r in rows)
+
+
+def interval_period_rows(
+    universe: str,
+    as_of: str,
+    model: dict[int, dict[str, Any]],
+    bases: dict[str, dict[str, np.ndarray]],
+) -> dict[str, Any]:
+    """One period: the model per seed and its mean, each baseline, the 95% score ratios."""
+    iv = _intervals()
+    seeds = {seed: iv.score([m["part"]]) for seed, m in model.items()}
+    mine = list(seeds.values())
+    row: dict[str, Any] = {"universe": universe, "as_of": as_of}
+    for level in LEVELS:
+        row[f"coverage_{level}"] = _seed_mean(mine, f"coverage_{level}")
+        row[f"interval_score_{level}"] = _seed_mean(mine, f"interval_score_{level}")
+    row["seeds"] = {
+        str(seed): scored
+        | {
+            k: float(model[seed]["metrics"][k])
+            for k in (
+                "skill",
+                "skill_pvalue",
+                "baseline_interval_score_95",
+                "interval_skill_95",
+                "test_interval_score",
+                "shrink",
+            )
+        }
+        for seed, scored in seeds.items()
+    }
+    row["baselines"] = {name: iv.score([part]) for name, part in bases.items()}
+    for name, scored in row["baselines"].items():
+        row[f"ratio_95_vs_{name}"] = row["interval_score_95"] / scored["interval_score_95"]
+    return row
+
+
+def interval_pooled(
+    periods: list[dict[str, Any]],
+    parts: dict[tuple[str, str], dict[Any, Any]],
+    scope: str,
+    seeds: list[int],
+) -> dict[str, Any]:
+    """All test windows of the scope's periods: model per seed and mean, baselines, targets."""
+    iv = _intervals()
+    mine = [r for r in periods if scope in ("all", r["universe"])]
+    keys = [(r["universe"], r["as_of"]) for r in mine]
+    out: dict[str, Any] = {"scope": scope, "periods": len(mine)}
+    per_seed = {s: iv.score([parts[k][s]["part"] for k in keys]) for s in seeds}
+    out["seeds"] = {str(s): v for s, v in per_seed.items()}
+    for level in LEVELS:
+        for key in (f"coverage_{level}", f"interval_score_{level}", f"width_{level}"):
+            out[key] = _seed_mean(list(per_seed.values()), key)
+    out["baselines"] = {name: iv.score([parts[k][name] for k in keys]) for name in baseline_rows()}
+    for name, scored in out["baselines"].items():
+        ratios = [float(r[f"ratio_95_vs_{name}"]) for r in mine]
+        out[f"ratio_95_vs_{name}"] = out["interval_score_95"] / scored["interval_score_95"]
+        out[f"mean_period_ratio_95_vs_{name}"] = statistics.fmean(ratios)
+        out[f"periods_beating_{name}"] = sum(x < 1 for x in ratios)
+        out[f"periods_beating_{name}_per_seed"] = {
+            str(s): sum(
+                float(r["seeds"][str(s)]["interval_score_95"])
+                < float(r["baselines"][name]["interval_score_95"])
+                for r in mine
+            )
+            for s in seeds
+        }
+        theirs = iv._daily_scores([parts[k][name] for k in keys])
+        out[f"dm_pvalue_95_vs_{name}"] = {
+            str(s): iv.diebold_mariano_pvalue(
+                iv._daily_scores([parts[k][s]["part"] for k in keys]) - theirs
+            )
+            for s in seeds
+        }
+    for level in LEVELS:
+        out[f"worst_period_gap_{level}"] = max(
+            abs(float(seed[f"coverage_{level}"]) - level / 100)
+            for r in mine
+            for seed in r["seeds"].values()
+        )
+    out["targets"] = interval_targets(out)
+    return out
+
+
+def interval_targets(pooled: dict[str, Any]) -> dict[str, Any]:
+    """Issue 10's interval targets on one scope's pooled numbers (seed means)."""
+    n = int(pooled["periods"])
+    need = math.ceil(2 * n / 3)
+    return {
+        "coverage_80_in_78_82": 0.78 <= pooled["coverage_80"] <= 0.82,
+        "coverage_95_in_93.5_96.5": 0.935 <= pooled["coverage_95"] <= 0.965,
+        "no_period_off_by_6_points": max(
+            pooled["worst_period_gap_80"], pooled["worst_period_gap_95"]
+        )
+        <= 0.06,
+        "score_95_below_ewma": pooled["ratio_95_vs_ewma"] < 1,
+        "score_95_below_garch_on_average": pooled["mean_period_ratio_95_vs_garch"] < 1,
+        f"score_95_below_garch_in_{need}_of_{n}_periods": pooled["periods_beating_garch"] >= need,
+        "stretch_score_95_below_har": pooled["ratio_95_vs_har"] < 1,
+    }
+
+
+def print_intervals(pooled: list[dict[str, Any]], periods: list[dict[str, Any]]) -> None:
+    """Pooled per scope (model per seed, mean, baselines), then the model per period."""
+    names = baseline_rows()
+    short = {"ewma": "ewma", "garch": "garch", "har": "har"}
+    print(
+        f"\n{'scope':7} {'row':26} {'cov80':>6} {'cov95':>6} {'IS80':>6} {'IS95':>6} "
+        + " ".join(f"{'/' + v:>7}" for v in short.values())
+        + f" {'kup80':>6} {'chr80':>6} {'kup95':>6} {'chr95':>6}"
+    )
+
+    def line(scope: str, label: str, r: dict[str, Any], base: dict[str, Any] | None) -> None:
+        ratios = " ".join(
+            f"{r['interval_score_95'] / base['baselines'][b]['interval_score_95']:7.3f}"
+            if base
+            else f"{'':7}"
+            for b in short
+        )
+        tests = " ".join(
+            f"{r[k]:6.3f}" if k in r else f"{'':6}"
+            for k in ("kupiec_80", "christoffersen_80", "kupiec_95", "christoffersen_95")
+        )
+        print(
+            f"{scope:7} {label:26} {r['coverage_80']:6.1%} {r['coverage_95']:6.1%} "
+            f"{1e4 * r['interval_score_80']:6.1f} {1e4 * r['interval_score_95']:6.1f} "
+            f"{ratios} {tests}"
+        )
+
+    for p in pooled:
+        for seed, r in p["seeds"].items():
+            line(p["scope"], f"{MODEL} seed {seed}", r, p)
+        line(p["scope"], f"{MODEL} mean", p, p)
+        for name in names:
+            line(p["scope"], name, p["baselines"][name], p)
+        n = p["periods"]
+        print(
+            f"{'':7} periods beating ewma {p['periods_beating_ewma']}/{n}, garch "
+            f"{p['periods_beating_garch']}/{n}, har {p['periods_beating_har']}/{n}; "
+            f"mean period ratio /garch {p['mean_period_ratio_95_vs_garch']:.3f}; worst period "
+            f"off nominal {100 * p['worst_period_gap_80']:.1f} / {100 * p['worst_period_gap_95']:.1f} pt"
+        )
+        met = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in p["targets"].items())
+        print(f"{'':7} targets: {met}")
+    print(f"\n{MODEL} per period (mean of seeds; 95% score ratio against each; p-values per seed)")
+    print(
+        f"{'universe':8} {'as_of':10} {'cov80':>6} {'cov95':>6} {'IS95':>6} "
+        + " ".join(f"{'/' + n[:9]:>10}" for n in names)
+        + f" {'kup95':>11} {'chr95':>11}"
+    )
+    for r in periods:
+        tests = [
+            "/".join(f"{float(s[k]):.2f}" for s in r["seeds"].values())
+            for k in ("kupiec_95", "christoffersen_95")
+        ]
+        print(
+            f"{r['universe']:8} {r['as_of']:10} {r['coverage_80']:6.1%} {r['coverage_95']:6.1%} "
+            f"{1e4 * r['interval_score_95']:6.1f} "
+            + " ".join(f"{r[f'ratio_95_vs_{n}']:10.3f}" for n in names)
+            + f" {tests[0]:>11} {tests[1]:>11}"
+        )
+    print(
+        "IS: mean interval score, bp of the last close; /x: 95% score over x's; kup/chr: Kupiec / "
+        f"Christoffersen p-values; {names[-1]}: benchmarks/intervals.py's recipe centred on naive"
+    )
+
+
+def training_time() -> dict[str, Any] | None:
+    """The reference scenario's time from results/train_speed.json, against the previous."""
+    if not TRAIN_SPEED.exists():
+        return None
+    speed = json.loads(TRAIN_SPEED.read_text())
+    now = float(speed["median_train_s"])
+    return {
+        "median_train_s": now,
+        "previous_median_train_s": PREVIOUS_REFERENCE_S,
+        "ratio": now / PREVIOUS_REFERENCE_S,
+        "within_10_percent": now <= 1.1 * PREVIOUS_REFERENCE_S,
+        "load_average_1m": speed.get("load_average_1m"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=50, help="max epochs (early stopping on)")
@@ -223,17 +519,31 @@ def main() -> None:
     recipes = list(RECIPES.values())
     if args.configs:
         recipes = [recipes[int(i) - 1] for i in args.configs.split(",")]
+    if args.configs and DEFAULT not in {r.name for r in recipes}:
+        print(f"no interval tables: the default recipe ({DEFAULT}) is not among --configs")
+    default = RECIPES[DEFAULT]
+    if (default.target, list(default.features), default.window) != (
+        WindowConfig().target,
+        WindowConfig().features,
+        WindowConfig().window,
+    ):
+        raise RuntimeError(f"{DEFAULT!r} is no longer closecast.config's default window")
+    seeds = list(range(42, 42 + args.seeds))
     started = time.perf_counter()
     universes = load_universes(args.periods, args.stocks_file)
     rows: list[dict[str, object]] = []
+    # (universe, as_of) -> {baseline name: part, seed: {"part", "metrics"}}
+    parts: dict[tuple[str, str], dict[Any, Any]] = {}
     for universe in universes:
         for as_of in universe.as_of:
-            for recipe, seed in itertools.product(recipes, range(42, 42 + args.seeds)):
+            key = (universe.name, as_of.isoformat())
+            for recipe, seed in itertools.product(recipes, seeds):
                 # shrink_output off: the +shrink rows apply it to the very same model
                 train = TrainConfig(
                     epochs=args.epochs, seed=seed, device="cpu", shrink_output=False
                 )
-                for name, score in score_period(universe, as_of, recipe, train).items():
+                scores, distribution = score_period(universe, as_of, recipe, train)
+                for name, score in scores.items():
                     where = {"universe": universe.name, "as_of": as_of.isoformat(), "seed": seed}
                     rows.append(where | {"recipe": name} | score)
                     print(
@@ -242,9 +552,23 @@ def main() -> None:
                         + (f"  factor {score['shrink']:.3f}" if "shrink" in score else ""),
                         flush=True,
                     )
+                if distribution is not None:
+                    if key not in parts:
+                        parts[key] = baseline_parts(universe, as_of)
+                    check_aligned(distribution["part"], parts[key]["ewma"], str(key))
+                    parts[key][seed] = distribution
     table = summarise(rows)
-    elapsed = time.perf_counter() - started
     names = [u.name for u in universes]
+    interval_periods = [
+        interval_period_rows(u, a, {s: p[s] for s in seeds}, {n: p[n] for n in baseline_rows()})
+        for (u, a), p in parts.items()
+    ]
+    pooled = [
+        interval_pooled(interval_periods, parts, scope, seeds)
+        for scope in ([*names, "all"] if len(names) > 1 else names)
+        if interval_periods
+    ]
+    elapsed = time.perf_counter() - started
     print(
         f"\ntest RMSE / naive RMSE, mean over {len(rows) // len(table)} trainings: "
         f"{args.seeds} seed(s) x periods "
@@ -252,9 +576,23 @@ def main() -> None:
         f"max {args.epochs} epochs, early stopping; {elapsed:.0f}s"
     )
     print_table(table, names)
+    point = next((e for e in table if e["recipe"] == f"{DEFAULT} +gated shrink"), None)
+    if point is not None:
+        print(
+            f"default point forecast: mean ratio {float(point['mean_ratio']):.4f} against "  # type: ignore[arg-type]
+            f"{PREVIOUS_DEFAULT['mean_ratio']:.4f} before intervals ({PREVIOUS_DEFAULT['commit']})"
+        )
+    if interval_periods:
+        print_intervals(pooled, interval_periods)
+    speed = training_time()
+    if speed is not None:
+        print(
+            f"reference scenario (results/train_speed.json): {speed['median_train_s']:.3f}s "
+            f"against {PREVIOUS_REFERENCE_S:.3f}s before: ratio {speed['ratio']:.2f}"
+        )
     result = {
         "epochs": args.epochs,
-        "seeds": list(range(42, 42 + args.seeds)),
+        "seeds": seeds,
         "universes": {
             u.name: {
                 "tickers": sorted(u.frames),
@@ -265,11 +603,26 @@ def main() -> None:
         },
         "table": table,
         "periods": rows,
+        "previous_default": PREVIOUS_DEFAULT,
+        "point_skill_not_lower": None
+        if point is None
+        else float(point["mean_ratio"]) <= PREVIOUS_DEFAULT["mean_ratio"] + RATIO_TOLERANCE,  # type: ignore[arg-type]
+        "intervals": {"pooled": pooled, "periods": interval_periods},
+        "training_time": speed,
         "elapsed_s": round(elapsed, 1),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    RESULTS.write_text(json.dumps(result, indent=2, default=_json) + "\n")
+    print(f"wrote {RESULTS.relative_to(ROOT)} ({elapsed:.0f}s)")
+
+
+def _json(value: object) -> object:
+    """numpy scalars and booleans in the results."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    raise TypeError(f"not JSON-able: {type(value)}")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ from models.uncertainty import (  # noqa: E402
     window_sigma,
 )
 from tasks.features import compute_features  # noqa: E402
-from tasks.windows import build_dataset  # noqa: E402
+from tasks.windows import build_dataset, window_columns  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "intervals.json"
 BASELINES = ("ewma", "garch", "garch_t", "har")
@@ -121,7 +121,7 @@ def build_panel(universe: Universe, as_of: date, window: int) -> Panel:
     for ticker, frame in universe.frames.items():
         visible = frame[frame.index <= pd.Timestamp(as_of)].iloc[-universe.history :]
         frames[ticker] = compute_features(visible, ["close", "open", "high", "low", "volume"])
-        features[ticker] = frames[ticker][["close", "volume", "open"]]
+        features[ticker] = frames[ticker][window_columns(WindowConfig().features)]
     dataset = build_dataset(features, WindowConfig(window=window), as_of)
     parts: dict[str, list[np.ndarray]] = {"tickers": [], "dates": [], "split": [], "returns": []}
     rows, start = {}, 0
