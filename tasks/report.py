@@ -152,6 +152,10 @@ def _bp(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 1e4:.0f} bp"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _pvalue(value: float | None) -> str:
     return "n/a" if value is None else "< 0.01" if value < 0.01 else f"{value:.2f}"
 
@@ -227,7 +231,9 @@ def _coverage_lines(metrics: dict[str, float], live: dict[str, float] | None) ->
         cells = [
             _coverage_cell(c, level, closes) for c, level in zip(realised, LEVELS, strict=True)
         ]
-        span = f"live, last {sessions} sessions" + (f" ({int(closes)} closes)" if closes else "")
+        span = f"live, last {_count(sessions, 'session')}"
+        if closes:
+            span += f" ({_count(int(closes), 'close')})"
         lines.append(f"| {span} | {cells[0]} | {cells[1]} |")
     return lines
 
@@ -242,7 +248,7 @@ def _live_lines(live: dict[str, float] | None) -> list[str]:
     naive = _number(live, f"live_naive_rmse_{suffix}")
     return [
         "",
-        f"## Live, last {sessions} scored sessions",
+        f"## Live, last {_count(sessions, 'scored session')}",
         "",
         f"- RMSE {_pct(rmse, 2)} vs naive {_pct(naive, 2)} of the last close",
     ]
