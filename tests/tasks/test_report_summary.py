@@ -82,6 +82,19 @@ def test_summary_shows_last_months_live_coverage(report: pd.DataFrame) -> None:
     assert "⚠" not in text  # 76.1% of 180 closes is within chance of 80%
 
 
+def test_summary_of_the_first_scored_session(report: pd.DataFrame) -> None:
+    """One scored session of two closes: counted in the singular, not flagged (chance)."""
+    first = LIVE | {
+        "live_sessions_20d": 1.0,
+        "live_interval_rows_20d": 2.0,
+        "live_coverage_80_20d": 0.5,
+        "live_coverage_95_20d": 1.0,
+    }
+    text = summary_markdown(report, METRICS, "champion", live=first)
+    assert "## Live, last 1 scored session\n" in text
+    assert "| live, last 1 session (2 closes) | 50.0% | 100.0% |" in text
+
+
 def test_summary_flags_live_coverage_far_from_nominal(report: pd.DataFrame) -> None:
     """Live 80% coverage well below nominal is marked as intervals too narrow."""
     narrow = LIVE | {"live_coverage_80_20d": 0.62}
