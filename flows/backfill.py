@@ -119,10 +119,10 @@ def backfill_session(
         report = build_report(
             config.data.tickers, context, validated.last_closes(), predictions, issues
         )
-        path = publish_report(report, config.reports_dir, model.metrics, model.decision)
-        update_scorecard(
+        live = update_scorecard(
             config.reports_dir, validated.frames, prices.as_of, config.mlflow_uri, run_id
         )
+        path = publish_report(report, config.reports_dir, model.metrics, model.decision, live=live)
     return path, model
 
 

@@ -81,12 +81,11 @@ def nightly(config: PipelineConfig) -> NightlyResult:
         )
         require_predictions(report, config.reports_dir)  # else the version is rolled back
         promote_model(config.mlflow_uri, registered)
-        path = publish_report(
-            report, config.reports_dir, evaluation.metrics, registered.decision.tag
-        )
-        update_scorecard(
+        live = update_scorecard(
             config.reports_dir, validated.frames, prices.as_of, config.mlflow_uri, run_id
         )
+        decision = f"{registered.decision.tag}: {registered.decision.reason}"
+        path = publish_report(report, config.reports_dir, evaluation.metrics, decision, live=live)
     return NightlyResult(
         path,
         run_id,

@@ -3,8 +3,11 @@
 Each run reads the reports in `<home>/reports/`, scores every `ok` row whose
 target_date now has a close, and merges those rows into
 `<home>/reports/scorecard.csv` (one row per as_of and ticker, so scoring the
-same reports again changes nothing). The rolling realised RMSE of the last 20
-sessions, and the naive forecast's, go to the run's MLflow metrics.
+same reports again changes nothing). A row carries the report's 80% and 95%
+bounds and whether the close fell inside them (`hit_80`, `hit_95`); a report
+written before the forecasts had intervals leaves them empty. The rolling
+realised RMSE of the last 20 sessions, the naive forecast's, and the realised
+coverage of the intervals go to the run's MLflow metrics.
 """
 
 import logging
@@ -18,6 +21,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from closecast.statuses import OK
+from models.forecaster import INTERVAL_COLUMNS
+from tasks.evaluation import LEVELS
 from tasks.store import write_atomic
 from tasks.tracking import configure_mlflow, log_metrics
 
@@ -33,9 +38,36 @@ SCORECARD_COLUMNS = [
     "naive_error",
     "direction_hit",
     "model_version",
+    *INTERVAL_COLUMNS,
+    "hit_80",
+    "hit_95",
 ]
+HIT_COLUMNS = [f"hit_{level}" for level in LEVELS]
 LIVE_SESSIONS = 20
 _KEY = ["as_of", "ticker"]
+
+
+def _hits(values: pd.Series) -> pd.Series:
+    """True/False (or "True"/"False" read back from a CSV), anything else empty (<NA>)."""
+    text = values.astype(object).map(lambda v: str(v).strip().lower())
+    return text.map({"true": True, "false": False}).astype("boolean")
+
+
+def conform_scorecard(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with exactly SCORECARD_COLUMNS and their types; missing interval columns empty.
+
+    Scorecards and reports written before the forecasts had intervals lack the
+    bound and hit columns: their rows get NaN bounds and <NA> hits (not False).
+    """
+    table = table.reindex(columns=SCORECARD_COLUMNS)
+    for column in INTERVAL_COLUMNS:
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype(np.float64)
+    for column in HIT_COLUMNS:
+        table[column] = _hits(table[column])
+    table["direction_hit"] = (
+        table["direction_hit"].astype(object).map(lambda v: str(v).strip().lower() == "true")
+    )
+    return table.astype({"direction_hit": bool})
 
 
 def scorecard_path(reports_dir: Path) -> Path:
@@ -81,7 +113,8 @@ def score_predictions(reports: pd.DataFrame, closes: dict[str, pd.Series]) -> pd
     Returns:
         SCORECARD_COLUMNS: error = predicted - actual, naive_error = last close
         - actual (the persistence forecast), direction_hit = the predicted move
-        from the last close has the sign of the actual move.
+        from the last close has the sign of the actual move, hit_X = lower_X ≤
+        actual ≤ upper_X (empty where the report has no bounds).
     """
     known = pd.concat(
         [
@@ -97,6 +130,20 @@ def score_predictions(reports: pd.DataFrame, closes: dict[str, pd.Series]) -> pd
     scored = keyed.merge(known, on=["ticker", "when"], how="inner")
     predicted = scored["predicted_close"].astype(np.float64)
     last = scored["last_close"].astype(np.float64)
+    actual = scored["actual_close"].astype(np.float64)
+    # Reports are read as text (keep_default_na=False): an empty bound is "", and an
+    # old report has no bound columns at all.
+    bounds = {
+        c: pd.to_numeric(scored[c], errors="coerce")
+        if c in scored
+        else pd.Series(np.nan, scored.index)
+        for c in INTERVAL_COLUMNS
+    }
+    hits = {}
+    for level in LEVELS:
+        lower, upper = bounds[f"lower_{level}"], bounds[f"upper_{level}"]
+        hit = pd.Series((lower <= actual) & (actual <= upper), dtype="boolean")
+        hits[f"hit_{level}"] = hit.mask(lower.isna() | upper.isna())
     table = pd.DataFrame(
         {
             "as_of": scored["as_of"].astype(str),
@@ -108,24 +155,35 @@ def score_predictions(reports: pd.DataFrame, closes: dict[str, pd.Series]) -> pd
             "naive_error": last - scored["actual_close"],
             "direction_hit": np.sign(predicted - last) == np.sign(scored["actual_close"] - last),
             "model_version": scored["model_version"].astype(str),
+            **bounds,
+            **hits,
         }
     )
-    return table[SCORECARD_COLUMNS].reset_index(drop=True)
+    return conform_scorecard(table).reset_index(drop=True)
 
 
 def merge_scorecard(existing: pd.DataFrame, scored: pd.DataFrame) -> pd.DataFrame:
     """Existing rows updated by newly scored ones: one row per (as_of, ticker), sorted."""
-    merged = pd.concat([existing[SCORECARD_COLUMNS], scored], ignore_index=True)
+    parts = [conform_scorecard(t) for t in (existing, scored) if len(t)]
+    if not parts:
+        return conform_scorecard(existing)
+    merged = pd.concat(parts, ignore_index=True)
     merged = merged.drop_duplicates(subset=_KEY, keep="last")
-    return merged.sort_values(["as_of", "ticker"], ignore_index=True)
+    return conform_scorecard(merged.sort_values(["as_of", "ticker"], ignore_index=True))
 
 
-def live_metrics(scorecard: pd.DataFrame, as_of: date, sessions: int = LIVE_SESSIONS) -> dict:
-    """Realised RMSE of the model and of naive over the last `sessions` target dates.
+def live_metrics(
+    scorecard: pd.DataFrame, as_of: date, sessions: int = LIVE_SESSIONS
+) -> dict[str, float]:
+    """Realised RMSE of the model and of naive, and interval coverage, over the last sessions.
 
     Errors are relative to the last close, like the run-level test metrics,
-    so no ticker dominates by its price level. Empty when nothing is scored.
+    so no ticker dominates by its price level. Coverage (`live_coverage_80_Nd`,
+    `live_coverage_95_Nd`) is the share of hits among the window's rows that
+    have intervals (`live_interval_rows_Nd` of them); it is left out when none
+    has. Empty when nothing is scored.
     """
+    scorecard = conform_scorecard(scorecard)
     seen = scorecard[pd.to_datetime(scorecard["target_date"]) <= pd.Timestamp(as_of)]
     recent = sorted(seen["target_date"].unique())[-sessions:]
     window = seen[seen["target_date"].isin(recent)]
@@ -135,21 +193,27 @@ def live_metrics(scorecard: pd.DataFrame, as_of: date, sessions: int = LIVE_SESS
     relative = window["error"] / last_close
     naive_relative = window["naive_error"] / last_close
     suffix = f"{sessions}d"
-    return {
+    metrics = {
         f"live_rmse_{suffix}": float(np.sqrt(np.mean(np.square(relative)))),
         f"live_naive_rmse_{suffix}": float(np.sqrt(np.mean(np.square(naive_relative)))),
         f"live_directional_accuracy_{suffix}": float(window["direction_hit"].astype(bool).mean()),
         f"live_sessions_{suffix}": float(len(recent)),
     }
+    with_intervals = window.dropna(subset=HIT_COLUMNS)
+    if len(with_intervals):
+        for level in LEVELS:
+            hits = with_intervals[f"hit_{level}"].astype(bool)
+            metrics[f"live_coverage_{level}_{suffix}"] = float(hits.mean())
+        metrics[f"live_interval_rows_{suffix}"] = float(len(with_intervals))
+    return metrics
 
 
 def read_scorecard(path: Path) -> pd.DataFrame:
-    """The scorecard on disk, or an empty one."""
+    """The scorecard on disk (one written before intervals gains empty ones), or an empty one."""
     if not path.exists():
-        return pd.DataFrame(columns=SCORECARD_COLUMNS)
-    table = pd.read_csv(path, dtype={"as_of": str, "target_date": str, "model_version": str})
-    table["direction_hit"] = table["direction_hit"].astype(str).str.lower() == "true"
-    return table
+        return conform_scorecard(pd.DataFrame(columns=SCORECARD_COLUMNS))
+    text = {c: str for c in ("as_of", "target_date", "model_version", *HIT_COLUMNS)}
+    return conform_scorecard(pd.read_csv(path, dtype=text))
 
 
 def refresh_scorecard(
@@ -180,18 +244,32 @@ def update_scorecard(
     tracking_uri: str,
     run_id: str,
 ) -> dict[str, float]:
-    """Score earlier reports whose target_date has a close; log the rolling live RMSE."""
+    """Score earlier reports whose target_date has a close; log the rolling live metrics.
+
+    Returns:
+        The live metrics logged (`live_rmse_20d`, `live_coverage_80_20d`, ...),
+        for the run summary; empty when nothing is scored yet.
+    """
     table, added = refresh_scorecard(reports_dir, frames, as_of)
     metrics = live_metrics(table, as_of)
     log = get_run_logger()
     if metrics:
         log_metrics(configure_mlflow(tracking_uri), run_id, metrics)
+        suffix = f"{LIVE_SESSIONS}d"
+        coverage = ""
+        if f"live_coverage_80_{suffix}" in metrics:
+            coverage = "; coverage 80% {:.1%}, 95% {:.1%} of {:d} closes".format(
+                metrics[f"live_coverage_80_{suffix}"],
+                metrics[f"live_coverage_95_{suffix}"],
+                int(metrics[f"live_interval_rows_{suffix}"]),
+            )
         log.info(
-            "%d predictions newly scored; last %d sessions: live rmse %.5f vs naive %.5f",
+            "%d predictions newly scored; last %d sessions: live rmse %.5f vs naive %.5f%s",
             added,
-            int(metrics[f"live_sessions_{LIVE_SESSIONS}d"]),
-            metrics[f"live_rmse_{LIVE_SESSIONS}d"],
-            metrics[f"live_naive_rmse_{LIVE_SESSIONS}d"],
+            int(metrics[f"live_sessions_{suffix}"]),
+            metrics[f"live_rmse_{suffix}"],
+            metrics[f"live_naive_rmse_{suffix}"],
+            coverage,
         )
     else:
         log.info("no earlier prediction has a close yet: nothing to score")

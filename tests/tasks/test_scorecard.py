@@ -120,3 +120,139 @@ def test_live_metrics_use_the_last_sessions_and_relative_errors() -> None:
     assert metrics["live_naive_rmse_2d"] == pytest.approx(np.sqrt(np.mean([0.0, (2 / 202) ** 2])))
     assert metrics["live_directional_accuracy_2d"] == pytest.approx(0.5)
     assert live_metrics(table, date(2024, 1, 2)) == {}
+
+
+def _with_bounds(report: pd.DataFrame, bounds: dict[str, tuple[float, float, float, float]]):
+    """`report` with (lower_80, upper_80, lower_95, upper_95) per ticker; others left empty."""
+    report = report.copy()
+    for ticker, values in bounds.items():
+        report.loc[report["ticker"] == ticker, ["lower_80", "upper_80", "lower_95", "upper_95"]] = (
+            values
+        )
+    return report
+
+
+def test_scorecard_columns_follow_the_contract() -> None:
+    """The scorecard's columns, in the order PRODUCT.md §8 lists them."""
+    assert SCORECARD_COLUMNS == [
+        "as_of",
+        "target_date",
+        "ticker",
+        "predicted_close",
+        "actual_close",
+        "error",
+        "naive_error",
+        "direction_hit",
+        "model_version",
+        "lower_80",
+        "upper_80",
+        "lower_95",
+        "upper_95",
+        "hit_80",
+        "hit_95",
+    ]
+
+
+def test_score_predictions_marks_interval_hits_bounds_included() -> None:
+    """hit_X is lower_X ≤ actual ≤ upper_X, bounds included; a row without bounds has no hit."""
+    report = _report(
+        "2024-01-02",
+        "2024-01-03",
+        [("AAA", 100.0, 100.5, "ok"), ("BBB", 50.0, 50.0, "ok"), ("CCC", 20.0, 20.0, "ok")],
+    )
+    report = _with_bounds(
+        report,
+        {"AAA": (100.0, 101.0, 99.0, 102.0), "BBB": (49.5, 50.5, 47.0, 53.0)},  # CCC: none
+    )
+    closes = {
+        "AAA": _prices({"2024-01-03": 101.0})["close"],  # on the 80% upper bound
+        "BBB": _prices({"2024-01-03": 52.0})["close"],  # outside 80%, inside 95%
+        "CCC": _prices({"2024-01-03": 21.0})["close"],
+    }
+    scored = score_predictions(report, closes).set_index("ticker")
+    assert scored.loc["AAA", ["lower_80", "upper_80", "lower_95", "upper_95"]].tolist() == [
+        100.0,
+        101.0,
+        99.0,
+        102.0,
+    ]
+    assert [scored.loc["AAA", "hit_80"], scored.loc["AAA", "hit_95"]] == [True, True]
+    assert [scored.loc["BBB", "hit_80"], scored.loc["BBB", "hit_95"]] == [False, True]
+    assert scored.loc["CCC", ["lower_80", "upper_95"]].isna().all()
+    assert pd.isna(scored.loc["CCC", "hit_80"]) and pd.isna(scored.loc["CCC", "hit_95"])
+
+
+def test_old_reports_without_interval_columns_are_scored_with_empty_hits(tmp_path: Path) -> None:
+    """A report written before intervals is scored; its hits are empty on disk, not False."""
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    old = _report("2024-01-02", "2024-01-03", [("AAA", 100.0, 102.0, "ok")])
+    old.drop(columns=["lower_80", "upper_80", "lower_95", "upper_95"]).to_csv(
+        folder / "predictions_2024-01-02.csv", index=False
+    )
+    new = _with_bounds(
+        _report("2024-01-03", "2024-01-04", [("AAA", 101.0, 100.0, "ok")]),
+        {"AAA": (99.0, 101.0, 98.0, 102.0)},
+    )
+    new.to_csv(folder / "predictions_2024-01-03.csv", index=False)
+    frames = {"AAA": _prices({"2024-01-03": 101.0, "2024-01-04": 98.5})}
+
+    _, added = refresh_scorecard(folder, frames, date(2024, 1, 4))
+
+    assert added == 2
+    raw = pd.read_csv(folder / "scorecard.csv", dtype=str, keep_default_na=False)
+    assert list(raw.columns) == SCORECARD_COLUMNS
+    assert raw[["lower_80", "hit_80", "hit_95"]].iloc[0].tolist() == ["", "", ""]
+    assert raw[["hit_80", "hit_95"]].iloc[1].tolist() == ["False", "True"]
+    on_disk = read_scorecard(folder / "scorecard.csv")
+    assert pd.isna(on_disk["hit_80"].iloc[0]) and on_disk["hit_80"].iloc[1] is not pd.NA
+    assert not on_disk["hit_80"].iloc[1] and on_disk["hit_95"].iloc[1]
+
+
+def test_a_scorecard_with_the_old_columns_is_extended(reports_dir: Path) -> None:
+    """An old scorecard.csv keeps its rows (no hits) and gains the interval columns."""
+    old_columns = SCORECARD_COLUMNS[: SCORECARD_COLUMNS.index("model_version") + 1]
+    pd.DataFrame(
+        [["2023-12-29", "2024-01-02", "AAA", 99.0, 100.0, -1.0, 0.5, False, "2"]],
+        columns=old_columns,
+    ).to_csv(reports_dir / "scorecard.csv", index=False)
+    assert list(read_scorecard(reports_dir / "scorecard.csv").columns) == SCORECARD_COLUMNS
+
+    frames = {"AAA": _prices({"2024-01-02": 100.0, "2024-01-03": 101.0})}
+    _, added = refresh_scorecard(reports_dir, frames, date(2024, 1, 3))
+
+    assert added == 1
+    on_disk = read_scorecard(reports_dir / "scorecard.csv")
+    assert list(on_disk.columns) == SCORECARD_COLUMNS
+    assert list(on_disk["as_of"]) == ["2023-12-29", "2024-01-02"]
+    assert on_disk["error"].iloc[0] == pytest.approx(-1.0)
+    assert on_disk["hit_80"].isna().all()  # neither the old row nor a report without bounds
+
+
+def test_live_coverage_counts_only_rows_with_intervals_in_the_last_sessions() -> None:
+    """live_coverage_X_Nd is the share of hits among the window's rows that have intervals."""
+    table = pd.DataFrame(
+        {
+            "as_of": ["d1", "d2", "d2", "d3", "d3"],
+            "target_date": ["2024-01-03", "2024-01-04", "2024-01-04", "2024-01-05", "2024-01-05"],
+            "ticker": ["AAA", "AAA", "BBB", "AAA", "BBB"],
+            "predicted_close": 100.0,
+            "actual_close": 100.0,
+            "error": 0.0,
+            "naive_error": 0.0,
+            "direction_hit": True,
+            "model_version": "1",
+            # the first row falls outside a 2-session window; BBB on 01-04 has no interval
+            "hit_80": pd.array([False, True, pd.NA, False, True], dtype="boolean"),
+            "hit_95": pd.array([False, True, pd.NA, True, True], dtype="boolean"),
+        }
+    )
+    metrics = live_metrics(table, date(2024, 1, 5), sessions=2)
+    assert metrics["live_coverage_80_2d"] == pytest.approx(2 / 3)
+    assert metrics["live_coverage_95_2d"] == pytest.approx(1.0)
+    assert metrics["live_interval_rows_2d"] == 3.0
+
+    no_intervals = table.assign(hit_80=pd.NA, hit_95=pd.NA)
+    metrics = live_metrics(no_intervals, date(2024, 1, 5), sessions=2)
+    assert "live_rmse_2d" in metrics
+    assert "live_coverage_80_2d" not in metrics and "live_coverage_95_2d" not in metrics
