@@ -19,6 +19,7 @@ Writes benchmarks/results/universe.json and prints a table.
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -165,10 +167,8 @@ def main() -> int:
         steps = step_times(prefect_home)
         training = training_metrics(home, output)
         report = next(home.glob("reports/predictions_*.csv"))
-        statuses = {}
-        for line in report.read_text().splitlines()[1:]:
-            status = line.split(",")[9]
-            statuses[status] = statuses.get(status, 0) + 1
+        with report.open(newline="") as rows:  # by column name: columns are only ever added
+            statuses = dict(Counter(row["status"] for row in csv.DictReader(rows)))
 
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

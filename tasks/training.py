@@ -121,16 +121,18 @@ def fit_intervals(forecaster: Forecaster, dataset: Dataset) -> Intervals:
     def log_returns(windows: WindowSet) -> np.ndarray:
         return np.log(windows.next_close / windows.last_close)  # (N,)
 
-    train = dataset.train
-    scale = fit_scale(
-        window_scale_inputs(train.windows, dataset.columns, spans), log_returns(train), spans
-    )
-    calibration_set = WindowSet.concat([train, dataset.validation], dataset.window, len(columns))
-    sigma = predict_scale(
-        scale, window_scale_inputs(calibration_set.windows, dataset.columns, spans)
-    )
-    point = forecaster.predict_windows(calibration_set.windows, calibration_set.tickers)
-    z = (log_returns(calibration_set) - np.log(point / calibration_set.last_close)) / sigma
+    def inputs(windows: WindowSet) -> np.ndarray:
+        return window_scale_inputs(windows.windows, dataset.columns, spans)  # (N, 2·spans)
+
+    scale = fit_scale(inputs(dataset.train), log_returns(dataset.train), spans)
+
+    def residuals(windows: WindowSet) -> np.ndarray:  # z = (r − centre) / σ̂, (N,)
+        point = forecaster.predict_windows(windows.windows, windows.tickers)
+        centre = np.log(point / windows.last_close)
+        return (log_returns(windows) - centre) / predict_scale(scale, inputs(windows))
+
+    # Split by split rather than one concatenated copy: windows are the run's largest arrays.
+    z = np.concatenate([residuals(dataset.train), residuals(dataset.validation)])
     z = z[np.isfinite(z)]
     if len(z) < min_calibration_size():
         return Intervals(scale, normal_calibration())
