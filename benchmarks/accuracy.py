@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from closecast.config import TrainConfig, WindowConfig  # noqa: E402
+from core.config import TrainConfig, WindowConfig  # noqa: E402
 from models.lstm import LSTMConfig  # noqa: E402
 from models.training import SHRINK_Z, fit_output_scale, scale_output  # noqa: E402
 from tasks.evaluation import evaluate_forecaster  # noqa: E402
@@ -121,7 +121,7 @@ RECIPES = {
         Recipe("vol_return, close,volume,open, window 20", "vol_return", CVO, 20),
     )
 }
-DEFAULT = "vol_return, close,volume,open"  # closecast.config's WindowConfig()
+DEFAULT = "vol_return, close,volume,open"  # core.config's WindowConfig()
 MODEL = "lstm+intervals"  # the product's intervals in the interval tables
 LEVELS = (80, 95)
 
@@ -527,7 +527,7 @@ def main() -> None:
         WindowConfig().features,
         WindowConfig().window,
     ):
-        raise RuntimeError(f"{DEFAULT!r} is no longer closecast.config's default window")
+        raise RuntimeError(f"{DEFAULT!r} is no longer core.config's default window")
     seeds = list(range(42, 42 + args.seeds))
     started = time.perf_counter()
     universes = load_universes(args.periods, args.stocks_file)

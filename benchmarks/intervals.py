@@ -77,7 +77,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from accuracy import SHARED, Universe, load_universes  # noqa: E402
 
-from closecast.config import WindowConfig  # noqa: E402
+from core.config import WindowConfig  # noqa: E402
 from models.uncertainty import (  # noqa: E402
     LEVELS,
     SIGMA_FLOOR,

@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
-from closecast.config import (
+from core.config import (
     DataConfig,
     PipelineConfig,
     TrainConfig,
@@ -20,7 +20,7 @@ from closecast.config import (
     check_ticker,
     default_home,
 )
-from closecast.errors import InputError, PipelineError
+from core.errors import InputError, PipelineError
 
 app = typer.Typer(
     add_completion=False,
@@ -320,7 +320,7 @@ def backfill(
         raise InputError(f"--start {start} is after --end {end}")
     if retrain_every < 1:
         raise InputError(f"invalid --retrain-every {retrain_every}: expected 1 or more")
-    from closecast.calendar import sessions_between
+    from core.calendar import sessions_between
 
     if not sessions_between(first, last):
         raise InputError(f"no XNYS session between --start {start} and --end {end}")
@@ -428,7 +428,7 @@ def models(
     ] = None,
 ) -> None:
     """List registered versions: version, aliases, created, metrics, promotion decision."""
-    from closecast.config import MODEL_NAME
+    from core.config import MODEL_NAME
     from tasks.registry import CHAMPION, alias_at, alias_history, version_table
 
     when = _as_of_instant(at) if at is not None else None
@@ -469,7 +469,7 @@ def promote(
     """Point `champion` at VERSION; promoting the previous version is the rollback."""
     import getpass
 
-    from closecast.config import MODEL_NAME
+    from core.config import MODEL_NAME
     from tasks.registry import UnknownVersion, promote_version
 
     if not version.isdigit():

@@ -17,8 +17,8 @@ import pandas as pd
 from prefect import flow
 from pydantic import Field
 
-from closecast.config import BACKFILL_EXPERIMENT, MODEL_NAME, PipelineConfig
-from closecast.statuses import merge_issues, ticker_label
+from core.config import BACKFILL_EXPERIMENT, MODEL_NAME, PipelineConfig
+from core.statuses import merge_issues, ticker_label
 from flows.fetch import fetch
 from tasks.backfill import ModelInUse, plan_backfill
 from tasks.evaluation import evaluate_model

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from closecast.config import DataConfig
+from core.config import DataConfig
 from tasks.prices import FetchResult, download_all, fetch_end, open_source, plan_fetches
 from tasks.store import read_store, save_prices, store_lock
 

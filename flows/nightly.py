@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow
 
-from closecast.config import MODEL_NAME, PipelineConfig
-from closecast.statuses import merge_issues, ticker_label
+from core.config import MODEL_NAME, PipelineConfig
+from core.statuses import merge_issues, ticker_label
 from flows.fetch import fetch
 from tasks.evaluation import evaluate_model
 from tasks.fanout import features_each, validate_each

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from prefect import flow
 
-from closecast.config import MODEL_NAME, PipelineConfig
-from closecast.statuses import merge_issues
+from core.config import MODEL_NAME, PipelineConfig
+from core.statuses import merge_issues
 from flows.fetch import fetch
 from flows.nightly import run_name
 from tasks.inference import latest_inputs, load_champion

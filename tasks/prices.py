@@ -20,10 +20,10 @@ from prefect import task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
-from closecast.calendar import session_on_or_before
-from closecast.config import SAMPLE_TICKERS, DataConfig
-from closecast.errors import InputError, PipelineError
-from closecast.statuses import FETCH_FAILED, STALE_DATA, Issues, ticker_label
+from core.calendar import session_on_or_before
+from core.config import SAMPLE_TICKERS, DataConfig
+from core.errors import InputError, PipelineError
+from core.statuses import FETCH_FAILED, STALE_DATA, Issues, ticker_label
 from tasks.store import PRICE_COLUMNS, normalize_prices, overlap_start
 
 logger = logging.getLogger(__name__)

@@ -35,8 +35,9 @@ from mlflow.types.schema import AnyType
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+import core
 import models
-from closecast.config import MODEL_NAME, PipelineConfig
+from core.config import MODEL_NAME, PipelineConfig
 from models.forecaster import OUTPUT_COLUMNS, Forecaster, prediction_table
 from models.pyfunc import CloseForecastModel, accepted_names
 from tasks.evaluation import Evaluation, score_distribution
@@ -207,7 +208,8 @@ def log_forecaster(forecaster: Forecaster, run_id: str, example: pd.DataFrame) -
             name="model",
             python_model=str(MODEL_CODE),
             artifacts={"weights": str(weights), "spec": str(spec)},
-            code_paths=[str(Path(models.__file__).parent)],
+            # models/ and the foundation it imports (core/), as code: no pickle
+            code_paths=[str(Path(models.__file__).parent), str(Path(core.__file__).parent)],
             signature=signature(forecaster),
             input_example=example_input(example, forecaster) if len(example) else None,
             pip_requirements=requirements,

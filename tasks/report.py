@@ -10,8 +10,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from closecast.errors import PipelineError
-from closecast.statuses import INVALID_DATA, OK, Issues
+from core.errors import PipelineError
+from core.statuses import INVALID_DATA, OK, Issues
 from models.forecaster import INTERVAL_COLUMNS
 from tasks.evaluation import LEVELS
 from tasks.scorecard import LIVE_SESSIONS

@@ -20,7 +20,7 @@ from filelock import FileLock
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from closecast.statuses import OK
+from core.statuses import OK
 from models.forecaster import INTERVAL_COLUMNS
 from tasks.evaluation import LEVELS
 from tasks.store import write_atomic

@@ -13,9 +13,9 @@ from filelock import FileLock
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from closecast.calendar import next_session, session_on_or_before
-from closecast.errors import PipelineError
-from closecast.statuses import INSUFFICIENT_HISTORY, INVALID_DATA, Issues
+from core.calendar import next_session, session_on_or_before
+from core.errors import PipelineError
+from core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA, Issues
 
 logger = logging.getLogger(__name__)
 

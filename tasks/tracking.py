@@ -28,8 +28,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from requests.utils import get_environ_proxies
 
-from closecast.config import PipelineConfig
-from closecast.errors import PipelineError
+from core.config import PipelineConfig
+from core.errors import PipelineError
 from models.forecaster import INTERVAL_COLUMNS
 from tasks.evaluation import LEVELS, Evaluation
 from tasks.store import LoadedPrices

@@ -8,8 +8,8 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from closecast.config import TrainConfig
-from closecast.errors import PipelineError
+from core.config import TrainConfig
+from core.errors import PipelineError
 from models.encoding import Encoding
 from models.forecaster import Forecaster, Intervals, window_scale_inputs
 from models.lstm import LSTMConfig, LSTMForecaster

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from closecast.config import (
+from core.config import (
     DataConfig,
     PipelineConfig,
     TrainConfig,

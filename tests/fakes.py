@@ -18,7 +18,7 @@ import pytest
 import yfinance
 from yfinance.exceptions import YFRateLimitError, YFTzMissingError
 
-from closecast.calendar import sessions_between
+from core.calendar import sessions_between
 from tasks.prices import FetchResult
 
 YAHOO_COLUMNS = ["Open", "High", "Low", "Close", "Adj Close", "Volume"]

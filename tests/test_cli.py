@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from closecast.cli import main
-from closecast.errors import InputError, PipelineError
+from core.errors import InputError, PipelineError
 from tests.conftest import read_report, write_ticker_csvs
 
 

@@ -6,7 +6,7 @@ import pytest
 from mlflow import MlflowClient
 
 from closecast.cli import main
-from closecast.config import MODEL_NAME
+from core.config import MODEL_NAME
 from tasks.registry import alias_history, current_aliases, move_alias
 from tasks.tracking import configure_mlflow
 from tests.mlflow_fixtures import free_port

@@ -7,11 +7,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from closecast.calendar import sessions_between
 from closecast.cli import main
-from closecast.config import DataConfig, WindowConfig
-from closecast.errors import PipelineError
-from closecast.statuses import FETCH_FAILED, INSUFFICIENT_HISTORY, STALE_DATA, merge_issues
+from core.calendar import sessions_between
+from core.config import DataConfig, WindowConfig
+from core.errors import PipelineError
+from core.statuses import FETCH_FAILED, INSUFFICIENT_HISTORY, STALE_DATA, merge_issues
 from flows.fetch import fetch
 from tasks.features import build_features
 from tasks.store import load_point_in_time, read_prices, store_lock, write_prices

@@ -6,8 +6,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from closecast.config import MODEL_NAME
-from closecast.errors import PipelineError
+from core.config import MODEL_NAME
+from core.errors import PipelineError
 from flows.nightly import nightly
 from models.forecaster import OUTPUT_COLUMNS
 from tasks.features import latest_rows

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from closecast.cli import main
-from closecast.config import MODEL_NAME
+from core.config import MODEL_NAME
 from tasks.features import latest_rows
 from tasks.registry import alias_history, current_aliases
 from tasks.store import load_point_in_time

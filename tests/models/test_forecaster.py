@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from closecast import statuses
+from core import statuses
 from models import forecaster as forecaster_module
 from models.encoding import Encoding
 from models.forecaster import OUTPUT_COLUMNS, Forecaster
@@ -40,7 +40,7 @@ def _rows(tickers: list[str], n: int = 8) -> pd.DataFrame:
 
 
 def test_statuses_are_the_reports_statuses() -> None:
-    """models/ cannot import closecast, so its status strings must match closecast.statuses."""
+    """models/ cannot import closecast, so its status strings must match core.statuses."""
     assert forecaster_module.OK == statuses.OK
     assert forecaster_module.INSUFFICIENT_HISTORY == statuses.INSUFFICIENT_HISTORY
     assert forecaster_module.INVALID_DATA == statuses.INVALID_DATA

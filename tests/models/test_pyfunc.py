@@ -12,7 +12,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 
-from closecast.config import MODEL_NAME
+from core.config import MODEL_NAME
 from models.encoding import Encoding
 from models.forecaster import OUTPUT_COLUMNS, Forecaster
 from models.lstm import LSTMConfig, LSTMForecaster

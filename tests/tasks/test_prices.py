@@ -7,8 +7,8 @@ import pytest
 import yfinance
 from prefect import flow
 
-from closecast.config import DataConfig
-from closecast.errors import InputError
+from core.config import DataConfig
+from core.errors import InputError
 from tasks import prices
 from tasks.prices import (
     CsvSource,

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 import tasks.report
-from closecast.config import MODEL_NAME, PipelineConfig
+from core.config import MODEL_NAME, PipelineConfig
 from flows.nightly import NightlyResult, nightly
 from models.encoding import Encoding
 from models.forecaster import OUTPUT_COLUMNS, Forecaster

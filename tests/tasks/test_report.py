@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from closecast.errors import PipelineError
+from core.errors import PipelineError
 from tasks.report import ReportContext, build_report, report_path, require_predictions
 from tests.conftest import read_report
 

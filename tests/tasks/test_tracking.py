@@ -15,8 +15,8 @@ from matplotlib.collections import PolyCollection
 from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.exceptions import MlflowException
 
-from closecast.config import PipelineConfig
-from closecast.errors import PipelineError
+from core.config import PipelineConfig
+from core.errors import PipelineError
 from tasks.tracking import (
     artifact_location,
     configure_mlflow,

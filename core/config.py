@@ -6,13 +6,12 @@ draws a form for it in its UI. Each task receives only the sub-config it needs.
 
 import os
 import re
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from models.lstm import LSTMConfig
 
 TICKER_PATTERN = re.compile(r"^[A-Za-z0-9.^=_-]{1,20}$")
 # The same rule as `check_source`, as a JSON-schema pattern: Prefect's run form refuses a typo.
@@ -73,6 +72,30 @@ def check_tracking_uri(uri: str | None) -> str | None:
 def default_home() -> Path:
     """`$CLOSECAST_HOME`, else `.closecast` under the current directory."""
     return Path(os.environ.get("CLOSECAST_HOME") or ".closecast").absolute()
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    """Architecture of the forecaster (the number of features comes from the data)."""
+
+    # The Field annotations are for the config form and its validation (pydantic);
+    # __post_init__ checks the same bounds when the class is built directly.
+    hidden_size: Annotated[int, Field(ge=1, le=4096, description="LSTM hidden units, e.g. 32.")] = (
+        32
+    )
+    num_layers: Annotated[int, Field(ge=1, le=8, description="Stacked LSTM layers, e.g. 1.")] = 1
+    # Applied to the last hidden state, before the head. nn.LSTM's own
+    # `dropout` acts only between stacked layers, so with one layer it would
+    # silently do nothing.
+    dropout: Annotated[
+        float, Field(ge=0, lt=1, description="Dropout before the dense head, e.g. 0.2.")
+    ] = 0.2
+
+    def __post_init__(self) -> None:
+        if self.hidden_size < 1 or self.num_layers < 1:
+            raise ValueError(f"hidden_size and num_layers must be >= 1, got {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 class _Strict(BaseModel):
