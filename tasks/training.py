@@ -177,8 +177,3 @@ def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> Trai
         trained.fit.output_scale,
     )
     return trained
-
-
-def history_frame(result: FitResult) -> dict[str, list[float]]:
-    """Loss curves as columns, for an MLflow table."""
-    return {k: [float(h[k]) for h in result.history] for k in ("epoch", "train_loss", "val_loss")}
