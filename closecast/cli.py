@@ -388,7 +388,7 @@ def tracking_uri_from_env() -> str | None:
 
 def _registry(home: Path | None):  # type: ignore[no-untyped-def]
     """A client for the registry the pipeline would use, after one successful contact."""
-    from tasks.tracking import connect_mlflow
+    from tasks.mlflow_connection import connect_mlflow
 
     config = _build(
         lambda: PipelineConfig(home=home or default_home(), tracking_uri=tracking_uri_from_env())
@@ -429,7 +429,7 @@ def models(
 ) -> None:
     """List registered versions: version, aliases, created, metrics, promotion decision."""
     from core.config import MODEL_NAME
-    from tasks.registry import CHAMPION, alias_at, alias_history, version_table
+    from tasks.aliases import CHAMPION, alias_at, alias_history, version_table
 
     when = _as_of_instant(at) if at is not None else None
     uri, client = _registry(home)
@@ -470,7 +470,7 @@ def promote(
     import getpass
 
     from core.config import MODEL_NAME
-    from tasks.registry import UnknownVersion, promote_version
+    from tasks.aliases import UnknownVersion, promote_version
 
     if not version.isdigit():
         raise InputError(f"invalid version {version!r}: expected a version number")

@@ -20,17 +20,19 @@ from pydantic import Field
 from core.config import BACKFILL_EXPERIMENT, MODEL_NAME, PipelineConfig
 from core.statuses import merge_issues, ticker_label
 from flows.fetch import fetch
+from tasks.aliases import rollback_registration
 from tasks.backfill import ModelInUse, plan_backfill
 from tasks.evaluation import evaluate_model
 from tasks.fanout import features_each, validate_each
 from tasks.features import latest_rows
 from tasks.inference import predict_in_memory
+from tasks.mlflow_connection import tracking_run
 from tasks.prices import FetchResult
-from tasks.registry import promote_model, register_model, rollback_registration
+from tasks.registry import promote_model, register_model
 from tasks.report import ReportContext, build_report, publish_report
 from tasks.scorecard import update_scorecard
 from tasks.store import load_prices
-from tasks.tracking import log_run, run_tags, tracking_run
+from tasks.tracking import log_run, run_tags
 from tasks.training import train_model
 from tasks.validate import ValidatedPrices
 from tasks.windows import Dataset, build_windows, window_columns

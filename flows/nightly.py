@@ -10,14 +10,16 @@ from prefect import flow
 from core.config import MODEL_NAME, PipelineConfig
 from core.statuses import merge_issues, ticker_label
 from flows.fetch import fetch
+from tasks.aliases import rollback_registration
 from tasks.evaluation import evaluate_model
 from tasks.fanout import features_each, validate_each
 from tasks.features import latest_rows
-from tasks.registry import predict_next, promote_model, register_model, rollback_registration
+from tasks.mlflow_connection import tracking_run
+from tasks.registry import predict_next, promote_model, register_model
 from tasks.report import ReportContext, build_report, publish_report, require_predictions
 from tasks.scorecard import update_scorecard
 from tasks.store import load_prices
-from tasks.tracking import log_run, run_tags, tracking_run
+from tasks.tracking import log_run, run_tags
 from tasks.training import train_model
 from tasks.windows import build_windows, window_columns
 

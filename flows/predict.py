@@ -10,10 +10,10 @@ from core.statuses import merge_issues
 from flows.fetch import fetch
 from flows.nightly import run_name
 from tasks.inference import latest_inputs, load_champion
+from tasks.mlflow_connection import tracking_run
 from tasks.registry import predict_next
 from tasks.report import ReportContext, build_report, publish_report, require_predictions
 from tasks.store import load_prices
-from tasks.tracking import tracking_run
 from tasks.validate import validate_prices
 
 

@@ -15,7 +15,7 @@ from core.errors import PipelineError
 from core.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
 from models.forecaster import Forecaster, prediction_table
 from tasks.features import latest_rows
-from tasks.tracking import connect_mlflow
+from tasks.mlflow_connection import connect_mlflow
 
 CHAMPION = "champion"
 _VERSION_METRICS = ("test_rmse", "naive_rmse", "skill")

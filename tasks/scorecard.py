@@ -23,8 +23,8 @@ from prefect.cache_policies import NO_CACHE
 from core.statuses import OK
 from models.forecaster import INTERVAL_COLUMNS
 from tasks.evaluation import LEVELS
+from tasks.mlflow_connection import configure_mlflow, log_metrics
 from tasks.store import write_atomic
-from tasks.tracking import configure_mlflow, log_metrics
 
 logger = logging.getLogger(__name__)
 

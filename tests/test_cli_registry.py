@@ -7,8 +7,8 @@ from mlflow import MlflowClient
 
 from closecast.cli import main
 from core.config import MODEL_NAME
-from tasks.registry import alias_history, current_aliases, move_alias
-from tasks.tracking import configure_mlflow
+from tasks.aliases import alias_history, current_aliases, move_alias
+from tasks.mlflow_connection import configure_mlflow
 from tests.mlflow_fixtures import free_port
 
 METRICS = {
