@@ -72,7 +72,7 @@ from models.lstm import LSTMConfig  # noqa: E402
 from models.training import SHRINK_Z, fit_output_scale, scale_output  # noqa: E402
 from tasks.evaluation import evaluate_forecaster  # noqa: E402
 from tasks.features import compute_features  # noqa: E402
-from tasks.prices import CsvSource, SampleSource  # noqa: E402
+from tasks.sources import CsvSource, SampleSource  # noqa: E402
 from tasks.training import encode_split, train_forecaster  # noqa: E402
 from tasks.validate import validate_all  # noqa: E402
 from tasks.windows import build_dataset, window_columns  # noqa: E402

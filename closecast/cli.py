@@ -102,7 +102,7 @@ def data_config(
         raise InputError(str(exc)) from None
     symbols = parse_tickers(tickers, tickers_file)
     if not symbols and source.startswith("csv:"):
-        from tasks.prices import CsvSource
+        from tasks.sources.csv import CsvSource
 
         symbols = CsvSource(Path(source.removeprefix("csv:")).expanduser()).tickers()
     if not symbols and source == "yfinance":

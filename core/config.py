@@ -138,7 +138,7 @@ class DataConfig(_Strict):
         description="Retries of a chunk after a rate limit or network error.",
     )
     retry_backoff_seconds: float = Field(
-        default=2.0, ge=0, le=600, description="First retry delay; each later one is 4x longer."
+        default=2.0, ge=0, le=600, description="First retry delay; each later one is 2x longer."
     )
 
     @field_validator("tickers")

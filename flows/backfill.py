@@ -27,10 +27,10 @@ from tasks.fanout import features_each, validate_each
 from tasks.features import latest_rows
 from tasks.inference import predict_in_memory
 from tasks.mlflow_connection import tracking_run
-from tasks.prices import FetchResult
 from tasks.registry import promote_model, register_model
 from tasks.report import ReportContext, build_report, publish_report
 from tasks.scorecard import update_scorecard
+from tasks.sources import FetchResult
 from tasks.store import load_prices
 from tasks.tracking import log_run, run_tags
 from tasks.training import train_model

@@ -41,7 +41,7 @@ def sp500_frames() -> dict[str, pd.DataFrame]:
     """Every ticker of the shared S&P 500 file, read once through the csv source."""
     if not SHARED_DATA.is_file():
         pytest.skip(f"{SHARED_DATA} is absent")
-    from tasks.prices import CsvSource
+    from tasks.sources.csv import CsvSource
 
     source = CsvSource(SHARED_DATA)
     return source.download(source.tickers(), None, None).frames

@@ -159,8 +159,9 @@ def test_fetch_waits_while_another_run_holds_the_home(tmp_path: Path, yahoo: Fak
 
 
 def test_rate_limit_is_retried_by_the_task(tmp_path: Path, yahoo: FakeYahoo) -> None:
-    """A rate limit on the first try is retried; the retry succeeds and nothing fails."""
-    yahoo.rate_limit_once("AAA")
+    """A rate limit that outlasts the first try (the batch and the second ask of AAA) is
+    retried by the task; the retry succeeds and nothing fails."""
+    yahoo.rate_limit("AAA", times=2)
     result = fetch(_data(["AAA", "BBB"], DAY_100, fetch_retries=2), tmp_path)
     assert result.failures == {}
     assert len(yahoo.downloads) == 2
@@ -171,8 +172,7 @@ def test_failures_stay_with_their_chunk_or_ticker(tmp_path: Path, yahoo: FakeYah
     """Chunks of chunk_size map to one download each; a chunk still rate-limited after its
     retries fails only its own tickers, an unknown ticker only itself; the rest is stored."""
     yahoo.history["CCC"] = yahoo_frame(300, seed=2)
-    yahoo.rate_limit_once("AAA")
-    yahoo.rate_limit_once("AAA")
+    yahoo.rate_limit("AAA", times=4)  # both asks of both tries
     data = _data(["AAA", "BBB", "CCC", "NOPE"], DAY_100, chunk_size=2, fetch_retries=1)
 
     result = fetch(data, tmp_path)
