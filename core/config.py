@@ -241,7 +241,7 @@ class PipelineConfig(_Strict):
     tracking_uri: Annotated[str | None, AfterValidator(check_tracking_uri)] = Field(
         default=None,
         description="MLflow tracking URI, e.g. http://127.0.0.1:5000; "
-        "empty = sqlite:///<home>/mlflow.db.",
+        "empty = $MLFLOW_TRACKING_URI, else sqlite:///<home>/mlflow.db.",
     )
     experiment: str = Field(default=EXPERIMENT, description="MLflow experiment of the runs.")
 
@@ -254,8 +254,17 @@ class PipelineConfig(_Strict):
 
     @property
     def mlflow_uri(self) -> str:
-        """The tracking URI this run logs to."""
-        return self.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+        """The tracking URI this run logs to: `tracking_uri`, else `$MLFLOW_TRACKING_URI`,
+        else `sqlite:///<home>/mlflow.db`.
+
+        The environment is read here, when the URI is used, never stored in the config:
+        a config serialised into a deployment follows the environment of whoever runs it.
+        """
+        return (
+            self.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{self.home / 'mlflow.db'}"
+        )
 
     @property
     def prices_dir(self) -> Path:

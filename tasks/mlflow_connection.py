@@ -40,9 +40,21 @@ _OPEN_RUNS: set[str] = set()  # runs open in this process
 
 
 def configure_mlflow(tracking_uri: str) -> MlflowClient:
-    """Point MLflow's tracking and registry at `tracking_uri` and return a client."""
+    """Point MLflow's tracking and registry at `tracking_uri` and return a client.
+
+    MLflow also writes the URI into $MLFLOW_TRACKING_URI and $MLFLOW_REGISTRY_URI;
+    they are put back as they were, because the environment is the user's word
+    (`PipelineConfig.mlflow_uri` reads it) and a later config of another home
+    must not inherit this one's store.
+    """
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
