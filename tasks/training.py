@@ -85,14 +85,7 @@ def train_forecaster(
     )
     train = encode_split(forecaster, dataset.train, device)
     validation = encode_split(forecaster, dataset.validation, device)
-    settings = FitSettings(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        patience=config.patience,
-        grad_clip=config.grad_clip,
-        seed=config.seed,
-    )
+    settings = FitSettings.from_config(config)
     forecaster.module.to(device)
     result = fit(forecaster.module, train, validation, settings, on_epoch_end)
     if config.shrink_output and forecaster.encoding.predicts_return:
