@@ -155,7 +155,8 @@ class WindowConfig(_Strict):
     )
     features: list[FeatureName] = Field(
         default_factory=lambda: list(DEFAULT_FEATURES),
-        description="Input columns per day, close first, e.g. close, volume, open.",
+        description="Input columns per day, close first, of close, volume, open, high, low; "
+        "e.g. close, volume, open.",
     )
     target: Literal["vol_return", "log_return", "minmax_close"] = Field(
         default="vol_return",

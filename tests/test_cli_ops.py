@@ -2,9 +2,11 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from closecast.cli import main
-from tests.mlflow_fixtures import free_port
+from core.config import BACKFILL_EXPERIMENT
+from tests.mlflow_fixtures import free_port, new_home
 
 
 @pytest.mark.parametrize(
@@ -70,3 +72,30 @@ def test_a_refused_tracking_server_exits_1_within_20_s(
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"closecast: pipeline failed: MLflow at {uri} cannot be reached")
     assert line.endswith("Connection refused")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_backfill_trains_with_the_model_options_given(
+    tmp_path: Path, csv_folder: Path, mlflow_template: Path
+) -> None:
+    """Every model and training option of backfill reaches the run's configuration."""
+    home = new_home(tmp_path / "home", mlflow_template)
+    given = {
+        "windows.window": "5", "windows.features": "close,volume", "windows.target": "log_return",
+        "lstm.hidden_size": "8", "lstm.dropout": "0.1", "train.epochs": "2",
+        "train.batch_size": "16", "train.learning_rate": "0.01", "train.patience": "3",
+        "train.seed": "7", "train.device": "cpu",
+    }  # fmt: skip
+    flags = ["--window", "--features", "--target", "--hidden", "--dropout", "--epochs"]
+    flags += ["--batch-size", "--learning-rate", "--patience", "--seed", "--device"]
+    options = [
+        arg for flag, value in zip(flags, given.values(), strict=True) for arg in (flag, value)
+    ]
+    args = ["backfill", "--start", "2021-03-01", "--end", "2021-03-01", "--tickers", "AAA,BBB"]
+    args += ["--source", f"csv:{csv_folder}", "--home", str(home), *options]
+    assert main(args) == 0
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(BACKFILL_EXPERIMENT)
+    assert experiment is not None
+    [run] = client.search_runs([experiment.experiment_id])
+    assert {name: run.data.params[name] for name in given} == given
