@@ -16,7 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from scipy.stats import binomtest, norm
 
 from models.forecaster import INTERVAL_COLUMNS, Forecaster
-from models.uncertainty import close_intervals, coverage, interval_score, normal_calibration
+from models.interval_scores import coverage, interval_score
+from models.uncertainty import close_intervals, normal_calibration
 from tasks.windows import WindowSet
 
 LEVELS = (80, 95)  # percent, as in the column names
