@@ -34,7 +34,7 @@ fitted with `arch` on the training span only and filtered forward, Corsi's
 HAR (1, 5, 22 days of |r| and high-low ranges, per ticker, empirical
 quantiles), and the research recipe har10 + conformal centred on naive.
 Scores are relative to the last close: coverage, mean Gneiting–Raftery
-interval score, Kupiec and Christoffersen p-values (models/uncertainty.py),
+interval score, Kupiec and Christoffersen p-values (models/interval_scores.py),
 the 95% score against each baseline pooled and per period, and the issue's
 targets. The model's numbers are the mean over seeds; p-values per seed.
 

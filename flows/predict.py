@@ -8,7 +8,7 @@ from prefect import flow
 from core.config import MODEL_NAME, PipelineConfig
 from core.statuses import merge_issues
 from flows.fetch import fetch
-from flows.nightly import run_name
+from flows.session import run_name
 from tasks.inference import latest_inputs, load_champion
 from tasks.mlflow_connection import tracking_run
 from tasks.registry import predict_next

@@ -1,11 +1,13 @@
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+from filelock import Timeout
 
 from closecast.cli import main
 from core.calendar import sessions_between
@@ -142,12 +144,30 @@ def test_unreadable_file_is_named_and_fetched_again(
 # --- concurrency --------------------------------------------------------------
 
 
-def test_fetch_waits_while_another_run_holds_the_home(tmp_path: Path, yahoo: FakeYahoo) -> None:
+def test_fetch_waits_while_another_run_holds_the_home(
+    tmp_path: Path, yahoo: FakeYahoo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A fetch neither reads nor writes the store while another run holds its lock."""
+    waiting = threading.Event()
+
+    @contextmanager
+    def lock_noting_the_wait(home: Path) -> Iterator[None]:
+        lock = store_lock(home)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # held by another: the fetch now waits for it
+            waiting.set()
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    monkeypatch.setattr("flows.fetch.store_lock", lock_noting_the_wait)
     thread = threading.Thread(target=fetch, args=(_data(["AAA"], DAY_100), tmp_path))
     with store_lock(tmp_path):
         thread.start()
-        time.sleep(2.0)  # a fetch takes about a second when nothing holds the lock
+        assert waiting.wait(timeout=60), "the fetch never waited for the home's lock"
         assert yahoo.downloads == []
         assert not (tmp_path / "prices").exists()
     thread.join()
