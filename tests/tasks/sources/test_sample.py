@@ -5,9 +5,9 @@ from datetime import date
 import numpy as np
 import pandas as pd
 import pytest
-from tasks.sources.sample import SampleSource
 
 from core.calendar import sessions_between
+from tasks.sources.sample import SampleSource
 from tasks.store import PRICE_COLUMNS
 
 
