@@ -34,7 +34,7 @@ fitted with `arch` on the training span only and filtered forward, Corsi's
 HAR (1, 5, 22 days of |r| and high-low ranges, per ticker, empirical
 quantiles), and the research recipe har10 + conformal centred on naive.
 Scores are relative to the last close: coverage, mean Gneiting–Raftery
-interval score, Kupiec and Christoffersen p-values (models/uncertainty.py),
+interval score, Kupiec and Christoffersen p-values (models/interval_scores.py),
 the 95% score against each baseline pooled and per period, and the issue's
 targets. The model's numbers are the mean over seeds; p-values per seed.
 
@@ -67,12 +67,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from closecast.config import TrainConfig, WindowConfig  # noqa: E402
+from core.config import TrainConfig, WindowConfig  # noqa: E402
 from models.lstm import LSTMConfig  # noqa: E402
 from models.training import SHRINK_Z, fit_output_scale, scale_output  # noqa: E402
 from tasks.evaluation import evaluate_forecaster  # noqa: E402
 from tasks.features import compute_features  # noqa: E402
-from tasks.prices import CsvSource, SampleSource  # noqa: E402
+from tasks.sources import CsvSource, SampleSource  # noqa: E402
 from tasks.training import encode_split, train_forecaster  # noqa: E402
 from tasks.validate import validate_all  # noqa: E402
 from tasks.windows import build_dataset, window_columns  # noqa: E402
@@ -121,7 +121,7 @@ RECIPES = {
         Recipe("vol_return, close,volume,open, window 20", "vol_return", CVO, 20),
     )
 }
-DEFAULT = "vol_return, close,volume,open"  # closecast.config's WindowConfig()
+DEFAULT = "vol_return, close,volume,open"  # core.config's WindowConfig()
 MODEL = "lstm+intervals"  # the product's intervals in the interval tables
 LEVELS = (80, 95)
 
@@ -527,7 +527,7 @@ def main() -> None:
         WindowConfig().features,
         WindowConfig().window,
     ):
-        raise RuntimeError(f"{DEFAULT!r} is no longer closecast.config's default window")
+        raise RuntimeError(f"{DEFAULT!r} is no longer core.config's default window")
     seeds = list(range(42, 42 + args.seeds))
     started = time.perf_counter()
     universes = load_universes(args.periods, args.stocks_file)

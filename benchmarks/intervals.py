@@ -77,18 +77,20 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from accuracy import SHARED, Universe, load_universes  # noqa: E402
 
-from closecast.config import WindowConfig  # noqa: E402
+from core.config import WindowConfig  # noqa: E402
+from models.interval_scores import (  # noqa: E402
+    christoffersen_pvalue,
+    coverage,
+    interval_score,
+    kupiec_pvalue,
+)
 from models.uncertainty import (  # noqa: E402
     LEVELS,
     SIGMA_FLOOR,
     Calibration,
-    christoffersen_pvalue,
-    coverage,
     ewma_sigma,
     fit_conformal,
     fit_scale,
-    interval_score,
-    kupiec_pvalue,
     normal_calibration,
     predict_scale,
     scale_features,

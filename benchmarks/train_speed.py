@@ -44,7 +44,7 @@ from models.training import (  # noqa: E402
     train_epoch,
     training_threads,
 )
-from tasks.prices import SampleSource  # noqa: E402
+from tasks.sources.sample import SampleSource  # noqa: E402
 from tasks.windows import make_windows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_speed.json"

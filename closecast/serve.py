@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from closecast.config import PipelineConfig
-from closecast.errors import InputError, PipelineError
+from core.config import PipelineConfig
+from core.errors import InputError, PipelineError
 
 logger = logging.getLogger(__name__)
 

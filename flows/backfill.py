@@ -13,27 +13,15 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 from prefect import flow
 from pydantic import Field
 
-from closecast.config import BACKFILL_EXPERIMENT, MODEL_NAME, PipelineConfig
-from closecast.statuses import merge_issues, ticker_label
+from core.config import BACKFILL_EXPERIMENT, PipelineConfig
+from core.statuses import ticker_label
 from flows.fetch import fetch
+from flows.session import forecast_session, prepare_session
 from tasks.backfill import ModelInUse, plan_backfill
-from tasks.evaluation import evaluate_model
-from tasks.fanout import features_each, validate_each
-from tasks.features import latest_rows
-from tasks.inference import predict_in_memory
-from tasks.prices import FetchResult
-from tasks.registry import promote_model, register_model, rollback_registration
-from tasks.report import ReportContext, build_report, publish_report
-from tasks.scorecard import update_scorecard
-from tasks.store import load_prices
-from tasks.tracking import log_run, run_tags, tracking_run
-from tasks.training import train_model
-from tasks.validate import ValidatedPrices
-from tasks.windows import Dataset, build_windows, window_columns
+from tasks.sources import FetchResult
 
 
 @dataclass(frozen=True)
@@ -96,60 +84,9 @@ def backfill_session(
     register_versions: bool,
 ) -> tuple[Path, ModelInUse]:
     """One point-in-time session: train when given no model, predict, report, score."""
-    prices = load_prices(config.prices_dir, config.data.tickers, as_of)
-    validated = validate_each(prices.frames)
-    features = features_each(validated.frames, window_columns(config.windows.features))
-    dataset = build_windows(features, config.windows, prices.as_of)
-    issues = merge_issues(
-        FetchResult(failures=fetch_failures).issues(prices.frames),
-        prices.issues,
-        validated.issues,
-        dataset.issues,
+    inputs = prepare_session(config, as_of, FetchResult(failures=fetch_failures))
+    retrained = {"retrained": str(model is None).lower()}
+    session = forecast_session(
+        config, inputs, "backfill", model, register=register_versions, tags=retrained
     )
-    latest = latest_rows(validated.frames, dataset.latest.tickers.tolist(), dataset.window)
-    tags = {**run_tags(config, prices, dataset), "retrained": str(model is None).lower()}
-    with (
-        tracking_run(config, f"backfill {prices.as_of}", tags) as run_id,
-        rollback_registration(config.mlflow_uri, run_id),
-    ):
-        if model is None:
-            model = train_session(config, run_id, dataset, validated, latest, register_versions)
-        predictions = predict_in_memory(model.forecaster, latest)
-        context = ReportContext(prices.as_of, prices.target_date, MODEL_NAME, model.version, run_id)
-        report = build_report(
-            config.data.tickers, context, validated.last_closes(), predictions, issues
-        )
-        live = update_scorecard(
-            config.reports_dir, validated.frames, prices.as_of, config.mlflow_uri, run_id
-        )
-        path = publish_report(report, config.reports_dir, model.metrics, model.decision, live=live)
-    return path, model
-
-
-def train_session(
-    config: PipelineConfig,
-    run_id: str,
-    dataset: Dataset,
-    validated: ValidatedPrices,
-    latest: pd.DataFrame,
-    register_versions: bool,
-) -> ModelInUse:
-    """Train, evaluate and log to `run_id`; register (through the gate) only when asked."""
-    trained = train_model(dataset, config.lstm, config.train)
-    evaluation = evaluate_model(trained.forecaster, dataset.test)
-    log_run(config, run_id, trained, evaluation, validated)
-    if not register_versions:
-        return ModelInUse(
-            forecaster=trained.forecaster,
-            version=f"run:{run_id}",
-            metrics=evaluation.metrics,
-            decision="not registered",
-        )
-    registered = register_model(config, run_id, trained.forecaster, evaluation, dataset, latest)
-    promote_model(config.mlflow_uri, registered)
-    return ModelInUse(
-        forecaster=trained.forecaster,
-        version=registered.version,
-        metrics=evaluation.metrics,
-        decision=registered.decision.tag,
-    )
+    return session.report_path, session.model

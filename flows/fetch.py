@@ -4,8 +4,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from closecast.config import DataConfig
-from tasks.prices import FetchResult, download_all, fetch_end, open_source, plan_fetches
+from core.config import DataConfig
+from tasks.fetch import download_all, fetch_end, plan_fetches, refetch_rebased
+from tasks.sources import FetchResult, open_source
 from tasks.store import read_store, save_prices, store_lock
 
 
@@ -24,10 +25,7 @@ def fetch(data: DataConfig, home: Path) -> FetchResult:
         fetched = download_all(source, plan_fetches(stored, data, end), data)
         update = save_prices(prices_dir, stored, fetched.frames)
         if update.rebased:
-            fresh = dict.fromkeys(update.rebased)
-            refetched = download_all(source, plan_fetches(fresh, data, end), data)
-            save_prices(prices_dir, fresh, refetched.frames, replace=True)
-            fetched.update(refetched)
+            fetched.update(refetch_rebased(source, update.rebased, prices_dir, data, end))
     fetched.end = end
     fetched.require_any(data.tickers)
     return fetched

@@ -5,15 +5,15 @@ from pathlib import Path
 
 from prefect import flow
 
-from closecast.config import MODEL_NAME, PipelineConfig
-from closecast.statuses import merge_issues
+from core.config import MODEL_NAME, PipelineConfig
+from core.statuses import merge_issues
 from flows.fetch import fetch
-from flows.nightly import run_name
+from flows.session import run_name
 from tasks.inference import latest_inputs, load_champion
+from tasks.mlflow_connection import tracking_run
 from tasks.registry import predict_next
 from tasks.report import ReportContext, build_report, publish_report, require_predictions
 from tasks.store import load_prices
-from tasks.tracking import tracking_run
 from tasks.validate import validate_prices
 
 

@@ -33,7 +33,7 @@ READABLE_SPECS = (1, 2)
 SCALE_COLUMNS = ("high", "low")
 INTERVAL_COLUMNS = ("lower_80", "upper_80", "lower_95", "upper_95")
 
-# The report's statuses (closecast.statuses): models/ travels inside the logged
+# The report's statuses (core.statuses): models/ travels inside the logged
 # model as code, so it imports nothing from closecast and repeats the strings.
 OK, INSUFFICIENT_HISTORY, INVALID_DATA = "ok", "insufficient_history", "invalid_data"
 # ticker -> (status, one-line reason) for the tickers that get no prediction.

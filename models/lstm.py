@@ -15,36 +15,12 @@ dense layer to one output. `torch.nn.LSTM` computes exactly these equations
 (tests/models/test_lstm.py checks it against NumPy), with its fused kernels.
 """
 
-from dataclasses import dataclass
-from typing import Annotated
-
 import torch
-from pydantic import Field
 from torch import nn
 
+from core.config import LSTMConfig
 
-@dataclass(frozen=True)
-class LSTMConfig:
-    """Architecture of the forecaster (the number of features comes from the data)."""
-
-    # The Field annotations are for the config form and its validation (pydantic);
-    # __post_init__ checks the same bounds when the class is built directly.
-    hidden_size: Annotated[int, Field(ge=1, le=4096, description="LSTM hidden units, e.g. 32.")] = (
-        32
-    )
-    num_layers: Annotated[int, Field(ge=1, le=8, description="Stacked LSTM layers, e.g. 1.")] = 1
-    # Applied to the last hidden state, before the head. nn.LSTM's own
-    # `dropout` acts only between stacked layers, so with one layer it would
-    # silently do nothing.
-    dropout: Annotated[
-        float, Field(ge=0, lt=1, description="Dropout before the dense head, e.g. 0.2.")
-    ] = 0.2
-
-    def __post_init__(self) -> None:
-        if self.hidden_size < 1 or self.num_layers < 1:
-            raise ValueError(f"hidden_size and num_layers must be >= 1, got {self}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+__all__ = ["LSTMConfig", "LSTMForecaster"]
 
 
 class LSTMForecaster(nn.Module):

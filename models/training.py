@@ -8,13 +8,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from core.config import TrainConfig
 from models.fused_step import FusedLSTMStep
 from models.lstm import LSTMForecaster
 
@@ -35,19 +36,32 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+_TRAIN = TrainConfig()  # the defaults come from the pipeline's config, typed once
+
+
 @dataclass(frozen=True)
 class FitSettings:
-    """How to optimise: Adam on MSE, early stopping on validation loss."""
+    """How to optimise: Adam on MSE, early stopping on validation loss.
 
-    epochs: int = 50
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    patience: int | None = 5  # None: train every epoch, keep the last weights
-    grad_clip: float | None = 1.0
-    seed: int = 42
+    The pipeline's `TrainConfig` in the loop's terms (`from_config`), plus the
+    two knobs only tests and benchmarks turn: `patience=None` and `fused_step`.
+    """
+
+    epochs: int = _TRAIN.epochs
+    batch_size: int = _TRAIN.batch_size
+    learning_rate: float = _TRAIN.learning_rate
+    patience: int | None = _TRAIN.patience  # None: train every epoch, keep the last weights
+    grad_clip: float | None = _TRAIN.grad_clip
+    seed: int = _TRAIN.seed
     # On a CPU, a one-layer model trains with the hand-written step of
     # models/fused_step.py (same numbers, a fraction of the overhead).
     fused_step: bool = True
+
+    @classmethod
+    def from_config(cls, train: TrainConfig) -> "FitSettings":
+        """The settings `train` describes: every field the two share, by name."""
+        shared = {f.name for f in fields(cls)} & set(TrainConfig.model_fields)
+        return cls(**train.model_dump(include=shared))
 
 
 @dataclass

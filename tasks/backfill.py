@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, model_serializer
 
-from closecast.calendar import sessions_between
+from core.calendar import sessions_between
 from models.forecaster import Forecaster
 from tasks.report import is_complete_report, report_path
 

@@ -7,16 +7,24 @@ normal, around the naive forecast), which need no fitting. Every error and
 score is relative to the last close, so no ticker dominates by its price level.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.core.groupby import DataFrameGroupBy
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from scipy.stats import binomtest, norm
+from sklearn.metrics import (
+    mean_absolute_error,
+    mean_absolute_percentage_error,
+    root_mean_squared_error,
+)
 
 from models.forecaster import INTERVAL_COLUMNS, Forecaster
-from models.uncertainty import close_intervals, coverage, interval_score, normal_calibration
+from models.interval_scores import coverage, interval_score
+from models.uncertainty import close_intervals, normal_calibration
 from tasks.windows import WindowSet
 
 LEVELS = (80, 95)  # percent, as in the column names
@@ -29,10 +37,6 @@ class Evaluation:
     metrics: dict[str, float]
     per_ticker: pd.DataFrame
     predictions: pd.DataFrame  # one row per test window
-
-
-def _rmse(errors: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(errors))))
 
 
 def score_forecasts(
@@ -49,19 +53,20 @@ def score_forecasts(
         raise ValueError("no test windows to evaluate on")
     if not np.all(np.isfinite(predicted)):
         raise ValueError(f"{int((~np.isfinite(predicted)).sum())} predictions are not finite")
-    relative = (predicted - actual) / last_close
-    naive_relative = (last_close - actual) / last_close
-    rmse, naive_rmse = _rmse(relative), _rmse(naive_relative)
+    # Closes as multiples of the last close: their errors are the errors relative to it.
+    truth, forecast, naive = actual / last_close, predicted / last_close, np.ones(len(actual))
+    rmse = root_mean_squared_error(truth, forecast)
+    naive_rmse = root_mean_squared_error(truth, naive)
     return {
-        "test_rmse": rmse,
-        "test_mae": float(np.mean(np.abs(relative))),
-        "test_mape": float(np.mean(np.abs(predicted - actual) / actual) * 100),
+        "test_rmse": float(rmse),
+        "test_mae": float(mean_absolute_error(truth, forecast)),
+        "test_mape": float(mean_absolute_percentage_error(actual, predicted) * 100),
         "test_directional_accuracy": float(
             np.mean(np.sign(predicted - last_close) == np.sign(actual - last_close))
         ),
-        "naive_rmse": naive_rmse,
-        "naive_mae": float(np.mean(np.abs(naive_relative))),
-        "skill": 1.0 - rmse / naive_rmse if naive_rmse > 0 else 0.0,
+        "naive_rmse": float(naive_rmse),
+        "naive_mae": float(mean_absolute_error(truth, naive)),
+        "skill": float(1.0 - rmse / naive_rmse) if naive_rmse > 0 else 0.0,
     }
 
 
@@ -144,23 +149,29 @@ def score_distribution(forecast: dict[str, np.ndarray], test: WindowSet) -> dict
     return metrics
 
 
+def _by_ticker(
+    grouped: DataFrameGroupBy,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    forecast: str = "predicted_close",
+) -> pd.Series:
+    """`metric(actual_close, forecast)` of each ticker's windows (arrays: sklearn checks
+    them faster than Series, which counts over a 500-ticker universe)."""
+    return grouped.apply(
+        lambda g: float(metric(g["actual_close"].to_numpy(), g[forecast].to_numpy())),
+        include_groups=False,
+    )
+
+
 def per_ticker_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
     """RMSE, MAE and MAPE per ticker in price units, with the naive forecast's."""
-    p = predictions.assign(
-        error=predictions["predicted_close"] - predictions["actual_close"],
-        naive_error=predictions["last_close"] - predictions["actual_close"],
-    )
-    grouped = p.groupby("ticker", sort=True)
+    grouped = predictions.groupby("ticker", sort=True)
     table = pd.DataFrame(
         {
             "windows": grouped.size(),
-            "rmse": grouped["error"].apply(lambda e: _rmse(e.to_numpy())),
-            "mae": grouped["error"].apply(lambda e: float(e.abs().mean())),
-            "mape": grouped.apply(
-                lambda g: float((g["error"].abs() / g["actual_close"]).mean() * 100),
-                include_groups=False,
-            ),
-            "naive_rmse": grouped["naive_error"].apply(lambda e: _rmse(e.to_numpy())),
+            "rmse": _by_ticker(grouped, root_mean_squared_error),
+            "mae": _by_ticker(grouped, mean_absolute_error),
+            "mape": _by_ticker(grouped, mean_absolute_percentage_error) * 100,
+            "naive_rmse": _by_ticker(grouped, root_mean_squared_error, "last_close"),
         }
     )
     table["skill"] = 1.0 - table["rmse"] / table["naive_rmse"]

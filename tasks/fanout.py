@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pandas as pd
 from prefect import Task, unmapped
 
-from closecast.statuses import ticker_label
+from core.statuses import ticker_label
 from tasks.features import build_features
 from tasks.validate import ValidatedPrices, validate_prices
 

@@ -10,12 +10,12 @@ from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from closecast.config import MODEL_NAME
-from closecast.errors import PipelineError
-from closecast.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
+from core.config import MODEL_NAME
+from core.errors import PipelineError
+from core.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
 from models.forecaster import Forecaster, prediction_table
 from tasks.features import latest_rows
-from tasks.tracking import connect_mlflow
+from tasks.mlflow_connection import connect_mlflow
 
 CHAMPION = "champion"
 _VERSION_METRICS = ("test_rmse", "naive_rmse", "skill")

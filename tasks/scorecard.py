@@ -20,11 +20,11 @@ from filelock import FileLock
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from closecast.statuses import OK
+from core.statuses import OK
 from models.forecaster import INTERVAL_COLUMNS
 from tasks.evaluation import LEVELS
+from tasks.mlflow_connection import configure_mlflow, log_metrics
 from tasks.store import write_atomic
-from tasks.tracking import configure_mlflow, log_metrics
 
 logger = logging.getLogger(__name__)
 

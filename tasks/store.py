@@ -1,6 +1,5 @@
 """The Parquet price store: one file per ticker, unique ascending dates, atomic writes."""
 
-import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -13,11 +12,9 @@ from filelock import FileLock
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from closecast.calendar import next_session, session_on_or_before
-from closecast.errors import PipelineError
-from closecast.statuses import INSUFFICIENT_HISTORY, INVALID_DATA, Issues
-
-logger = logging.getLogger(__name__)
+from core.calendar import next_session, session_on_or_before
+from core.errors import PipelineError
+from core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA, Issues
 
 PRICE_COLUMNS = ["open", "high", "low", "close", "adj_close", "volume"]
 # Relative tolerance when re-checking overlapping rows against the source.
@@ -200,14 +197,6 @@ def scan_store(
             stored[ticker] = None
             unreadable[ticker] = str(exc).splitlines()[0]
     return stored, unreadable
-
-
-def read_stored(prices_dir: Path, tickers: list[str]) -> dict[str, pd.DataFrame | None]:
-    """Each ticker's stored frame; an unreadable file is logged by name and read as None."""
-    stored, unreadable = scan_store(prices_dir, tickers)
-    for message in unreadable.values():
-        logger.warning("%s; fetching its whole history again", message)
-    return stored
 
 
 def save_fetched(

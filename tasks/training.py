@@ -8,8 +8,8 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from closecast.config import TrainConfig
-from closecast.errors import PipelineError
+from core.config import TrainConfig
+from core.errors import PipelineError
 from models.encoding import Encoding
 from models.forecaster import Forecaster, Intervals, window_scale_inputs
 from models.lstm import LSTMConfig, LSTMForecaster
@@ -85,14 +85,7 @@ def train_forecaster(
     )
     train = encode_split(forecaster, dataset.train, device)
     validation = encode_split(forecaster, dataset.validation, device)
-    settings = FitSettings(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        patience=config.patience,
-        grad_clip=config.grad_clip,
-        seed=config.seed,
-    )
+    settings = FitSettings.from_config(config)
     forecaster.module.to(device)
     result = fit(forecaster.module, train, validation, settings, on_epoch_end)
     if config.shrink_output and forecaster.encoding.predicts_return:
@@ -177,8 +170,3 @@ def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> Trai
         trained.fit.output_scale,
     )
     return trained
-
-
-def history_frame(result: FitResult) -> dict[str, list[float]]:
-    """Loss curves as columns, for an MLflow table."""
-    return {k: [float(h[k]) for h in result.history] for k in ("epoch", "train_loss", "val_loss")}

@@ -8,7 +8,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from closecast.statuses import INVALID_DATA, Issues
+from core.statuses import INVALID_DATA, Issues
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from closecast.config import WindowConfig
-from closecast.errors import PipelineError
-from closecast.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
+from core.config import WindowConfig
+from core.errors import PipelineError
+from core.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
 from models.encoding import fit_bounds
 from models.forecaster import SCALE_COLUMNS
 from models.uncertainty import ewma_sigma

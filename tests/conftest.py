@@ -6,14 +6,18 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
-from collections.abc import Iterator
+import errno
+import ipaddress
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from closecast.config import (
+from core.config import (
     DataConfig,
     PipelineConfig,
     TrainConfig,
@@ -41,10 +45,90 @@ def sp500_frames() -> dict[str, pd.DataFrame]:
     """Every ticker of the shared S&P 500 file, read once through the csv source."""
     if not SHARED_DATA.is_file():
         pytest.skip(f"{SHARED_DATA} is absent")
-    from tasks.prices import CsvSource
+    from tasks.sources.csv import CsvSource
 
     source = CsvSource(SHARED_DATA)
     return source.download(source.tickers(), None, None).frames
+
+
+class NetworkRefused(OSError):
+    """A test tried to connect a socket off this machine: to the code, the network is down."""
+
+    def __init__(self, address: object) -> None:
+        super().__init__(errno.ENETUNREACH, f"tests never reach the network: refused {address!r}")
+
+
+# Every address a socket tried to connect to during the running test, loopback included.
+CONNECTIONS: list[Any] = []
+# The stream connections refused (not loopback): any at the end of a test fails it, caught
+# or not. A refused datagram socket is not listed: its connect sends nothing (dask's probe of
+# the route to 8.8.8.8 is one), and refused, it cannot send later either.
+REFUSED: list[Any] = []
+
+
+def is_loopback(family: int, address: Any) -> bool:
+    """True for a Unix socket, localhost, 127.0.0.0/8, ::1 (and ::ffff:127.x.x.x)."""
+    if family == getattr(socket, "AF_UNIX", None):
+        return True
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, bytes):
+        host = host.decode()
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:  # another host name: reaching it takes DNS and the network
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def refuse_off_machine(connect: Callable[..., Any]) -> Callable[..., Any]:
+    """`socket.connect` (or `connect_ex`) that refuses any address but loopback, before
+    anything is sent, and records every address it is asked for."""
+
+    def guarded(sock: socket.socket, address: Any) -> Any:
+        CONNECTIONS.append(address)
+        if not is_loopback(sock.family, address):
+            if sock.type != socket.SOCK_DGRAM:
+                REFUSED.append(address)
+            raise NetworkRefused(address)
+        return connect(sock, address)
+
+    return guarded
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_network() -> Iterator[None]:
+    """Sockets connect to this machine only, for the whole session (fixtures included)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse_off_machine(socket.socket.connect))
+        patch.setattr(socket.socket, "connect_ex", refuse_off_machine(socket.socket.connect_ex))
+        yield
+
+
+def take_refused() -> list[Any]:
+    """The addresses refused since the last call; the record starts empty again."""
+    refused = list(REFUSED)
+    REFUSED.clear()
+    return refused
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_network_use(_no_network: None) -> Iterator[None]:
+    """A test that tried to reach the network fails, even if its code caught the refusal."""
+    CONNECTIONS.clear()
+    take_refused()
+    yield
+    if refused := take_refused():
+        tried = ", ".join(map(repr, refused))
+        pytest.fail(f"the test tried to reach the network: {tried}", pytrace=False)
+
+
+@pytest.fixture
+def connections() -> list[Any]:
+    """Addresses the test's sockets have tried to connect to so far, in order."""
+    return CONNECTIONS
 
 
 @pytest.fixture(autouse=True)

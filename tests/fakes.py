@@ -1,13 +1,21 @@
 """Offline stand-ins for Yahoo Finance, faithful to yfinance 1.7.
 
 Only the network is faked: `yfinance.Ticker.history` returns what Yahoo's
-chart endpoint would have given for a daily, unadjusted request, or raises
-what yfinance raises. `yf.download` itself runs for real, so the frames
-the pipeline sees are assembled by yfinance's own code: (Price, Ticker)
+chart endpoint would have given for a daily, unadjusted request, or fails as
+yfinance 1.7 fails. `yf.download` itself runs for real, so the frames the
+pipeline sees are assembled by yfinance's own code: (Price, Ticker)
 MultiIndex columns even for one ticker, NaN columns for a failed ticker in a
 batch, an empty frame when every ticker failed.
+
+How `Ticker.history` fails follows `yfinance.config.debug.hide_exceptions`
+(True by default) and the `raise_errors` argument: a rate limit is always
+raised; with exceptions shown, any other error is raised as it is; with them
+hidden, an unknown symbol is logged, recorded on `_price_history._last_error`
+and answered with an empty frame, and a network error loses its type on the
+way (the timezone lookup logs it and the symbol reads as delisted).
 """
 
+import logging
 from dataclasses import dataclass, field
 from datetime import date
 from types import SimpleNamespace
@@ -16,10 +24,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yfinance
-from yfinance.exceptions import YFRateLimitError, YFTzMissingError
+from yfinance.exceptions import YFRateLimitError, YFTickerMissingError, YFTzMissingError
 
-from closecast.calendar import sessions_between
-from tasks.prices import FetchResult
+from core.calendar import sessions_between
+from tasks.sources import FetchResult
 
 YAHOO_COLUMNS = ["Open", "High", "Low", "Close", "Adj Close", "Volume"]
 
@@ -63,18 +71,30 @@ class FakeYahoo:
     # one entry per yf.download call: (tickers asked for, start, end)
     downloads: list[tuple[list[str], object, object]] = field(default_factory=list)
 
-    def rate_limit_once(self, ticker: str) -> None:
-        self.failures.setdefault(ticker, []).append(YFRateLimitError())
+    def rate_limit(self, ticker: str, times: int = 1) -> None:
+        """Yahoo answers the next `times` requests for `ticker` with HTTP 429."""
+        self.fail(ticker, *[YFRateLimitError() for _ in range(times)])
+
+    def fail(self, ticker: str, *errors: Exception) -> None:
+        """The next requests for `ticker` fail with `errors`, one each, in order."""
+        self.failures.setdefault(ticker, []).extend(errors)
 
     def serve(self, ticker_obj: yfinance.Ticker, **kwargs: object) -> pd.DataFrame:
         symbol = ticker_obj.ticker.upper()
         self.calls.append((symbol, kwargs.get("start"), kwargs.get("end")))
         pending = self.failures.get(symbol)
-        if pending:
-            raise pending.pop(0)
-        if symbol not in self.history:
+        error: Exception | None = pending.pop(0) if pending else None
+        if error is None and symbol not in self.history:
             # What Yahoo does for an unknown symbol: no timezone, so "delisted".
-            raise YFTzMissingError(symbol)
+            error = YFTzMissingError(symbol)
+        if error is not None:
+            shown = kwargs.get("raise_errors") or not yfinance.config.debug.hide_exceptions
+            if isinstance(error, YFRateLimitError) or shown:
+                raise error
+            soft = error if isinstance(error, YFTickerMissingError) else YFTzMissingError(symbol)
+            logging.getLogger("yfinance").error(str(soft))
+            ticker_obj._price_history = SimpleNamespace(_last_error=str(soft).split(": ", 1)[1])
+            return yfinance.utils.empty_df()
         frame = self.history[symbol]
         start, end = kwargs.get("start"), kwargs.get("end")
         if start is not None:
@@ -87,8 +107,13 @@ class FakeYahoo:
 
 @pytest.fixture
 def fake_yahoo(monkeypatch: pytest.MonkeyPatch) -> FakeYahoo:
-    """Patch yfinance's network layer; `yf.download` runs for real on top of it."""
+    """Patch yfinance's network layer; `yf.download` runs for real on top of it.
+
+    yfinance's exception switch starts at its default (exceptions hidden) and
+    is restored afterwards, whatever the code under test set.
+    """
     fake = FakeYahoo()
+    monkeypatch.setitem(yfinance.config.debug.data, "hide_exceptions", True)
 
     def history(self: yfinance.Ticker, *args: object, **kwargs: object) -> pd.DataFrame:
         return fake.serve(self, **kwargs)

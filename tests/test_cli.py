@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from closecast.cli import main
-from closecast.errors import InputError, PipelineError
+from core.errors import InputError, PipelineError
 from tests.conftest import read_report, write_ticker_csvs
 
 
@@ -157,3 +157,59 @@ def test_every_ticker_too_short_exits_1_in_one_line_without_traceback(
         "8 rows; a window of 10 days and its next close need 11"
     )
     assert not (home / "reports").exists() and not (home / "mlflow.db").exists()
+
+
+RUN = ["run", "--source", "sample"]
+BACKFILL = ["backfill", "--start", "2021-03-01", "--end", "2021-03-05", "--source", "sample"]
+
+
+@pytest.mark.parametrize("command", [RUN, BACKFILL], ids=["run", "backfill"])
+@pytest.mark.parametrize(
+    ("flag", "value", "named"),
+    [
+        ("--window", "1", "--window 1"),
+        ("--features", "close,price", "--features 'price'"),
+        ("--target", "bogus", "--target 'bogus'"),
+        ("--hidden", "0", "--hidden 0"),
+        ("--dropout", "1.5", "--dropout 1.5"),
+        ("--epochs", "0", "--epochs 0"),
+        ("--batch-size", "0", "--batch-size 0"),
+        ("--learning-rate", "2", "--learning-rate 2.0"),
+        ("--patience", "0", "--patience 0"),
+        ("--seed", "x", "'--seed'"),
+        ("--device", "gpu", "--device 'gpu'"),
+    ],
+)
+def test_run_and_backfill_check_every_model_option_alike(
+    tmp_path: Path,
+    command: list[str],
+    flag: str,
+    value: str,
+    named: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """run and backfill take every model and training option; an out-of-range value exits 2
+    in one line naming the flag and the value, before anything is made."""
+    home = tmp_path / "home"
+    assert main([*command, flag, value, "--home", str(home)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert named in err, err
+    assert not home.exists()
+
+
+def test_run_and_backfill_default_to_the_models_settings() -> None:
+    """Unset, every model and training option of run and backfill is the reference design's."""
+    import typer
+
+    from closecast.cli import app
+
+    expected = {
+        "--window": 10, "--features": "close,volume,open", "--target": "vol_return",
+        "--hidden": 32, "--dropout": 0.2, "--epochs": 50, "--batch-size": 32,
+        "--learning-rate": 0.001, "--patience": 5, "--seed": 42, "--device": "auto",
+    }  # fmt: skip
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    for name in ("run", "backfill"):
+        defaults = {opt: p.default for p in commands[name].params for opt in p.opts}
+        assert {flag: defaults.get(flag) for flag in expected} == expected, name

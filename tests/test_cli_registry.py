@@ -6,9 +6,9 @@ import pytest
 from mlflow import MlflowClient
 
 from closecast.cli import main
-from closecast.config import MODEL_NAME
-from tasks.registry import alias_history, current_aliases, move_alias
-from tasks.tracking import configure_mlflow
+from core.config import MODEL_NAME
+from tasks.aliases import alias_history, current_aliases, move_alias
+from tasks.mlflow_connection import configure_mlflow
 from tests.mlflow_fixtures import free_port
 
 METRICS = {
@@ -36,16 +36,17 @@ def test_models_prints_versions_aliases_metrics_and_promotion(
     mlflow_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`closecast models`: one row per version, newest first, with the review columns."""
+    before = datetime.now(UTC).date().isoformat()
     make_registry(mlflow_home)
+    after = datetime.now(UTC).date().isoformat()  # the registry may be made across midnight
     assert main(["models", "--home", str(mlflow_home)]) == 0
     header, *rows = capsys.readouterr().out.strip().splitlines()
     assert header.split() == [
         "version", "aliases", "created", "test_interval_score", "test_rmse", "naive_rmse", "skill",
         "promotion",
     ]  # fmt: skip
-    today = datetime.now(UTC).date().isoformat()
     assert [r.split()[:2] for r in rows] == [["2", "challenger"], ["1", "champion"]]
-    assert rows[0].split()[2] == today
+    assert before <= rows[0].split()[2] <= after  # created, as a UTC date
     assert rows[0].split()[-5:] == [*METRICS["2"], "rejected"]
     assert rows[1].split()[-5:] == [*METRICS["1"], "champion"]
 

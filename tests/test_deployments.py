@@ -4,7 +4,7 @@ import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from closecast.config import PipelineConfig
+from core.config import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

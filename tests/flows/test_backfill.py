@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from closecast.config import BACKFILL_EXPERIMENT, EXPERIMENT
+from core.config import BACKFILL_EXPERIMENT, EXPERIMENT
 from flows.backfill import backfill
 from tasks.scorecard import read_scorecard
 from tests.conftest import read_report, tiny_config

@@ -1,17 +1,19 @@
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+from filelock import Timeout
 
-from closecast.calendar import sessions_between
 from closecast.cli import main
-from closecast.config import DataConfig, WindowConfig
-from closecast.errors import PipelineError
-from closecast.statuses import FETCH_FAILED, INSUFFICIENT_HISTORY, STALE_DATA, merge_issues
+from core.calendar import sessions_between
+from core.config import DataConfig, WindowConfig
+from core.errors import PipelineError
+from core.statuses import FETCH_FAILED, INSUFFICIENT_HISTORY, STALE_DATA, merge_issues
 from flows.fetch import fetch
 from tasks.features import build_features
 from tasks.store import load_point_in_time, read_prices, store_lock, write_prices
@@ -142,12 +144,30 @@ def test_unreadable_file_is_named_and_fetched_again(
 # --- concurrency --------------------------------------------------------------
 
 
-def test_fetch_waits_while_another_run_holds_the_home(tmp_path: Path, yahoo: FakeYahoo) -> None:
+def test_fetch_waits_while_another_run_holds_the_home(
+    tmp_path: Path, yahoo: FakeYahoo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A fetch neither reads nor writes the store while another run holds its lock."""
+    waiting = threading.Event()
+
+    @contextmanager
+    def lock_noting_the_wait(home: Path) -> Iterator[None]:
+        lock = store_lock(home)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # held by another: the fetch now waits for it
+            waiting.set()
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    monkeypatch.setattr("flows.fetch.store_lock", lock_noting_the_wait)
     thread = threading.Thread(target=fetch, args=(_data(["AAA"], DAY_100), tmp_path))
     with store_lock(tmp_path):
         thread.start()
-        time.sleep(2.0)  # a fetch takes about a second when nothing holds the lock
+        assert waiting.wait(timeout=60), "the fetch never waited for the home's lock"
         assert yahoo.downloads == []
         assert not (tmp_path / "prices").exists()
     thread.join()
@@ -159,8 +179,9 @@ def test_fetch_waits_while_another_run_holds_the_home(tmp_path: Path, yahoo: Fak
 
 
 def test_rate_limit_is_retried_by_the_task(tmp_path: Path, yahoo: FakeYahoo) -> None:
-    """A rate limit on the first try is retried; the retry succeeds and nothing fails."""
-    yahoo.rate_limit_once("AAA")
+    """A rate limit that outlasts the first try (the batch and the second ask of AAA) is
+    retried by the task; the retry succeeds and nothing fails."""
+    yahoo.rate_limit("AAA", times=2)
     result = fetch(_data(["AAA", "BBB"], DAY_100, fetch_retries=2), tmp_path)
     assert result.failures == {}
     assert len(yahoo.downloads) == 2
@@ -171,8 +192,7 @@ def test_failures_stay_with_their_chunk_or_ticker(tmp_path: Path, yahoo: FakeYah
     """Chunks of chunk_size map to one download each; a chunk still rate-limited after its
     retries fails only its own tickers, an unknown ticker only itself; the rest is stored."""
     yahoo.history["CCC"] = yahoo_frame(300, seed=2)
-    yahoo.rate_limit_once("AAA")
-    yahoo.rate_limit_once("AAA")
+    yahoo.rate_limit("AAA", times=4)  # both asks of both tries
     data = _data(["AAA", "BBB", "CCC", "NOPE"], DAY_100, chunk_size=2, fetch_retries=1)
 
     result = fetch(data, tmp_path)

@@ -6,14 +6,15 @@ import mlflow
 import numpy as np
 import pytest
 
-from closecast.config import MODEL_NAME
-from closecast.errors import PipelineError
+from core.config import MODEL_NAME
+from core.errors import PipelineError
 from flows.nightly import nightly
 from models.forecaster import OUTPUT_COLUMNS
 from tasks.features import latest_rows
+from tasks.mlflow_connection import configure_mlflow
 from tasks.report import REPORT_COLUMNS
 from tasks.store import load_point_in_time
-from tasks.tracking import configure_mlflow, prices_table, table_digest
+from tasks.tracking import prices_table, table_digest
 from tasks.validate import validate_all
 from tests.conftest import read_report, tiny_config
 from tests.mlflow_fixtures import point_only_training

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from closecast.config import MODEL_NAME
+from core.config import MODEL_NAME
 from flows.nightly import nightly
 from flows.predict import predict
 from tasks.features import latest_rows

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from closecast.cli import main
-from closecast.config import MODEL_NAME
+from core.config import MODEL_NAME
+from tasks.aliases import alias_history, current_aliases
 from tasks.features import latest_rows
-from tasks.registry import alias_history, current_aliases
+from tasks.mlflow_connection import configure_mlflow
 from tasks.store import load_point_in_time
-from tasks.tracking import configure_mlflow
 from tests.conftest import read_report
 from tests.mlflow_fixtures import free_port
 

@@ -1,11 +1,14 @@
 """Forecaster.predict_frame: one row per ticker with a status, in memory (no MLflow)."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from closecast import statuses
+from core import statuses
 from models import forecaster as forecaster_module
 from models.encoding import Encoding
 from models.forecaster import OUTPUT_COLUMNS, Forecaster
@@ -40,7 +43,7 @@ def _rows(tickers: list[str], n: int = 8) -> pd.DataFrame:
 
 
 def test_statuses_are_the_reports_statuses() -> None:
-    """models/ cannot import closecast, so its status strings must match closecast.statuses."""
+    """models/ cannot import closecast, so its status strings must match core.statuses."""
     assert forecaster_module.OK == statuses.OK
     assert forecaster_module.INSUFFICIENT_HISTORY == statuses.INSUFFICIENT_HISTORY
     assert forecaster_module.INVALID_DATA == statuses.INVALID_DATA
@@ -129,3 +132,20 @@ def test_a_missing_feature_column_is_refused_naming_it() -> None:
     """The in-memory path refuses a frame without a feature column, in one line."""
     with pytest.raises(ValueError, match="volume"):
         _forecaster().predict_frame(_rows(["AAA"]).drop(columns="volume"))
+
+
+def test_save_and_load_round_trip_and_an_unknown_spec_version_is_refused(tmp_path: Path) -> None:
+    """What `save` wrote loads back and predicts the same; spec_version 99 is a one-line
+    ValueError naming it, before any weight is read."""
+    original = _forecaster()
+    weights, spec = original.save(tmp_path / "model")
+    rows = _rows(["AAA", "BBB"])
+    pd.testing.assert_frame_equal(
+        Forecaster.load(weights, spec).predict_frame(rows), original.predict_frame(rows)
+    )
+
+    data = json.loads(spec.read_text())
+    spec.write_text(json.dumps(data | {"spec_version": 99}))
+    weights.write_bytes(b"not read")
+    with pytest.raises(ValueError, match=r"^unsupported model spec version 99$"):
+        Forecaster.load(weights, spec)

@@ -12,12 +12,12 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 
-from closecast.config import MODEL_NAME
+from core.config import MODEL_NAME
 from models.encoding import Encoding
 from models.forecaster import OUTPUT_COLUMNS, Forecaster
 from models.lstm import LSTMConfig, LSTMForecaster
+from tasks.mlflow_connection import configure_mlflow
 from tasks.registry import log_forecaster
-from tasks.tracking import configure_mlflow
 from tests.fakes import yahoo_frame
 from tests.mlflow_fixtures import new_home
 

@@ -37,31 +37,61 @@ def _grad_norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in tensors])))
 
 
-@pytest.mark.parametrize("n_features", [1, 3])
-@pytest.mark.parametrize("grad_clip", [0.05, None])
-def test_fused_step_matches_autograd_and_adam(n_features: int, grad_clip: float | None) -> None:
-    """Three steps by hand leave the same weights as autograd + clip_grad_norm_ + Adam."""
+def _autograd_step(
+    model: LSTMForecaster,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grad_clip: float | None,
+) -> float:
+    """The reference step: autograd, clip_grad_norm_, Adam; returns the batch's mean loss."""
+    optimizer.zero_grad()
+    loss = F.mse_loss(model(x), y)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
+def _step_both_ways(
+    n_features: int, x: torch.Tensor, y: torch.Tensor, batches: list[slice], grad_clip: float | None
+) -> None:
+    """One fused and one autograd step per batch, same dropout masks; same losses, weights."""
     fused_model, reference = _model(n_features), _model(n_features)
-    x, y = _data(16, n_features)
     fused = FusedLSTMStep(fused_model, 1e-2, grad_clip)
     optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2)
     reference.train()
-    for step in range(3):
+    for step, rows in enumerate(batches):
         torch.manual_seed(100 + step)  # the same dropout mask on both sides
-        sse = fused.step(x, y)
+        sse = fused.step(x[rows], y[rows])
         torch.manual_seed(100 + step)
-        optimizer.zero_grad()
-        loss = F.mse_loss(reference(x), y)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(reference.parameters(), grad_clip)
-        optimizer.step()
-        assert float(sse) / len(x) == pytest.approx(loss.item(), rel=1e-5)
+        loss = _autograd_step(reference, optimizer, x[rows], y[rows], grad_clip)
+        assert float(sse) / len(y[rows]) == pytest.approx(loss, rel=1e-5), step
     fused.release()
     for name, value in reference.state_dict().items():
         torch.testing.assert_close(fused_model.state_dict()[name], value, atol=1e-6, rtol=1e-5)
     moved = fused_model.head.weight.detach() - _model(n_features).head.weight.detach()
     assert float(moved.abs().max()) > 1e-3  # the weights did move
+
+
+@pytest.mark.parametrize("n_features", [1, 3])
+@pytest.mark.parametrize("grad_clip", [0.05, None])
+def test_fused_step_matches_autograd_and_adam(n_features: int, grad_clip: float | None) -> None:
+    """Three steps by hand leave the same weights as autograd + clip_grad_norm_ + Adam."""
+    x, y = _data(16, n_features)
+    _step_both_ways(n_features, x, y, [slice(None)] * 3, grad_clip)
+
+
+@pytest.mark.parametrize("grad_clip", [0.05, None])
+def test_fused_step_matches_autograd_and_adam_on_a_partial_last_batch(
+    grad_clip: float | None,
+) -> None:
+    """21 windows in batches of 8, 8 and 5, twice over: the short last batch (its own
+    buffers, its own mean) and the full batches after it match autograd + Adam."""
+    x, y = _data(21, 3)
+    epoch = [slice(0, 8), slice(8, 16), slice(16, 21)]
+    _step_both_ways(3, x, y, epoch * 2, grad_clip)
 
 
 @pytest.mark.parametrize("fused_step", [True, False])

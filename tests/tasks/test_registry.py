@@ -2,7 +2,7 @@ import itertools
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -10,21 +10,16 @@ import pytest
 from mlflow import MlflowClient
 
 import tasks.report
-from closecast.config import MODEL_NAME, PipelineConfig
+from core.config import MODEL_NAME, PipelineConfig
 from flows.nightly import NightlyResult, nightly
 from models.encoding import Encoding
 from models.forecaster import OUTPUT_COLUMNS, Forecaster
 from models.lstm import LSTMConfig, LSTMForecaster
+from tasks.aliases import AliasMove, alias_history, current_aliases, discard_run_versions
 from tasks.evaluation import Evaluation, score_distribution
 from tasks.features import compute_features
+from tasks.mlflow_connection import configure_mlflow
 from tasks.registry import (
-    AliasMove,
-    alias_at,
-    alias_history,
-    check_metrics,
-    current_aliases,
-    decide_promotion,
-    discard_run_versions,
     example_input,
     list_tickers,
     load_forecaster,
@@ -33,67 +28,12 @@ from tasks.registry import (
     signature,
 )
 from tasks.store import load_point_in_time
-from tasks.tracking import configure_mlflow
 from tasks.validate import validate_all
 from tasks.windows import build_dataset, window_columns
 from tests.conftest import write_ticker_csvs
 from tests.mlflow_fixtures import new_home, spoil_training
 
 TICKERS = ["AAA", "BBB"]
-
-
-def scored(interval: float, rmse: float = 0.01) -> dict[str, float]:
-    return {"test_interval_score": interval, "test_rmse": rmse}
-
-
-NO_INTERVALS = {"test_rmse": 0.02, "test_interval_score": float("nan")}
-
-
-@pytest.mark.parametrize(
-    ("challenger", "champion", "mode", "promote", "tag", "says"),
-    [
-        (scored(0.05), None, "auto", True, "champion", "first version (interval score 0.050000"),
-        (scored(0.04), ("3", scored(0.05)), "auto", True, "champion",
-         "interval score 0.040000 beats champion v3's 0.050000 on the same test windows"),
-        (scored(0.05, 0.001), ("3", scored(0.05)), "auto", False, "rejected",
-         "interval score 0.050000 ties champion v3's 0.050000"),
-        (scored(0.06, 0.001), ("3", scored(0.05, 0.02)), "auto", False, "rejected",
-         "interval score 0.060000 does not beat champion v3's 0.050000"),
-        (scored(0.06, 0.01), ("3", NO_INTERVALS), "auto", True, "champion",
-         "champion v3 has no intervals, so test_rmse decides; test_rmse 0.010000 beats"),
-        (scored(0.04), ("3", scored(0.05)), "manual", False, "manual", "closecast promote"),
-        (scored(0.04), None, "manual", False, "manual", "promotion is manual"),
-        (scored(0.04), ("3", {}), "auto", True, "champion", "v3 cannot score"),
-    ],
-)  # fmt: skip
-def test_decide_promotion(
-    challenger: dict[str, float],
-    champion: tuple[str, dict[str, float]] | None,
-    mode: str,
-    promote: bool,
-    tag: str,
-    says: str,
-) -> None:
-    """First wins; later ones only by a strictly lower interval score (RMSE against a champion
-    without intervals); manual never moves champion; the reason names both scores."""
-    decision = decide_promotion(challenger, champion, mode)
-    assert (decision.promote, decision.tag) == (promote, tag)
-    assert says in decision.reason
-    if champion is not None and champion[1] and mode == "auto":
-        assert "vs champion v3's interval score" in decision.reason
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
-def test_check_metrics_refuses_non_finite(bad: float | None) -> None:
-    """A missing or non-finite gated metric stops registration, naming the metric."""
-    metrics = {"test_interval_score": 0.03, "test_rmse": 0.01, "naive_rmse": 0.02, "skill": 0.5}
-    check_metrics(metrics)
-    if bad is None:
-        del metrics["skill"]
-    else:
-        metrics["skill"] = bad
-    with pytest.raises(ValueError, match="metric skill is"):
-        check_metrics(metrics)
 
 
 def test_register_refuses_nan_metrics_before_touching_mlflow(tmp_path: Path) -> None:
@@ -151,36 +91,12 @@ def test_predict_next_on_no_rows_returns_every_output_column() -> None:
     assert list(empty.columns) == list(OUTPUT_COLUMNS)
 
 
-def test_alias_move_round_trips_and_answers_what_was_champion() -> None:
-    """The recorded history says which version held an alias at any moment."""
-    t0 = datetime(2024, 1, 2, 23, tzinfo=UTC)
-    history = [
-        AliasMove(t0, "champion", "1", None, "nightly run a", "first version"),
-        AliasMove(t0 + timedelta(days=1), "challenger", "2", "1", "nightly run b", ""),
-        AliasMove(t0 + timedelta(days=1, seconds=1), "champion", "2", "1", "nightly run b", ""),
-        AliasMove(t0 + timedelta(days=5), "champion", "1", "2", "closecast promote by ann", ""),
-    ]
-    assert [AliasMove.from_json(m.to_json()) for m in history] == history
-    assert len({m.tag_key for m in history}) == 4
-    assert alias_at(history, "champion", t0 - timedelta(seconds=1)) is None
-    assert alias_at(history, "champion", t0 + timedelta(hours=1)) == "1"
-    assert alias_at(history, "champion", t0 + timedelta(days=3)) == "2"
-    assert alias_at(history, "champion", t0 + timedelta(days=6)) == "1"
-    assert alias_at(history, "challenger", t0 + timedelta(days=6)) == "2"
-
-
 def test_list_tickers_stays_short_for_a_large_universe() -> None:
     """A few tickers are listed in full; 505 are cut to the first 40 and a count."""
     assert list_tickers(["AAA", "BBB"]) == "AAA, BBB"
     many = [f"T{i:03d}" for i in range(505)]
     text = list_tickers(many)
     assert text.startswith("T000, T001") and text.endswith("T039, … (505 in all)")
-
-
-def test_discard_run_versions_rejects_a_malformed_run_id() -> None:
-    """The run id goes into a registry filter, so anything but 32 hex digits is refused."""
-    with pytest.raises(ValueError, match="invalid run id"):
-        discard_run_versions(None, "x' or name='y")  # type: ignore[arg-type]
 
 
 @dataclass

@@ -1,12 +1,23 @@
+"""The report: its rows, the no-prediction branch, and what publish_report shows in Prefect."""
+
+import json
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from prefect import flow
+from prefect.artifacts import Artifact
 
-from closecast.errors import PipelineError
-from tasks.report import ReportContext, build_report, report_path, require_predictions
+from core.errors import PipelineError
+from tasks.report import (
+    ReportContext,
+    build_report,
+    publish_report,
+    report_path,
+    require_predictions,
+)
 from tests.conftest import read_report
 
 CONTEXT = ReportContext(date(2024, 5, 1), date(2024, 5, 2), "closecast-lstm", "3", "r" * 32)
@@ -89,3 +100,51 @@ def test_the_models_own_status_and_message_reach_the_report() -> None:
     ]
     assert report.loc["B", "status"] == "ok" and report.loc["B", "predicted_close"] == 11.0
     assert report.loc["C", "status"] == "stale_data"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_publish_report_writes_the_csv_and_publishes_the_table_and_the_summary(
+    tmp_path: Path,
+) -> None:
+    """The CSV, a `predictions` table artifact with one record per row (an empty cell is
+    null), and a `nightly-summary` markdown artifact with the decision and live coverage."""
+    report = build_report(
+        ["AAA", "BBB"],
+        CONTEXT,
+        {"AAA": 100.0, "BBB": 50.0},
+        predictions(AAA=101.0),
+        {"BBB": ("stale_data", "last close 2024-04-20 is older than as_of")},
+    )
+    live = {
+        "live_rmse_20d": 0.011,
+        "live_naive_rmse_20d": 0.0112,
+        "live_sessions_20d": 20.0,
+        "live_coverage_80_20d": 0.7611,
+        "live_coverage_95_20d": 0.9333,
+        "live_interval_rows_20d": 180.0,
+    }
+
+    @flow
+    def publish() -> Path:
+        return publish_report(report, tmp_path, {"test_rmse": 0.0102}, "champion: first", live)
+
+    path = publish()
+
+    assert path == report_path(tmp_path, CONTEXT.as_of)
+    assert list(read_report(path)["ticker"]) == ["AAA", "BBB"]
+    table = Artifact.get("predictions", _sync=True)
+    assert table is not None and table.type == "table"
+    assert table.description == "Predictions from 2024-05-01"
+    records = json.loads(str(table.data))
+    assert [r["ticker"] for r in records] == ["AAA", "BBB"]
+    assert list(records[0]) == list(report.columns)
+    assert records[0]["predicted_close"] == 101.0 and records[0]["status"] == "ok"
+    assert records[1]["predicted_close"] is None and records[1]["lower_80"] is None
+    assert records[1]["message"] == "last close 2024-04-20 is older than as_of"
+    summary = Artifact.get("nightly-summary", _sync=True)
+    assert summary is not None and summary.type == "markdown"
+    text = str(summary.data)
+    assert text.startswith("# closecast 2024-05-01 → 2024-05-02")
+    assert "- promotion: **champion: first**" in text
+    assert "| live, last 20 sessions (180 closes) | 76.1% | 93.3% |" in text
+    assert "| BBB | stale_data | last close 2024-04-20 is older than as_of |" in text

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from filelock import Timeout
 
-from closecast.errors import PipelineError
-from closecast.statuses import INSUFFICIENT_HISTORY, INVALID_DATA
+from core.errors import PipelineError
+from core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA
 from tasks.store import (
     PRICE_COLUMNS,
     CorruptStoreFile,

@@ -10,7 +10,7 @@ import torch
 from mlflow import MlflowClient
 
 from closecast.cli import main
-from closecast.config import TrainConfig, WindowConfig
+from core.config import TrainConfig, WindowConfig
 from models.encoding import Encoding
 from models.lstm import LSTMConfig
 from tasks.training import resolve_device, train_forecaster

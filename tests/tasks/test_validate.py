@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from closecast.statuses import INVALID_DATA
+from core.statuses import INVALID_DATA
 from tasks.validate import REASONS, bad_row_reasons, validate_all, validate_frame
 
 

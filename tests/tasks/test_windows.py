@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from closecast.config import WindowConfig
-from closecast.errors import PipelineError
-from closecast.statuses import INSUFFICIENT_HISTORY, STALE_DATA
+from core.config import WindowConfig
+from core.errors import PipelineError
+from core.statuses import INSUFFICIENT_HISTORY, STALE_DATA
 from tasks.windows import build_dataset, make_windows, split_boundaries
 
 

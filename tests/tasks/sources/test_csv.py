@@ -4,191 +4,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yfinance
-from prefect import flow
 
-from closecast.config import DataConfig
-from closecast.errors import InputError
-from tasks import prices
-from tasks.prices import (
-    CsvSource,
-    FetchPlan,
-    FetchResult,
-    SampleSource,
-    TransientFetchError,
-    YFinanceSource,
-    download_all,
-    fetch_end,
-    open_source,
-    parse_dates,
-    plan_fetches,
-    retry_delays,
-    split_download,
-)
+from core.errors import InputError
+from tasks.sources import CsvSource
+from tasks.sources import csv as csv_source
+from tasks.sources.csv import parse_dates
 from tasks.store import PRICE_COLUMNS
 from tasks.validate import validate_all
-from tests.fakes import FakeYahoo, FlakySource, yahoo_frame
-
-
-def _stored(n: int, start: str = "2020-01-02") -> pd.DataFrame:
-    frame = yahoo_frame(n, start=start)
-    frame.index = frame.index.tz_localize(None).rename("date")
-    return frame.rename(columns=str.lower).rename(columns={"adj close": "adj_close"})
-
-
-# --- yfinance -----------------------------------------------------------------
-
-
-def test_yfinance_returns_unadjusted_rows_and_asks_end_plus_one_day(
-    fake_yahoo: FakeYahoo,
-) -> None:
-    """One batched download, unadjusted Close and Adj Close kept, `end` = last day + 1."""
-    fake_yahoo.history = {"AAA": yahoo_frame(60), "BBB": yahoo_frame(60, seed=1)}
-    as_of = date(2020, 3, 13)  # a Friday inside the history
-
-    result = YFinanceSource().download(["AAA", "BBB"], date(2020, 1, 2), as_of)
-
-    assert fake_yahoo.downloads == [(["AAA", "BBB"], date(2020, 1, 2), date(2020, 3, 14))]
-    assert result.failures == {}
-    aaa = result.frames["AAA"]
-    assert list(aaa.columns) == PRICE_COLUMNS
-    assert aaa.index[-1] == pd.Timestamp(as_of)
-    expected = fake_yahoo.history["AAA"]
-    expected = expected[expected.index.tz_localize(None) <= pd.Timestamp(as_of)]
-    np.testing.assert_allclose(aaa["close"], expected["Close"])
-    np.testing.assert_allclose(aaa["adj_close"], expected["Adj Close"])
-    assert (aaa["adj_close"] < aaa["close"]).all()  # not auto-adjusted
-
-
-def test_yfinance_download_is_multiindex_even_for_one_ticker(fake_yahoo: FakeYahoo) -> None:
-    """yfinance 1.7 gives (Price, Ticker) columns for one ticker; the split handles it."""
-    fake_yahoo.history = {"AAA": yahoo_frame(20)}
-    raw = yfinance.download(
-        ["AAA"], start="2020-01-02", end="2020-02-01", auto_adjust=False, progress=False
-    )
-    assert isinstance(raw.columns, pd.MultiIndex)
-    assert raw.columns.names == ["Price", "Ticker"]
-
-    result = split_download(raw, ["AAA"], {})
-    assert len(result.frames["AAA"]) == len(raw)
-
-
-def test_yfinance_unknown_ticker_fails_alone(fake_yahoo: FakeYahoo) -> None:
-    """An unknown symbol becomes a one-line failure naming it; the others still arrive."""
-    fake_yahoo.history = {"AAA": yahoo_frame(30)}
-
-    result = YFinanceSource().download(["AAA", "NOPE"], date(2020, 1, 2), date(2020, 2, 10))
-
-    assert set(result.frames) == {"AAA"}
-    assert set(result.failures) == {"NOPE"}
-    assert result.failures["NOPE"].startswith("NOPE: ")
-    assert "delisted" in result.failures["NOPE"]
-    assert "\n" not in result.failures["NOPE"]
-
-
-def test_yfinance_every_ticker_unknown_gives_failures_not_an_error(fake_yahoo: FakeYahoo) -> None:
-    """When Yahoo knows none of the tickers, each is a failure and no frame is returned."""
-    result = YFinanceSource().download(["NOPE", "NADA"], None, date(2020, 2, 10))
-    assert result.frames == {}
-    assert set(result.failures) == {"NOPE", "NADA"}
-
-
-def test_yfinance_rate_limit_raises_transient_then_succeeds(fake_yahoo: FakeYahoo) -> None:
-    """A rate limit (which yfinance logs, not raises) is raised so the task can retry."""
-    fake_yahoo.history = {"AAA": yahoo_frame(30), "BBB": yahoo_frame(30, seed=1)}
-    fake_yahoo.rate_limit_once("AAA")
-    source = YFinanceSource()
-
-    with pytest.raises(TransientFetchError, match=r"AAA.*Rate"):
-        source.download(["AAA", "BBB"], date(2020, 1, 2), date(2020, 2, 10))
-    result = source.download(["AAA", "BBB"], date(2020, 1, 2), date(2020, 2, 10))
-
-    assert set(result.frames) == {"AAA", "BBB"}
-    assert [c[0] for c in fake_yahoo.calls].count("AAA") == 2
-
-
-def test_split_download_of_nothing_fails_every_ticker() -> None:
-    """An empty download (every ticker failed) names the logged reason per ticker."""
-    result = split_download(pd.DataFrame(), ["AAA", "BBB"], {"AAA": "boom"})
-    assert result.failures == {"AAA": "AAA: boom", "BBB": "BBB: yfinance returned no rows"}
-
-
-# --- planning -----------------------------------------------------------------
-
-
-def test_plan_new_tickers_from_start_in_chunks() -> None:
-    """Tickers new to the store ask from config.start, chunk_size tickers per request."""
-    config = DataConfig(start=date(2019, 1, 2), chunk_size=2)
-    plans = plan_fetches(dict.fromkeys(["A", "B", "C", "D", "E"]), config, date(2020, 6, 1))
-    assert [p.tickers for p in plans] == [["A", "B"], ["C", "D"], ["E"]]
-    assert {(p.start, p.end) for p in plans} == {(date(2019, 1, 2), date(2020, 6, 1))}
-
-
-def test_plan_new_ticker_without_start_asks_history_years() -> None:
-    """With no start, a new ticker asks history_years before the end."""
-    plans = plan_fetches({"A": None}, DataConfig(history_years=3), date(2020, 2, 29))
-    assert plans[0].start == date(2017, 2, 28)
-
-
-def test_plan_stored_ticker_asks_from_overlap_and_skips_up_to_date() -> None:
-    """A stored ticker asks from overlap_days rows before its last; one covering end is skipped."""
-    stored = _stored(50)  # ends 2020-03-13, a Friday
-    config = DataConfig(overlap_days=5)
-    plans = plan_fetches({"OLD": stored.iloc[:40], "DONE": stored}, config, date(2020, 3, 15))
-    assert len(plans) == 1
-    assert plans[0].tickers == ["OLD"]
-    assert plans[0].start == stored.index[35].date()
-
-
-def test_fetch_end_is_as_of_else_today_for_live_sources() -> None:
-    """A live source asks up to today, a local one for everything it has."""
-    assert fetch_end(YFinanceSource(), date(2020, 1, 3)) == date(2020, 1, 3)
-    assert fetch_end(YFinanceSource(), None) == date.today()
-    assert fetch_end(SampleSource(), None) is None
-
-
-def test_retry_delays_grow_exponentially() -> None:
-    """Each retry waits four times longer than the one before."""
-    assert retry_delays(3, 2.0) == [2.0, 8.0, 32.0]
-    assert retry_delays(0, 2.0) == []
-
-
-@pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.parametrize(
-    ("error", "calls", "fetched"),
-    [
-        (ValueError("could not convert string to float: 'abc'"), 1, False),
-        (KeyError("close"), 1, False),
-        (TransientFetchError("yfinance failed for AAA: Too Many Requests"), 2, True),
-        (ConnectionError("connection reset by peer"), 2, True),
-        (TimeoutError("read timed out"), 2, True),
-    ],
-)
-def test_download_retries_only_network_errors(error: Exception, calls: int, fetched: bool) -> None:
-    """Rate limits and network errors are retried; a parse error or a bug runs once and fails
-    its chunk's tickers with a one-line reason."""
-    source = FlakySource(errors=[error], frames={"AAA": _stored(5)})
-    config = DataConfig(fetch_retries=3, retry_backoff_seconds=0)
-
-    @flow
-    def download_once() -> FetchResult:
-        return download_all(source, [FetchPlan(["AAA"], None, None)], config)
-
-    result = download_once()
-
-    assert source.calls == calls
-    assert ("AAA" in result.frames) == fetched
-    if not fetched:
-        assert result.failures["AAA"].startswith("AAA: ")
-
-
-def test_open_source_rejects_unknown_spec() -> None:
-    """An unknown source spec is an InputError naming it."""
-    with pytest.raises(InputError, match="'ftp'"):
-        open_source("ftp")
-
-
-# --- CSV ----------------------------------------------------------------------
+from tests.fakes import yahoo_frame
 
 
 def test_csv_folder_accepts_the_ways_users_write_csvs(tmp_path: Path) -> None:
@@ -267,13 +90,13 @@ def test_csv_folder_reads_only_the_requested_tickers_files(
     _write_csv(tmp_path / "GOOD.csv")
     _write_csv(tmp_path / "TXT.csv", bad={(3, "Close"): "abc"})
     read: list[str] = []
-    real_read = prices.read_price_csv
+    real_read = csv_source.read_price_csv
 
     def counting_read(path: Path) -> pd.DataFrame:
         read.append(path.name)
         return real_read(path)
 
-    monkeypatch.setattr(prices, "read_price_csv", counting_read)
+    monkeypatch.setattr(csv_source, "read_price_csv", counting_read)
     source = CsvSource(tmp_path)
 
     assert source.tickers() == ["GOOD", "TXT"]
@@ -368,13 +191,6 @@ def test_csv_folder_with_two_files_for_a_ticker_fails_it(tmp_path: Path) -> None
 
     assert set(result.frames) == {"BBB"}
     assert "GOOD.csv" in result.failures["GOOD"] and "good.csv.gz" in result.failures["GOOD"]
-
-
-@pytest.mark.parametrize("name", ["missing_folder", "missing.csv"])
-def test_csv_missing_path_names_it(tmp_path: Path, name: str) -> None:
-    """A CSV source path that does not exist is an InputError naming the path."""
-    with pytest.raises(InputError, match=name):
-        open_source(f"csv:{tmp_path / name}")
 
 
 def test_csv_folder_without_csvs_is_an_error(tmp_path: Path) -> None:

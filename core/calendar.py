@@ -6,7 +6,7 @@ from functools import cache
 import exchange_calendars as xcals
 import pandas as pd
 
-from closecast.errors import InputError
+from core.errors import InputError
 
 _FIRST_SESSION = "1990-01-01"
 

@@ -1,12 +1,12 @@
+"""The run summary in the Prefect UI: what ran, how it scored, what needs attention."""
+
 from datetime import date
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from prefect import flow
-from prefect.artifacts import Artifact
 
-from tasks.report import ReportContext, build_report, publish_report, summary_markdown
+from tasks.report import ReportContext, build_report
+from tasks.summary import summary_markdown
 
 CONTEXT = ReportContext(date(2024, 5, 1), date(2024, 5, 2), "closecast-lstm", "3", "r" * 32)
 
@@ -118,21 +118,3 @@ def test_summary_lists_the_tickers_that_are_not_ok(report: pd.DataFrame) -> None
     text = summary_markdown(report, METRICS, "champion")
     assert "| ticker | status | message |" in text
     assert "| CCC | stale_data | last close 2024-04-20 is older than as_of \\| 5 sessions |" in text
-
-
-@pytest.mark.usefixtures("prefect_harness")
-def test_publish_report_publishes_the_summary_with_live_coverage(
-    report: pd.DataFrame, tmp_path: Path
-) -> None:
-    """The Prefect markdown artifact carries the live coverage it was given."""
-
-    @flow
-    def publish() -> Path:
-        return publish_report(report, tmp_path, METRICS, "champion", live=LIVE)
-
-    path = publish()
-
-    assert path.is_file()
-    summary = Artifact.get("nightly-summary", _sync=True)
-    assert summary is not None
-    assert "| live, last 20 sessions (180 closes) | 76.1% | 93.3% |" in str(summary.data)

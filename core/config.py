@@ -6,13 +6,12 @@ draws a form for it in its UI. Each task receives only the sub-config it needs.
 
 import os
 import re
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from models.lstm import LSTMConfig
 
 TICKER_PATTERN = re.compile(r"^[A-Za-z0-9.^=_-]{1,20}$")
 # The same rule as `check_source`, as a JSON-schema pattern: Prefect's run form refuses a typo.
@@ -75,6 +74,30 @@ def default_home() -> Path:
     return Path(os.environ.get("CLOSECAST_HOME") or ".closecast").absolute()
 
 
+@dataclass(frozen=True)
+class LSTMConfig:
+    """Architecture of the forecaster (the number of features comes from the data)."""
+
+    # The Field annotations are for the config form and its validation (pydantic);
+    # __post_init__ checks the same bounds when the class is built directly.
+    hidden_size: Annotated[int, Field(ge=1, le=4096, description="LSTM hidden units, e.g. 32.")] = (
+        32
+    )
+    num_layers: Annotated[int, Field(ge=1, le=8, description="Stacked LSTM layers, e.g. 1.")] = 1
+    # Applied to the last hidden state, before the head. nn.LSTM's own
+    # `dropout` acts only between stacked layers, so with one layer it would
+    # silently do nothing.
+    dropout: Annotated[
+        float, Field(ge=0, lt=1, description="Dropout before the dense head, e.g. 0.2.")
+    ] = 0.2
+
+    def __post_init__(self) -> None:
+        if self.hidden_size < 1 or self.num_layers < 1:
+            raise ValueError(f"hidden_size and num_layers must be >= 1, got {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -115,7 +138,7 @@ class DataConfig(_Strict):
         description="Retries of a chunk after a rate limit or network error.",
     )
     retry_backoff_seconds: float = Field(
-        default=2.0, ge=0, le=600, description="First retry delay; each later one is 4x longer."
+        default=2.0, ge=0, le=600, description="First retry delay; each later one is 2x longer."
     )
 
     @field_validator("tickers")
@@ -132,7 +155,8 @@ class WindowConfig(_Strict):
     )
     features: list[FeatureName] = Field(
         default_factory=lambda: list(DEFAULT_FEATURES),
-        description="Input columns per day, close first, e.g. close, volume, open.",
+        description="Input columns per day, close first, of close, volume, open, high, low; "
+        "e.g. close, volume, open.",
     )
     target: Literal["vol_return", "log_return", "minmax_close"] = Field(
         default="vol_return",
@@ -218,7 +242,7 @@ class PipelineConfig(_Strict):
     tracking_uri: Annotated[str | None, AfterValidator(check_tracking_uri)] = Field(
         default=None,
         description="MLflow tracking URI, e.g. http://127.0.0.1:5000; "
-        "empty = sqlite:///<home>/mlflow.db.",
+        "empty = $MLFLOW_TRACKING_URI, else sqlite:///<home>/mlflow.db.",
     )
     experiment: str = Field(default=EXPERIMENT, description="MLflow experiment of the runs.")
 
@@ -231,8 +255,17 @@ class PipelineConfig(_Strict):
 
     @property
     def mlflow_uri(self) -> str:
-        """The tracking URI this run logs to."""
-        return self.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+        """The tracking URI this run logs to: `tracking_uri`, else `$MLFLOW_TRACKING_URI`,
+        else `sqlite:///<home>/mlflow.db`.
+
+        The environment is read here, when the URI is used, never stored in the config:
+        a config serialised into a deployment follows the environment of whoever runs it.
+        """
+        return (
+            self.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{self.home / 'mlflow.db'}"
+        )
 
     @property
     def prices_dir(self) -> Path:

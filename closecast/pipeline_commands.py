@@ -1,0 +1,187 @@
+"""The commands that run a flow: run, fetch, predict, backfill, serve; and the task runner."""
+
+import logging
+from typing import Annotated, Any
+
+import typer
+
+from closecast.options import (
+    DaskAddressOpt,
+    DataOptions,
+    HomeOpt,
+    TaskRunnerOpt,
+    build_config,
+    parse_date,
+    with_data_options,
+    with_model_options,
+)
+from core.errors import InputError
+
+NoPromoteOpt = Annotated[bool, typer.Option("--no-promote", help="Never move champion.")]
+
+
+def task_runner(kind: str, address: str | None):  # type: ignore[no-untyped-def]
+    """The task runner --task-runner names (None: the flow's own thread pool)."""
+    if kind not in {"default", "dask"}:
+        raise InputError(f"invalid --task-runner {kind!r}: expected default or dask")
+    if kind == "default":
+        if address:
+            raise InputError(f"--dask-address {address!r} needs --task-runner dask")
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+    if address:
+        if not address.startswith(("tcp://", "tls://", "inproc://", "ws://", "wss://")):
+            raise InputError(f"invalid --dask-address {address!r}: expected tcp://HOST:PORT")
+        return DaskTaskRunner(address=address)
+    # Small on purpose: 2 cores here. Threads, not processes: per-ticker frames are
+    # handed over without pickling and workers start in a second.
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False}
+    )
+
+
+def with_runner(flow, runner):  # type: ignore[no-untyped-def]
+    """`flow`, on `runner` when one is given."""
+    return flow if runner is None else flow.with_options(task_runner=runner)
+
+
+@with_data_options()
+@with_model_options
+def run(
+    *,
+    data: DataOptions,
+    home: HomeOpt = None,
+    model: dict[str, Any],
+    no_promote: NoPromoteOpt = False,
+    runner: TaskRunnerOpt = "default",
+    dask_address: DaskAddressOpt = None,
+) -> None:
+    """The nightly flow: fetch, validate, train, evaluate, register, predict, report."""
+    config = build_config(home, data, model=model, no_promote=no_promote)
+    flow_runner = task_runner(runner, dask_address)
+    from flows.nightly import nightly
+
+    result = with_runner(nightly, flow_runner)(config)
+    typer.echo(f"report: {result.report_path}")
+    typer.echo(f"mlflow run: {result.run_id}")
+    typer.echo(
+        f"model: closecast-lstm v{result.version} ({result.promotion}); "
+        f"predictions by v{result.predicting_version}"
+    )
+    typer.echo(f"skill vs naive: {result.metrics['skill']:+.4f}")
+
+
+@with_data_options()
+def fetch(
+    *,
+    data: DataOptions,
+    home: HomeOpt = None,
+) -> None:
+    """Fetch and store prices only."""
+    config = build_config(home, data, uses_mlflow=False)
+    from flows.fetch import fetch as fetch_flow
+
+    result = fetch_flow(config.data, config.home)
+    for ticker in config.data.tickers:
+        if ticker in result.failures:
+            state = result.failures[ticker].removeprefix(f"{ticker}: ")
+        elif ticker in result.frames:
+            state = f"{len(result.frames[ticker])} rows fetched"
+        else:
+            state = "store already up to date"
+        typer.echo(f"{ticker}: {state}")
+    typer.echo(f"store: {config.prices_dir}")
+
+
+@with_data_options()
+def predict(
+    *,
+    data: DataOptions,
+    home: HomeOpt = None,
+    runner: TaskRunnerOpt = "default",
+    dask_address: DaskAddressOpt = None,
+) -> None:
+    """Fetch and predict the next session with the champion model (no training)."""
+    config = build_config(home, data)
+    flow_runner = task_runner(runner, dask_address)
+    from flows.predict import predict as predict_flow
+    from tasks.inference import require_champion
+
+    require_champion(config.mlflow_uri)  # fail in one line, before any flow run starts
+
+    result = with_runner(predict_flow, flow_runner)(config)
+    typer.echo(f"report: {result.report_path}")
+    typer.echo(f"mlflow run: {result.run_id}")
+    typer.echo(f"predictions by closecast-lstm v{result.version} (champion)")
+
+
+@with_data_options(as_of=False)
+@with_model_options
+def backfill(
+    *,
+    start: Annotated[str, typer.Option("--start", help="First date, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--end", help="Last date, YYYY-MM-DD.")],
+    retrain_every: Annotated[
+        int, typer.Option("--retrain-every", help="Retrain every N sessions.")
+    ] = 1,
+    register: Annotated[
+        bool, typer.Option("--register", help="Register each trained model (default: none).")
+    ] = False,
+    data: DataOptions,
+    home: HomeOpt = None,
+    model: dict[str, Any],
+    no_promote: Annotated[
+        bool, typer.Option("--no-promote", help="With --register: never move champion.")
+    ] = False,
+    runner: TaskRunnerOpt = "default",
+    dask_address: DaskAddressOpt = None,
+) -> None:
+    """Point-in-time runs for every XNYS session in [start, end] (experiment closecast-backfill)."""
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
+    assert first is not None and last is not None
+    if first > last:
+        raise InputError(f"--start {start} is after --end {end}")
+    if retrain_every < 1:
+        raise InputError(f"invalid --retrain-every {retrain_every}: expected 1 or more")
+    from core.calendar import sessions_between
+
+    if not sessions_between(first, last):
+        raise InputError(f"no XNYS session between --start {start} and --end {end}")
+    config = build_config(home, data, model=model, no_promote=no_promote)
+    flow_runner = task_runner(runner, dask_address)
+    from flows.backfill import backfill as backfill_flow
+
+    result = with_runner(backfill_flow, flow_runner)(
+        config, first, last, retrain_every=retrain_every, register_versions=register
+    )
+    for path in result.reports:
+        typer.echo(f"report: {path}")
+    if result.skipped:
+        days = ", ".join(d.isoformat() for d in result.skipped)
+        typer.echo(f"already reported, skipped: {days}")
+    typer.echo(f"scorecard: {config.reports_dir / 'scorecard.csv'}")
+
+
+@with_data_options(as_of=False)
+def serve(
+    *,
+    data: DataOptions,
+    home: HomeOpt = None,
+    port: Annotated[
+        int, typer.Option("--port", help="Port of the local Prefect server (no PREFECT_API_URL).")
+    ] = 4200,
+    no_promote: NoPromoteOpt = False,
+    runner: TaskRunnerOpt = "default",
+    dask_address: DaskAddressOpt = None,
+) -> None:
+    """Serve nightly (weeknights 18:30 New York), predict and backfill until Ctrl-C."""
+    if not 1 <= port <= 65535:
+        raise InputError(f"invalid --port {port}: expected 1-65535")
+    config = build_config(home, data, no_promote=no_promote)
+    flow_runner = task_runner(runner, dask_address)
+    from closecast.serve import serve_deployments
+
+    serve_deployments(config, port, flow_runner)

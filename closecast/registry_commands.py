@@ -1,0 +1,105 @@
+"""The commands that read or move the model registry: models, promote."""
+
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from closecast.options import HomeOpt, build_config
+from core.errors import InputError
+
+
+def _registry(home: Path | None):  # type: ignore[no-untyped-def]
+    """A client for the registry the pipeline would use, after one successful contact."""
+    from tasks.mlflow_connection import connect_mlflow
+
+    uri = build_config(home).mlflow_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise InputError(
+            f"no MLflow database at {uri.removeprefix('sqlite:///')}: "
+            "run `closecast run` first, or set MLFLOW_TRACKING_URI"
+        )
+    return uri, connect_mlflow(uri)
+
+
+def _as_of_instant(value: str) -> datetime:
+    """An ISO date (its end, UTC) or datetime (UTC unless it says otherwise)."""
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            return datetime.combine(day, time.max, tzinfo=UTC)
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(
+            f"invalid --at {value!r}: expected YYYY-MM-DD or an ISO datetime"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def models(
+    home: HomeOpt = None,
+    history: Annotated[
+        bool, typer.Option("--history", help="Every alias move: when, from, to, by whom.")
+    ] = False,
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="Which version was champion at YYYY-MM-DD (end of day, UTC)."),
+    ] = None,
+) -> None:
+    """List registered versions: version, aliases, created, metrics, promotion decision."""
+    from core.config import MODEL_NAME
+    from tasks.aliases import CHAMPION, alias_at, alias_history, version_table
+
+    when = _as_of_instant(at) if at is not None else None
+    uri, client = _registry(home)
+    if when is not None:
+        version = alias_at(alias_history(client), CHAMPION, when)
+        typer.echo(
+            f"{CHAMPION} at {when.isoformat(timespec='seconds')}: "
+            + (f"{MODEL_NAME} v{version}" if version else "none recorded")
+        )
+        return
+    if history:
+        moves = alias_history(client)
+        if not moves:
+            typer.echo(f"no alias moves recorded for {MODEL_NAME} at {uri}")
+        for m in moves:
+            typer.echo(
+                f"{m.at.isoformat(timespec='seconds')}  {m.alias:<10}  "
+                f"v{m.previous or '-'} -> v{m.version or '-'}  by {m.by}"
+                + (f"  ({m.reason})" if m.reason else "")
+            )
+        return
+    table = version_table(client)
+    if table.empty:
+        typer.echo(f"no versions of {MODEL_NAME} registered at {uri}")
+        return
+    typer.echo(table.to_string(index=False))
+
+
+def promote(
+    version: Annotated[str, typer.Argument(help="Registry version to make champion.")],
+    home: HomeOpt = None,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why, for the alias history.")
+    ] = "manual review",
+) -> None:
+    """Point `champion` at VERSION; promoting the previous version is the rollback."""
+    import getpass
+
+    from core.config import MODEL_NAME
+    from tasks.aliases import UnknownVersion, promote_version
+
+    if not version.isdigit():
+        raise InputError(f"invalid version {version!r}: expected a version number")
+    uri, _ = _registry(home)
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown user"
+    try:
+        move = promote_version(uri, version, f"closecast promote by {user}", reason)
+    except UnknownVersion as exc:
+        raise InputError(str(exc)) from None
+    typer.echo(f"champion: {MODEL_NAME} v{move.version} (was v{move.previous or '-'})")

@@ -1,0 +1,205 @@
+"""One session's steps, shared by the nightly and backfill flows.
+
+`prepare_session` reads the store up to as_of and builds the windows;
+`forecast_session` trains → evaluates → registers → predicts → reports, in
+one MLflow run whose registration is rolled back when a step fails.
+"""
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from core.config import MODEL_NAME, PipelineConfig
+from core.statuses import Issues, merge_issues, ticker_label
+from tasks.aliases import rollback_registration
+from tasks.backfill import ModelInUse
+from tasks.evaluation import evaluate_model
+from tasks.fanout import features_each, validate_each
+from tasks.features import latest_rows
+from tasks.inference import predict_in_memory
+from tasks.mlflow_connection import tracking_run
+from tasks.registry import RegisteredVersion, predict_next, promote_model, register_model
+from tasks.report import ReportContext, build_report, publish_report, require_predictions
+from tasks.scorecard import update_scorecard
+from tasks.sources import FetchResult
+from tasks.store import LoadedPrices, load_prices
+from tasks.tracking import log_run, run_tags
+from tasks.training import train_model
+from tasks.validate import ValidatedPrices
+from tasks.windows import Dataset, build_windows, window_columns
+
+
+@dataclass(frozen=True)
+class SessionInputs:
+    """What a session reads: prices up to as_of, validated and windowed, and the issues found."""
+
+    prices: LoadedPrices
+    validated: ValidatedPrices
+    dataset: Dataset
+    latest: pd.DataFrame  # the last window of each predictable ticker, as the pyfunc takes it
+    issues: Issues
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    """The report a session wrote, its MLflow run, and the model it trained or carried."""
+
+    report_path: Path
+    run_id: str
+    model: ModelInUse
+    predicting_version: str  # the version the report names
+    registered: RegisteredVersion | None  # None when nothing was registered
+
+    @property
+    def promotion(self) -> str:
+        """The gate's decision for the version this session registered, else ''."""
+        return self.registered.decision.tag if self.registered else ""
+
+
+def run_name(kind: str) -> str:
+    """`nightly AAPL +2 as_of=2024-05-01`: the flow, the tickers and the as_of, for the UI."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters["config"]
+    return f"{kind} {ticker_label(config.data.tickers)} as_of={config.data.as_of or 'latest'}"
+
+
+def prepare_session(
+    config: PipelineConfig, as_of: date | None, fetched: FetchResult
+) -> SessionInputs:
+    """Load the store up to as_of, validate, build features and windows, gather the issues."""
+    prices = load_prices(config.prices_dir, config.data.tickers, as_of)
+    validated = validate_each(prices.frames)
+    features = features_each(validated.frames, window_columns(config.windows.features))
+    dataset = build_windows(features, config.windows, prices.as_of)
+    issues = merge_issues(
+        fetched.issues(prices.frames), prices.issues, validated.issues, dataset.issues
+    )
+    latest = latest_rows(validated.frames, dataset.latest.tickers.tolist(), dataset.window)
+    return SessionInputs(prices, validated, dataset, latest, issues)
+
+
+def session_report(
+    config: PipelineConfig,
+    inputs: SessionInputs,
+    predictions: pd.DataFrame,
+    version: str,
+    run_id: str,
+) -> pd.DataFrame:
+    """The report's rows: one per requested ticker, a prediction or the reason there is none."""
+    prices = inputs.prices
+    context = ReportContext(prices.as_of, prices.target_date, MODEL_NAME, version, run_id)
+    last_closes = inputs.validated.last_closes()
+    return build_report(config.data.tickers, context, last_closes, predictions, inputs.issues)
+
+
+def require_windows(config: PipelineConfig, inputs: SessionInputs) -> None:
+    """Fail before anything is trained when no ticker has a window to predict from.
+
+    Raises:
+        PipelineError: naming the statuses; the report (when none exists yet) keeps them.
+    """
+    if len(inputs.dataset.latest):
+        return
+    no_predictions = pd.DataFrame({"ticker": [], "predicted_close": []})
+    require_predictions(session_report(config, inputs, no_predictions, "", ""), config.reports_dir)
+
+
+def train_session(
+    config: PipelineConfig, run_id: str, inputs: SessionInputs, register: bool
+) -> tuple[ModelInUse, RegisteredVersion | None]:
+    """Train, evaluate and log to `run_id`; register (through the gate) only when asked."""
+    trained = train_model(inputs.dataset, config.lstm, config.train)
+    evaluation = evaluate_model(trained.forecaster, inputs.dataset.test)
+    log_run(config, run_id, trained, evaluation, inputs.validated)
+    if not register:
+        unregistered = ModelInUse(
+            forecaster=trained.forecaster,
+            version=f"run:{run_id}",
+            metrics=evaluation.metrics,
+            decision="not registered",
+        )
+        return unregistered, None
+    registered = register_model(
+        config, run_id, trained.forecaster, evaluation, inputs.dataset, inputs.latest
+    )
+    model = ModelInUse(
+        forecaster=trained.forecaster,
+        version=registered.version,
+        metrics=evaluation.metrics,
+        decision=f"{registered.decision.tag}: {registered.decision.reason}",
+    )
+    return model, registered
+
+
+def predict_session(
+    config: PipelineConfig,
+    inputs: SessionInputs,
+    model: ModelInUse,
+    registered: RegisteredVersion | None,
+    from_registry: bool,
+) -> tuple[str, pd.DataFrame]:
+    """The version that predicts, and its predictions.
+
+    From the registry, when this run registered a version: the version the
+    gate leaves serving (the champion when the new one lost); otherwise the
+    model in memory.
+    """
+    if from_registry and registered is not None:
+        version = registered.predicting_version
+        return version, predict_next(config.mlflow_uri, version, inputs.latest)
+    return model.version, predict_in_memory(model.forecaster, inputs.latest)
+
+
+def forecast_session(
+    config: PipelineConfig,
+    inputs: SessionInputs,
+    kind: str,
+    model: ModelInUse | None = None,
+    *,
+    register: bool,
+    from_registry: bool = False,
+    tags: dict[str, str] | None = None,
+) -> SessionResult:
+    """Train → evaluate → register → predict → report → score, in one MLflow run.
+
+    When a step fails, the versions the run registered are deleted and the
+    aliases put back.
+
+    Args:
+        kind: the flow, in the run's name (`nightly 2024-05-01`).
+        model: a model an earlier session trained, held in memory (backfill); None trains one.
+        register: register the model it trains through the gate; the aliases move
+            once the report is built.
+        from_registry: the nightly way: predict with the version the registry
+            serves, and fail the run (its registration rolled back) when no
+            ticker got a prediction. Else the model in memory predicts and the
+            report says whatever came out.
+        tags: run tags beside those every pipeline run carries.
+    """
+    run_name = f"{kind} {inputs.prices.as_of}"
+    tags = run_tags(config, inputs.prices, inputs.dataset) | (tags or {})
+    with (
+        tracking_run(config, run_name, tags) as run_id,
+        rollback_registration(config.mlflow_uri, run_id),
+    ):
+        registered = None
+        if model is None:
+            model, registered = train_session(config, run_id, inputs, register)
+        version, predictions = predict_session(config, inputs, model, registered, from_registry)
+        report = session_report(config, inputs, predictions, version, run_id)
+        if from_registry:
+            require_predictions(report, config.reports_dir)  # else the version is rolled back
+        if registered is not None:
+            promote_model(config.mlflow_uri, registered)
+        live = update_scorecard(
+            config.reports_dir,
+            inputs.validated.frames,
+            inputs.prices.as_of,
+            config.mlflow_uri,
+            run_id,
+        )
+        path = publish_report(report, config.reports_dir, model.metrics, model.decision, live=live)
+    return SessionResult(path, run_id, model, version, registered)

@@ -1,0 +1,192 @@
+"""The alias audit: move `champion` and `challenger`, record each move, answer "when".
+
+Every alias move is recorded as a registered-model tag `alias_move.<ms>.<alias>.v<N>`
+whose value is JSON (at, alias, version, previous, by, reason), so
+`alias_history` answers "what was champion on date X". `rollback_registration`
+puts the aliases back, and deletes the run's versions, when a run fails after
+it registered.
+"""
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from core.config import MODEL_NAME
+from tasks.gate import GATED_METRICS
+from tasks.mlflow_connection import configure_mlflow
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY_PREFIX = "alias_move."
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownVersion(LookupError):
+    """A registry version that does not exist (or a name that is not a version number)."""
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One move of an alias: the version it pointed at before and after, by whom, when."""
+
+    at: datetime
+    alias: str
+    version: str | None  # None: the alias was removed
+    previous: str | None
+    by: str
+    reason: str
+
+    @property
+    def tag_key(self) -> str:
+        """The registered-model tag holding this move; keys sort by time."""
+        stamp = int(self.at.timestamp() * 1000)
+        return f"{HISTORY_PREFIX}{stamp:013d}.{self.alias}.v{self.version or 'none'}"
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "at": self.at.isoformat()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "AliasMove":
+        data = json.loads(text)
+        return cls(**{**data, "at": datetime.fromisoformat(data["at"])})
+
+
+def _missing(exc: MlflowException) -> bool:
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def current_aliases(client: MlflowClient) -> dict[str, str]:
+    """alias -> version of the registered model; empty when it is not registered yet.
+
+    Any other registry error (unreachable server) propagates: a missing
+    answer must never read as "there is no champion".
+    """
+    try:
+        return {a: str(v) for a, v in client.get_registered_model(MODEL_NAME).aliases.items()}
+    except MlflowException as exc:
+        if _missing(exc):
+            return {}
+        raise
+
+
+def alias_version(client: MlflowClient, alias: str) -> str | None:
+    """The version `alias` points at, or None."""
+    return current_aliases(client).get(alias)
+
+
+def move_alias(
+    client: MlflowClient, alias: str, version: str | None, by: str, reason: str
+) -> AliasMove:
+    """Point `alias` at `version` (None removes it) and record the move in the history."""
+    previous = alias_version(client, alias)
+    if version is None:
+        client.delete_registered_model_alias(MODEL_NAME, alias)
+    else:
+        client.set_registered_model_alias(MODEL_NAME, alias, version)
+    move = AliasMove(datetime.now(UTC), alias, version, previous, by[:300], reason[:1000])
+    client.set_registered_model_tag(MODEL_NAME, move.tag_key, move.to_json())
+    return move
+
+
+def discard_run_versions(client: MlflowClient, run_id: str) -> list[str]:
+    """Delete every version a (failed) run registered; returns their numbers."""
+    if not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        raise ValueError(f"invalid run id {run_id!r}")
+    found = client.search_model_versions(f"name='{MODEL_NAME}' and tags.run_id='{run_id}'")
+    versions = sorted(str(v.version) for v in found)
+    for version in versions:
+        client.delete_model_version(MODEL_NAME, version)
+    return versions
+
+
+@contextmanager
+def rollback_registration(tracking_uri: str, run_id: str) -> Iterator[None]:
+    """If the block fails, delete what `run_id` registered and put the aliases back.
+
+    The original exception always propagates; a failing clean-up is logged,
+    never raised in its place.
+    """
+    client = configure_mlflow(tracking_uri)
+    before = {alias: alias_version(client, alias) for alias in (CHAMPION, CHALLENGER)}
+    try:
+        yield
+    except BaseException:
+        try:
+            discarded = discard_run_versions(client, run_id)
+            for alias, version in before.items():
+                if alias_version(client, alias) != version:
+                    by = f"rollback of failed run {run_id}"
+                    move_alias(client, alias, version, by, "restoring the alias the run had moved")
+            if discarded:
+                logger.warning("run failed: discarded %s v%s", MODEL_NAME, ", v".join(discarded))
+        except Exception as exc:  # the run's own error is the one to report
+            logger.error("could not roll back the registry after the failure: %s", exc)
+        raise
+
+
+def alias_history(client: MlflowClient) -> list[AliasMove]:
+    """Every recorded alias move, oldest first."""
+    try:
+        tags = client.get_registered_model(MODEL_NAME).tags
+    except MlflowException as exc:
+        if _missing(exc):
+            return []
+        raise
+    moves = [AliasMove.from_json(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)]
+    return sorted(moves, key=lambda m: m.at)
+
+
+def alias_at(history: list[AliasMove], alias: str, when: datetime) -> str | None:
+    """The version `alias` pointed at, at time `when`, by the recorded history."""
+    version = None
+    for move in history:
+        if move.alias == alias and move.at <= when:
+            version = move.version
+    return version
+
+
+def promote_version(tracking_uri: str, version: str, by: str, reason: str) -> AliasMove:
+    """Point `champion` at an existing `version` (a manual promotion, or a rollback).
+
+    Raises:
+        UnknownVersion: when `version` is not a number or no such version exists.
+    """
+    if not version.isdigit():
+        raise UnknownVersion(f"invalid version {version!r}: expected a version number")
+    client = configure_mlflow(tracking_uri)
+    try:
+        client.get_model_version(MODEL_NAME, version)
+    except MlflowException as exc:
+        if _missing(exc):
+            raise UnknownVersion(f"version {version} of {MODEL_NAME} does not exist") from None
+        raise
+    return move_alias(client, CHAMPION, version, by, reason)
+
+
+def version_table(client: MlflowClient) -> pd.DataFrame:
+    """One row per registered version, newest first: what `closecast models` prints."""
+    columns = ["version", "aliases", "created", *GATED_METRICS, "promotion"]
+    aliases: dict[str, list[str]] = {}
+    for alias, version in sorted(current_aliases(client).items()):
+        aliases.setdefault(version, []).append(alias)
+    rows = [
+        {
+            "version": int(v.version),
+            "aliases": ",".join(aliases.get(str(v.version), [])),
+            "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).strftime(
+                "%Y-%m-%d %H:%M"
+            ),
+            **{k: v.tags.get(k, "") for k in (*GATED_METRICS, "promotion")},
+        }
+        for v in client.search_model_versions(f"name='{MODEL_NAME}'")
+    ]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("version", ascending=False, ignore_index=True)

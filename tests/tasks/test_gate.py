@@ -1,0 +1,98 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from prefect.logging import disable_run_logger
+
+from models.encoding import Encoding
+from models.forecaster import Forecaster
+from models.lstm import LSTMConfig, LSTMForecaster
+from tasks.gate import check_metrics, decide_promotion, rescore_champion
+from tasks.windows import WindowSet
+
+COLUMNS = ("close", "volume")
+
+
+def scored(interval: float, rmse: float = 0.01) -> dict[str, float]:
+    return {"test_interval_score": interval, "test_rmse": rmse}
+
+
+NO_INTERVALS = {"test_rmse": 0.02, "test_interval_score": float("nan")}
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "mode", "promote", "tag", "says"),
+    [
+        (scored(0.05), None, "auto", True, "champion", "first version (interval score 0.050000"),
+        (scored(0.04), ("3", scored(0.05)), "auto", True, "champion",
+         "interval score 0.040000 beats champion v3's 0.050000 on the same test windows"),
+        (scored(0.05, 0.001), ("3", scored(0.05)), "auto", False, "rejected",
+         "interval score 0.050000 ties champion v3's 0.050000"),
+        (scored(0.06, 0.001), ("3", scored(0.05, 0.02)), "auto", False, "rejected",
+         "interval score 0.060000 does not beat champion v3's 0.050000"),
+        (scored(0.06, 0.01), ("3", NO_INTERVALS), "auto", True, "champion",
+         "champion v3 has no intervals, so test_rmse decides; test_rmse 0.010000 beats"),
+        (scored(0.04), ("3", scored(0.05)), "manual", False, "manual", "closecast promote"),
+        (scored(0.04), None, "manual", False, "manual", "promotion is manual"),
+        (scored(0.04), ("3", {}), "auto", True, "champion", "v3 cannot score"),
+    ],
+)  # fmt: skip
+def test_decide_promotion(
+    challenger: dict[str, float],
+    champion: tuple[str, dict[str, float]] | None,
+    mode: str,
+    promote: bool,
+    tag: str,
+    says: str,
+) -> None:
+    """First wins; later ones only by a strictly lower interval score (RMSE against a champion
+    without intervals); manual never moves champion; the reason names both scores."""
+    decision = decide_promotion(challenger, champion, mode)
+    assert (decision.promote, decision.tag) == (promote, tag)
+    assert says in decision.reason
+    if champion is not None and champion[1] and mode == "auto":
+        assert "vs champion v3's interval score" in decision.reason
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_check_metrics_refuses_non_finite(bad: float | None) -> None:
+    """A missing or non-finite gated metric stops registration, naming the metric."""
+    metrics = {"test_interval_score": 0.03, "test_rmse": 0.01, "naive_rmse": 0.02, "skill": 0.5}
+    check_metrics(metrics)
+    if bad is None:
+        del metrics["skill"]
+    else:
+        metrics["skill"] = bad
+    with pytest.raises(ValueError, match="metric skill is"):
+        check_metrics(metrics)
+
+
+def _champion(features: tuple[str, ...]) -> Forecaster:
+    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=len(features))
+    return Forecaster(module, Encoding(features=features, target="log_return"), 10)
+
+
+def _test_windows(days: int, columns: int) -> WindowSet:
+    """Four windows of `days` sessions; close (column 0) rises 1% a day, volume is flat."""
+    close = 100 * 1.01 ** np.arange(4 + days, dtype=np.float64)
+    windows = np.stack([close[i : i + days] for i in range(4)])[..., None]  # (N, T, 1)
+    windows = np.concatenate([windows, np.full_like(windows, 1e6)][:columns], axis=2)
+    return WindowSet(
+        windows=windows,  # (N, T, C)
+        next_close=close[days : days + 4],
+        tickers=np.array(["AAA"] * 4),
+        target_dates=pd.date_range("2024-01-02", periods=4, freq="B").to_numpy(),
+        baseline_sigma=np.full(4, 0.01),
+    )
+
+
+def test_rescore_champion_reads_its_own_columns_of_the_challengers_windows() -> None:
+    """A close-only champion scores longer windows holding more columns: its last 10 days of
+    close; a champion lacking a column, or windows too short, get no metrics."""
+    with disable_run_logger():
+        metrics = rescore_champion("1", _champion(("close",)), _test_windows(12, 2), COLUMNS)
+        assert math.isfinite(metrics["test_rmse"]) and "test_interval_score" in metrics
+        wider = _champion(("close", "volume"))
+        assert rescore_champion("2", wider, _test_windows(12, 1), COLUMNS[:1]) == {}
+        assert rescore_champion("3", _champion(("close",)), _test_windows(5, 2), COLUMNS) == {}
