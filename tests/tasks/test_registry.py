@@ -25,6 +25,7 @@ from tasks.registry import (
     load_forecaster,
     predict_next,
     register_forecaster,
+    run_url,
     signature,
 )
 from tasks.store import load_point_in_time
@@ -282,3 +283,12 @@ def test_failure_after_registration_leaves_the_registry_clean(scenario: Scenario
     restores = [m for m in history if m.by == f"rollback of failed run {scenario.failed_run_id}"]
     assert restores and all(m.version == aliases[m.alias] for m in restores)
     assert scenario.manual.report_path.read_bytes() == scenario.report_before_failure
+
+
+def test_run_url_is_relative_unless_the_tracking_server_has_an_address() -> None:
+    """SQLite: a link the MLflow UI resolves on its own page; http: the server's address first."""
+    assert run_url("sqlite:///x.db", "1", "abc") == "#/experiments/1/runs/abc"
+    assert (
+        run_url("http://mlflow:5000/", "1", "abc", "plots/a.png")
+        == "http://mlflow:5000/#/experiments/1/runs/abc/artifactPath/plots/a.png"
+    )
