@@ -25,6 +25,7 @@ from tasks.report import ReportContext, build_report, publish_report, require_pr
 from tasks.scorecard import update_scorecard
 from tasks.sources import FetchResult
 from tasks.store import LoadedPrices, load_prices
+from tasks.summary import MlflowLinks
 from tasks.tracking import log_run, run_tags
 from tasks.training import train_model
 from tasks.validate import ValidatedPrices
@@ -201,5 +202,19 @@ def forecast_session(
             config.mlflow_uri,
             run_id,
         )
-        path = publish_report(report, config.reports_dir, model.metrics, model.decision, live=live)
+        champion = None
+        if registered is not None and registered.previous_champion and registered.champion_metrics:
+            champion = (registered.previous_champion, registered.champion_metrics)
+        links = MlflowLinks(
+            config.mlflow_uri, run_id, version=registered.version if registered else None
+        )
+        path = publish_report(
+            report,
+            config.reports_dir,
+            model.metrics,
+            model.decision,
+            live=live,
+            champion=champion,
+            links=links,
+        )
     return SessionResult(path, run_id, model, version, registered)
