@@ -23,6 +23,7 @@ from tests.conftest import read_report, tiny_config
 from tests.mlflow_fixtures import point_only_training
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 METRICS = {
     "test_rmse",
@@ -62,6 +63,8 @@ def test_nightly_end_to_end(mlflow_home: Path, csv_folder: Path) -> None:
     client = configure_mlflow(config.mlflow_uri)  # tracking and registry both
     run = client.get_run(result.run_id)
     assert set(run.data.metrics) >= METRICS
+    glossary = README.read_text().split("Metric glossary", 1)[1].split("\n## ", 1)[0]
+    assert [m for m in run.data.metrics if f"`{m}`" not in glossary] == []
     assert run.info.status == "FINISHED"
     assert run.data.tags["as_of"] == report["as_of"][0]
     assert run.data.tags["source"] == f"csv:{csv_folder}"
