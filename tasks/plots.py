@@ -16,6 +16,7 @@ from tasks.evaluation import LEVELS
 PLOTTED_TICKERS = 6  # predicted-vs-actual PNGs per run: all tickers up to this many
 PLOTTED_SESSIONS = 60  # the last test sessions a plot shows (about three months)
 LOSS_CURVES_PLOT = "plots/loss_curves.png"
+TIE = 1e-6  # percentage points: absolute errors closer than this count as a tie
 
 
 def plot_tickers(per_ticker: pd.DataFrame, limit: int = PLOTTED_TICKERS) -> list[str]:
@@ -115,11 +116,12 @@ def _draw_errors(axes: Axes, shown: pd.DataFrame, when: pd.Series) -> None:
     naive = 100 * (last - actual).abs() / last
     axes.plot(when, model, label="model", color="midnightblue", marker=".", markersize=4)
     axes.plot(when, naive, label="naive", color="tab:gray", linestyle="--", linewidth=0.8)
-    closer = int((model < naive).sum())
+    # Closer by more than a rounding error: a model that adds nothing ties on every session.
+    closer, farther = int((model < naive - TIE).sum()), int((model > naive + TIE).sum())
     axes.set_title(
         f"Absolute error, last {len(shown)} sessions: model {model.mean():.2f}% vs naive "
-        f"{naive.mean():.2f}% of the last close on average; the model closer on {closer} "
-        f"of {len(shown)}",
+        f"{naive.mean():.2f}% of the last close on average; closer: model {closer}, "
+        f"naive {farther}, tied {len(shown) - closer - farther}",
         fontsize="medium",
     )
     axes.set_ylabel("|error|, % of last close")

@@ -131,9 +131,12 @@ def test_plot_predictions_has_an_error_panel_against_naive_under_the_fan() -> No
     assert errors.get_ylabel() == "|error|, % of last close"
     assert errors.get_title() == (
         f"Absolute error, last 60 sessions: model {model.mean():.2f}% vs naive "
-        f"{naive.mean():.2f}% of the last close on average; the model closer on 57 of 60"
+        f"{naive.mean():.2f}% of the last close on average; closer: model 57, naive 0, tied 3"
     )
     assert errors.get_shared_x_axes().joined(fan, errors)
+    predictions.loc[shifted, "predicted_close"] += 1.0  # 3 above: naive closer there
+    _, errors = plot_predictions(predictions, "BBB").axes
+    assert errors.get_title().endswith("closer: model 57, naive 3, tied 0")
 
 
 def test_plot_loss_curves_draws_train_and_validation_and_marks_the_best_epoch() -> None:
