@@ -8,7 +8,7 @@ from prefect import flow
 from core.config import MODEL_NAME, PipelineConfig
 from core.statuses import merge_issues
 from flows.fetch import fetch
-from flows.session import run_name
+from flows.session import name_flow_run, run_name
 from tasks.inference import latest_inputs, load_champion
 from tasks.mlflow_connection import tracking_run
 from tasks.registry import predict_next
@@ -32,6 +32,7 @@ def predict(config: PipelineConfig) -> PredictResult:
     champion = load_champion(config.mlflow_uri)
     fetched = fetch(config.data, config.home)
     prices = load_prices(config.prices_dir, config.data.tickers, config.data.as_of)
+    name_flow_run(prices.as_of)
     validated = validate_prices(prices.frames)
     latest = latest_inputs(validated.frames, config.data.tickers, prices.as_of, champion.window)
     issues = merge_issues(

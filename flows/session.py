@@ -8,6 +8,7 @@ one MLflow run whose registration is rolled back when a step fails.
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from uuid import UUID
 
 import pandas as pd
 
@@ -25,7 +26,8 @@ from tasks.report import ReportContext, build_report, publish_report, require_pr
 from tasks.scorecard import update_scorecard
 from tasks.sources import FetchResult
 from tasks.store import LoadedPrices, load_prices
-from tasks.tracking import log_run, run_tags
+from tasks.summary import MlflowLinks
+from tasks.tracking import log_run, name_run, run_tags
 from tasks.training import train_model
 from tasks.validate import ValidatedPrices
 from tasks.windows import Dataset, build_windows, window_columns
@@ -58,12 +60,37 @@ class SessionResult:
         return self.registered.decision.tag if self.registered else ""
 
 
+LATEST = "as_of=latest"  # a flow run's name before its as_of is resolved
+
+
 def run_name(kind: str) -> str:
-    """`nightly AAPL +2 as_of=2024-05-01`: the flow, the tickers and the as_of, for the UI."""
+    """`nightly AAPL +2 as_of=2024-05-01`: the flow, the tickers and the as_of, for the UI.
+
+    With no as_of given the name says `as_of=latest` until `name_flow_run`
+    puts in the session the run resolved.
+    """
     from prefect.runtime import flow_run
 
     config = flow_run.parameters["config"]
-    return f"{kind} {ticker_label(config.data.tickers)} as_of={config.data.as_of or 'latest'}"
+    as_of = config.data.as_of
+    return f"{kind} {ticker_label(config.data.tickers)} " + (f"as_of={as_of}" if as_of else LATEST)
+
+
+def name_flow_run(as_of: date) -> None:
+    """Put the resolved as_of into the current flow run's name in place of `as_of=latest`.
+
+    A name without it (an as_of given, a backfill session) or no flow run is left alone.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    name = flow_run.name
+    if not flow_run.id or not name or LATEST not in name:
+        return
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(
+            UUID(flow_run.id), name=name.replace(LATEST, f"as_of={as_of.isoformat()}")
+        )
 
 
 def prepare_session(
@@ -71,6 +98,7 @@ def prepare_session(
 ) -> SessionInputs:
     """Load the store up to as_of, validate, build features and windows, gather the issues."""
     prices = load_prices(config.prices_dir, config.data.tickers, as_of)
+    name_flow_run(prices.as_of)
     validated = validate_each(prices.frames)
     features = features_each(validated.frames, window_columns(config.windows.features))
     dataset = build_windows(features, config.windows, prices.as_of)
@@ -169,7 +197,8 @@ def forecast_session(
     aliases put back.
 
     Args:
-        kind: the flow, in the run's name (`nightly 2024-05-01`).
+        kind: the flow, in the run's name (`nightly 2024-05-01`, renamed
+            `nightly 2024-05-01 · v4 rejected` once a version is registered).
         model: a model an earlier session trained, held in memory (backfill); None trains one.
         register: register the model it trains through the gate; the aliases move
             once the report is built.
@@ -194,6 +223,8 @@ def forecast_session(
             require_predictions(report, config.reports_dir)  # else the version is rolled back
         if registered is not None:
             promote_model(config.mlflow_uri, registered)
+            as_of, decision = inputs.prices.as_of, registered.decision
+            name_run(config.mlflow_uri, run_id, kind, as_of, registered.version, decision)
         live = update_scorecard(
             config.reports_dir,
             inputs.validated.frames,
@@ -201,5 +232,19 @@ def forecast_session(
             config.mlflow_uri,
             run_id,
         )
-        path = publish_report(report, config.reports_dir, model.metrics, model.decision, live=live)
+        champion = None
+        if registered is not None and registered.previous_champion and registered.champion_metrics:
+            champion = (registered.previous_champion, registered.champion_metrics)
+        links = MlflowLinks(
+            config.mlflow_uri, run_id, version=registered.version if registered else None
+        )
+        path = publish_report(
+            report,
+            config.reports_dir,
+            model.metrics,
+            model.decision,
+            live=live,
+            champion=champion,
+            links=links,
+        )
     return SessionResult(path, run_id, model, version, registered)

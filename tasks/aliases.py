@@ -1,10 +1,15 @@
 """The alias audit: move `champion` and `challenger`, record each move, answer "when".
 
-Every alias move is recorded as a registered-model tag `alias_move.<ms>.<alias>.v<N>`
-whose value is JSON (at, alias, version, previous, by, reason), so
-`alias_history` answers "what was champion on date X". `rollback_registration`
-puts the aliases back, and deletes the run's versions, when a run fails after
-it registered.
+Each alias keeps its moves in registered-model tags a reviewer can read on
+the registry page: `<alias>_history`, a JSON list of the newest moves (at,
+version, previous, by, reason), capped to fit MLflow's 5000-character tag
+column, and the latest move spelled out as `<alias>_since`, `<alias>_set_by`
+and `<alias>_reason`. One list per alias, so nightly `challenger` moves never
+push `champion` moves out. Registries written before this layout hold one
+`alias_move.<ms>.<alias>.v<N>` tag per move; those are still read (and left
+in place), merged by time, so `alias_history` answers "what was champion on
+date X" from both. `rollback_registration` puts the aliases back, and
+deletes the run's versions, when a run fails after it registered.
 """
 
 import json
@@ -24,7 +29,10 @@ from tasks.gate import GATED_METRICS
 from tasks.mlflow_connection import configure_mlflow
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-HISTORY_PREFIX = "alias_move."
+ALIASES = (CHAMPION, CHALLENGER)
+LEGACY_PREFIX = "alias_move."  # one tag per move, as registries before the capped history hold
+MAX_TAG_VALUE = 5000  # registered_model_tags.value is VARCHAR(5000) in MLflow's SQL stores
+HISTORY_REASON = 200  # characters of a reason kept in the history (the `_reason` tag has it all)
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +52,6 @@ class AliasMove:
     by: str
     reason: str
 
-    @property
-    def tag_key(self) -> str:
-        """The registered-model tag holding this move; keys sort by time."""
-        stamp = int(self.at.timestamp() * 1000)
-        return f"{HISTORY_PREFIX}{stamp:013d}.{self.alias}.v{self.version or 'none'}"
-
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "at": self.at.isoformat()})
 
@@ -57,6 +59,52 @@ class AliasMove:
     def from_json(cls, text: str) -> "AliasMove":
         data = json.loads(text)
         return cls(**{**data, "at": datetime.fromisoformat(data["at"])})
+
+    def entry(self) -> dict[str, str | None]:
+        """This move as a row of its alias's `_history` tag (the alias is the tag's)."""
+        reason = self.reason
+        if len(reason) > HISTORY_REASON:
+            reason = reason[: HISTORY_REASON - 1] + "…"
+        return {
+            "at": self.at.isoformat(),
+            "version": self.version,
+            "previous": self.previous,
+            "by": self.by,
+            "reason": reason,
+        }
+
+    @classmethod
+    def from_entry(cls, alias: str, entry: dict[str, str | None]) -> "AliasMove":
+        return cls(
+            at=datetime.fromisoformat(str(entry["at"])),
+            alias=alias,
+            version=entry["version"],
+            previous=entry["previous"],
+            by=str(entry["by"]),
+            reason=str(entry["reason"]),
+        )
+
+
+def capped_history(entries: list[dict[str, str | None]], limit: int = MAX_TAG_VALUE) -> str:
+    """The newest `entries` (oldest first) as JSON of at most `limit` characters."""
+    kept = list(entries)
+    text = json.dumps(kept, ensure_ascii=False)
+    while len(text) > limit and kept:
+        kept.pop(0)
+        text = json.dumps(kept, ensure_ascii=False)
+    return text
+
+
+def _history_tags(tags: dict[str, str], move: AliasMove) -> dict[str, str]:
+    """The alias's tags once `move` is recorded: its capped history and its latest move."""
+    key = f"{move.alias}_history"
+    entries = [*json.loads(tags.get(key, "[]")), move.entry()]
+    return {
+        key: capped_history(entries),
+        f"{move.alias}_since": move.at.isoformat(timespec="seconds"),
+        f"{move.alias}_set_by": move.by,
+        f"{move.alias}_reason": move.reason or "-",
+    }
 
 
 def _missing(exc: MlflowException) -> bool:
@@ -92,7 +140,9 @@ def move_alias(
     else:
         client.set_registered_model_alias(MODEL_NAME, alias, version)
     move = AliasMove(datetime.now(UTC), alias, version, previous, by[:300], reason[:1000])
-    client.set_registered_model_tag(MODEL_NAME, move.tag_key, move.to_json())
+    tags = client.get_registered_model(MODEL_NAME).tags
+    for key, value in _history_tags(tags, move).items():
+        client.set_registered_model_tag(MODEL_NAME, key, value)
     return move
 
 
@@ -133,14 +183,17 @@ def rollback_registration(tracking_uri: str, run_id: str) -> Iterator[None]:
 
 
 def alias_history(client: MlflowClient) -> list[AliasMove]:
-    """Every recorded alias move, oldest first."""
+    """Every recorded alias move, oldest first: the capped histories and any old-layout tags."""
     try:
         tags = client.get_registered_model(MODEL_NAME).tags
     except MlflowException as exc:
         if _missing(exc):
             return []
         raise
-    moves = [AliasMove.from_json(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)]
+    moves = [AliasMove.from_json(v) for k, v in tags.items() if k.startswith(LEGACY_PREFIX)]
+    for alias in ALIASES:
+        entries = json.loads(tags.get(f"{alias}_history", "[]"))
+        moves += [AliasMove.from_entry(alias, entry) for entry in entries]
     return sorted(moves, key=lambda m: m.at)
 
 

@@ -24,6 +24,8 @@ class Decision:
     promote: bool
     tag: str  # champion | rejected | manual
     reason: str
+    champion: str | None = None  # the champion version it was compared with, if any
+    compared: str = ""  # the metric that decided (`test_interval_score`, `test_rmse`), if any
 
 
 def _scores(metrics: dict[str, float]) -> str:
@@ -50,7 +52,9 @@ def decide_promotion(
         mode: `auto`, or `manual` to leave the champion to people.
     """
     if mode == "manual":
-        return Decision(False, "manual", "promotion is manual: review and run `closecast promote`")
+        against = champion[0] if champion else None
+        reason = "promotion is manual: review and run `closecast promote`"
+        return Decision(False, "manual", reason, champion=against)
     if champion is None:
         return Decision(True, "champion", f"first version ({_scores(challenger)})")
     version, held = champion
@@ -59,19 +63,23 @@ def decide_promotion(
             True,
             "champion",
             f"champion v{version} cannot score these test windows ({_scores(challenger)})",
+            champion=version,
         )
-    name, note = "interval score", ""
-    mine, theirs = challenger["test_interval_score"], held.get("test_interval_score", np.nan)
+    metric, name, note = "test_interval_score", "interval score", ""
+    mine, theirs = challenger[metric], held.get(metric, np.nan)
     if not np.isfinite(theirs):
-        name, note = "test_rmse", f"champion v{version} has no intervals, so test_rmse decides; "
-        mine, theirs = challenger["test_rmse"], held["test_rmse"]
+        metric = name = "test_rmse"
+        note = f"champion v{version} has no intervals, so test_rmse decides; "
+        mine, theirs = challenger[metric], held[metric]
     both = f"{_scores(challenger)} vs champion v{version}'s {_scores(held)}"
     if mine < theirs:
         verdict = f"{note}{name} {mine:.6f} beats champion v{version}'s {theirs:.6f}"
-        return Decision(True, "champion", f"{verdict} on the same test windows ({both})")
+        reason = f"{verdict} on the same test windows ({both})"
+        return Decision(True, "champion", reason, champion=version, compared=metric)
     beaten = "ties" if mine == theirs else "does not beat"
     verdict = f"{note}{name} {mine:.6f} {beaten} champion v{version}'s {theirs:.6f}"
-    return Decision(False, "rejected", f"{verdict} on the same test windows ({both})")
+    reason = f"{verdict} on the same test windows ({both})"
+    return Decision(False, "rejected", reason, champion=version, compared=metric)
 
 
 def check_metrics(metrics: dict[str, float], intervals: bool = True) -> None:

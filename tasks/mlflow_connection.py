@@ -9,18 +9,25 @@ import logging
 import os
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, SourceType
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_RUN_NOTE,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+)
 from requests.utils import get_environ_proxies
 
 from core.config import PipelineConfig
@@ -37,6 +44,7 @@ PID_TAG = "closecast.pid"
 HOST_TAG = "closecast.host"
 KILLED_TAG = "closecast.killed_reason"
 _OPEN_RUNS: set[str] = set()  # runs open in this process
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # a git checkout when not installed
 
 
 def configure_mlflow(tracking_uri: str) -> MlflowClient:
@@ -162,13 +170,52 @@ def artifact_location(config: PipelineConfig) -> str | None:
     return None
 
 
+def git_commit(root: Path = PROJECT_ROOT) -> str | None:
+    """`git rev-parse HEAD` of `root`; None when it is no git checkout or git cannot say."""
+    if not (root / ".git").exists():  # a directory, or a file in a worktree
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+def source_tags() -> dict[str, str]:
+    """What ran the run, for the UI's Source and Version columns.
+
+    The source is the Prefect flow's entrypoint (`flows/nightly.py:nightly`),
+    `closecast` outside a flow, as a JOB; the version is the commit of the
+    checkout the code runs from, left out when it is none.
+    """
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    name = "closecast"
+    if context is not None and context.flow is not None:
+        fn = context.flow.fn
+        name = f"{fn.__module__.replace('.', '/')}.py:{fn.__name__}"
+    tags = {MLFLOW_SOURCE_NAME: name, MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.JOB)}
+    commit = git_commit()
+    return tags | ({MLFLOW_GIT_COMMIT: commit} if commit else {})
+
+
 @contextmanager
 def tracking_run(config: PipelineConfig, run_name: str, tags: dict[str, str]) -> Iterator[str]:
     """Open an MLflow run for the block; FINISHED when it ends, FAILED if it raises.
 
     The run carries the full configuration twice: as dotted params (to
-    compare runs) and as the exact `config.json` artifact, and the pid and
-    host of its process, so a later run can tell it was killed.
+    compare runs) and as the exact `config.json` artifact, its source and git
+    commit (`source_tags`), and the pid and host of its process, so a later
+    run can tell it was killed.
 
     Raises:
         PipelineError: when MLflow cannot be reached (before anything is trained).
@@ -176,7 +223,8 @@ def tracking_run(config: PipelineConfig, run_name: str, tags: dict[str, str]) ->
     client = connect_mlflow(config.mlflow_uri)
     experiment_id = ensure_experiment(client, config.experiment, artifact_location(config))
     owner = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, **owner})
+    run_tags = {**source_tags(), **tags, **owner}
+    run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
     run_id = run.info.run_id
     _OPEN_RUNS.add(run_id)
     try:

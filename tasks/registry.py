@@ -4,24 +4,29 @@ A nightly run registers in two steps so that a failure leaves the registry as
 it found it: `register_forecaster` re-scores the champion, decides (the gate,
 `tasks.gate`), and creates the version with its tags (no alias moves);
 `apply_promotion` moves `challenger` (and `champion` when the gate said so) as
-the run's last registry write. `tasks.aliases.rollback_registration` wraps
+the run's last registry write. Each version's description is its model card
+(`tasks.model_card`: the decision, both versions side by side on the same
+windows, the data, links); the registered model's says how the gate works.
+`tasks.aliases.rollback_registration` wraps
 both: if anything in between fails, the run's version is deleted and the
 aliases are put back.
 """
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import AnyType
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.urls import url_for
 
 import core
 import models
@@ -32,6 +37,7 @@ from tasks.aliases import CHALLENGER, CHAMPION, AliasMove, alias_version, move_a
 from tasks.evaluation import Evaluation
 from tasks.gate import GATED_METRICS, Decision, check_metrics, decide_promotion, rescore_champion
 from tasks.mlflow_connection import configure_mlflow
+from tasks.model_card import GATE_DESCRIPTION, CardLinks, data_lines, describe_version
 from tasks.windows import Dataset
 
 MODEL_CODE = Path(models.__file__).parent / "mlflow_model.py"
@@ -46,6 +52,8 @@ class RegisteredVersion:
     predicting_version: str
     previous_champion: str | None
     run_id: str
+    # the champion's metrics re-scored on this version's test windows (empty: none, or unscorable)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def signature(forecaster: Forecaster) -> ModelSignature:
@@ -113,20 +121,39 @@ def list_tickers(tickers: list[str], limit: int = 40) -> str:
     return shown if len(tickers) <= limit else f"{shown}, … ({len(tickers)} in all)"
 
 
-def describe_version(
-    metrics: dict[str, float], decision: Decision, summary: dict[str, object]
-) -> str:
-    """The markdown description a reviewer reads in the registry."""
-    lines = [
-        f"**Promotion:** {decision.tag} — {decision.reason}",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *[f"| {k} | {v:.6g} |" for k, v in metrics.items()],
-        "",
-        *[f"- {k}: {v}" for k, v in summary.items()],
-    ]
-    return "\n".join(lines)
+def run_url(tracking_uri: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
+    """The run's page (or one of its artifacts) in the MLflow UI.
+
+    Relative (`#/experiments/...`), which the UI resolves on its own pages,
+    unless the tracking URI is an http(s) server, whose address it then starts with.
+    """
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if artifact:
+        page += f"/artifactPath/{artifact}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return page
+
+
+def run_plots(client: MlflowClient, run_id: str, folder: str = "", depth: int = 2) -> list[str]:
+    """Artifact paths of the run's PNG images, in its top folders."""
+    found = []
+    for item in client.list_artifacts(run_id, folder or None):
+        if item.is_dir and depth > 1:
+            found += run_plots(client, run_id, item.path, depth - 1)
+        elif item.path.endswith(".png"):
+            found.append(item.path)
+    return sorted(found)
+
+
+def card_links(client: MlflowClient, tracking_uri: str, run_id: str) -> CardLinks:
+    """Links for the card: the MLflow run, its Prefect flow run (when a UI exists), its plots."""
+    run = client.get_run(run_id)
+    experiment = run.info.experiment_id
+    flow_run_id = run.data.tags.get("flow_run_id", "")
+    flow_run = url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None
+    plots = {p: run_url(tracking_uri, experiment, run_id, p) for p in run_plots(client, run_id)}
+    return CardLinks(run_url(tracking_uri, experiment, run_id), run_id, flow_run, plots)
 
 
 def register_forecaster(
@@ -150,6 +177,7 @@ def register_forecaster(
     if current is not None:  # a champion that cannot be loaded fails the run, not the gate
         loaded = load_forecaster(f"models:/{MODEL_NAME}/{current}")
         champion = (current, rescore_champion(current, loaded, dataset.test, dataset.columns))
+    held = champion[1] if champion else {}
     decision = decide_promotion(metrics, champion, config.promotion)
     model_uri = log_forecaster(forecaster, run_id, example)
     tags = {
@@ -159,12 +187,13 @@ def register_forecaster(
         **{k: f"{metrics[k]:.6g}" for k in GATED_METRICS},
     }
     version = str(mlflow.register_model(model_uri, MODEL_NAME, tags=tags).version)
-    summary = {**dataset.summary(), "tickers": list_tickers(dataset.tickers)}
-    client.update_model_version(
-        MODEL_NAME, version, description=describe_version(metrics, decision, summary)
-    )
+    client.update_registered_model(MODEL_NAME, description=GATE_DESCRIPTION)
+    data = data_lines(dataset, config.data.source, list_tickers(dataset.tickers))
+    links = card_links(client, config.mlflow_uri, run_id)
+    card = describe_version(version, metrics, decision, held, len(dataset.test), data, links)
+    client.update_model_version(MODEL_NAME, version, description=card)
     predicting = version if decision.promote or current is None else current
-    return RegisteredVersion(version, decision, predicting, current, run_id)
+    return RegisteredVersion(version, decision, predicting, current, run_id, held)
 
 
 def apply_promotion(tracking_uri: str, registered: RegisteredVersion) -> list[AliasMove]:

@@ -14,7 +14,7 @@ from core.errors import PipelineError
 from core.statuses import INVALID_DATA, OK, Issues
 from models.forecaster import INTERVAL_COLUMNS
 from tasks.store import write_atomic
-from tasks.summary import summary_markdown
+from tasks.summary import MlflowLinks, summary_markdown
 
 REPORT_COLUMNS = [
     "as_of",
@@ -137,6 +137,40 @@ def require_predictions(report: pd.DataFrame, reports_dir: Path) -> None:
     raise PipelineError(f"no ticker could be predicted: {why}{where}")
 
 
+# The table artifact's columns: the report's, status and message before the
+# identifiers so they show without scrolling, the return in basis points.
+TABLE_COLUMNS = [
+    "ticker",
+    "status",
+    "last_close",
+    "predicted_close",
+    "predicted_return_bp",
+    *INTERVAL_COLUMNS,
+    "message",
+    "as_of",
+    "target_date",
+    "model_name",
+    "model_version",
+    "run_id",
+]
+
+
+def table_records(report: pd.DataFrame) -> list[dict[str, object]]:
+    """The report as the table artifact shows it: closes to the cent, returns in bp.
+
+    An empty cell is None (JSON null), never NaN.
+    """
+    table = report.assign(predicted_return_bp=report["predicted_return"] * 1e4)
+    prices = ["last_close", "predicted_close", *INTERVAL_COLUMNS]
+    table[prices] = table[prices].round(2)
+    table["predicted_return_bp"] = table["predicted_return_bp"].round(1)
+    table = table[TABLE_COLUMNS]
+    records: list[dict[str, object]] = (
+        table.astype(object).where(table.notna(), None).to_dict(orient="records")
+    )
+    return records
+
+
 @task(name="publish-report", cache_policy=NO_CACHE)
 def publish_report(
     report: pd.DataFrame,
@@ -144,18 +178,33 @@ def publish_report(
     metrics: dict[str, float],
     decision: str,
     live: dict[str, float] | None = None,
+    champion: tuple[str, dict[str, float]] | None = None,
+    links: MlflowLinks | None = None,
 ) -> Path:
     """Write the CSV and publish it as a Prefect table artifact with a markdown summary.
 
-    `live` (the scorecard's live metrics, when the flow scored before publishing)
-    adds last month's realised RMSE and coverage to the summary.
+    Args:
+        report: the report's rows.
+        reports_dir: where the CSV goes.
+        metrics: the test metrics of the model this run trained or carried.
+        decision: the promotion decision and its reason ("tag: reason").
+        live: the scorecard's live metrics, when the flow scored before publishing;
+            adds last month's realised RMSE and coverage to the summary.
+        champion: (version, its metrics re-scored on the same test windows), shown
+            beside `metrics` in the summary.
+        links: the run and its version in MLflow, linked from the summary.
     """
     as_of = date.fromisoformat(report["as_of"].iloc[0])
     path = write_report(report, reports_dir, as_of)
-    table = report.astype(object).where(report.notna(), None).to_dict(orient="records")
-    create_table_artifact(table=table, key="predictions", description=f"Predictions from {as_of}")
+    create_table_artifact(
+        table=table_records(report),
+        key="predictions",
+        description=f"Predictions from {as_of} for {report['target_date'].iloc[0]}: "
+        "closes to the cent, predicted_return_bp in basis points",
+    )
     create_markdown_artifact(
-        markdown=summary_markdown(report, metrics, decision, live), key="nightly-summary"
+        markdown=summary_markdown(report, metrics, decision, live, champion, links),
+        key="nightly-summary",
     )
     not_ok = report[report["status"] != OK]
     if len(not_ok):

@@ -1,26 +1,38 @@
-"""Run logging: what a pipeline run leaves in MLflow (metrics, curves, data, tables, plots)."""
+"""Run logging: what a pipeline run leaves in MLflow (metrics, curves, data, tables, plots),
+and the name and description it gets once its version is registered."""
 
 import hashlib
+import math
 import time
 import warnings
+from datetime import date
 
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, Metric
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from core.config import PipelineConfig
 from tasks.evaluation import Evaluation
-from tasks.mlflow_connection import MAX_PARAM_LENGTH, configure_mlflow, log_metrics
-from tasks.plots import plot_name, plot_predictions, plot_tickers
+from tasks.gate import Decision
+from tasks.mlflow_connection import MAX_PARAM_LENGTH, configure_mlflow, log_metrics, set_tags
+from tasks.plots import (
+    LOSS_CURVES_PLOT,
+    plot_loss_curves,
+    plot_name,
+    plot_predictions,
+    plot_tickers,
+)
 from tasks.store import LoadedPrices
 from tasks.training import TrainedModel
 from tasks.validate import ValidatedPrices
 from tasks.windows import Dataset
+
+NOTE_TICKERS = 10  # tickers a run's description names before "…"
 
 
 def log_table(client: MlflowClient, run_id: str, table: pd.DataFrame, name: str) -> None:
@@ -79,7 +91,11 @@ def log_run(
     evaluation: Evaluation,
     validated: ValidatedPrices,
 ) -> None:
-    """Log metrics, loss curves, the training data, review tables and plots to the run."""
+    """Log metrics, loss curves, the training data, review tables and plots to the run.
+
+    The plots: each plotted ticker's fan chart over its errors against naive,
+    and `plots/loss_curves.png`.
+    """
     client = configure_mlflow(config.mlflow_uri)
     log_metrics(client, run_id, run_metrics(evaluation, trained, validated))
     now = int(time.time() * 1000)
@@ -98,6 +114,65 @@ def log_run(
         client.log_figure(
             run_id, plot_predictions(evaluation.predictions, ticker), plot_name(ticker)
         )
+    if trained.fit.history:
+        target = trained.forecaster.encoding.target
+        curves_figure = plot_loss_curves(trained.fit.history, trained.fit.best_epoch, target)
+        client.log_figure(run_id, curves_figure, LOSS_CURVES_PLOT)
+
+
+def run_title(kind: str, as_of: date, version: str, decision_tag: str) -> str:
+    """`nightly 2018-12-31 · v4 rejected`: the run's name once its version is registered."""
+    return f"{kind} {as_of.isoformat()} · v{version} {decision_tag}"
+
+
+def _signed(metrics: dict[str, float], name: str) -> str:
+    value = metrics.get(name, math.nan)
+    return "n/a" if not math.isfinite(value) else f"{value:+.4f}"
+
+
+def _percent(metrics: dict[str, float], name: str) -> str:
+    value = metrics.get(name, math.nan)
+    return "n/a" if not math.isfinite(value) else f"{value:.4%}"
+
+
+def run_note(
+    kind: str,
+    as_of: date,
+    tickers: list[str],
+    metrics: dict[str, float],
+    version: str,
+    decision: Decision,
+) -> str:
+    """The run's description: one paragraph of tickers, skills and the gate's decision.
+
+    Errors are relative to the last close, as the metrics are; a metric the
+    run lacks reads `n/a`.
+    """
+    shown = ", ".join(tickers[:NOTE_TICKERS]) + (", …" if len(tickers) > NOTE_TICKERS else "")
+    return (
+        f"{kind.capitalize()} run for as_of {as_of.isoformat()} on {len(tickers)} tickers "
+        f"({shown}). On its test span the model's skill against the naive forecast is "
+        f"{_signed(metrics, 'skill')} (test_rmse {_percent(metrics, 'test_rmse')} vs "
+        f"naive_rmse {_percent(metrics, 'naive_rmse')} of the last close) and its "
+        f"interval_skill_95 against EWMA intervals is {_signed(metrics, 'interval_skill_95')}. "
+        f"Registered as v{version}: {decision.tag} — {decision.reason.rstrip('.')}."
+    )
+
+
+@task(name="name-run", cache_policy=NO_CACHE)
+def name_run(
+    tracking_uri: str, run_id: str, kind: str, as_of: date, version: str, decision: Decision
+) -> None:
+    """Rename the run after the version it registered and describe it (`mlflow.note.content`).
+
+    The description reads the run's own `tickers` tag and metrics.
+    """
+    client = configure_mlflow(tracking_uri)
+    run = client.get_run(run_id)
+    tickers = [t for t in run.data.tags.get("tickers", "").split(",") if t]
+    note = run_note(kind, as_of, tickers, run.data.metrics, version, decision)
+    client.update_run(run_id, name=run_title(kind, as_of, version, decision.tag))
+    set_tags(client, run_id, {MLFLOW_RUN_NOTE: note})
 
 
 def run_tags(config: PipelineConfig, prices: LoadedPrices, dataset: Dataset) -> dict[str, str]:

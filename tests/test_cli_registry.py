@@ -1,5 +1,5 @@
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 
 from closecast.cli import main
 from core.config import MODEL_NAME
-from tasks.aliases import alias_history, current_aliases, move_alias
+from tasks.aliases import AliasMove, alias_history, current_aliases, move_alias
 from tasks.mlflow_connection import configure_mlflow
 from tests.mlflow_fixtures import free_port
 
@@ -78,6 +78,35 @@ def test_promote_then_roll_back_is_recorded(
     at = before_promote.isoformat()
     assert main(["models", "--at", at, "--home", str(mlflow_home)]) == 0
     assert capsys.readouterr().out.strip().endswith(f"{MODEL_NAME} v1")
+
+
+def test_models_at_and_history_read_old_and_new_layouts(
+    mlflow_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A registry recorded one tag per move (the old layout), then promoted with the capped
+    history: `--at` answers a date from each, `--history` lists both, by time."""
+    client = configure_mlflow(f"sqlite:///{mlflow_home / 'mlflow.db'}")
+    client.create_registered_model(MODEL_NAME)
+    for _ in range(2):
+        client.create_model_version(MODEL_NAME, source=str(mlflow_home / "model"))
+    t0 = datetime(2024, 1, 2, 23, tzinfo=UTC)
+    old = AliasMove(t0, "champion", "1", None, "nightly run a", "first version")
+    key = f"alias_move.{int(t0.timestamp() * 1000):013d}.champion.v1"
+    client.set_registered_model_tag(MODEL_NAME, key, old.to_json())
+    client.set_registered_model_alias(MODEL_NAME, "champion", "1")
+    assert main(["promote", "2", "--home", str(mlflow_home), "--reason", "v1 drifts"]) == 0
+    capsys.readouterr()
+    for day, answer in [("2024-01-01", "none recorded"), ("2024-01-03", f"{MODEL_NAME} v1")]:
+        assert main(["models", "--at", day, "--home", str(mlflow_home)]) == 0
+        assert capsys.readouterr().out.strip().endswith(answer)
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    assert main(["models", "--at", tomorrow, "--home", str(mlflow_home)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"{MODEL_NAME} v2")
+    assert main(["models", "--history", "--home", str(mlflow_home)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("2024-01-02T23:00:00+00:00  champion") and "v- -> v1" in lines[0]
+    assert "v1 -> v2  by closecast promote by" in lines[1] and "(v1 drifts)" in lines[1]
 
 
 @pytest.mark.parametrize(

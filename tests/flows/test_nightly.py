@@ -1,10 +1,13 @@
 import json
+import subprocess
 from datetime import date
 from pathlib import Path
+from uuid import UUID
 
 import mlflow
 import numpy as np
 import pytest
+from prefect.client.orchestration import get_client
 
 from core.config import MODEL_NAME
 from core.errors import PipelineError
@@ -20,6 +23,7 @@ from tests.conftest import read_report, tiny_config
 from tests.mlflow_fixtures import point_only_training
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 METRICS = {
     "test_rmse",
@@ -59,12 +63,28 @@ def test_nightly_end_to_end(mlflow_home: Path, csv_folder: Path) -> None:
     client = configure_mlflow(config.mlflow_uri)  # tracking and registry both
     run = client.get_run(result.run_id)
     assert set(run.data.metrics) >= METRICS
+    glossary = README.read_text().split("Metric glossary", 1)[1].split("\n## ", 1)[0]
+    assert [m for m in run.data.metrics if f"`{m}`" not in glossary] == []
     assert run.info.status == "FINISHED"
     assert run.data.tags["as_of"] == report["as_of"][0]
     assert run.data.tags["source"] == f"csv:{csv_folder}"
     assert len(run.data.tags["data_sha256"]) == 64
     assert run.data.params["train.epochs"] == "2"
     assert run.data.params["lstm.hidden_size"] == "8"
+    # named after what it registered, described, with its source and commit
+    assert run.info.run_name == f"nightly {report['as_of'][0]} · v1 champion"
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"Nightly run for as_of {report['as_of'][0]} on 3 tickers (AAA, BBB")
+    assert f"skill against the naive forecast is {run.data.metrics['skill']:+.4f}" in note
+    assert "Registered as v1: champion — first version (interval score " in note
+    assert run.data.tags["mlflow.source.name"] == "flows/nightly.py:nightly"
+    assert run.data.tags["mlflow.source.type"] == "JOB"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
+    # the Prefect flow run's name says the as_of the run resolved, not "latest"
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(UUID(run.data.tags["flow_run_id"]))
+    assert flow_run.name == f"nightly AAA +2 as_of={report['as_of'][0]}"
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
     version = client.get_model_version(MODEL_NAME, "1")
     assert version.tags["promotion"] == "champion"
@@ -82,7 +102,11 @@ def test_nightly_end_to_end(mlflow_home: Path, csv_folder: Path) -> None:
     assert data.dataset.digest == table_digest(prices_table(validate_all(prices.frames).frames))
     assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [1, 2]
     plots = sorted(p.name for p in (Path(artifacts) / "plots").iterdir())
-    assert plots == ["predicted_vs_actual_AAA.png", "predicted_vs_actual_BBB.png"]
+    assert plots == [
+        "loss_curves.png",
+        "predicted_vs_actual_AAA.png",
+        "predicted_vs_actual_BBB.png",
+    ]
     assert (Path(artifacts) / "plots" / plots[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (Path(artifacts) / "per_ticker_metrics.json").is_file()
 
@@ -99,6 +123,8 @@ def test_second_run_is_a_challenger_and_report_matches_pyfunc(
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == "2"
     v2 = client.get_model_version(MODEL_NAME, "2")
     assert v2.tags["promotion"] in {"champion", "rejected"}
+    second_run = client.get_run(second.run_id)
+    assert second_run.info.run_name.endswith(f" · v2 {v2.tags['promotion']}")
     assert "same test windows" in v2.tags["promotion_reason"]
 
     report = read_report(second.report_path)

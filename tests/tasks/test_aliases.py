@@ -1,8 +1,14 @@
+import itertools
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
-from tasks.aliases import AliasMove, alias_at, discard_run_versions
+from core.config import MODEL_NAME
+from tasks.aliases import AliasMove, alias_at, alias_history, discard_run_versions, move_alias
+from tasks.mlflow_connection import configure_mlflow
 
 
 def test_alias_move_round_trips_and_answers_what_was_champion() -> None:
@@ -15,7 +21,6 @@ def test_alias_move_round_trips_and_answers_what_was_champion() -> None:
         AliasMove(t0 + timedelta(days=5), "champion", "1", "2", "closecast promote by ann", ""),
     ]
     assert [AliasMove.from_json(m.to_json()) for m in history] == history
-    assert len({m.tag_key for m in history}) == 4
     assert alias_at(history, "champion", t0 - timedelta(seconds=1)) is None
     assert alias_at(history, "champion", t0 + timedelta(hours=1)) == "1"
     assert alias_at(history, "champion", t0 + timedelta(days=3)) == "2"
@@ -27,3 +32,67 @@ def test_discard_run_versions_rejects_a_malformed_run_id() -> None:
     """The run id goes into a registry filter, so anything but 32 hex digits is refused."""
     with pytest.raises(ValueError, match="invalid run id"):
         discard_run_versions(None, "x' or name='y")  # type: ignore[arg-type]
+
+
+def _registry(home: Path) -> MlflowClient:
+    client = configure_mlflow(f"sqlite:///{home / 'mlflow.db'}")
+    client.create_registered_model(MODEL_NAME)
+    for _ in range(2):
+        client.create_model_version(MODEL_NAME, source=str(home / "model"))
+    return client
+
+
+def _legacy_tag(client: MlflowClient, move: AliasMove) -> None:
+    """A move as the layout before the capped history recorded it: one tag per move."""
+    stamp = int(move.at.timestamp() * 1000)
+    key = f"alias_move.{stamp:013d}.{move.alias}.v{move.version or 'none'}"
+    client.set_registered_model_tag(MODEL_NAME, key, move.to_json())
+
+
+def test_history_of_many_moves_stays_bounded_and_readable(mlflow_home: Path) -> None:
+    """200 moves with long reasons: a fixed set of tags, each within MLflow's 5000-char column,
+    the newest moves kept as JSON, and the latest move spelled out in plain tags."""
+    client = _registry(mlflow_home)
+    for i in range(100):
+        version = "1" if i % 2 else "2"
+        move_alias(client, "challenger", version, f"nightly run {i:032x}", "newly trained version")
+        move_alias(client, "champion", version, f"nightly run {i:032x}", f"reason {i} " + "x" * 900)
+    tags = client.get_registered_model(MODEL_NAME).tags
+    assert not [k for k in tags if k.startswith("alias_move.")]
+    assert sorted(tags) == sorted(
+        f"{alias}_{field}"
+        for alias in ("champion", "challenger")
+        for field in ("history", "since", "set_by", "reason")
+    )
+    assert all(len(v) <= 5000 for v in tags.values())
+    kept = json.loads(tags["champion_history"])
+    assert 5 <= len(kept) < 100
+    assert set(kept[-1]) == {"at", "version", "previous", "by", "reason"}
+    assert kept[-1]["by"] == f"nightly run {99:032x}" and kept[-1]["version"] == "1"
+    assert tags["champion_set_by"] == f"nightly run {99:032x}"
+    assert tags["champion_reason"].startswith("reason 99 ")
+    assert datetime.fromisoformat(tags["champion_since"]) <= datetime.now(UTC)
+    history = alias_history(client)
+    assert all(a.at <= b.at for a, b in itertools.pairwise(history))
+    assert history[-1].alias == "champion" and history[-1].reason.startswith("reason 99 ")
+    assert len([m for m in history if m.alias == "champion"]) == len(kept)
+    assert alias_at(history, "champion", datetime.now(UTC)) == "1"
+
+
+def test_history_recorded_by_the_old_layout_is_still_read(mlflow_home: Path) -> None:
+    """Old `alias_move.*` tags and new moves merge into one history, by time; `alias_at`
+    answers from both, and the old tags are left in place."""
+    client = _registry(mlflow_home)
+    t0 = datetime(2024, 1, 2, 23, tzinfo=UTC)
+    old = [
+        AliasMove(t0, "challenger", "1", None, "nightly run a", "newly trained version"),
+        AliasMove(t0, "champion", "1", None, "nightly run a", "first version"),
+    ]
+    for move in old:
+        _legacy_tag(client, move)
+    new = move_alias(client, "champion", "2", "closecast promote by ann", "v1 drifts")
+    history = alias_history(client)
+    assert history == [*old, new]
+    assert alias_at(history, "champion", t0 + timedelta(days=1)) == "1"
+    assert alias_at(history, "champion", datetime.now(UTC)) == "2"
+    assert len([k for k in client.get_registered_model(MODEL_NAME).tags if "alias_move" in k]) == 2

@@ -96,3 +96,22 @@ def test_rescore_champion_reads_its_own_columns_of_the_challengers_windows() -> 
         wider = _champion(("close", "volume"))
         assert rescore_champion("2", wider, _test_windows(12, 1), COLUMNS[:1]) == {}
         assert rescore_champion("3", _champion(("close",)), _test_windows(5, 2), COLUMNS) == {}
+
+
+@pytest.mark.parametrize(
+    ("champion", "mode", "against", "compared"),
+    [
+        (None, "auto", None, ""),
+        (("3", scored(0.05)), "auto", "3", "test_interval_score"),
+        (("3", scored(0.04)), "auto", "3", "test_interval_score"),
+        (("3", NO_INTERVALS), "auto", "3", "test_rmse"),
+        (("3", {}), "auto", "3", ""),
+        (("3", scored(0.05)), "manual", "3", ""),
+    ],
+)
+def test_decision_names_the_champion_faced_and_the_metric_that_decided(
+    champion: tuple[str, dict[str, float]] | None, mode: str, against: str | None, compared: str
+) -> None:
+    """The card reads from the decision which version it faced and which score decided."""
+    decision = decide_promotion(scored(0.04), champion, mode)
+    assert (decision.champion, decision.compared) == (against, compared)

@@ -18,6 +18,7 @@ from tasks.mlflow_connection import (
     connect_mlflow,
     ensure_experiment,
     flatten_params,
+    git_commit,
     tracking_run,
     unreachable,
 )
@@ -152,6 +153,27 @@ def test_tracking_run_marks_the_runs_of_dead_processes_killed(mlflow_home: Path)
         assert run.info.status == "FINISHED"
         assert run.data.tags["closecast.pid"] == str(os.getpid())
         assert run.data.tags["closecast.host"] == host
+
+
+def test_tracking_run_tags_its_source_and_the_git_commit(mlflow_home: Path) -> None:
+    """A run started outside a flow is a `closecast` JOB and carries the checkout's commit."""
+    config = PipelineConfig(home=mlflow_home)
+    with tracking_run(config, "run", {"as_of": "2018-12-31"}) as run_id:
+        pass
+    tags = configure_mlflow(config.mlflow_uri).get_run(run_id).data.tags
+    root = Path(__file__).resolve().parents[2]
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert tags["mlflow.source.type"] == "JOB"
+    assert tags["mlflow.source.name"] == "closecast"
+    assert tags["mlflow.source.git.commit"] == head and len(head) == 40
+    assert tags["as_of"] == "2018-12-31"
+
+
+def test_git_commit_is_none_outside_a_git_checkout(tmp_path: Path) -> None:
+    """An installed copy (no .git beside it) gets no commit tag, and no error."""
+    assert git_commit(tmp_path) is None
 
 
 def test_the_registry_inference_and_scorecard_need_no_training_code() -> None:

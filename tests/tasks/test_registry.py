@@ -25,11 +25,12 @@ from tasks.registry import (
     load_forecaster,
     predict_next,
     register_forecaster,
+    run_url,
     signature,
 )
 from tasks.store import load_point_in_time
 from tasks.validate import validate_all
-from tasks.windows import build_dataset, window_columns
+from tasks.windows import WindowSet, build_dataset, window_columns
 from tests.conftest import write_ticker_csvs
 from tests.mlflow_fixtures import new_home, spoil_training
 
@@ -184,8 +185,52 @@ def test_worse_challenger_is_rejected_and_champion_predicts(scenario: Scenario) 
     assert tags["promotion"] == "rejected"
     assert "does not beat champion v1's" in tags["promotion_reason"]
     assert set(scenario.worse_report["model_version"]) == {1}
-    description = scenario.client.get_model_version(MODEL_NAME, "2").description
-    assert "rejected" in description and "skill" in description and "AAA, BBB" in description
+
+
+def test_every_version_carries_a_model_card(scenario: Scenario) -> None:
+    """A plain first line with the decision; both versions side by side with the champion's
+    re-scored numbers; units; data span, tickers, source and hash; links to the MLflow run,
+    the Prefect flow run and the plots. The registered model says how the gate works."""
+    client = scenario.client
+    first = client.get_model_version(MODEL_NAME, "1").description
+    assert first.splitlines()[0] == "First version: champion."
+    assert "| metric | v1 (this version) |" in first and "champion v" not in first.split("|")[2]
+    card = client.get_model_version(MODEL_NAME, "2").description
+    windows = len(_latest_test_windows(scenario.config))
+    head = card.splitlines()[0]
+    assert re.fullmatch(
+        rf"Rejected: does not beat champion v1 on the same {windows} test windows "
+        r"\(interval score [0-9.e-]+ vs [0-9.e-]+\)\.",
+        head,
+    ), head
+    assert "| metric | v2 (this version) | champion v1 | v2 − v1 |" in card
+    row = next(line for line in card.splitlines() if line.startswith("| interval score, mean"))
+    mine, theirs = (float(c) for c in row.split("|")[2:4])
+    assert mine == pytest.approx(scenario.worse.metrics["test_interval_score"], rel=1e-5)
+    reason = _tags(scenario, "2")["promotion_reason"]
+    compared = float(re.search(r"champion v1's ([0-9.]+)", reason).group(1))  # type: ignore[union-attr]
+    assert theirs == pytest.approx(compared, abs=1e-6)  # the champion column: v1 re-scored
+    assert "relative to the last close" in card and "AAA, BBB" in card
+    assert f"data_sha256 `{client.get_run(scenario.worse.run_id).data.tags['data_sha256']}`" in card
+    assert re.search(r"Dates predicted: train \d{4}-\d\d-\d\d – \d{4}-\d\d-\d\d", card)
+    run = client.get_run(scenario.worse.run_id)
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert f"- MLflow run: [{run.info.run_id}]({page})" in card
+    assert f"/runs/flow-run/{run.data.tags['flow_run_id']})" in card
+    assert f"]({page}/artifactPath/plots/" in card and ".png)" in card
+    gate = client.get_registered_model(MODEL_NAME).description
+    assert "A tie is rejected" in gate and "closecast promote" in gate
+
+
+def _latest_test_windows(config: PipelineConfig) -> WindowSet:
+    """The test windows of a run on the latest data, rebuilt from the store."""
+    prices = load_point_in_time(config.prices_dir, TICKERS, None)
+    validated = validate_all(prices.frames)
+    features = {
+        t: compute_features(f, window_columns(config.windows.features))
+        for t, f in validated.frames.items()
+    }
+    return build_dataset(features, config.windows, prices.as_of).test
 
 
 def test_champion_is_rescored_on_the_challengers_test_windows(scenario: Scenario) -> None:
@@ -193,13 +238,7 @@ def test_champion_is_rescored_on_the_challengers_test_windows(scenario: Scenario
     reason = _tags(scenario, "2")["promotion_reason"]
     compared = float(re.search(r"champion v1's ([0-9.]+)", reason).group(1))  # type: ignore[union-attr]
     config = scenario.config
-    prices = load_point_in_time(config.prices_dir, TICKERS, None)
-    validated = validate_all(prices.frames)
-    features = {
-        t: compute_features(f, window_columns(config.windows.features))
-        for t, f in validated.frames.items()
-    }
-    test = build_dataset(features, config.windows, prices.as_of).test
+    test = _latest_test_windows(config)
     configure_mlflow(config.mlflow_uri)
     champion = load_forecaster(f"models:/{MODEL_NAME}/1")
     rescored = score_distribution(champion.predict_distribution(test.windows, test.tickers), test)[
@@ -244,3 +283,12 @@ def test_failure_after_registration_leaves_the_registry_clean(scenario: Scenario
     restores = [m for m in history if m.by == f"rollback of failed run {scenario.failed_run_id}"]
     assert restores and all(m.version == aliases[m.alias] for m in restores)
     assert scenario.manual.report_path.read_bytes() == scenario.report_before_failure
+
+
+def test_run_url_is_relative_unless_the_tracking_server_has_an_address() -> None:
+    """SQLite: a link the MLflow UI resolves on its own page; http: the server's address first."""
+    assert run_url("sqlite:///x.db", "1", "abc") == "#/experiments/1/runs/abc"
+    assert (
+        run_url("http://mlflow:5000/", "1", "abc", "plots/a.png")
+        == "http://mlflow:5000/#/experiments/1/runs/abc/artifactPath/plots/a.png"
+    )

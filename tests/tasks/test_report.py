@@ -12,12 +12,14 @@ from prefect.artifacts import Artifact
 
 from core.errors import PipelineError
 from tasks.report import (
+    REPORT_COLUMNS,
     ReportContext,
     build_report,
     publish_report,
     report_path,
     require_predictions,
 )
+from tasks.summary import MlflowLinks
 from tests.conftest import read_report
 
 CONTEXT = ReportContext(date(2024, 5, 1), date(2024, 5, 2), "closecast-lstm", "3", "r" * 32)
@@ -134,12 +136,13 @@ def test_publish_report_writes_the_csv_and_publishes_the_table_and_the_summary(
     assert list(read_report(path)["ticker"]) == ["AAA", "BBB"]
     table = Artifact.get("predictions", _sync=True)
     assert table is not None and table.type == "table"
-    assert table.description == "Predictions from 2024-05-01"
+    assert table.description is not None
+    assert table.description.startswith("Predictions from 2024-05-01 for 2024-05-02")
     records = json.loads(str(table.data))
     assert [r["ticker"] for r in records] == ["AAA", "BBB"]
-    assert list(records[0]) == list(report.columns)
     assert records[0]["predicted_close"] == 101.0 and records[0]["status"] == "ok"
     assert records[1]["predicted_close"] is None and records[1]["lower_80"] is None
+    assert records[1]["predicted_return_bp"] is None
     assert records[1]["message"] == "last close 2024-04-20 is older than as_of"
     summary = Artifact.get("nightly-summary", _sync=True)
     assert summary is not None and summary.type == "markdown"
@@ -148,3 +151,100 @@ def test_publish_report_writes_the_csv_and_publishes_the_table_and_the_summary(
     assert "- promotion: **champion: first**" in text
     assert "| live, last 20 sessions (180 closes) | 76.1% | 93.3% |" in text
     assert "| BBB | stale_data | last close 2024-04-20 is older than as_of |" in text
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_table_artifact_rounds_and_shows_status_before_the_identifiers(
+    tmp_path: Path,
+) -> None:
+    """Closes to the cent, the return in bp to a tenth, status and message before run_id;
+    the CSV keeps its columns and its digits."""
+    forecast = pd.DataFrame(
+        {
+            "ticker": ["AAA"],
+            "predicted_close": [2505.7386883057334],
+            "lower_80": [2480.123456],
+            "upper_80": [2530.987654],
+            "lower_95": [2470.005],
+            "upper_95": [2541.4449],
+        }
+    )
+    report = build_report(["AAA"], CONTEXT, {"AAA": 2490.126}, forecast, {})
+
+    @flow
+    def publish() -> Path:
+        return publish_report(report, tmp_path, {"test_rmse": 0.0102}, "champion: first")
+
+    path = publish()
+
+    records = json.loads(str(Artifact.get("predictions", _sync=True).data))  # type: ignore[union-attr]
+    columns = list(records[0])
+    assert columns[:5] == [
+        "ticker",
+        "status",
+        "last_close",
+        "predicted_close",
+        "predicted_return_bp",
+    ]
+    assert columns.index("message") < columns.index("run_id")
+    assert set(columns) == set(REPORT_COLUMNS) - {"predicted_return"} | {"predicted_return_bp"}
+    row = records[0]
+    assert row["last_close"] == 2490.13 and row["predicted_close"] == 2505.74
+    assert [row[c] for c in ("lower_80", "upper_80", "upper_95")] == [2480.12, 2530.99, 2541.44]
+    assert row["predicted_return_bp"] == 62.7  # 2505.7387 / 2490.126 - 1 = 0.0062699
+    assert row["status"] == "ok" and row["message"] == "" and row["run_id"] == "r" * 32
+    written = read_report(path)
+    assert list(written.columns) == REPORT_COLUMNS
+    assert written.loc[0, "predicted_close"] == pytest.approx(2505.738688)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(
+    ("tracking_uri", "run_link"),
+    [
+        ("http://127.0.0.1:5000", "[run](http://127.0.0.1:5000/#/experiments/1/runs/{run})"),
+        (
+            "sqlite:///{home}/mlflow.db",
+            "start `mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db` "
+            "and open run `#/experiments/1/runs/{run}`",
+        ),
+    ],
+)
+def test_the_summary_artifact_gives_the_reason_the_champion_the_moves_and_the_links(
+    tmp_path: Path, tracking_uri: str, run_link: str
+) -> None:
+    """Read back from Prefect: the reason, challenger vs champion in bp, each move with its
+    intervals in %, and the MLflow run and version (a URL on a server, a hint for sqlite)."""
+    forecast = pd.DataFrame(
+        {
+            "ticker": ["AAA"],
+            "predicted_close": [101.004],
+            "lower_80": [99.0],
+            "upper_80": [103.0],
+            "lower_95": [98.0],
+            "upper_95": [104.0],
+        }
+    )
+    report = build_report(["AAA"], CONTEXT, {"AAA": 100.0}, forecast, {})
+    uri = tracking_uri.format(home=tmp_path)
+    links = MlflowLinks(uri, "r" * 32, version="4", experiment_id="1")
+    reason = "rejected: interval score 0.030000 does not beat champion v3's 0.029000"
+    mine = {"test_rmse": 0.0102, "test_interval_score": 0.03}
+    held = {"test_rmse": 0.0101, "test_interval_score": 0.029}
+
+    @flow
+    def publish() -> Path:
+        return publish_report(report, tmp_path, mine, reason, None, ("3", held), links)
+
+    publish()
+
+    summary = Artifact.get("nightly-summary", _sync=True)
+    assert summary is not None
+    text = str(summary.data)
+    assert f"- promotion: **{reason}**" in text
+    assert "| | v4 (this run) | champion v3 | difference |" in text
+    assert "| interval score (mean of 80% and 95%) | 300.0 bp | 290.0 bp | +10.0 bp |" in text
+    assert "| test_rmse | 102.0 bp | 101.0 bp | +1.0 bp |" in text
+    assert "| AAA | 100.00 | 101.00 | +1.00% | -1.00% to +3.00% | -2.00% to +4.00% |" in text
+    assert run_link.format(home=tmp_path, run="r" * 32) in text
+    assert "#/models/closecast-lstm/versions/4" in text

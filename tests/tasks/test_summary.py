@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from tasks.report import ReportContext, build_report
-from tasks.summary import summary_markdown
+from tasks.summary import MlflowLinks, summary_markdown
 
 CONTEXT = ReportContext(date(2024, 5, 1), date(2024, 5, 2), "closecast-lstm", "3", "r" * 32)
 
@@ -25,6 +25,7 @@ METRICS = {
     "baseline_interval_score_80": 0.0312,
     "baseline_interval_score_95": 0.04254,
     "interval_skill_95": 0.03079,
+    "test_interval_score": 0.035612,
 }
 LIVE = {
     "live_rmse_20d": 0.0110,
@@ -118,3 +119,108 @@ def test_summary_lists_the_tickers_that_are_not_ok(report: pd.DataFrame) -> None
     text = summary_markdown(report, METRICS, "champion")
     assert "| ticker | status | message |" in text
     assert "| CCC | stale_data | last close 2024-04-20 is older than as_of \\| 5 sessions |" in text
+
+
+def test_summary_gives_the_reason_and_the_champion_side_by_side(report: pd.DataFrame) -> None:
+    """The decision with its reason, then both gated scores of both versions in bp."""
+    reason = "rejected: interval score 0.035612 ties champion v2's 0.035612 on the same windows"
+    held = {"test_interval_score": 0.035612, "test_rmse": 0.010198}
+    links = MlflowLinks("http://mlflow:5000", "r" * 32, version="4")
+    text = summary_markdown(report, METRICS, reason, champion=("2", held), links=links)
+    assert f"- promotion: **{reason}**" in text
+    assert "## v4 (this run) vs champion v2, on the same test windows" in text
+    assert "| | v4 (this run) | champion v2 | difference |" in text
+    assert "| interval score (mean of 80% and 95%) | 356.1 bp | 356.1 bp | 0 (tie) |" in text
+    assert "| test_rmse | 102.3 bp | 102.0 bp | +0.4 bp |" in text
+
+
+def test_a_near_tie_shows_digits_enough_to_tell_it_from_a_tie(report: pd.DataFrame) -> None:
+    """A difference under a tenth of a bp keeps its significant digits; a champion without
+    intervals shows n/a for its interval score."""
+    held = {"test_rmse": 0.0102339}
+    text = summary_markdown(report, METRICS, "champion: beats", champion=("1", held))
+    assert "## this run's model vs champion v1, on the same test windows" in text
+    assert "| interval score (mean of 80% and 95%) | 356.1 bp | n/a | n/a |" in text
+    assert "| test_rmse | 102.3 bp | 102.3 bp | +0.001 bp |" in text
+
+
+def test_summary_shows_each_tickers_move_and_intervals_in_percent(report: pd.DataFrame) -> None:
+    """Closes to the cent, the move and both intervals as % of the last close, largest first."""
+    text = summary_markdown(report, METRICS, "champion")
+    table = (
+        "| ticker | last close | predicted close | move | 80% interval | 95% interval |\n"
+        "|---|---|---|---|---|---|\n"
+        "| AAA | 100.00 | 101.00 | +1.00% | -1.00% to +3.00% | -2.00% to +4.00% |\n"
+        "| BBB | 50.00 | 50.50 | +1.00% | -2.00% to +4.00% | -4.00% to +6.00% |\n"
+    )
+    assert table in text
+    assert "| CCC | stale_data |" in text  # not among the moves: it has none
+
+
+def test_a_point_forecast_shows_moves_without_interval_columns() -> None:
+    """No interval in the report: moves only, no empty interval columns, no nan."""
+    predictions = pd.DataFrame({"ticker": ["AAA"], "predicted_close": [99.254]})
+    report = build_report(["AAA"], CONTEXT, {"AAA": 100.0}, predictions, {})
+    text = summary_markdown(report, {"test_rmse": 0.01}, "champion: first version")
+    assert "| ticker | last close | predicted close | move |\n" in text
+    assert "| AAA | 100.00 | 99.25 | -0.75% |" in text
+    assert "nan" not in text.lower()
+
+
+def test_a_large_universe_shows_the_largest_moves_and_a_count() -> None:
+    """Of 30 predicted tickers the summary lists the 5 largest rises and falls, counts the
+    rest, and lists at most 20 of 25 non-ok tickers with the others counted by status."""
+    tickers = [f"T{i:02d}" for i in range(30)]
+    closes = {t: 100.0 for t in tickers}
+    predictions = pd.DataFrame(
+        {"ticker": tickers, "predicted_close": [90.0 + i for i in range(30)]}
+    )
+    stale = {f"S{i:02d}": ("stale_data", "old") for i in range(24)} | {"X": ("fetch_failed", "x")}
+    report = build_report([*tickers, *stale], CONTEXT, closes, predictions, stale)
+    text = summary_markdown(report, METRICS, "champion")
+    assert "The 5 largest predicted rises and falls of 30 tickers" in text
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| T")]
+    assert [row.removeprefix("| ") for row in rows] == [
+        f"T{i:02d}" for i in (29, 28, 27, 26, 25, 4, 3, 2, 1, 0)
+    ]
+    assert "| … | 20 more |" in text
+    assert "| T29 | 100.00 | 119.00 | +19.00% |" in text
+    assert "| T00 | 100.00 | 90.00 | -10.00% |" in text
+    assert sum(line.startswith("| S") or line.startswith("| X") for line in text.splitlines()) == 20
+    assert "5 more not predicted (25 in all: 1 fetch_failed, 24 stale_data)" in text
+
+
+def test_summary_compares_live_rmse_with_naives(report: pd.DataFrame) -> None:
+    """live_rmse_20d against live_naive_rmse_20d, named, and how much better or worse."""
+    text = summary_markdown(report, METRICS, "champion", live=LIVE)
+    assert (
+        "- RMSE 1.10% vs naive 1.12% of the last close, 1.8% better than naive "
+        "(`live_rmse_20d` vs `live_naive_rmse_20d`)"
+    ) in text
+    worse = summary_markdown(report, METRICS, "champion", live=LIVE | {"live_rmse_20d": 0.0123})
+    assert "9.8% worse than naive" in worse
+
+
+def test_summary_links_the_run_and_versions_on_a_tracking_server(report: pd.DataFrame) -> None:
+    """An http tracking URI gives full URLs to the run and to the registered and serving
+    versions; without an experiment id the UI's direct run page."""
+    links = MlflowLinks("https://mlflow.example/", "abc", version="4", experiment_id="7")
+    text = summary_markdown(report, METRICS, "rejected: worse", links=links)
+    assert (
+        "- MLflow: [run](https://mlflow.example/#/experiments/7/runs/abc) · "
+        "[v4](https://mlflow.example/#/models/closecast-lstm/versions/4) · "
+        "[v3](https://mlflow.example/#/models/closecast-lstm/versions/3)"
+    ) in text
+    direct = summary_markdown(report, METRICS, "x", links=MlflowLinks("http://h:5000", "abc"))
+    assert "- MLflow: [run](http://h:5000/#/runs/abc) · [v3](http://h:5000/" in direct
+
+
+def test_summary_tells_how_to_open_a_local_store(report: pd.DataFrame) -> None:
+    """A sqlite store: the `mlflow ui` command to run and the relative pages to open."""
+    links = MlflowLinks("sqlite:////home/u/.closecast/mlflow.db", "abc", "3", "1")
+    text = summary_markdown(report, METRICS, "champion: first version", links=links)
+    assert (
+        "- MLflow: start `mlflow ui --backend-store-uri sqlite:////home/u/.closecast/mlflow.db` "
+        "and open run `#/experiments/1/runs/abc` · v3 `#/models/closecast-lstm/versions/3`"
+    ) in text
+    assert "http" not in text
