@@ -86,13 +86,14 @@ def unreachable(tracking_uri: str, exc: Exception, retries: int | None = None) -
     return PipelineError(f"MLflow at {tracking_uri} cannot be reached{after}: {why}")
 
 
-def refuse_fast(tracking_uri: str, waits_s: tuple[float, ...] = REFUSED_WAITS_S) -> None:
+def refuse_fast(tracking_uri: str, waits_s: tuple[float, ...] | None = None) -> None:
     """Fail within seconds when the port of the tracking server refuses connections.
 
     MLflow retries a refused connection like any other failure: 7 retries
     with exponential backoff, over four minutes. A refusal is the host's
     definite answer, so its port is tried directly, again after each of
-    `waits_s` (a server restarting has those seconds), and then reported.
+    `waits_s` (default REFUSED_WAITS_S: a server restarting has those
+    seconds), and then reported.
     A port that accepts, a connect that times out, a proxy in the way or a
     user's own MLFLOW_HTTP_REQUEST_MAX_RETRIES leave it to MLflow's retries.
 
@@ -105,6 +106,7 @@ def refuse_fast(tracking_uri: str, waits_s: tuple[float, ...] = REFUSED_WAITS_S)
     if MLFLOW_HTTP_REQUEST_MAX_RETRIES.is_set() or get_environ_proxies(tracking_uri):
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    waits_s = REFUSED_WAITS_S if waits_s is None else waits_s
     for wait_s in (*waits_s, None):
         try:
             with socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S):

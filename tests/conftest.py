@@ -131,6 +131,13 @@ def connections() -> list[Any]:
     return CONNECTIONS
 
 
+@pytest.fixture
+def quick_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused tracking server is tried again after 10 ms waits instead of 1, 2 and 4 s:
+    the same number of tries, seconds less of sleeping."""
+    monkeypatch.setattr("tasks.mlflow_connection.REFUSED_WAITS_S", (0.01, 0.01, 0.01))
+
+
 @pytest.fixture(autouse=True)
 def _no_inherited_mlflow_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts without MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI.

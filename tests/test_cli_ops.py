@@ -52,6 +52,7 @@ def test_predict_without_a_champion_exits_1_and_writes_no_report(
     assert not (home / "reports").exists() and not (home / "prices").exists()
 
 
+@pytest.mark.usefixtures("quick_refusals")
 @pytest.mark.parametrize(
     "command", [["models"], ["predict", "--source", "sample"]], ids=["models", "predict"]
 )

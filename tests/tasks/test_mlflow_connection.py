@@ -77,6 +77,7 @@ def test_connect_mlflow_gives_up_after_the_configured_retries(
         connect_mlflow(uri)
 
 
+@pytest.mark.usefixtures("quick_refusals")
 def test_connect_mlflow_reports_a_refused_connection_without_mlflows_retries(
     monkeypatch: pytest.MonkeyPatch, connections: list[Any]
 ) -> None:
