@@ -13,7 +13,7 @@ import typer
 from typer.exceptions import TyperException
 
 from closecast.pipeline_commands import backfill, fetch, predict, run, serve
-from closecast.registry_commands import models, promote
+from closecast.registry_commands import models, promote, status
 from core.errors import InputError, PipelineError
 
 app = typer.Typer(
@@ -23,7 +23,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="closecast: nightly LSTM forecasts of tomorrow's closes (Prefect + MLflow).",
 )
-for command in (run, fetch, predict, backfill, serve, models, promote):
+for command in (run, fetch, predict, backfill, serve, models, promote, status):
     app.command()(command)
 
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with temporary_api(sys.argv[1:] if argv is None else argv):  # dies with us, even on kill -9
-            app(args=argv, standalone_mode=False)
+            code = app(args=argv, standalone_mode=False)  # click returns a typer.Exit's code
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             f"closecast: pipeline failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr
         )
         return 1
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The commands that read or move the model registry: models, promote."""
+"""The commands that read or move the model registry: models, promote, status."""
 
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -103,3 +103,18 @@ def promote(
     except UnknownVersion as exc:
         raise InputError(str(exc)) from None
     typer.echo(f"champion: {MODEL_NAME} v{move.version} (was v{move.previous or '-'})")
+
+
+def status(
+    home: HomeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for monitors.")] = False,
+) -> None:
+    """Is the nightly healthy? Exit 0 healthy, 1 stale, failing or never run."""
+    from tasks.health import nightly_health, render
+
+    config = build_config(home)
+    _, client = _registry(home)
+    health = nightly_health(client, config.reports_dir, datetime.now(UTC), config.experiment)
+    typer.echo(health.to_json() if as_json else render(health))
+    if health.exit_code:
+        raise typer.Exit(health.exit_code)

@@ -1,0 +1,89 @@
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from closecast.cli import main
+from closecast.prefect_api import runs_a_flow
+from core.calendar import session_on_or_before
+from tasks.health import expected_session
+from tests.tasks.test_health import store
+
+
+def test_status_healthy_exits_0_and_prints_the_screen(
+    mlflow_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A finished nightly for the session due now: exit 0, and the facts on one screen."""
+    due = expected_session(datetime.now(UTC)).isoformat()
+    store(mlflow_home, as_of=due)
+    assert main(["status", "--home", str(mlflow_home)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "status: healthy"
+    assert f"as_of {due}  FINISHED" in out
+    assert f"expected session: {due}" in out
+    assert "champion: closecast-lstm v1 since 2021-03-09T23:40:00+00:00" in out
+    assert "ZZZZ: fetch_failed (no rows from yfinance)" in out
+
+
+def test_status_stale_exits_1_naming_the_session(
+    mlflow_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A nightly two sessions behind: exit 1, naming the session it should have covered."""
+    due = expected_session(datetime.now(UTC))
+    before = session_on_or_before(due - timedelta(days=1))
+    old = session_on_or_before(before - timedelta(days=1))
+    store(mlflow_home, as_of=old.isoformat())
+    assert main(["status", "--home", str(mlflow_home)]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "status: UNHEALTHY"
+    assert f"expected session {due.isoformat()}" in out
+
+
+def test_status_failed_exits_1(mlflow_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A FAILED last nightly: exit 1 even when its as_of is current."""
+    store(mlflow_home, as_of=expected_session(datetime.now(UTC)).isoformat(), status="FAILED")
+    assert main(["status", "--home", str(mlflow_home)]) == 1
+    assert "is FAILED" in capsys.readouterr().out
+
+
+def test_status_no_nightly_exits_1(mlflow_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty store: exit 1, no nightly."""
+    assert main(["status", "--home", str(mlflow_home)]) == 1
+    assert "last nightly: none" in capsys.readouterr().out
+
+
+def test_status_json_has_the_keys(mlflow_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json prints one object with every fact, for monitors."""
+    due = expected_session(datetime.now(UTC)).isoformat()
+    store(mlflow_home, as_of=due)
+    assert main(["status", "--home", str(mlflow_home), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {
+        "expected_session", "nightly", "champion_version", "champion_since", "live",
+        "report_as_of", "not_ok", "problems", "healthy",
+    }  # fmt: skip
+    assert data["healthy"] is True and data["nightly"]["as_of"] == due
+    assert data["live"]["live_rmse_20d"] == pytest.approx(0.0123)
+    assert data["not_ok"][0]["ticker"] == "ZZZZ"
+
+
+def test_status_without_a_store_is_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No MLflow database at the home: exit 2 naming it, like `closecast models`."""
+    assert main(["status", "--home", str(tmp_path)]) == 2
+    assert "no MLflow database at" in capsys.readouterr().err
+
+
+def test_status_home_that_is_a_file_is_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--home pointing at a file: exit 2."""
+    (tmp_path / "f").write_text("")
+    assert main(["status", "--home", str(tmp_path / "f")]) == 2
+
+
+def test_status_runs_no_flow_and_needs_no_prefect_api() -> None:
+    """`status` reads the home and the tracking store only: no temporary Prefect API."""
+    assert not runs_a_flow(["status", "--json"])
