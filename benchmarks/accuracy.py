@@ -154,6 +154,18 @@ def _periods(
     return [dates[i].date() for i in ends]
 
 
+def describe_universes(universes: list[Universe]) -> dict[str, dict[str, object]]:
+    """What a results file records of each universe: tickers, history and period as_of dates."""
+    return {
+        u.name: {
+            "tickers": sorted(u.frames),
+            "history_sessions": u.history,
+            "as_of": [d.isoformat() for d in u.as_of],
+        }
+        for u in universes
+    }
+
+
 def load_universes(periods: int, stocks_file: Path) -> list[Universe]:
     """The sample index series, and a few shared-data stocks when that file is present."""
     sample = validate_all(SampleSource().download(["^GSPC", "^IXIC"], None, None).frames).frames
@@ -593,14 +605,7 @@ def main() -> None:
     result = {
         "epochs": args.epochs,
         "seeds": seeds,
-        "universes": {
-            u.name: {
-                "tickers": sorted(u.frames),
-                "history_sessions": u.history,
-                "as_of": [d.isoformat() for d in u.as_of],
-            }
-            for u in universes
-        },
+        "universes": describe_universes(universes),
         "table": table,
         "periods": rows,
         "previous_default": PREVIOUS_DEFAULT,

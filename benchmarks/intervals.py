@@ -75,7 +75,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from accuracy import SHARED, Universe, load_universes  # noqa: E402
+from accuracy import SHARED, Universe, describe_universes, load_universes  # noqa: E402
 
 from core.config import WindowConfig  # noqa: E402
 from models.interval_scores import (  # noqa: E402
@@ -580,14 +580,7 @@ def main() -> None:
     print_table(table, periods)
     print("scale seconds, all periods: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     result = {
-        "universes": {
-            u.name: {
-                "tickers": sorted(u.frames),
-                "history_sessions": u.history,
-                "as_of": [d.isoformat() for d in u.as_of],
-            }
-            for u in universes
-        },
+        "universes": describe_universes(universes),
         "recipes": {
             r.name: {"scale": r.scale, "calibration": r.calibration, "rows_needed": r.rows_needed}
             for r in recipes
