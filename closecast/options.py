@@ -12,6 +12,7 @@ place of one parameter; `build_config` turns a command's options into the
 import dataclasses
 import functools
 import inspect
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -56,6 +57,16 @@ TaskRunnerOpt = Annotated[
 DaskAddressOpt = Annotated[
     str | None,
     typer.Option("--dask-address", help="Scheduler of an existing Dask cluster, tcp://HOST:PORT."),
+]
+LOOPBACK = "127.0.0.1"
+HostOpt = Annotated[
+    str,
+    typer.Option(
+        "--host",
+        help="Address the servers closecast starts listen on (a local Dask cluster and its "
+        "dashboards; serve's Prefect server). Default 127.0.0.1: this machine only; "
+        "0.0.0.0 exposes them to the network.",
+    ),
 ]
 
 
@@ -267,3 +278,16 @@ def _one_line_of(exc: ValidationError) -> str:
     if first["type"] == "value_error":  # our own validators' messages name the value
         return str(first["msg"]).removeprefix("Value error, ")
     return f"invalid {FLAGS.get(where, where)} {first.get('input')!r}: {first['msg']}"
+
+
+def parse_host(value: str) -> str:
+    """The --host to listen on: an IP address, or `localhost` (127.0.0.1)."""
+    text = value.strip()
+    if text.lower() == "localhost":
+        return LOOPBACK
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InputError(
+            f"invalid --host {value!r}: expected an IP address such as 127.0.0.1 or 0.0.0.0"
+        ) from None

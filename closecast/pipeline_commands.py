@@ -1,17 +1,21 @@
 """The commands that run a flow: run, fetch, predict, backfill, serve; and the task runner."""
 
+import ipaddress
 import logging
 from typing import Annotated, Any
 
 import typer
 
 from closecast.options import (
+    LOOPBACK,
     DaskAddressOpt,
     DataOptions,
     HomeOpt,
+    HostOpt,
     TaskRunnerOpt,
     build_config,
     parse_date,
+    parse_host,
     with_data_options,
     with_model_options,
 )
@@ -20,7 +24,26 @@ from core.errors import InputError
 NoPromoteOpt = Annotated[bool, typer.Option("--no-promote", help="Never move champion.")]
 
 
-def task_runner(kind: str, address: str | None):  # type: ignore[no-untyped-def]
+DASHBOARD_PORT = 8787
+DEFAULT_LINK = "{scheme}://{host}:{port}/status"  # distributed's own
+
+
+def local_cluster_kwargs(host: str) -> dict[str, Any]:
+    """A small local Dask cluster whose dashboards listen on `host` only.
+
+    Threads, not processes: per-ticker frames are handed over without
+    pickling and workers start in a second. The scheduler talks in-process;
+    the scheduler's dashboard and each worker's HTTP server bind `host`, and
+    the dashboard link names it (distributed would name the machine's
+    network address, where nothing listens).
+    """
+    kwargs: dict[str, Any] = {"n_workers": 2, "threads_per_worker": 1, "processes": False}
+    kwargs["dashboard_address"] = f"{host}:{DASHBOARD_PORT}"
+    kwargs["worker_dashboard_address"] = f"{host}:0"
+    return kwargs
+
+
+def task_runner(kind: str, address: str | None, host: str = LOOPBACK):  # type: ignore[no-untyped-def]
     """The task runner --task-runner names (None: the flow's own thread pool)."""
     if kind not in {"default", "dask"}:
         raise InputError(f"invalid --task-runner {kind!r}: expected default or dask")
@@ -28,6 +51,7 @@ def task_runner(kind: str, address: str | None):  # type: ignore[no-untyped-def]
         if address:
             raise InputError(f"--dask-address {address!r} needs --task-runner dask")
         return None
+    import dask
     from prefect_dask import DaskTaskRunner
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -36,11 +60,12 @@ def task_runner(kind: str, address: str | None):  # type: ignore[no-untyped-def]
         if not address.startswith(("tcp://", "tls://", "inproc://", "ws://", "wss://")):
             raise InputError(f"invalid --dask-address {address!r}: expected tcp://HOST:PORT")
         return DaskTaskRunner(address=address)
-    # Small on purpose: 2 cores here. Threads, not processes: per-ticker frames are
-    # handed over without pickling and workers start in a second.
-    return DaskTaskRunner(
-        cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False}
-    )
+    # The link is formatted from the scheduler's address, which is in-process: name the host
+    # the dashboard listens on instead, unless it listens everywhere.
+    listens_everywhere = ipaddress.ip_address(host).is_unspecified
+    link = DEFAULT_LINK if listens_everywhere else f"http://{host}:{{port}}/status"
+    dask.config.set({"distributed.dashboard.link": link})
+    return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(host))
 
 
 def with_runner(flow, runner):  # type: ignore[no-untyped-def]
@@ -58,10 +83,11 @@ def run(
     no_promote: NoPromoteOpt = False,
     runner: TaskRunnerOpt = "default",
     dask_address: DaskAddressOpt = None,
+    host: HostOpt = LOOPBACK,
 ) -> None:
     """The nightly flow: fetch, validate, train, evaluate, register, predict, report."""
     config = build_config(home, data, model=model, no_promote=no_promote)
-    flow_runner = task_runner(runner, dask_address)
+    flow_runner = task_runner(runner, dask_address, parse_host(host))
     from flows.nightly import nightly
 
     result = with_runner(nightly, flow_runner)(config)
@@ -103,10 +129,11 @@ def predict(
     home: HomeOpt = None,
     runner: TaskRunnerOpt = "default",
     dask_address: DaskAddressOpt = None,
+    host: HostOpt = LOOPBACK,
 ) -> None:
     """Fetch and predict the next session with the champion model (no training)."""
     config = build_config(home, data)
-    flow_runner = task_runner(runner, dask_address)
+    flow_runner = task_runner(runner, dask_address, parse_host(host))
     from flows.predict import predict as predict_flow
     from tasks.inference import require_champion
 
@@ -138,6 +165,7 @@ def backfill(
     ] = False,
     runner: TaskRunnerOpt = "default",
     dask_address: DaskAddressOpt = None,
+    host: HostOpt = LOOPBACK,
 ) -> None:
     """Point-in-time runs for every XNYS session in [start, end] (experiment closecast-backfill)."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
@@ -151,7 +179,7 @@ def backfill(
     if not sessions_between(first, last):
         raise InputError(f"no XNYS session between --start {start} and --end {end}")
     config = build_config(home, data, model=model, no_promote=no_promote)
-    flow_runner = task_runner(runner, dask_address)
+    flow_runner = task_runner(runner, dask_address, parse_host(host))
     from flows.backfill import backfill as backfill_flow
 
     result = with_runner(backfill_flow, flow_runner)(
@@ -176,12 +204,13 @@ def serve(
     no_promote: NoPromoteOpt = False,
     runner: TaskRunnerOpt = "default",
     dask_address: DaskAddressOpt = None,
+    host: HostOpt = LOOPBACK,
 ) -> None:
     """Serve nightly (weeknights 18:30 New York), predict and backfill until Ctrl-C."""
     if not 1 <= port <= 65535:
         raise InputError(f"invalid --port {port}: expected 1-65535")
     config = build_config(home, data, no_promote=no_promote)
-    flow_runner = task_runner(runner, dask_address)
+    flow_runner = task_runner(runner, dask_address, parse_host(host))
     from closecast.serve import serve_deployments
 
-    serve_deployments(config, port, flow_runner)
+    serve_deployments(config, port, flow_runner, host=parse_host(host))

@@ -159,8 +159,10 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def serve_deployments(config: PipelineConfig, port: int, task_runner: Any | None = None) -> None:
-    """Serve the deployments until interrupted, on PREFECT_API_URL or a local server."""
+def serve_deployments(
+    config: PipelineConfig, port: int, task_runner: Any | None = None, host: str = "127.0.0.1"
+) -> None:
+    """Serve the deployments until interrupted, on PREFECT_API_URL or a local server on host."""
     from prefect import serve
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -172,7 +174,7 @@ def serve_deployments(config: PipelineConfig, port: int, task_runner: Any | None
         print(f"serving on the Prefect API at {api_url}", flush=True)
         serve(*build_deployments(config, task_runner))
         return
-    with local_server(port, config.home / "logs" / "prefect-server.log") as url:
+    with local_server(port, config.home / "logs" / "prefect-server.log", host) as url:
         os.environ["PREFECT_API_URL"] = url  # the runs the runner starts inherit it
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):

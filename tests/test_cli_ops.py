@@ -22,6 +22,8 @@ from tests.mlflow_fixtures import free_port, new_home
         (["run", "--task-runner", "dask", "--dask-address", "h:8786"], "'h:8786'"),
         (["predict", "--tickers", "../x"], "'../x'"),
         (["serve", "--port", "0"], "--port 0"),
+        (["run", "--task-runner", "dask", "--host", "my laptop"], "'my laptop'"),
+        (["serve", "--host", "300.1.1.1"], "'300.1.1.1'"),
     ],
 )  # fmt: skip
 def test_bad_ops_input_exits_2_with_one_line(
