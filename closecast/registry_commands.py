@@ -7,7 +7,13 @@ from typing import Annotated
 import typer
 
 from closecast.options import HomeOpt, build_config
-from core.errors import InputError
+from core.errors import InputError, PipelineError
+
+
+def _missing_database(uri: str) -> Path | None:
+    """The SQLite file a sqlite tracking URI names, when it does not exist."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    return path if uri.startswith("sqlite:///") and not path.is_file() else None
 
 
 def _registry(home: Path | None):  # type: ignore[no-untyped-def]
@@ -15,10 +21,9 @@ def _registry(home: Path | None):  # type: ignore[no-untyped-def]
     from tasks.mlflow_connection import connect_mlflow
 
     uri = build_config(home).mlflow_uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if missing := _missing_database(uri):
         raise InputError(
-            f"no MLflow database at {uri.removeprefix('sqlite:///')}: "
-            "run `closecast run` first, or set MLFLOW_TRACKING_URI"
+            f"no MLflow database at {missing}: run `closecast run` first, or set MLFLOW_TRACKING_URI"
         )
     return uri, connect_mlflow(uri)
 
@@ -110,11 +115,18 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for monitors.")] = False,
 ) -> None:
     """Is the nightly healthy? Exit 0 healthy, 1 stale, failing or never run."""
-    from tasks.health import nightly_health, render
+    from tasks.health import never_run, nightly_health, render
 
     config = build_config(home)
-    _, client = _registry(home)
-    health = nightly_health(client, config.reports_dir, datetime.now(UTC), config.experiment)
+    now = datetime.now(UTC)
+    if missing := _missing_database(config.mlflow_uri):
+        problem = f"no nightly has run yet: no MLflow database at {missing}"
+        if not as_json:
+            raise PipelineError(problem)
+        health = never_run(now, problem)
+    else:
+        _, client = _registry(home)
+        health = nightly_health(client, config.reports_dir, now, config.experiment)
     typer.echo(health.to_json() if as_json else render(health))
     if health.exit_code:
         raise typer.Exit(health.exit_code)

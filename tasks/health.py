@@ -162,6 +162,11 @@ def nightly_health(
     )
 
 
+def never_run(now: datetime, problem: str) -> Health:
+    """The health of a home where nothing has run: no store, no nightly, no champion."""
+    return Health(expected_session(now).isoformat(), None, None, None, {}, None, [], [problem])
+
+
 def render(health: Health) -> str:
     """One screen of text: verdict first, then the facts behind it."""
     lines = [f"status: {'healthy' if health.healthy else 'UNHEALTHY'}"]

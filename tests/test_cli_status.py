@@ -68,12 +68,22 @@ def test_status_json_has_the_keys(mlflow_home: Path, capsys: pytest.CaptureFixtu
     assert data["not_ok"][0]["ticker"] == "ZZZZ"
 
 
-def test_status_without_a_store_is_usage(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("home", ["empty", "missing"])
+def test_status_where_nothing_ran_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], home: str
 ) -> None:
-    """No MLflow database at the home: exit 2 naming it, like `closecast models`."""
-    assert main(["status", "--home", str(tmp_path)]) == 2
-    assert "no MLflow database at" in capsys.readouterr().err
+    """An empty or missing home: exit 1, one line saying no nightly has run; nothing created."""
+    folder = tmp_path / "home"
+    if home == "empty":
+        folder.mkdir()
+    assert main(["status", "--home", str(folder)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no nightly has run yet" in err, err
+    assert folder.exists() == (home == "empty")
+    assert main(["status", "--home", str(folder), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["healthy"] is False and data["nightly"] is None
+    assert data["problems"][0].startswith("no nightly has run yet")
 
 
 def test_status_home_that_is_a_file_is_usage(
