@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from closecast.options import HomeOpt, build_config
-from core.errors import InputError, PipelineError
+from core.errors import InputError
 
 
 def _missing_database(uri: str) -> Path | None:
@@ -122,7 +122,8 @@ def status(
     if missing := _missing_database(config.mlflow_uri):
         problem = f"no nightly has run yet: no MLflow database at {missing}"
         if not as_json:
-            raise PipelineError(problem)
+            typer.echo(f"closecast: {problem}", err=True)
+            raise typer.Exit(1)
         health = never_run(now, problem)
     else:
         _, client = _registry(home)
