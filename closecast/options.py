@@ -57,6 +57,21 @@ DaskAddressOpt = Annotated[
     str | None,
     typer.Option("--dask-address", help="Scheduler of an existing Dask cluster, tcp://HOST:PORT."),
 ]
+NotifyUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--notify-url",
+        help="Alerts (nightly failed or late, report unhealthy) POST here: http(s)://HOST/PATH.",
+    ),
+]
+NotifyBlockOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--notify-block",
+        help="Alerts go through this Prefect notification block, TYPE/NAME "
+        "(slack-webhook/my-team, sendgrid-email/ops).",
+    ),
+]
 
 
 @dataclass(frozen=True)
