@@ -17,11 +17,13 @@ from uuid import UUID, uuid4
 import pandas as pd
 import pytest
 from prefect import flow
+from prefect.blocks.notifications import SlackWebhook
 from prefect.client.orchestration import get_client
 from prefect.events.schemas.automations import Posture
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from pydantic import SecretStr
 
 from closecast.alerts import (
     FAILED,
@@ -114,6 +116,7 @@ class Alerts:
     receiver: Receiver
     ids: list[UUID]
     unstarted_run: UUID
+    runs: list[UUID]  # the flow runs the tests made, deleted with the automations
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +141,15 @@ def alerts(prefect_server: str) -> Iterator[Alerts]:
                 },
             )
             unstarted = UUID(response.json()["id"])
+        made = Alerts(receiver, ids, unstarted, [unstarted])
         try:
-            yield Alerts(receiver, ids, unstarted)
+            yield made
         finally:
-            with get_client(sync_client=True) as client:
+            with get_client(sync_client=True) as client:  # the server is shared: leave it clean
                 for automation_id in ids:
                     client.delete_automation(automation_id)
+                for run in made.runs:
+                    client.delete_flow_run(run)
             receiver.server.shutdown()
 
 
@@ -160,9 +166,8 @@ def test_a_bad_notify_url_exits_2_in_one_line_before_anything_starts(
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.splitlines() == [captured.err.strip()] and captured.err.startswith(
-        f"closecast: error: invalid --notify-url {url!r}: "
-    )
+    assert len(captured.err.splitlines()) == 1
+    assert captured.err.startswith(f"closecast: error: invalid --notify-url {url!r}: ")
 
 
 def test_the_production_late_alert_is_proactive_with_a_3h30_window() -> None:
@@ -217,6 +222,7 @@ def test_a_failing_nightly_posts_once_naming_its_flow_run(
     assert state.is_failed()
     with pytest.raises(PipelineError):
         state.result()
+    alerts.runs.append(state.state_details.flow_run_id)
     run_id = str(state.state_details.flow_run_id)
     (post,) = alerts.receiver.wait_for(lambda: alerts.receiver.naming(run_id))
     assert post["subject"].startswith("closecast: nightly ") and post["subject"].endswith(" Failed")
@@ -232,6 +238,7 @@ def test_a_report_with_over_20pct_of_tickers_not_ok_posts_naming_the_run(
     with on_prefect_api(prefect_server):
         state = nightly(config, return_state=True)
     assert state.is_completed()
+    alerts.runs.append(state.state_details.flow_run_id)
     run_id = str(state.state_details.flow_run_id)
 
     def unhealthy() -> list[dict[str, Any]]:
@@ -276,9 +283,56 @@ def test_an_endpoint_that_is_down_fails_no_flow_and_the_server_logs_the_miss(
     with on_prefect_api(prefect_server):
         install_alerts(NotifyTarget(url=down), late_within=TEST_WITHIN)
         state = unhealthy_nightly(return_state=True)
+    alerts.runs.append(state.state_details.flow_run_id)
     assert state.is_completed() and state.result() is True
 
     deadline = time.monotonic() + WAIT_S
     while server_log.read_text(errors="replace").count(MISS) == misses_before:
         assert time.monotonic() < deadline, f"no {MISS!r} in {server_log}"
         time.sleep(0.25)
+
+
+def test_the_alerts_command_installs_through_a_named_block(
+    alerts: Alerts, prefect_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`closecast alerts --notify-block slack-webhook/my-team` against PREFECT_API_URL: the
+    same three automations, now notifying through that block; a missing block: exit 2."""
+    with on_prefect_api(prefect_server):
+        slack_id = SlackWebhook(url=SecretStr("https://hooks.slack.com/services/T/B/X")).save(
+            "my-team", overwrite=True
+        )
+        assert main(["alerts", "--notify-block", "slack-webhook/my-team"]) == 0
+        assert main(["alerts", "--notify-block", "slack-webhook/nobody"]) == 2
+        with get_client(sync_client=True) as client:
+            installed = [client.read_automation(i) for i in alerts.ids]
+    out, err = capsys.readouterr()
+    assert out == f"alerts installed on {prefect_server}: block slack-webhook/my-team\n"
+    assert err == (
+        "closecast: error: no Prefect block slack-webhook/nobody: "
+        "create it first (prefect block create slack-webhook)\n"
+    )
+    assert [a.name for a in installed if a] == [FAILED, LATE, UNHEALTHY]
+    assert {a.actions[0].block_document_id for a in installed if a} == {slack_id}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["alerts"], "give --notify-url URL or --notify-block TYPE/NAME"),
+        (
+            ["alerts", "--notify-block", "slack"],
+            "invalid --notify-block 'slack': expected TYPE/NAME",
+        ),
+        (
+            ["serve", "--notify-url", "http://a.example/x", "--notify-block", "slack-webhook/t"],
+            "give --notify-url or --notify-block, not both",
+        ),
+    ],
+)
+def test_alert_flags_that_name_no_target_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No target, a block not written TYPE/NAME, or two targets: exit 2 in one line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"closecast: error: {message}")
