@@ -12,7 +12,7 @@ import sys
 import typer
 from typer.exceptions import TyperException
 
-from closecast.pipeline_commands import backfill, fetch, predict, run, serve
+from closecast.pipeline_commands import alerts, backfill, fetch, predict, run, serve
 from closecast.registry_commands import models, promote, status
 from core.errors import InputError, PipelineError
 
@@ -23,7 +23,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="closecast: nightly LSTM forecasts of tomorrow's closes (Prefect + MLflow).",
 )
-for command in (run, fetch, predict, backfill, serve, models, promote, status):
+for command in (run, fetch, predict, backfill, serve, alerts, models, promote, status):
     app.command()(command)
 
 

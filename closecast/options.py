@@ -68,6 +68,21 @@ HostOpt = Annotated[
         "0.0.0.0 exposes them to the network.",
     ),
 ]
+NotifyUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--notify-url",
+        help="Alerts (nightly failed or late, report unhealthy) POST here: http(s)://HOST/PATH.",
+    ),
+]
+NotifyBlockOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--notify-block",
+        help="Alerts go through this Prefect notification block, TYPE/NAME "
+        "(slack-webhook/my-team, sendgrid-email/ops).",
+    ),
+]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The commands that run a flow: run, fetch, predict, backfill, serve; and the task runner."""
+"""The commands that run a flow: run, fetch, predict, backfill, serve; alerts; the task runner."""
 
 import ipaddress
 import logging
@@ -12,6 +12,8 @@ from closecast.options import (
     DataOptions,
     HomeOpt,
     HostOpt,
+    NotifyBlockOpt,
+    NotifyUrlOpt,
     TaskRunnerOpt,
     build_config,
     parse_date,
@@ -205,12 +207,34 @@ def serve(
     runner: TaskRunnerOpt = "default",
     dask_address: DaskAddressOpt = None,
     host: HostOpt = LOOPBACK,
+    notify_url: NotifyUrlOpt = None,
+    notify_block: NotifyBlockOpt = None,
 ) -> None:
-    """Serve nightly (weeknights 18:30 New York), predict and backfill until Ctrl-C."""
+    """Serve nightly (weeknights 18:30 New York), predict and backfill until Ctrl-C; with
+    --notify-url or --notify-block, first install the alerts."""
     if not 1 <= port <= 65535:
         raise InputError(f"invalid --port {port}: expected 1-65535")
+    from closecast.alerts import notify_target
+
+    target = notify_target(notify_url, notify_block)
     config = build_config(home, data, no_promote=no_promote)
     flow_runner = task_runner(runner, dask_address, parse_host(host))
     from closecast.serve import serve_deployments
 
-    serve_deployments(config, port, flow_runner, host=parse_host(host))
+    serve_deployments(config, port, flow_runner, alerts=target, host=parse_host(host))
+
+
+def alerts(notify_url: NotifyUrlOpt = None, notify_block: NotifyBlockOpt = None) -> None:
+    """Install the alerts on the Prefect server at PREFECT_API_URL (for `prefect worker`
+    users; `serve` installs them itself): nightly failed, nightly late, report unhealthy."""
+    from closecast.alerts import install_alerts, notify_target
+    from closecast.prefect_api import configured_api
+
+    target = notify_target(notify_url, notify_block)
+    if target is None:
+        raise InputError("give --notify-url URL or --notify-block TYPE/NAME")
+    api_url = configured_api()
+    if not api_url:
+        raise InputError("no Prefect server: set PREFECT_API_URL to the one your worker uses")
+    install_alerts(target)
+    typer.echo(f"alerts installed on {api_url}: {target.describe()}")

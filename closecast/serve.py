@@ -17,10 +17,13 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import PipelineConfig
 from core.errors import InputError, PipelineError
+
+if TYPE_CHECKING:
+    from closecast.alerts import NotifyTarget
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +163,14 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def serve_deployments(
-    config: PipelineConfig, port: int, task_runner: Any | None = None, host: str = "127.0.0.1"
+    config: PipelineConfig,
+    port: int,
+    task_runner: Any | None = None,
+    alerts: "NotifyTarget | None" = None,
+    host: str = "127.0.0.1",
 ) -> None:
-    """Serve the deployments until interrupted, on PREFECT_API_URL or a local server on host."""
+    """Serve the deployments until interrupted, on PREFECT_API_URL or a local server on host;
+    first install the alerts when a target is given (left as they are otherwise)."""
     from prefect import serve
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -172,12 +180,27 @@ def serve_deployments(
     api_url = os.environ.get("PREFECT_API_URL")
     if api_url:
         print(f"serving on the Prefect API at {api_url}", flush=True)
+        _install_alerts(alerts)
         serve(*build_deployments(config, task_runner))
         return
     with local_server(port, config.home / "logs" / "prefect-server.log", host) as url:
         os.environ["PREFECT_API_URL"] = url  # the runs the runner starts inherit it
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):
+                _install_alerts(alerts)
                 serve(*build_deployments(config, task_runner))
         finally:
             os.environ.pop("PREFECT_API_URL", None)
+
+
+def _install_alerts(target: "NotifyTarget | None") -> None:
+    from closecast.alerts import install_alerts
+
+    if target is None:
+        print("alerts: left as they are (--notify-url or --notify-block sets them)", flush=True)
+        return
+    install_alerts(target)
+    print(
+        f"alerts: nightly failed, late (22:00 New York), report unhealthy -> {target.describe()}",
+        flush=True,
+    )

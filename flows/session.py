@@ -17,6 +17,7 @@ from core.statuses import Issues, merge_issues, ticker_label
 from tasks.aliases import rollback_registration
 from tasks.backfill import ModelInUse
 from tasks.evaluation import evaluate_model
+from tasks.events import emit_report_health
 from tasks.fanout import features_each, validate_each
 from tasks.features import latest_rows
 from tasks.inference import predict_in_memory
@@ -247,4 +248,5 @@ def forecast_session(
             champion=champion,
             links=links,
         )
+    emit_report_health(report, path)  # > 20% of tickers not ok: an alert, never a failure
     return SessionResult(path, run_id, model, version, registered)

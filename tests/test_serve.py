@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prefect.settings import Settings
 
+from closecast.alerts import FAILED, LATE, UNHEALTHY
 from closecast.serve import server_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,17 @@ def _deployments(api: str) -> dict[str, dict]:
         return {}
 
 
+def _automations(api: str) -> list[str]:
+    request = urllib.request.Request(
+        f"{api}/automations/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return [a["name"] for a in json.load(response)]
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether any process of the group (the server and its uvicorn child) is left."""
     try:
@@ -49,13 +61,15 @@ def _group_alive(pgid: int) -> bool:
 def test_serve_starts_a_server_serves_three_deployments_and_stops_it(
     tmp_path: Path, csv_folder: Path
 ) -> None:
-    """With no PREFECT_API_URL, serve starts a server, deploys; Ctrl-C stops both."""
+    """With no PREFECT_API_URL, serve starts a server, installs the alerts, deploys; Ctrl-C
+    stops both."""
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     command = [sys.executable, "-m", "closecast.cli", "serve", "--port", str(port)]
     command += ["--source", f"csv:{csv_folder}", "--home", str(tmp_path / "home")]
+    command += ["--notify-url", "http://127.0.0.1:9/alerts"]
     serve = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -70,6 +84,7 @@ def test_serve_starts_a_server_serves_three_deployments_and_stops_it(
         assert schedule["schedule"]["timezone"] == "America/New_York"
         assert found["predict"]["schedules"] == found["backfill"]["schedules"] == []
         assert found["nightly"]["parameters"]["config"]["data"]["source"] == f"csv:{csv_folder}"
+        assert set(_automations(api)) == {FAILED, LATE, UNHEALTHY}  # installed before serving
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=5) as page:
             assert json.load(page)["api_url"] == api  # the UI calls this server, not port 4200
     finally:
