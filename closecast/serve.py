@@ -120,7 +120,12 @@ def local_server(
 
 
 def build_deployments(config: PipelineConfig, task_runner: Any | None = None) -> list[Any]:
-    """`nightly` on its weeknight cron, `predict` and `backfill` for manual runs."""
+    """`nightly` on its weeknight cron, `predict` and `backfill` for manual runs.
+
+    `nightly` allows one run at a time and queues the others (ENQUEUE, never
+    cancel): late runs after downtime wait their turn, each computing its slot's session.
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
     from flows.backfill import backfill
@@ -136,6 +141,9 @@ def build_deployments(config: PipelineConfig, task_runner: Any | None = None) ->
         nightly_flow.to_deployment(
             "nightly",
             schedule=Cron(NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE),
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+            ),
             parameters=parameters,
             tags=["closecast"],
             description="Retrain, gate and predict after every weekday close.",
