@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 NIGHTLY_CRON = "30 18 * * 1-5"
 NIGHTLY_TIMEZONE = "America/New_York"
 STARTUP_TIMEOUT_S = 120.0
+# Flow runs the runner starts at a time. One: it takes due runs oldest slot first, so late
+# nightlies catch up in order (the deployment limit alone lets them race for the slot).
+RUNNER_LIMIT = 1
 
 
 def _healthy(api_url: str) -> bool:
@@ -178,12 +181,12 @@ def serve_deployments(config: PipelineConfig, port: int, task_runner: Any | None
     api_url = os.environ.get("PREFECT_API_URL")
     if api_url:
         print(f"serving on the Prefect API at {api_url}", flush=True)
-        serve(*build_deployments(config, task_runner))
+        serve(*build_deployments(config, task_runner), limit=RUNNER_LIMIT)
         return
     with local_server(port, config.home / "logs" / "prefect-server.log") as url:
         os.environ["PREFECT_API_URL"] = url  # the runs the runner starts inherit it
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):
-                serve(*build_deployments(config, task_runner))
+                serve(*build_deployments(config, task_runner), limit=RUNNER_LIMIT)
         finally:
             os.environ.pop("PREFECT_API_URL", None)

@@ -44,7 +44,10 @@ def _api(api: str, path: str, body: dict[str, Any]) -> Any:
 
 def _served_nightly(api: str, home: Path) -> dict[str, Any] | None:
     """The `nightly/nightly` deployment once serve has written this test's config into it."""
-    body = {"deployments": {"name": {"any_": ["nightly"]}}, "flows": {"name": {"any_": ["nightly"]}}}
+    body = {
+        "deployments": {"name": {"any_": ["nightly"]}},
+        "flows": {"name": {"any_": ["nightly"]}},
+    }
     for deployment in _api(api, "/deployments/filter", body):
         if deployment["parameters"].get("config", {}).get("home") == str(home):
             return dict(deployment)
@@ -64,6 +67,12 @@ def _slot_runs(api: str, deployment_id: str) -> list[dict[str, Any]]:
 
 def _when(stamp: str) -> pd.Timestamp:
     return pd.Timestamp(stamp)
+
+
+def _state_names(api: str, flow_run_id: str) -> list[str]:
+    url = f"{api}/flow_run_states/?flow_run_id={flow_run_id}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return [state["name"] for state in json.load(response)]
 
 
 @pytest.mark.slow
@@ -125,6 +134,8 @@ def test_three_missed_slots_run_one_at_a_time_oldest_first_each_point_in_time(
     ends = [_when(r["end_time"]) for r in runs]
     assert starts == sorted(starts)  # oldest slot first
     assert all(end <= start for end, start in zip(ends, starts[1:], strict=False))  # one at a time
+    for run in runs:  # each waited its turn in the runner; none raced another for the slot
+        assert "AwaitingConcurrencySlot" not in _state_names(prefect_server, run["id"])
 
     reports = sorted((mlflow_home / "reports").glob("predictions_*.csv"))
     assert [p.name for p in reports] == [f"predictions_{d}.csv" for d in SESSIONS]
