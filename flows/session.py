@@ -3,6 +3,7 @@
 `prepare_session` reads the store up to as_of and builds the windows;
 `forecast_session` trains → evaluates → registers → predicts → reports, in
 one MLflow run whose registration is rolled back when a step fails.
+`slot_as_of` gives a scheduled run with no as_of the session of its slot.
 """
 
 from dataclasses import dataclass
