@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 NIGHTLY_CRON = "30 18 * * 1-5"
 NIGHTLY_TIMEZONE = "America/New_York"
 STARTUP_TIMEOUT_S = 120.0
+# Flow runs the runner starts at a time. One: it takes due runs oldest slot first, so late
+# nightlies catch up in order (the deployment limit alone lets them race for the slot).
+RUNNER_LIMIT = 1
 
 
 def _healthy(api_url: str) -> bool:
@@ -123,7 +126,12 @@ def local_server(
 
 
 def build_deployments(config: PipelineConfig, task_runner: Any | None = None) -> list[Any]:
-    """`nightly` on its weeknight cron, `predict` and `backfill` for manual runs."""
+    """`nightly` on its weeknight cron, `predict` and `backfill` for manual runs.
+
+    `nightly` allows one run at a time and queues the others (ENQUEUE, never
+    cancel): late runs after downtime wait their turn, each computing its slot's session.
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
     from flows.backfill import backfill
@@ -139,6 +147,9 @@ def build_deployments(config: PipelineConfig, task_runner: Any | None = None) ->
         nightly_flow.to_deployment(
             "nightly",
             schedule=Cron(NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE),
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+            ),
             parameters=parameters,
             tags=["closecast"],
             description="Retrain, gate and predict after every weekday close.",
@@ -181,14 +192,14 @@ def serve_deployments(
     if api_url:
         print(f"serving on the Prefect API at {api_url}", flush=True)
         _install_alerts(alerts)
-        serve(*build_deployments(config, task_runner))
+        serve(*build_deployments(config, task_runner), limit=RUNNER_LIMIT)
         return
     with local_server(port, config.home / "logs" / "prefect-server.log", host) as url:
         os.environ["PREFECT_API_URL"] = url  # the runs the runner starts inherit it
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 _install_alerts(alerts)
-                serve(*build_deployments(config, task_runner))
+                serve(*build_deployments(config, task_runner), limit=RUNNER_LIMIT)
         finally:
             os.environ.pop("PREFECT_API_URL", None)
 

@@ -1,7 +1,8 @@
 """Trading-session arithmetic on the XNYS calendar."""
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
+from zoneinfo import ZoneInfo
 
 import exchange_calendars as xcals
 import pandas as pd
@@ -9,6 +10,7 @@ import pandas as pd
 from core.errors import InputError
 
 _FIRST_SESSION = "1990-01-01"
+NEW_YORK = ZoneInfo("America/New_York")
 
 
 @cache
@@ -37,3 +39,18 @@ def next_session(day: date) -> date:
 def sessions_between(start: date, end: date) -> list[date]:
     """Every XNYS session in [start, end]."""
     return [s.date() for s in _xnys().sessions_in_range(pd.Timestamp(start), pd.Timestamp(end))]
+
+
+def session_closed_by(moment: datetime) -> date:
+    """The last XNYS session whose close is at or before `moment` (naive = UTC).
+
+    The session a schedule slot belongs to: 18:30 New York on a session day
+    gives that day (early closes included); a weekend or holiday slot, or one
+    before the close, gives the session before, as an as_of that is not a
+    session does.
+    """
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    session = session_on_or_before(aware.astimezone(NEW_YORK).date())
+    if pd.Timestamp(aware) < _xnys().session_close(pd.Timestamp(session)):
+        session = session_on_or_before(session - timedelta(days=1))
+    return session

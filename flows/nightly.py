@@ -8,7 +8,14 @@ from prefect import flow
 
 from core.config import PipelineConfig
 from flows.fetch import fetch
-from flows.session import forecast_session, prepare_session, require_windows, run_name
+from flows.session import (
+    forecast_session,
+    prepare_session,
+    require_windows,
+    run_name,
+    schedule_slot,
+    slot_as_of,
+)
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,11 @@ class NightlyResult:
 
 @flow(name="nightly", flow_run_name=lambda: run_name("nightly"))
 def nightly(config: PipelineConfig) -> NightlyResult:
-    """Retrain on everything up to as_of, gate the new version, predict the next session."""
+    """Retrain on everything up to as_of, gate the new version, predict the next session.
+
+    A scheduled run with no as_of computes the session of its slot, however late it starts.
+    """
+    config = slot_as_of(config, schedule_slot())
     fetched = fetch(config.data, config.home)
     inputs = prepare_session(config, config.data.as_of, fetched)
     require_windows(config, inputs)  # nothing to predict: train nothing, register nothing

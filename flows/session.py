@@ -3,15 +3,17 @@
 `prepare_session` reads the store up to as_of and builds the windows;
 `forecast_session` trains → evaluates → registers → predicts → reports, in
 one MLflow run whose registration is rolled back when a step fails.
+`slot_as_of` gives a scheduled run with no as_of the session of its slot.
 """
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from uuid import UUID
 
 import pandas as pd
 
+from core.calendar import session_closed_by
 from core.config import MODEL_NAME, PipelineConfig
 from core.statuses import Issues, merge_issues, ticker_label
 from tasks.aliases import rollback_registration
@@ -92,6 +94,31 @@ def name_flow_run(as_of: date) -> None:
         client.update_flow_run(
             UUID(flow_run.id), name=name.replace(LATEST, f"as_of={as_of.isoformat()}")
         )
+
+
+def schedule_slot() -> datetime | None:
+    """The schedule slot of the current flow run when Prefect's scheduler created it, else None.
+
+    A run started by hand (`closecast run`, `prefect deployment run`) is not
+    auto-scheduled; a late scheduled run keeps its slot however late it starts.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.runtime import flow_run
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or not context.flow_run.auto_scheduled:
+        return None
+    slot: datetime = flow_run.scheduled_start_time
+    return slot
+
+
+def slot_as_of(config: PipelineConfig, slot: datetime | None) -> PipelineConfig:
+    """The config a run computes: as_of as given; else the session the schedule slot belongs
+    to (the last XNYS session closed by then); else none, which means the latest."""
+    if config.data.as_of is not None or slot is None:
+        return config
+    as_of = session_closed_by(slot)
+    return config.model_copy(update={"data": config.data.model_copy(update={"as_of": as_of})})
 
 
 def prepare_session(

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from prefect.settings import Settings
 
 from closecast.alerts import FAILED, LATE, UNHEALTHY
@@ -121,3 +122,23 @@ def test_the_local_server_ui_calls_the_api_on_its_port(
     settings = Settings()
     assert (settings.server.api.host, settings.server.api.port) == ("127.0.0.1", 4321)
     assert settings.server.ui.api_url == ui_api
+
+
+def test_nightly_runs_one_at_a_time_and_queues_the_rest_served_or_deployed(
+    tmp_path: Path,
+) -> None:
+    """serve's nightly and prefect.yaml's both allow one run at a time and queue the others
+    (never cancel them); predict and backfill have no limit."""
+    from closecast.serve import build_deployments
+    from core.config import PipelineConfig
+
+    served = {d.name: d for d in build_deployments(PipelineConfig(home=tmp_path))}
+    nightly = served["nightly"]
+    assert nightly.concurrency_limit == 1
+    assert nightly.concurrency_options.collision_strategy.value == "ENQUEUE"
+    assert served["predict"].concurrency_limit is served["backfill"].concurrency_limit is None
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployed = {d["name"]: d for d in spec["deployments"]}
+    assert deployed["nightly"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    assert "concurrency_limit" not in deployed["predict"] | deployed["backfill"]

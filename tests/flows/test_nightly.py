@@ -1,17 +1,20 @@
 import json
 import subprocess
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import mlflow
 import numpy as np
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
 
+from core.calendar import NEW_YORK
 from core.config import MODEL_NAME
 from core.errors import PipelineError
 from flows.nightly import nightly
+from flows.session import schedule_slot, slot_as_of
 from models.forecaster import OUTPUT_COLUMNS
 from tasks.features import latest_rows
 from tasks.mlflow_connection import configure_mlflow
@@ -203,3 +206,58 @@ def test_ok_rows_carry_ordered_intervals(mlflow_home: Path, csv_folder: Path) ->
                  "interval_skill_95", "test_interval_score", "skill_pvalue"):  # fmt: skip
         assert np.isfinite(run.data.metrics[name]), name
     assert 0 <= run.data.metrics["skill_pvalue"] <= 1
+
+
+SLOT = datetime(2021, 3, 9, 18, 30, tzinfo=NEW_YORK)
+
+
+@pytest.mark.parametrize(
+    ("as_of", "slot", "expected"),
+    [
+        (None, None, None),  # by hand, no as_of: the latest
+        (None, SLOT, date(2021, 3, 9)),  # a weeknight slot: its own session
+        (None, datetime(2021, 2, 15, 18, 30, tzinfo=NEW_YORK), date(2021, 2, 12)),  # a holiday
+        (date(2021, 1, 4), SLOT, date(2021, 1, 4)),  # an as_of in the config wins
+    ],
+)
+def test_a_scheduled_run_computes_the_session_of_its_slot(
+    tmp_path: Path, as_of: date | None, slot: datetime | None, expected: date | None
+) -> None:
+    """No as_of and a schedule slot: the session the slot belongs to; a given as_of wins."""
+    config = tiny_config(tmp_path, "sample", [], as_of=as_of)
+    resolved = slot_as_of(config, slot)
+    assert resolved.data.as_of == expected
+    assert resolved.model_copy(update={"data": config.data}) == config  # nothing else moves
+
+
+@flow(name="slot-probe")
+def slot_probe() -> datetime | None:
+    return schedule_slot()
+
+
+def test_only_a_run_the_schedule_created_has_a_slot() -> None:
+    """A run the scheduler created knows its slot, however late it runs; the flow called
+    directly (`closecast run`) or a deployment run started by hand has none."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flow_engine import run_flow
+
+    assert slot_probe() is None
+    with get_client(sync_client=True) as client:
+        cron = CronSchedule(cron="30 18 * * 1-5", timezone="America/New_York")
+        deployment_id = client.create_deployment(
+            flow_id=client.create_flow(slot_probe),
+            name=f"probe-{uuid4().hex[:8]}",
+            schedules=[DeploymentScheduleCreate(schedule=cron)],
+        )
+        window = {"start_time": SLOT.isoformat(), "end_time": SLOT.isoformat(), "max_runs": 1}
+        path = "/deployments/{id}/schedule"
+        client.request("POST", path, path_params={"id": deployment_id}, json=window)
+        by_hand = client.create_flow_run_from_deployment(deployment_id)
+        ours = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        (scheduled,) = [
+            r for r in client.read_flow_runs(deployment_filter=ours) if r.auto_scheduled
+        ]
+    assert run_flow(slot_probe, flow_run=scheduled) == SLOT
+    assert run_flow(slot_probe, flow_run=by_hand) is None
