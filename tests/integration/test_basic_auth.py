@@ -139,10 +139,11 @@ def nightly_args(csv_folder: Path, home: Path, *extra: str) -> list[str]:
             "--epochs", "2", "--hidden", "8", *extra]  # fmt: skip
 
 
-def last_error(capsys: pytest.CaptureFixture[str]) -> str:
-    """The last line on stderr, after checking nothing printed a traceback."""
+def last_error(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> str:
+    """The last line on stderr, after checking that nothing printed or logged a traceback."""
     out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
+    assert "Traceback" not in out + err + caplog.text
+    assert not [r for r in caplog.records if r.exc_info]  # Prefect's task and flow loggers
     return err.strip().splitlines()[-1]
 
 
@@ -166,7 +167,7 @@ def test_the_pipeline_registers_a_reviewer_promotes_and_a_reader_only_reads(
     login(monkeypatch, "reader")
     history = alias_history(client)
     assert main(["promote", "1", "--home", str(home)]) == 1
-    assert last_error(capsys) == (
+    assert last_error(capsys, caplog) == (
         f"closecast: pipeline failed: user reader may not move aliases of {MODEL_NAME}: "
         f"MLflow at {url} needs EDIT permission on the registered model (403 Permission denied)"
     )
@@ -201,6 +202,7 @@ def test_a_user_without_edit_fails_the_nightly_in_one_line_and_moves_nothing(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """READ on the experiment: refused before training. EDIT on the experiment, READ on the
     model: refused at registration; the run is FAILED, no version, the aliases unchanged."""
@@ -210,7 +212,7 @@ def test_a_user_without_edit_fails_the_nightly_in_one_line_and_moves_nothing(
     aliases = current_aliases(client)
     runs = len(client.search_runs([at_server.experiment_id]))
     assert main(nightly_args(csv_folder, tmp_path / "home")) == 1
-    assert last_error(capsys) == (
+    assert last_error(capsys, caplog) == (
         "closecast: pipeline failed: user stranger may not log runs to experiment closecast: "
         f"MLflow at {url} needs EDIT permission on the experiment (403 Permission denied)"
     )
@@ -222,7 +224,7 @@ def test_a_user_without_edit_fails_the_nightly_in_one_line_and_moves_nothing(
             "stranger", "experiment", at_server.experiment_id, "EDIT"
         )
     assert main(nightly_args(csv_folder, tmp_path / "home")) == 1
-    assert last_error(capsys) == (
+    assert last_error(capsys, caplog) == (
         f"closecast: pipeline failed: user stranger may not register versions of {MODEL_NAME}: "
         f"MLflow at {url} needs EDIT permission on the registered model (403 Permission denied)"
     )
@@ -249,13 +251,17 @@ def test_refused_credentials_are_one_line_without_retries(
     line: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A wrong password or none: exit 1, one line saying so (not "cannot be reached"),
     after exactly one request: a 401 is the server's answer, not an outage to retry."""
     login(monkeypatch, user, password)
     refused = at_server.refused_logins()
     assert main(["models", "--home", str(tmp_path / "home")]) == 1
-    assert last_error(capsys) == f"closecast: pipeline failed: MLflow at {at_server.url} {line}"
+    assert (
+        last_error(capsys, caplog)
+        == f"closecast: pipeline failed: MLflow at {at_server.url} {line}"
+    )
     deadline = time.monotonic() + 5  # the access log line follows the response
     while at_server.refused_logins() == refused and time.monotonic() < deadline:
         time.sleep(0.05)
