@@ -34,11 +34,26 @@ class _DropLocked(logging.Filter):
         return "database is locked" not in record.getMessage()
 
 
+def _refused(exc: BaseException) -> PipelineError | None:
+    """closecast's line for a request an MLflow tracking server refused (401, 403), else None."""
+    if "mlflow" not in sys.modules:  # nothing has talked to MLflow
+        return None
+    import mlflow
+
+    from tasks.mlflow_auth import refused_request
+
+    return refused_request(mlflow.get_tracking_uri(), exc)
+
+
 class _NoTracebackForExpected(logging.Filter):
-    """Expected failures (bad input, a failed pipeline) get one line, not a traceback."""
+    """Expected failures (bad input, a failed pipeline, a request the tracking server
+    refused) get one line, not a traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], InputError | PipelineError):
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and (
+            isinstance(error, InputError | PipelineError) or _refused(error) is not None
+        ):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -86,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"closecast: pipeline failed: {_one_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:
+        if (refusal := _refused(exc)) is not None:
+            print(f"closecast: pipeline failed: {_one_line(refusal)}", file=sys.stderr)
+            return 1
         print(
             f"closecast: pipeline failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr
         )

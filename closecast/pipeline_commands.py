@@ -143,7 +143,7 @@ def predict(
 
     result = with_runner(predict_flow, flow_runner)(config)
     typer.echo(f"report: {result.report_path}")
-    typer.echo(f"mlflow run: {result.run_id}")
+    typer.echo(f"mlflow run: {result.run_id or 'none (the tracking server refused one)'}")
     typer.echo(f"predictions by closecast-lstm v{result.version} (champion)")
 
 

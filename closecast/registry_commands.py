@@ -28,6 +28,19 @@ def _registry(home: Path | None):  # type: ignore[no-untyped-def]
     return uri, connect_mlflow(uri)
 
 
+def _who() -> str:
+    """Who promotes: the tracking server's user (MLFLOW_TRACKING_USERNAME), else the OS user."""
+    import getpass
+    import os
+
+    if user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        return user
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown user"
+
+
 def _as_of_instant(value: str) -> datetime:
     """An ISO date (its end, UTC) or datetime (UTC unless it says otherwise)."""
     try:
@@ -90,21 +103,21 @@ def promote(
         str, typer.Option("--reason", help="Why, for the alias history.")
     ] = "manual review",
 ) -> None:
-    """Point `champion` at VERSION; promoting the previous version is the rollback."""
-    import getpass
+    """Point `champion` at VERSION; promoting the previous version is the rollback.
 
+    A tracking server that refuses the user the move (403) fails it in one
+    line naming the permission; the champion stays where it was.
+    """
     from core.config import MODEL_NAME
     from tasks.aliases import UnknownVersion, promote_version
+    from tasks.mlflow_auth import refusals_as_errors
 
     if not version.isdigit():
         raise InputError(f"invalid version {version!r}: expected a version number")
     uri, _ = _registry(home)
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown user"
-    try:
-        move = promote_version(uri, version, f"closecast promote by {user}", reason)
+        with refusals_as_errors(uri):
+            move = promote_version(uri, version, f"closecast promote by {_who()}", reason)
     except UnknownVersion as exc:
         raise InputError(str(exc)) from None
     typer.echo(f"champion: {MODEL_NAME} v{move.version} (was v{move.previous or '-'})")

@@ -39,7 +39,8 @@ def predict(config: PipelineConfig) -> PredictResult:
         fetched.issues(prices.frames), prices.issues, validated.issues, latest.issues
     )
     tags = {"as_of": prices.as_of.isoformat(), "model_version": champion.version, "kind": "predict"}
-    with tracking_run(config, f"predict {prices.as_of}", tags) as run_id:
+    # A reader (READ on the experiment) predicts too: without a run when it may not log one.
+    with tracking_run(config, f"predict {prices.as_of}", tags, required=False) as run_id:
         predictions = predict_next(config.mlflow_uri, champion.version, latest.rows)
         context = ReportContext(
             prices.as_of, prices.target_date, MODEL_NAME, champion.version, run_id

@@ -1,8 +1,10 @@
 """The MLflow connection: a client that has answered, the experiment, one run per pipeline run.
 
 A refused connection is reported within seconds rather than after MLflow's
-four minutes of retries, and a run whose process was killed (`kill -9`, a
-lost machine) is marked KILLED by the next run on its host.
+four minutes of retries; a request a tracking server with authentication
+refuses (401 credentials, 403 permission) is one line naming the user and
+what they lack; and a run whose process was killed (`kill -9`, a lost
+machine) is marked KILLED by the next run on its host.
 """
 
 import logging
@@ -32,6 +34,7 @@ from requests.utils import get_environ_proxies
 
 from core.config import PipelineConfig
 from core.errors import PipelineError
+from tasks.mlflow_auth import refusal_status, refusals_as_errors, refused_request
 
 logger = logging.getLogger(__name__)
 
@@ -125,15 +128,17 @@ def connect_mlflow(tracking_uri: str) -> MlflowClient:
 
     A refused connection is reported within seconds (`refuse_fast`); a
     server that accepts but does not answer gets MLflow's own retries
-    (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT). Either
-    way the failure is one PipelineError line, not a page of urllib3 errors.
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT). A server
+    that answers 401 has answered: its refusal of the credentials (MLflow
+    does not retry it) is reported as such, not as an unreachable server.
+    Either way the failure is one PipelineError line, not a page of urllib3 errors.
     """
     refuse_fast(tracking_uri)
     client = configure_mlflow(tracking_uri)
     try:
         client.search_experiments(max_results=1)
     except (MlflowException, OSError) as exc:
-        raise unreachable(tracking_uri, exc) from None
+        raise refused_request(tracking_uri, exc) or unreachable(tracking_uri, exc) from None
     return client
 
 
@@ -210,38 +215,71 @@ def source_tags() -> dict[str, str]:
     return tags | ({MLFLOW_GIT_COMMIT: commit} if commit else {})
 
 
+def _create_run(
+    client: MlflowClient,
+    config: PipelineConfig,
+    run_name: str,
+    tags: dict[str, str],
+    required: bool,
+) -> tuple[str, str] | None:
+    """The experiment id and the id of a new run tagged with its owner.
+
+    None when the run is not `required` and the server refuses to create it (403).
+    """
+    experiment_id = ensure_experiment(client, config.experiment, artifact_location(config))
+    owner = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    run_tags = {**source_tags(), **tags, **owner}
+    try:
+        run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+    except MlflowException as exc:
+        if required or refusal_status(exc) != 403:
+            raise
+        refusal = refused_request(config.mlflow_uri, exc, config.experiment)
+        logger.warning("%s; going on without an MLflow run", refusal)
+        return None
+    return experiment_id, run.info.run_id
+
+
 @contextmanager
-def tracking_run(config: PipelineConfig, run_name: str, tags: dict[str, str]) -> Iterator[str]:
+def tracking_run(
+    config: PipelineConfig, run_name: str, tags: dict[str, str], *, required: bool = True
+) -> Iterator[str]:
     """Open an MLflow run for the block; FINISHED when it ends, FAILED if it raises.
 
     The run carries the full configuration twice: as dotted params (to
     compare runs) and as the exact `config.json` artifact, its source and git
     commit (`source_tags`), and the pid and host of its process, so a later
-    run can tell it was killed.
+    run can tell it was killed. A run that is not `required` (a prediction,
+    which trains and registers nothing) is left out, with a warning, when
+    the server lets the user read the experiment but not log to it: the
+    block then gets "" for a run id.
 
     Raises:
-        PipelineError: when MLflow cannot be reached (before anything is trained).
+        PipelineError: when MLflow cannot be reached (before anything is trained), or
+            refuses a request of the run or of the block (401, 403: `refused_request`).
     """
     client = connect_mlflow(config.mlflow_uri)
-    experiment_id = ensure_experiment(client, config.experiment, artifact_location(config))
-    owner = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-    run_tags = {**source_tags(), **tags, **owner}
-    run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
-    run_id = run.info.run_id
-    _OPEN_RUNS.add(run_id)
-    try:
-        mark_killed_runs(client, experiment_id, run_id)
-        exact = config.model_dump(mode="json")
-        client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(exact).items()])
-        client.log_dict(run_id, exact, "config.json")
-        yield run_id
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    else:
-        client.set_terminated(run_id, "FINISHED")
-    finally:
-        _OPEN_RUNS.discard(run_id)
+    with refusals_as_errors(config.mlflow_uri, config.experiment):
+        created = _create_run(client, config, run_name, tags, required)
+        if created is None:
+            yield ""
+            return
+        experiment_id, run_id = created
+        _OPEN_RUNS.add(run_id)
+        try:
+            mark_killed_runs(client, experiment_id, run_id)
+            exact = config.model_dump(mode="json")
+            params = [Param(k, v) for k, v in flatten_params(exact).items()]
+            client.log_batch(run_id, params=params)
+            client.log_dict(run_id, exact, "config.json")
+            yield run_id
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+        else:
+            client.set_terminated(run_id, "FINISHED")
+        finally:
+            _OPEN_RUNS.discard(run_id)
 
 
 def process_gone(pid: int) -> bool:

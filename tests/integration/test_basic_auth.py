@@ -1,0 +1,270 @@
+"""The pipeline against `mlflow server --app-name basic-auth` on loopback: who may do what.
+
+The documented set-up: the admin creates experiment `closecast` and registered
+model `closecast-lstm`, gives the pipeline user EDIT on both and the reviewer
+MANAGE on the model; everyone else reads (default_permission READ).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.server.auth.client import AuthServiceClient
+
+from closecast.cli import main
+from core.config import EXPERIMENT, MODEL_NAME
+from tasks.aliases import alias_history, current_aliases
+from tests.conftest import read_report
+from tests.integration.test_mlflow_server import START_TIMEOUT_S, _healthy, _stop
+from tests.mlflow_fixtures import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+ADMIN = ("admin", "admin-password-1")
+# user -> (password, {resource type: permission on experiment closecast / model closecast-lstm})
+USERS = {
+    "pipeline": ("pipeline-password-1", {"experiment": "EDIT", "registered_model": "EDIT"}),
+    "reviewer": ("reviewer-password-1", {"registered_model": "MANAGE"}),
+    "reader": ("reader-password-1", {}),
+    "stranger": ("stranger-password-1", {}),
+}
+AUTH_INI = """\
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///{database}
+admin_username = {admin}
+admin_password = {password}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# A password check is a scrypt hash (~75 ms of CPU); a nightly makes hundreds of requests.
+auth_cache_ttl_seconds = 300
+"""
+
+
+@dataclass(frozen=True)
+class AuthServer:
+    url: str
+    log: Path
+    experiment_id: str
+
+    def refused_logins(self) -> int:
+        """How many requests the server has answered 401 so far (its access log)."""
+        return self.log.read_text(errors="replace").count('" 401 ')
+
+
+def login(monkeypatch: pytest.MonkeyPatch, user: str | None, password: str | None = None) -> None:
+    """Talk to the server as `user` (its own password unless one is given); None: no credentials."""
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    if user is not None:
+        secret = password or (ADMIN[1] if user == ADMIN[0] else USERS[user][0])
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+
+
+def _set_up(url: str) -> str:
+    """As the admin: the users, experiment `closecast`, model `closecast-lstm`, the grants."""
+    admin, client = AuthServiceClient(url), MlflowClient(url)
+    experiment_id = client.create_experiment(EXPERIMENT)
+    client.create_registered_model(MODEL_NAME)
+    for user, (password, grants) in USERS.items():
+        admin.create_user(user, password)
+        for kind, permission in grants.items():
+            resource = experiment_id if kind == "experiment" else MODEL_NAME
+            admin.grant_user_permission(user, kind, resource, permission)
+    return experiment_id
+
+
+@pytest.fixture(scope="module")
+def auth_server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[AuthServer]:
+    """One basic-auth tracking server on a free loopback port, users and grants in place."""
+    root = tmp_path_factory.mktemp("mlflow-auth")
+    shutil.copyfile(request.getfixturevalue("mlflow_template"), root / "mlflow.db")
+    config = root / "auth.ini"
+    config.write_text(AUTH_INI.format(database=root / "auth.db", admin=ADMIN[0], password=ADMIN[1]))
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--serve-artifacts",
+        "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+        "--workers", "1",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "closecast-tests-only",  # the auth app's CSRF key
+    }
+    log_path = root / "server.log"
+    log = log_path.open("wb")
+    server = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while not _healthy(url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+                pytest.skip(f"mlflow basic-auth server did not start: {tail}")
+            time.sleep(0.5)
+        with pytest.MonkeyPatch.context() as patch:
+            login(patch, ADMIN[0])
+            experiment_id = _set_up(url)
+        yield AuthServer(url, log_path, experiment_id)
+    finally:
+        _stop(server)
+        log.close()
+
+
+@pytest.fixture
+def at_server(auth_server: AuthServer, monkeypatch: pytest.MonkeyPatch) -> AuthServer:
+    """MLFLOW_TRACKING_URI points at the server; MLflow's own retry settings left alone."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", auth_server.url)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    return auth_server
+
+
+def nightly_args(csv_folder: Path, home: Path, *extra: str) -> list[str]:
+    return ["run", "--source", f"csv:{csv_folder}", "--tickers", "AAA,BBB", "--home", str(home),
+            "--epochs", "2", "--hidden", "8", *extra]  # fmt: skip
+
+
+def last_error(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> str:
+    """The last line on stderr, after checking that nothing printed or logged a traceback."""
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err + caplog.text
+    assert not [r for r in caplog.records if r.exc_info]  # Prefect's task and flow loggers
+    return err.strip().splitlines()[-1]
+
+
+def test_the_pipeline_registers_a_reviewer_promotes_and_a_reader_only_reads(
+    at_server: AuthServer,
+    csv_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """EDIT runs the nightly, MANAGE promotes; READ lists, predicts (without an MLflow run)
+    and may not promote: one line naming EDIT, exit 1, champion and history unchanged."""
+    url, home = at_server.url, tmp_path / "home"
+    client = MlflowClient(url)
+    login(monkeypatch, "pipeline")
+    assert main(nightly_args(csv_folder, home, "--no-promote")) == 0
+    assert current_aliases(client) == {"challenger": "1"}
+    capsys.readouterr()
+
+    login(monkeypatch, "reader")
+    history = alias_history(client)
+    assert main(["promote", "1", "--home", str(home)]) == 1
+    assert last_error(capsys, caplog) == (
+        f"closecast: pipeline failed: user reader may not move aliases of {MODEL_NAME}: "
+        f"MLflow at {url} needs EDIT permission on the registered model (403 Permission denied)"
+    )
+    assert current_aliases(client) == {"challenger": "1"}
+    assert alias_history(client) == history
+
+    login(monkeypatch, "reviewer")
+    assert main(["promote", "1", "--home", str(home), "--reason", "reviewed"]) == 0
+    assert capsys.readouterr().out.strip() == f"champion: {MODEL_NAME} v1 (was v-)"
+    assert current_aliases(client) == {"challenger": "1", "champion": "1"}
+    assert alias_history(client)[-1].by == "closecast promote by reviewer"
+
+    login(monkeypatch, "reader")
+    assert main(["models", "--home", str(home)]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    assert [r.split()[:2] for r in rows] == [["1", "challenger,champion"]]
+    runs_before = len(client.search_runs([at_server.experiment_id]))
+    predict = ["predict", "--source", f"csv:{csv_folder}", "--tickers", "AAA,BBB"]
+    assert main([*predict, "--home", str(home)]) == 0
+    assert "mlflow run: none (the tracking server refused one)" in capsys.readouterr().out
+    assert "user reader may not log runs to experiment closecast" in caplog.text
+    assert len(client.search_runs([at_server.experiment_id])) == runs_before
+    [report_path] = (home / "reports").glob("predictions_*.csv")
+    report = read_report(report_path)
+    assert report["model_version"].astype(str).tolist() == ["1", "1"]
+    assert report["predicted_close"].notna().all()
+
+
+def test_a_user_without_edit_fails_the_nightly_in_one_line_and_moves_nothing(
+    at_server: AuthServer,
+    csv_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """READ on the experiment: refused before training. EDIT on the experiment, READ on the
+    model: refused at registration; the run is FAILED, no version, the aliases unchanged."""
+    url, client = at_server.url, MlflowClient(at_server.url)
+    login(monkeypatch, "stranger")
+    versions = len(client.search_model_versions(f"name='{MODEL_NAME}'"))
+    aliases = current_aliases(client)
+    runs = len(client.search_runs([at_server.experiment_id]))
+    assert main(nightly_args(csv_folder, tmp_path / "home")) == 1
+    assert last_error(capsys, caplog) == (
+        "closecast: pipeline failed: user stranger may not log runs to experiment closecast: "
+        f"MLflow at {url} needs EDIT permission on the experiment (403 Permission denied)"
+    )
+    assert len(client.search_runs([at_server.experiment_id])) == runs
+
+    with monkeypatch.context() as admin:
+        login(admin, ADMIN[0])
+        AuthServiceClient(url).grant_user_permission(
+            "stranger", "experiment", at_server.experiment_id, "EDIT"
+        )
+    assert main(nightly_args(csv_folder, tmp_path / "home")) == 1
+    assert last_error(capsys, caplog) == (
+        f"closecast: pipeline failed: user stranger may not register versions of {MODEL_NAME}: "
+        f"MLflow at {url} needs EDIT permission on the registered model (403 Permission denied)"
+    )
+    [failed] = client.search_runs([at_server.experiment_id], max_results=1)
+    assert failed.info.status == "FAILED"
+    assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == versions
+    assert current_aliases(client) == aliases
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "line"),
+    [
+        ("reader", "not-the-password", "refused the credentials of user reader (401): "
+         "check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"),
+        (None, None, "asks for credentials (401): "
+         "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+    ],
+)  # fmt: skip
+def test_refused_credentials_are_one_line_without_retries(
+    at_server: AuthServer,
+    tmp_path: Path,
+    user: str | None,
+    password: str | None,
+    line: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong password or none: exit 1, one line saying so (not "cannot be reached"),
+    after exactly one request: a 401 is the server's answer, not an outage to retry."""
+    login(monkeypatch, user, password)
+    refused = at_server.refused_logins()
+    assert main(["models", "--home", str(tmp_path / "home")]) == 1
+    assert (
+        last_error(capsys, caplog)
+        == f"closecast: pipeline failed: MLflow at {at_server.url} {line}"
+    )
+    deadline = time.monotonic() + 5  # the access log line follows the response
+    while at_server.refused_logins() == refused and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a retry, had there been one, would be logged by now
+    assert at_server.refused_logins() == refused + 1
+    assert re.search(r"/experiments/search HTTP/1.1\" 401", at_server.log.read_text())
