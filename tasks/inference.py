@@ -15,6 +15,7 @@ from core.errors import PipelineError
 from core.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
 from models.forecaster import Forecaster, prediction_table
 from tasks.features import latest_rows
+from tasks.mlflow_auth import refused_request
 from tasks.mlflow_connection import connect_mlflow
 
 CHAMPION = "champion"
@@ -49,8 +50,8 @@ def require_champion(tracking_uri: str) -> ModelVersion:
     client = connect_mlflow(tracking_uri)
     try:
         return client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
-    except MlflowException:
-        raise PipelineError(
+    except MlflowException as exc:
+        raise refused_request(tracking_uri, exc) or PipelineError(
             f"no {CHAMPION} version of {MODEL_NAME} in the registry at {tracking_uri}: "
             "run `closecast run` first (or `closecast promote VERSION`)"
         ) from None

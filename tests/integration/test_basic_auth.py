@@ -35,6 +35,7 @@ USERS = {
     "reviewer": ("reviewer-password-1", {"registered_model": "MANAGE"}),
     "reader": ("reader-password-1", {}),
     "stranger": ("stranger-password-1", {}),
+    "outsider": ("outsider-password-1", {"registered_model": "DENY"}),
 }
 AUTH_INI = """\
 [mlflow]
@@ -232,6 +233,25 @@ def test_a_user_without_edit_fails_the_nightly_in_one_line_and_moves_nothing(
     assert failed.info.status == "FAILED"
     assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == versions
     assert current_aliases(client) == aliases
+
+
+def test_a_user_who_may_not_read_the_model_is_told_so_not_that_there_is_no_champion(
+    at_server: AuthServer,
+    csv_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`predict` as a user with no permission on the model: one line naming the refusal."""
+    login(monkeypatch, "outsider")
+    home = tmp_path / "home"
+    predict = ["predict", "--source", f"csv:{csv_folder}", "--tickers", "AAA", "--home", str(home)]
+    assert main(predict) == 1
+    line = last_error(capsys, caplog)
+    assert line.startswith("closecast: pipeline failed: ") and "user outsider" in line, line
+    assert "(403 Permission denied)" in line and "no champion" not in line
+    assert not (home / "reports").exists()
 
 
 @pytest.mark.parametrize(
