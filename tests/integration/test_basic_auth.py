@@ -72,7 +72,7 @@ def login(monkeypatch: pytest.MonkeyPatch, user: str | None, password: str | Non
 
 def _set_up(url: str) -> str:
     """As the admin: the users, experiment `closecast`, model `closecast-lstm`, the grants."""
-    admin, client = AuthServiceClient(url), MlflowClient(url)
+    admin, client = AuthServiceClient(url), MlflowClient(url, registry_uri=url)
     experiment_id = client.create_experiment(EXPERIMENT)
     client.create_registered_model(MODEL_NAME)
     for user, (password, grants) in USERS.items():
@@ -159,7 +159,7 @@ def test_the_pipeline_registers_a_reviewer_promotes_and_a_reader_only_reads(
     """EDIT runs the nightly, MANAGE promotes; READ lists, predicts (without an MLflow run)
     and may not promote: one line naming EDIT, exit 1, champion and history unchanged."""
     url, home = at_server.url, tmp_path / "home"
-    client = MlflowClient(url)
+    client = MlflowClient(url, registry_uri=url)
     login(monkeypatch, "pipeline")
     assert main(nightly_args(csv_folder, home, "--no-promote")) == 0
     assert current_aliases(client) == {"challenger": "1"}
@@ -207,7 +207,8 @@ def test_a_user_without_edit_fails_the_nightly_in_one_line_and_moves_nothing(
 ) -> None:
     """READ on the experiment: refused before training. EDIT on the experiment, READ on the
     model: refused at registration; the run is FAILED, no version, the aliases unchanged."""
-    url, client = at_server.url, MlflowClient(at_server.url)
+    url = at_server.url
+    client = MlflowClient(url, registry_uri=url)
     login(monkeypatch, "stranger")
     versions = len(client.search_model_versions(f"name='{MODEL_NAME}'"))
     aliases = current_aliases(client)
