@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from functools import cache
 from typing import Protocol
 
 import torch
+from threadpoolctl import ThreadpoolController
 from torch import nn
 from torch.nn import functional as F
 
@@ -77,9 +79,12 @@ class FitResult:
 
 
 class Stepper(Protocol):
-    """One optimiser step on a batch, returning the batch's summed squared error."""
+    """One optimiser step on a batch, returning the batch's summed squared error.
 
-    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    A tensor where reading the number would wait for the device, else a float.
+    """
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | float: ...
 
     def release(self) -> None: ...
 
@@ -126,13 +131,25 @@ def training_threads(batch_size: int, hidden_size: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
+@cache
+def _blas_threads() -> ThreadpoolController:
+    """NumPy's BLAS (OpenBLAS), found once: the fused step's matrix products run in it."""
+    return ThreadpoolController()
+
+
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` intra-op threads, then restore the previous setting."""
+    """Run the block with `count` threads for torch's ops and NumPy's BLAS, then restore both.
+
+    Left alone, OpenBLAS runs a product above ~260k multiply-adds on every
+    core; with another process on the cores its spinning workers made a fit
+    10-20× slower (benchmarks/README.md).
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
-        yield
+        with _blas_threads().limit(limits=count, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(previous)
 
@@ -157,7 +174,7 @@ def train_epoch(
     order = torch.randperm(n, generator=generator).to(inputs.device)
     # One gather per epoch; every batch is then a contiguous slice.
     shuffled_inputs, shuffled_targets = inputs[order], targets[order]  # (N, T, F), (N,)
-    total = torch.zeros((), device=inputs.device)
+    total: torch.Tensor | float = 0.0
     for start in range(0, n, batch_size):
         stop = start + batch_size
         total += stepper.step(shuffled_inputs[start:stop], shuffled_targets[start:stop])

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from threadpoolctl import threadpool_info
 from torch.nn import functional as F
 
 from models.fused_step import FusedLSTMStep
@@ -191,6 +192,21 @@ def test_fit_restores_the_thread_count() -> None:
     assert training_threads(32, 32) == 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     assert training_threads(4096, 32) == cores  # large batches use every core
+
+
+def test_fit_limits_numpys_blas_threads_to_the_training_threads() -> None:
+    """The fused step's matrix products run in NumPy's BLAS: while fitting, it gets the
+    training thread count (one at batch 8), and its own setting back afterwards."""
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    during: list[set[int]] = []
+    settings = FitSettings(epochs=2, batch_size=8)
+    fit(_model(1), _data(32, 1), _data(8, 1), settings, lambda *_: during.append(blas_threads()))
+    assert during == [{1}, {1}]
+    assert blas_threads() == before
 
 
 def test_stacked_layers_use_the_autograd_step() -> None:
