@@ -22,8 +22,8 @@ from models.uncertainty import (
     Calibration,
     ScaleModel,
     close_intervals,
+    last_scale_features,
     predict_scale,
-    scale_features,
 )
 
 # 2: intervals (scale + calibration) and the window's columns; 1 (point only) still loads.
@@ -96,7 +96,7 @@ def window_scale_inputs(
 ) -> np.ndarray:
     """HAR regressors at each window's last day, (N, T, C) -> (N, 2·len(spans))."""
     close, high, low = (windows[:, :, columns.index(c)] for c in ("close", "high", "low"))
-    return scale_features(close, high, low, spans)[:, -1, :]  # (N, T, 2S) -> (N, 2S)
+    return last_scale_features(close, high, low, spans)  # (N, T) each -> (N, 2S)
 
 
 @dataclass(frozen=True)
