@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cache
 from typing import Protocol
 
@@ -32,6 +32,8 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 _PARALLEL_MIN_GATE_ELEMENTS = 1024 * 4 * 32  # batch · 4 · hidden
 # One-sided 95% normal quantile: a shrink factor must clear chance at that level.
 SHRINK_Z = 1.645
+# The most `grow_batch` multiplies the batch by: beyond it is beyond what was measured.
+MAX_BATCH_GROWTH = 32
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,6 +78,28 @@ class FitResult:
     epochs_trained: int = 0
     train_seconds: float = 0.0
     output_scale: float = 1.0  # the shrink factor applied after training (1: none)
+    batch_size: int = 0  # what training used (`grow_batch` may raise the configured one)
+    learning_rate: float = 0.0
+
+
+def grow_batch(settings: FitSettings, windows: int, per_batch: int | None) -> FitSettings:
+    """Larger steps for many windows: the batch doubles for each doubling of `windows`
+    beyond `per_batch` (from 2 × per_batch on, at most MAX_BATCH_GROWTH-fold), the
+    learning rate by √2 with each doubling (the square-root rule for Adam).
+
+    An epoch over 500k windows at batch 32 is 15k steps; at batch 256 it is 2k
+    steps that cost half as much per window (benchmarks/README.md, where
+    benchmarks/accuracy.py --growth compares the two on the S&P 500).
+    `per_batch=None` keeps the settings.
+    """
+    if per_batch is None or windows < 2 * per_batch:
+        return settings
+    growth = min(2 ** int(math.log2(windows / per_batch)), MAX_BATCH_GROWTH)
+    return replace(
+        settings,
+        batch_size=settings.batch_size * growth,
+        learning_rate=settings.learning_rate * math.sqrt(growth),
+    )
 
 
 class Stepper(Protocol):
@@ -258,7 +282,7 @@ def fit(
         )
     hidden_size = model.config.hidden_size if isinstance(model, LSTMForecaster) else 0
     threads = training_threads(settings.batch_size, hidden_size)
-    result = FitResult()
+    result = FitResult(batch_size=settings.batch_size, learning_rate=settings.learning_rate)
     started = time.perf_counter()
     with torch_threads(threads):
         generator = seed_everything(settings.seed)

@@ -20,6 +20,7 @@ from models.training import (
     TrainingDiverged,
     fit,
     fit_output_scale,
+    grow_batch,
     scale_output,
     seed_everything,
 )
@@ -85,7 +86,9 @@ def train_forecaster(
     )
     train = encode_split(forecaster, dataset.train, device)
     validation = encode_split(forecaster, dataset.validation, device)
-    settings = FitSettings.from_config(config)
+    settings = grow_batch(
+        FitSettings.from_config(config), len(dataset.train), config.batch_growth_windows
+    )
     forecaster.module.to(device)
     result = fit(forecaster.module, train, validation, settings, on_epoch_end)
     if config.shrink_output and forecaster.encoding.predicts_return:
@@ -117,15 +120,22 @@ def fit_intervals(forecaster: Forecaster, dataset: Dataset) -> Intervals:
     def inputs(windows: WindowSet) -> np.ndarray:
         return window_scale_inputs(windows.windows, dataset.columns, spans)  # (N, 2·spans)
 
-    scale = fit_scale(inputs(dataset.train), log_returns(dataset.train), spans)
+    train_inputs = inputs(dataset.train)  # once: the scale's fit and its residuals use them
+    scale = fit_scale(train_inputs, log_returns(dataset.train), spans)
 
-    def residuals(windows: WindowSet) -> np.ndarray:  # z = (r − centre) / σ̂, (N,)
+    def residuals(windows: WindowSet, scale_inputs: np.ndarray) -> np.ndarray:  # (N,)
+        """z = (r − centre) / σ̂."""
         point = forecaster.predict_windows(windows.windows, windows.tickers)
         centre = np.log(point / windows.last_close)
-        return (log_returns(windows) - centre) / predict_scale(scale, inputs(windows))
+        return (log_returns(windows) - centre) / predict_scale(scale, scale_inputs)
 
     # Split by split rather than one concatenated copy: windows are the run's largest arrays.
-    z = np.concatenate([residuals(dataset.train), residuals(dataset.validation)])
+    z = np.concatenate(
+        [
+            residuals(dataset.train, train_inputs),
+            residuals(dataset.validation, inputs(dataset.validation)),
+        ]
+    )
     z = z[np.isfinite(z)]
     if len(z) < min_calibration_size():
         return Intervals(scale, normal_calibration())
@@ -159,11 +169,13 @@ def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> Trai
     except TrainingDiverged as exc:
         raise PipelineError(f"training diverged: {exc}") from exc
     get_run_logger().info(
-        "trained %d epochs on %d windows (%s) in %.1fs; best val loss %.5f at epoch %d; "
-        "output scale %.3f",
+        "trained %d epochs on %d windows (%s, batch %d, learning rate %.2g) in %.1fs; "
+        "best val loss %.5f at epoch %d; output scale %.3f",
         trained.fit.epochs_trained,
         len(dataset.train),
         trained.device,
+        trained.fit.batch_size,
+        trained.fit.learning_rate,
         trained.fit.train_seconds,
         trained.fit.best_val_loss,
         trained.fit.best_epoch,

@@ -10,11 +10,13 @@ from torch.nn import functional as F
 from models.fused_step import FusedLSTMStep
 from models.lstm import LSTMConfig, LSTMForecaster
 from models.training import (
+    MAX_BATCH_GROWTH,
     AutogradStep,
     FitSettings,
     TrainingDiverged,
     fit,
     fit_output_scale,
+    grow_batch,
     make_stepper,
     scale_output,
     training_threads,
@@ -207,6 +209,26 @@ def test_fit_limits_numpys_blas_threads_to_the_training_threads() -> None:
     fit(_model(1), _data(32, 1), _data(8, 1), settings, lambda *_: during.append(blas_threads()))
     assert during == [{1}, {1}]
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize(
+    ("windows", "batch", "learning_rate"),
+    [
+        (99_999, 32, 1e-3),  # under twice the windows per batch: as configured
+        (100_000, 64, 1e-3 * 2**0.5),
+        (487_988, 256, 1e-3 * 8**0.5),  # the S&P 500 universe
+        (10**9, 32 * MAX_BATCH_GROWTH, 1e-3 * MAX_BATCH_GROWTH**0.5),
+    ],
+)
+def test_the_batch_doubles_with_each_doubling_of_the_windows(
+    windows: int, batch: int, learning_rate: float
+) -> None:
+    """Per doubling of the windows beyond 50k, the batch doubles and the rate grows √2-fold."""
+    settings = FitSettings(batch_size=32, learning_rate=1e-3, epochs=7)
+    grown = grow_batch(settings, windows, 50_000)
+    assert (grown.batch_size, grown.epochs) == (batch, 7)
+    assert grown.learning_rate == pytest.approx(learning_rate)
+    assert grow_batch(settings, 10**9, None) == settings
 
 
 def test_stacked_layers_use_the_autograd_step() -> None:
