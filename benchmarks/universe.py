@@ -9,12 +9,20 @@ fresh home and a fresh Prefect home, and records:
   the last end (the two differ when a step is mapped and runs concurrently);
 - peak memory: the largest single process (getrusage of the children) and the
   whole process tree (psutil, sampled every 0.2 s);
-- the MLflow run's training metrics.
+- the MLflow run's training metrics;
+- where the wall time goes: the command's start-up until it spawns the
+  temporary Prefect server, the server's start (spawn to its health endpoint
+  answering, watched with psutil), the rest of the start-up until the flow
+  run starts (imports, set-up), each step's span, the flow's time outside
+  any step, and the time after the flow ends (report, log drain, server
+  stop); and, measured alone before the run, the import floor
+  (`import torch, mlflow, prefect, pandas`).
 
 Writes benchmarks/results/universe.json and prints a table.
 
     python benchmarks/universe.py                      # defaults, 2 cores: target < 10 min, < 4 GB
     python benchmarks/universe.py -- --epochs 2        # extra args go to `closecast run`
+    python benchmarks/universe.py --root /tmp/base     # the code of another checkout
 """
 
 import argparse
@@ -29,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,14 +77,105 @@ class TreeMemory(threading.Thread):
             self.done.wait(self.every_s)
 
 
+class ServerWatch(threading.Thread):
+    """When the command spawns its temporary Prefect server, and when that server answers."""
+
+    def __init__(self, pid: int, every_s: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.root, self.every_s = psutil.Process(pid), every_s
+        self.launched = time.time()  # ~ when the command started: right after Popen
+        self.spawned: float | None = None  # epoch seconds
+        self.ready: float | None = None
+        self.done = threading.Event()
+
+    def _server(self) -> psutil.Process | None:
+        for child in self.root.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "prefect_api" in " ".join(child.cmdline()):
+                    return child
+        return None
+
+    def run(self) -> None:
+        server, port = None, None
+        while not self.done.is_set() and self.ready is None:
+            try:
+                server = server or self._server()
+                if server is not None and self.spawned is None:
+                    # psutil's process start times share one basis (boot time + ticks), which
+                    # may be off time.time() by a fraction of a second: keep only the offset.
+                    offset = server.create_time() - self.root.create_time()
+                    self.spawned = self.launched + offset
+                if server is not None and port is None:
+                    listening = [c for c in server.net_connections("tcp") if c.status == "LISTEN"]
+                    port = listening[0].laddr.port if listening else None
+                if port is not None:
+                    url = f"http://127.0.0.1:{port}/api/health"
+                    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1):
+                        self.ready = time.time()
+            except psutil.Error:
+                return
+            self.done.wait(self.every_s)
+
+
+def import_floor(python: str) -> float:
+    """Seconds to import torch, mlflow, prefect and pandas in a fresh interpreter."""
+    started = time.perf_counter()
+    subprocess.run([python, "-c", "import torch, mlflow, prefect, pandas"], check=True)
+    return time.perf_counter() - started
+
+
+def timeline(
+    started: float,
+    ended: float,
+    server: ServerWatch,
+    flow: tuple[float, float] | None,
+    spans: list[tuple[float, float]],
+    steps: dict[str, dict[str, float]],
+) -> dict[str, float]:
+    """Where the wall time went, in seconds (epoch seconds in, durations out)."""
+    out: dict[str, float] = {}
+    if flow is None:
+        return out
+    flow_start, flow_end = flow
+    if server.spawned is not None:
+        out["start-up until the server is spawned (interpreter, CLI imports)"] = (
+            server.spawned - started
+        )
+        if server.ready is not None:
+            out["  server start (spawned -> answering; in parallel)"] = (
+                server.ready - server.spawned
+            )
+        out["start-up after the spawn until the flow starts (imports, set-up)"] = (
+            flow_start - server.spawned
+        )
+    else:
+        out["start-up until the flow starts"] = flow_start - started
+    for name, step in steps.items():
+        out[f"step {name}"] = step["span_s"]
+    covered, last = 0.0, flow_start
+    for begin, end in sorted(spans):  # the union of the step spans inside the flow
+        begin, end = max(begin, last), min(end, flow_end)
+        if end > begin:
+            covered += end - begin
+            last = end
+    out["flow time outside any step (orchestration)"] = (flow_end - flow_start) - covered
+    out["after the flow ends (report, log drain, server stop, exit)"] = ended - flow_end
+    out["wall"] = ended - started
+    return out
+
+
 def step_name(task_run_name: str) -> str:
     """`validate-prices AAPL` -> validate-prices; `load-prices-3fa` -> load-prices."""
     name = task_run_name.split(" ")[0]
     return re.sub(r"-[0-9a-f]{3}$", "", name)
 
 
-def step_times(prefect_home: Path) -> dict[str, dict[str, float]]:
-    """Per step: task runs, summed seconds, and span seconds, from the Prefect API."""
+RunTimes = tuple[dict[str, dict[str, float]], tuple[float, float] | None, list[tuple[float, float]]]
+
+
+def step_times(prefect_home: Path) -> RunTimes:
+    """Per step: task runs, summed seconds, and span seconds, from the Prefect API; and the
+    top-level flow run's (start, end) and every task run's (start, end), epoch seconds."""
     os.environ["PREFECT_HOME"] = str(prefect_home)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.pop("PREFECT_API_URL", None)
@@ -85,6 +185,14 @@ def step_times(prefect_home: Path) -> dict[str, dict[str, float]]:
     with get_client(sync_client=True) as client:
         while batch := client.read_task_runs(limit=200, offset=len(runs)):
             runs += batch
+        flows = client.read_flow_runs()
+    top = [f for f in flows if f.parent_task_run_id is None and f.start_time and f.end_time]
+    flow = (top[0].start_time.timestamp(), top[0].end_time.timestamp()) if top else None
+    intervals = [
+        (r.start_time.timestamp(), r.end_time.timestamp())
+        for r in runs
+        if r.start_time is not None and r.end_time is not None
+    ]
     steps: dict[str, dict[str, float]] = {}
     spans: dict[str, tuple[datetime, datetime]] = {}
     for run in runs:
@@ -98,7 +206,7 @@ def step_times(prefect_home: Path) -> dict[str, dict[str, float]]:
         spans[name] = (min(first, run.start_time), max(last, run.end_time))
     for name, (first, last) in spans.items():
         steps[name]["span_s"] = (last - first).total_seconds()
-    return dict(sorted(steps.items(), key=lambda kv: -kv[1]["span_s"]))
+    return dict(sorted(steps.items(), key=lambda kv: -kv[1]["span_s"])), flow, intervals
 
 
 def training_metrics(home: Path, output: str) -> dict[str, float]:
@@ -113,12 +221,12 @@ def training_metrics(home: Path, output: str) -> dict[str, float]:
     return {k: metrics[k] for k in keep if k in metrics}
 
 
-def git_head() -> str:
+def git_head(root: Path) -> str:
     """`<commit> (parents ...) <subject>` of the code that ran."""
     try:
         return subprocess.run(
             ["git", "log", "-1", "--format=%h (parents %p) %s"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             check=True,
@@ -132,6 +240,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--log", type=Path, help="also write the command's output here")
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="the checkout whose code runs (default: this one)"
+    )
     parser.add_argument("extra", nargs="*", help="arguments for `closecast run`, after --")
     args = parser.parse_args()
     if not args.data.is_file():
@@ -145,17 +256,27 @@ def main() -> int:
         env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
         env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
         env.pop("PREFECT_API_URL", None)
+        floor_s = import_floor(sys.executable)
         load_before = os.getloadavg()
-        started = time.perf_counter()
+        started, started_epoch = time.perf_counter(), time.time()
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            cwd=args.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        sampler = TreeMemory(process.pid)
+        sampler, server = TreeMemory(process.pid), ServerWatch(process.pid)
+        server.launched = started_epoch
         sampler.start()
+        server.start()
         output, _ = process.communicate()
         wall_s = time.perf_counter() - started
-        sampler.done.set()
-        sampler.join()
+        ended_epoch = time.time()
+        for thread in (sampler, server):
+            thread.done.set()
+            thread.join()
         load_after = os.getloadavg()
         if args.log:
             args.log.write_text(output)
@@ -164,7 +285,8 @@ def main() -> int:
             print(output[-3000:], file=sys.stderr)
             print(f"closecast run exited {process.returncode}", file=sys.stderr)
             return 1
-        steps = step_times(prefect_home)
+        steps, flow, intervals = step_times(prefect_home)
+        where = timeline(started_epoch, ended_epoch, server, flow, intervals, steps)
         training = training_metrics(home, output)
         report = next(home.glob("reports/predictions_*.csv"))
         with report.open(newline="") as rows:  # by column name: columns are only ever added
@@ -172,7 +294,7 @@ def main() -> int:
 
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "code": git_head(),
+        "code": git_head(args.root),
         "command": " ".join(["closecast", *command[3:]]).replace(tmp, "$TMP"),
         "cpus": os.cpu_count(),
         "load_average_before": load_before,
@@ -182,6 +304,8 @@ def main() -> int:
         "peak_tree_mb": round(sampler.peak / 2**20, 1),
         "targets": {"wall_s": TARGET_S, "peak_mb": TARGET_MB},
         "steps": {k: {m: round(v, 2) for m, v in s.items()} for k, s in steps.items()},
+        "import_floor_s": round(floor_s, 2),
+        "where_the_time_goes_s": {k: round(v, 2) for k, v in where.items()},
         "training": training,
         "report_statuses": statuses,
     }
@@ -195,6 +319,10 @@ def main() -> int:
         f"wall {wall_s:.1f}s (target {TARGET_S:.0f}s); peak memory {peak_process_mb:.0f} MB "
         f"largest process, {result['peak_tree_mb']:.0f} MB process tree (target {TARGET_MB:.0f})"
     )
+    print("\nwhere the time goes (s)")
+    for name, seconds in result["where_the_time_goes_s"].items():
+        print(f"  {name:<66}{seconds:>7.2f}")
+    print(f"  (import floor alone, before the run: {floor_s:.2f}s)")
     print(f"training: {training}; report: {statuses}")
     print(f"load average before/after: {load_before} / {load_after} on {os.cpu_count()} CPUs")
     print(f"written to {args.output}")
