@@ -39,13 +39,14 @@ the 95% score against each baseline pooled and per period, and the issue's
 targets. The model's numbers are the mean over seeds; p-values per seed.
 
 Batch growth (`--growth`, issue 14): the default recipe trained as the
-pipeline trains it on every ticker of ../shared/data (the S&P 500, ~400k
+pipeline trains it on every ticker of ../shared/data (the S&P 500, ~440k
 training windows per period), once with the batch the window count gives
 (`TrainConfig.batch_growth_windows`, `models.training.grow_batch`) and once
 with batch 32 throughout, on the very same windows; test RMSE / naive RMSE,
 the 95% interval score against EWMA's, coverage and training time. Periods:
-the last 1,000 sessions up to each as_of, back to back 100 sessions apart
-(test: the last 100), seeds as --seeds.
+the last 1,100 sessions up to each as_of (~440k training windows: batch 256,
+as the whole file gets), back to back 110 sessions apart
+(test: the last 110), seeds as --seeds.
 
 Usage:
     python benchmarks/accuracy.py [--epochs 50] [--periods 6] [--seeds 2] [--configs 1,3] [--quick]
@@ -91,7 +92,7 @@ from tasks.windows import Dataset, build_dataset, window_columns  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
 GROWTH_RESULTS = ROOT / "benchmarks" / "results" / "accuracy_growth.json"
-SP500_HISTORY, SP500_TEST = 1000, 100  # sessions per --growth period, and its test span
+SP500_HISTORY, SP500_TEST = 1100, 110  # sessions per --growth period (~440k training windows)
 SHARED = ROOT.parent / "shared" / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
 STOCKS = ["AAPL", "MSFT", "JPM", "XOM", "JNJ", "PG", "AMZN", "GE"]
 TRAIN_SPEED = ROOT / "benchmarks" / "results" / "train_speed.json"
