@@ -8,7 +8,8 @@ fresh home and a fresh Prefect home, and records:
   end): per step, the summed run time and the span from the first start to
   the last end (the two differ when a step is mapped and runs concurrently);
 - peak memory: the largest single process (getrusage of the children) and the
-  whole process tree (psutil, sampled every 0.2 s);
+  whole process tree (psutil, sampled every 0.2 s), and per step the command's
+  own largest sampled RSS during the step's span;
 - the MLflow run's training metrics;
 - where the wall time goes: the command's start-up until it spawns the
   temporary Prefect server, the server's start (spawn to its health endpoint
@@ -56,11 +57,12 @@ TARGET_S, TARGET_MB = 600.0, 4096.0
 
 
 class TreeMemory(threading.Thread):
-    """Samples the summed RSS of a process and all its descendants."""
+    """Samples the summed RSS of a process and all its descendants, and the process's own."""
 
     def __init__(self, pid: int, every_s: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.root, self.every_s, self.peak = psutil.Process(pid), every_s, 0
+        self.samples: list[tuple[float, int]] = []  # (epoch seconds, RSS of the command itself)
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -72,9 +74,15 @@ class TreeMemory(threading.Thread):
                     with contextlib.suppress(psutil.Error):
                         rss += proc.memory_info().rss
                 self.peak = max(self.peak, rss)
+                self.samples.append((time.time(), self.root.memory_info().rss))
             except psutil.Error:
                 return
             self.done.wait(self.every_s)
+
+    def peak_during(self, begin: float, end: float) -> float:
+        """The command's largest sampled RSS between two epoch times, MB (0: no sample)."""
+        inside = [rss for when, rss in self.samples if begin <= when <= end]
+        return max(inside, default=0) / 2**20
 
 
 class ServerWatch(threading.Thread):
@@ -170,7 +178,12 @@ def step_name(task_run_name: str) -> str:
     return re.sub(r"-[0-9a-f]{3}$", "", name)
 
 
-RunTimes = tuple[dict[str, dict[str, float]], tuple[float, float] | None, list[tuple[float, float]]]
+RunTimes = tuple[
+    dict[str, dict[str, float]],
+    tuple[float, float] | None,
+    list[tuple[float, float]],
+    dict[str, tuple[float, float]],
+]
 
 
 def step_times(prefect_home: Path) -> RunTimes:
@@ -206,7 +219,9 @@ def step_times(prefect_home: Path) -> RunTimes:
         spans[name] = (min(first, run.start_time), max(last, run.end_time))
     for name, (first, last) in spans.items():
         steps[name]["span_s"] = (last - first).total_seconds()
-    return dict(sorted(steps.items(), key=lambda kv: -kv[1]["span_s"])), flow, intervals
+    ordered = dict(sorted(steps.items(), key=lambda kv: -kv[1]["span_s"]))
+    epochs = {k: (first.timestamp(), last.timestamp()) for k, (first, last) in spans.items()}
+    return ordered, flow, intervals, epochs
 
 
 def training_metrics(home: Path, output: str) -> dict[str, float]:
@@ -285,8 +300,10 @@ def main() -> int:
             print(output[-3000:], file=sys.stderr)
             print(f"closecast run exited {process.returncode}", file=sys.stderr)
             return 1
-        steps, flow, intervals = step_times(prefect_home)
+        steps, flow, intervals, step_spans = step_times(prefect_home)
         where = timeline(started_epoch, ended_epoch, server, flow, intervals, steps)
+        for name, (begin, end) in step_spans.items():
+            steps[name]["peak_rss_mb"] = sampler.peak_during(begin, end)
         training = training_metrics(home, output)
         report = next(home.glob("reports/predictions_*.csv"))
         with report.open(newline="") as rows:  # by column name: columns are only ever added
@@ -312,9 +329,12 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"{'step':<22}{'task runs':>10}{'sum s':>10}{'span s':>10}")
+    print(f"{'step':<22}{'task runs':>10}{'sum s':>10}{'span s':>10}{'peak MB':>10}")
     for name, step in result["steps"].items():
-        print(f"{name:<22}{step['task_runs']:>10.0f}{step['sum_s']:>10.1f}{step['span_s']:>10.1f}")
+        print(
+            f"{name:<22}{step['task_runs']:>10.0f}{step['sum_s']:>10.1f}{step['span_s']:>10.1f}"
+            f"{step['peak_rss_mb']:>10.0f}"
+        )
     print(
         f"wall {wall_s:.1f}s (target {TARGET_S:.0f}s); peak memory {peak_process_mb:.0f} MB "
         f"largest process, {result['peak_tree_mb']:.0f} MB process tree (target {TARGET_MB:.0f})"
