@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from core.config import TrainConfig
 from core.errors import PipelineError
 from models.encoding import Encoding
-from models.forecaster import Forecaster, Intervals, window_scale_inputs
+from models.forecaster import ENCODE_CHUNK, Forecaster, Intervals, window_scale_inputs
 from models.lstm import LSTMConfig, LSTMForecaster
 from models.training import (
     EpochCallback,
@@ -56,10 +56,19 @@ def resolve_device(device: str) -> torch.device:
 def encode_split(
     forecaster: Forecaster, windows: WindowSet, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoded inputs (N, T, F) and targets (N,) of one split, as tensors on `device`."""
-    bounds = forecaster.window_bounds(windows.tickers)
-    inputs = forecaster.encoding.inputs(windows.windows, bounds)
-    targets = forecaster.encoding.targets(windows.next_close, windows.windows, bounds)
+    """Encoded inputs (N, T, F) and targets (N,) of one split, as tensors on `device`.
+
+    Encoded ENCODE_CHUNK windows at a time into the float32 result: each window
+    is encoded on its own, and the float64 work arrays stay small.
+    """
+    n, steps = len(windows), windows.windows.shape[1]
+    inputs = np.empty((n, steps, len(forecaster.features)), dtype=np.float32)
+    targets = np.empty(n, dtype=np.float32)
+    for start in range(0, n, ENCODE_CHUNK):
+        rows = slice(start, start + ENCODE_CHUNK)
+        raw, bounds = windows.windows[rows], forecaster.window_bounds(windows.tickers[rows])
+        inputs[rows] = forecaster.encoding.inputs(raw, bounds)
+        targets[rows] = forecaster.encoding.targets(windows.next_close[rows], raw, bounds)
     return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
 
 

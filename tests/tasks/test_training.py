@@ -13,7 +13,8 @@ from closecast.cli import main
 from core.config import TrainConfig, WindowConfig
 from models.encoding import Encoding
 from models.lstm import LSTMConfig
-from tasks.training import resolve_device, train_forecaster
+from tasks import training as training_module
+from tasks.training import encode_split, resolve_device, train_forecaster
 from tasks.windows import Dataset, build_dataset
 
 
@@ -73,6 +74,23 @@ def test_many_windows_train_with_a_larger_batch_and_learning_rate(dataset: Datas
     assert (grown.fit.batch_size, grown.fit.learning_rate) == (16, pytest.approx(0.02))
     kept = train_forecaster(dataset, lstm, base.model_copy(update={"batch_growth_windows": None}))
     assert (kept.fit.batch_size, kept.fit.learning_rate) == (4, 0.01)
+
+
+def test_a_split_encoded_in_chunks_equals_one_encoding(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """encode_split, 7 windows at a time into float32 arrays, equals encoding them at once."""
+    forecaster = train_forecaster(dataset, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
+    forecaster = forecaster.forecaster
+    monkeypatch.setattr(training_module, "ENCODE_CHUNK", 7)
+    inputs, targets = encode_split(forecaster, dataset.train, torch.device("cpu"))
+    split = dataset.train
+    expected = forecaster.encoding.inputs(split.windows)
+    assert inputs.dtype == torch.float32 and inputs.shape == expected.shape
+    np.testing.assert_array_equal(inputs.numpy(), expected)
+    np.testing.assert_array_equal(
+        targets.numpy(), forecaster.encoding.targets(split.next_close, split.windows)
+    )
 
 
 def test_one_model_serves_every_ticker(dataset: Dataset) -> None:
