@@ -38,11 +38,12 @@ interval score, Kupiec and Christoffersen p-values (models/interval_scores.py),
 the 95% score against each baseline pooled and per period, and the issue's
 targets. The model's numbers are the mean over seeds; p-values per seed.
 
-Batch growth (`--growth`, issue 14): the default recipe trained as the
-pipeline trains it on every ticker of ../shared/data (the S&P 500, ~440k
-training windows per period), once with the batch the window count gives
-(`TrainConfig.batch_growth_windows`, `models.training.grow_batch`) and once
-with batch 32 throughout, on the very same windows; test RMSE / naive RMSE,
+Growth (`--growth`, issue 14): the default recipe trained as the pipeline
+trains it on every ticker of ../shared/data (the S&P 500, ~440k training
+windows per period), once with the batch and patience the window count gives
+(`TrainConfig.growth_windows`, `models.training.scale_to_windows`: batch 256,
+learning rate 2.8e-3, patience 2) and once with batch 32 and patience 5
+throughout, on the very same windows; test RMSE / naive RMSE,
 the 95% interval score against EWMA's, coverage and training time. Periods:
 the last 1,100 sessions up to each as_of (~440k training windows: batch 256,
 as the whole file gets), back to back 110 sessions apart
@@ -532,17 +533,17 @@ def training_time() -> dict[str, Any] | None:
     }
 
 
-# --- batch growth: the S&P 500 with and without `grow_batch` ----------------------------------
+# --- growth: the S&P 500 with and without `scale_to_windows` ------------------------------------
 
 GROWTH_VARIANTS = {
-    "batch grows with the windows (default)": TrainConfig().batch_growth_windows,
-    "batch 32 throughout": None,
+    "scaled to the windows (default)": TrainConfig().growth_windows,
+    "batch 32, patience 5 throughout": None,
 }
 
 
 def score_growth(dataset: Dataset, seed: int, epochs: int, growth: int | None) -> dict[str, float]:
     """Train the default recipe as the pipeline does, then score it on the test windows."""
-    train = TrainConfig(epochs=epochs, seed=seed, device="cpu", batch_growth_windows=growth)
+    train = TrainConfig(epochs=epochs, seed=seed, device="cpu", growth_windows=growth)
     started = time.perf_counter()
     trained = train_forecaster(dataset, LSTMConfig(), train)
     seconds = time.perf_counter() - started
@@ -557,6 +558,7 @@ def score_growth(dataset: Dataset, seed: int, epochs: int, growth: int | None) -
         "epochs": float(trained.fit.epochs_trained),
         "best_epoch": float(trained.fit.best_epoch),
         "batch_size": float(trained.fit.batch_size),
+        "patience": float(trained.fit.patience or 0),
         "learning_rate": trained.fit.learning_rate,
         "fit_s": trained.fit.train_seconds,
         "train_forecaster_s": seconds,
@@ -565,7 +567,7 @@ def score_growth(dataset: Dataset, seed: int, epochs: int, growth: int | None) -
 
 
 def run_growth(args: argparse.Namespace) -> None:
-    """`--growth`: the batch that grows with the window count against batch 32, per period."""
+    """`--growth`: batch and patience scaled to the window count against batch 32, patience 5."""
     tickers = CsvSource(args.stocks_file).tickers()
     frames = validate_all(CsvSource(args.stocks_file).download(tickers, None, None).frames).frames
     as_of = _periods(frames, SP500_HISTORY, SP500_TEST, args.periods, False)
@@ -581,7 +583,8 @@ def run_growth(args: argparse.Namespace) -> None:
             print(
                 f"{day} {seed} {variant:40} ratio {score['ratio']:.5f}  IS95/EWMA "
                 f"{score['interval_score_95_vs_ewma']:.4f}  batch {score['batch_size']:.0f}  "
-                f"epochs {score['epochs']:.0f}  fit {score['fit_s']:.1f}s",
+                f"patience {score['patience']:.0f}  epochs {score['epochs']:.0f} (best "
+                f"{score['best_epoch']:.0f})  fit {score['fit_s']:.1f}s",
                 flush=True,
             )
     table = []
@@ -597,6 +600,7 @@ def run_growth(args: argparse.Namespace) -> None:
                     "coverage_80",
                     "coverage_95",
                     "epochs",
+                    "best_epoch",
                     "batch_size",
                     "fit_s",
                     "train_forecaster_s",
@@ -608,13 +612,14 @@ def run_growth(args: argparse.Namespace) -> None:
     print(f"\nS&P 500, {len(universe.as_of)} periods x {len(seeds)} seeds, means ({elapsed:.0f}s):")
     print(
         f"{'variant':40} {'ratio':>8} {'worst':>8} {'IS95/EWMA':>10} {'cov80':>7} {'cov95':>7} "
-        f"{'batch':>6} {'epochs':>7} {'fit s':>7} {'train s':>8}"
+        f"{'batch':>6} {'epochs':>7} {'best':>5} {'fit s':>7} {'train s':>8}"
     )
     for e in table:
         print(
             f"{e['variant']!s:40} {e['ratio']:>8.5f} {e['worst_ratio']:>8.5f} "
             f"{e['interval_score_95_vs_ewma']:>10.4f} {e['coverage_80']:>7.1%} "
             f"{e['coverage_95']:>7.1%} {e['batch_size']:>6.0f} {e['epochs']:>7.1f} "
+            f"{e['best_epoch']:>5.1f} "
             f"{e['fit_s']:>7.1f} {e['train_forecaster_s']:>8.1f}"
         )
     result = {
@@ -646,7 +651,7 @@ def main() -> None:
     parser.add_argument(
         "--growth",
         action="store_true",
-        help="only the S&P 500 batch-growth comparison (default 2 periods)",
+        help="only the S&P 500 comparison of scale_to_windows (default 2 periods)",
     )
     args = parser.parse_args()
     if args.quick:

@@ -32,8 +32,10 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 _PARALLEL_MIN_GATE_ELEMENTS = 1024 * 4 * 32  # batch · 4 · hidden
 # One-sided 95% normal quantile: a shrink factor must clear chance at that level.
 SHRINK_Z = 1.645
-# The most `grow_batch` multiplies the batch by: beyond it is beyond what was measured.
+# The most `scale_to_windows` multiplies the batch by: beyond it is beyond what was measured.
 MAX_BATCH_GROWTH = 32
+# The fewest epochs without improvement early stopping waits, however many windows an epoch has.
+MIN_PATIENCE = 2
 
 
 class TrainingDiverged(RuntimeError):
@@ -78,27 +80,37 @@ class FitResult:
     epochs_trained: int = 0
     train_seconds: float = 0.0
     output_scale: float = 1.0  # the shrink factor applied after training (1: none)
-    batch_size: int = 0  # what training used (`grow_batch` may raise the configured one)
+    # What training used (`scale_to_windows` may change the configured values).
+    batch_size: int = 0
     learning_rate: float = 0.0
+    patience: int | None = None
 
 
-def grow_batch(settings: FitSettings, windows: int, per_batch: int | None) -> FitSettings:
-    """Larger steps for many windows: the batch doubles for each doubling of `windows`
-    beyond `per_batch` (from 2 × per_batch on, at most MAX_BATCH_GROWTH-fold), the
-    learning rate by √2 with each doubling (the square-root rule for Adam).
+def scale_to_windows(settings: FitSettings, windows: int, per_batch: int | None) -> FitSettings:
+    """Fewer, larger steps and a shorter wait for many training windows.
 
-    An epoch over 500k windows at batch 32 is 15k steps; at batch 256 it is 2k
-    steps that cost half as much per window (benchmarks/README.md, where
-    benchmarks/accuracy.py --growth compares the two on the S&P 500).
-    `per_batch=None` keeps the settings.
+    From 2 × `per_batch` windows on, each doubling of `windows` doubles the
+    batch (at most MAX_BATCH_GROWTH-fold) and raises the learning rate √2-fold
+    (the square-root rule for Adam), and early stopping counts its patience
+    in epochs of 2 × `per_batch` windows: it waits ⌈patience · 2·per_batch /
+    windows⌉ epochs (at least MIN_PATIENCE, at most `patience`). An epoch over
+    the S&P 500's 490k windows is then 1.9k steps of 256 instead of 15k of
+    32, at half the cost per window, and training stops 2 epochs after the
+    best instead of 5 (benchmarks/README.md; benchmarks/accuracy.py --growth
+    compares it with batch 32 and patience 5). `per_batch=None` keeps the
+    settings.
     """
     if per_batch is None or windows < 2 * per_batch:
         return settings
     growth = min(2 ** int(math.log2(windows / per_batch)), MAX_BATCH_GROWTH)
+    patience = settings.patience
+    if patience is not None:
+        patience = min(patience, max(MIN_PATIENCE, math.ceil(patience * 2 * per_batch / windows)))
     return replace(
         settings,
         batch_size=settings.batch_size * growth,
         learning_rate=settings.learning_rate * math.sqrt(growth),
+        patience=patience,
     )
 
 
@@ -282,7 +294,11 @@ def fit(
         )
     hidden_size = model.config.hidden_size if isinstance(model, LSTMForecaster) else 0
     threads = training_threads(settings.batch_size, hidden_size)
-    result = FitResult(batch_size=settings.batch_size, learning_rate=settings.learning_rate)
+    result = FitResult(
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        patience=settings.patience,
+    )
     started = time.perf_counter()
     with torch_threads(threads):
         generator = seed_everything(settings.seed)

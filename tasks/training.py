@@ -20,8 +20,8 @@ from models.training import (
     TrainingDiverged,
     fit,
     fit_output_scale,
-    grow_batch,
     scale_output,
+    scale_to_windows,
     seed_everything,
 )
 from models.uncertainty import (
@@ -95,8 +95,8 @@ def train_forecaster(
     )
     train = encode_split(forecaster, dataset.train, device)
     validation = encode_split(forecaster, dataset.validation, device)
-    settings = grow_batch(
-        FitSettings.from_config(config), len(dataset.train), config.batch_growth_windows
+    settings = scale_to_windows(
+        FitSettings.from_config(config), len(dataset.train), config.growth_windows
     )
     forecaster.module.to(device)
     result = fit(forecaster.module, train, validation, settings, on_epoch_end)
@@ -178,13 +178,14 @@ def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> Trai
     except TrainingDiverged as exc:
         raise PipelineError(f"training diverged: {exc}") from exc
     get_run_logger().info(
-        "trained %d epochs on %d windows (%s, batch %d, learning rate %.2g) in %.1fs; "
-        "best val loss %.5f at epoch %d; output scale %.3f",
+        "trained %d epochs on %d windows (%s, batch %d, learning rate %.2g, patience %s) "
+        "in %.1fs; best val loss %.5f at epoch %d; output scale %.3f",
         trained.fit.epochs_trained,
         len(dataset.train),
         trained.device,
         trained.fit.batch_size,
         trained.fit.learning_rate,
+        trained.fit.patience,
         trained.fit.train_seconds,
         trained.fit.best_val_loss,
         trained.fit.best_epoch,

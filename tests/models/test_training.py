@@ -1,6 +1,7 @@
 """The training loop: fused and autograd steps agree, early stopping, clipping, divergence."""
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,14 +12,15 @@ from models.fused_step import FusedLSTMStep
 from models.lstm import LSTMConfig, LSTMForecaster
 from models.training import (
     MAX_BATCH_GROWTH,
+    MIN_PATIENCE,
     AutogradStep,
     FitSettings,
     TrainingDiverged,
     fit,
     fit_output_scale,
-    grow_batch,
     make_stepper,
     scale_output,
+    scale_to_windows,
     training_threads,
 )
 
@@ -212,23 +214,27 @@ def test_fit_limits_numpys_blas_threads_to_the_training_threads() -> None:
 
 
 @pytest.mark.parametrize(
-    ("windows", "batch", "learning_rate"),
+    ("windows", "batch", "learning_rate", "patience"),
     [
-        (99_999, 32, 1e-3),  # under twice the windows per batch: as configured
-        (100_000, 64, 1e-3 * 2**0.5),
-        (487_988, 256, 1e-3 * 8**0.5),  # the S&P 500 universe
-        (10**9, 32 * MAX_BATCH_GROWTH, 1e-3 * MAX_BATCH_GROWTH**0.5),
+        (99_999, 32, 1e-3, 5),  # under twice the windows per batch: as configured
+        (100_000, 64, 1e-3 * 2**0.5, 5),
+        (200_000, 128, 1e-3 * 4**0.5, 3),  # 5 epochs of 100k windows: 2.5 epochs, rounded up
+        (487_988, 256, 1e-3 * 8**0.5, 2),  # the S&P 500 universe
+        (10**9, 32 * MAX_BATCH_GROWTH, 1e-3 * MAX_BATCH_GROWTH**0.5, MIN_PATIENCE),
     ],
 )
-def test_the_batch_doubles_with_each_doubling_of_the_windows(
-    windows: int, batch: int, learning_rate: float
+def test_many_windows_take_larger_steps_and_wait_fewer_epochs(
+    windows: int, batch: int, learning_rate: float, patience: int
 ) -> None:
-    """Per doubling of the windows beyond 50k, the batch doubles and the rate grows √2-fold."""
-    settings = FitSettings(batch_size=32, learning_rate=1e-3, epochs=7)
-    grown = grow_batch(settings, windows, 50_000)
-    assert (grown.batch_size, grown.epochs) == (batch, 7)
-    assert grown.learning_rate == pytest.approx(learning_rate)
-    assert grow_batch(settings, 10**9, None) == settings
+    """Per doubling of the windows beyond 50k, the batch doubles and the rate grows √2-fold;
+    early stopping waits as many windows as 5 epochs of 100k hold, at least 2 epochs."""
+    settings = FitSettings(batch_size=32, learning_rate=1e-3, epochs=7, patience=5)
+    scaled = scale_to_windows(settings, windows, 50_000)
+    assert (scaled.batch_size, scaled.patience, scaled.epochs) == (batch, patience, 7)
+    assert scaled.learning_rate == pytest.approx(learning_rate)
+    assert scale_to_windows(settings, 10**9, None) == settings
+    no_stopping = scale_to_windows(replace(settings, patience=None), windows, 50_000)
+    assert no_stopping.patience is None
 
 
 def test_stacked_layers_use_the_autograd_step() -> None:

@@ -62,18 +62,19 @@ def test_same_seed_gives_identical_predictions(dataset: Dataset) -> None:
     assert np.all(np.isfinite(predictions[0])) and np.all(predictions[0] > 0)
 
 
-def test_many_windows_train_with_a_larger_batch_and_learning_rate(dataset: Dataset) -> None:
-    """With 4-8× batch_growth_windows training windows, the batch is 4× the configured one and
-    the learning rate 2×; without growth, both are as configured."""
+def test_many_windows_train_with_larger_steps_and_less_patience(dataset: Dataset) -> None:
+    """With 5-8× growth_windows training windows, the batch is 4× the configured one, the
+    learning rate 2× and the patience 2 epochs; with growth off, all are as configured."""
     windows = len(dataset.train)  # 2 tickers x ~80 training windows
     lstm = LSTMConfig(hidden_size=8)
-    base = TrainConfig(epochs=1, batch_size=4, learning_rate=0.01, device="cpu")
+    base = TrainConfig(epochs=1, batch_size=4, learning_rate=0.01, patience=5, device="cpu")
     grown = train_forecaster(
-        dataset, lstm, base.model_copy(update={"batch_growth_windows": windows // 4})
+        dataset, lstm, base.model_copy(update={"growth_windows": windows // 5})
     )
-    assert (grown.fit.batch_size, grown.fit.learning_rate) == (16, pytest.approx(0.02))
-    kept = train_forecaster(dataset, lstm, base.model_copy(update={"batch_growth_windows": None}))
-    assert (kept.fit.batch_size, kept.fit.learning_rate) == (4, 0.01)
+    assert (grown.fit.batch_size, grown.fit.patience) == (16, 2)
+    assert grown.fit.learning_rate == pytest.approx(0.02)
+    kept = train_forecaster(dataset, lstm, base.model_copy(update={"growth_windows": None}))
+    assert (kept.fit.batch_size, kept.fit.learning_rate, kept.fit.patience) == (4, 0.01, 5)
 
 
 def test_a_split_encoded_in_chunks_equals_one_encoding(
