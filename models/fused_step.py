@@ -7,15 +7,15 @@ call, and `torch.optim.Adam` and `clip_grad_norm_` add Python work over six
 parameters. This step computes the same numbers (to float rounding) with
 NumPy ufuncs and matrix products on preallocated arrays: at these sizes a
 NumPy call costs ~0.5 µs against ~1.5-6 µs for the same torch op (torch's
-`tanh` on a (32, 32) block: 5.7 µs), so the whole step is ~2× faster than
-the same arithmetic in torch ops (benchmarks/README.md):
+`tanh` on a (32, 32) block: 5.7 µs), so the whole step takes two thirds of
+the CPU time of the same arithmetic in torch ops (benchmarks/README.md):
 
 - every array is feature-major, (rows, B): each gate's (H, B) block is
   contiguous, so no elementwise op walks strided memory;
 - forward, per time step: one product [W_ih | b | W_hh] @ [x_t; 1; h_{t-1}]
-  (input projection, bias and recurrence at once) and nine elementwise ops;
-  σ(z) = ½·tanh(z/2) + ½, with the ½ folded into the weights' rows, so one
-  `tanh` activates all four gates;
+  (input projection, bias and recurrence at once), one `tanh` that
+  activates all four gates (σ(z) = ½·tanh(z/2) + ½, with the ½ folded into
+  the weights' rows) and nine more elementwise ops;
 - backward through time: the local derivatives of all steps in a few
   vectorised ops, then per step one product and five elementwise ops; the
   weight gradients of all steps in one batched product and a sum;
