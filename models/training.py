@@ -148,8 +148,9 @@ class AutogradStep:
 
 
 def make_stepper(model: nn.Module, settings: FitSettings) -> Stepper:
-    """The fused step for a one-layer LSTMForecaster on a CPU, autograd otherwise."""
-    on_cpu = next(model.parameters()).device.type == "cpu"
+    """The fused step for a one-layer float32 LSTMForecaster on a CPU, autograd otherwise."""
+    first = next(model.parameters())
+    on_cpu = first.device.type == "cpu" and first.dtype == torch.float32
     if (
         settings.fused_step
         and on_cpu

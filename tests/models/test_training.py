@@ -237,6 +237,17 @@ def test_many_windows_take_larger_steps_and_wait_fewer_epochs(
     assert no_stopping.patience is None
 
 
+def test_a_float64_model_trains_with_the_autograd_step() -> None:
+    """The NumPy step works in float32; a float64 model falls back to autograd and trains."""
+    model = _model(1).double()
+    stepper = make_stepper(model, FitSettings())
+    assert isinstance(stepper, AutogradStep)
+    x, y = _data(16, 1)
+    before = model.head.weight.detach().clone()
+    stepper.step(x.double(), y.double())
+    assert not torch.equal(model.head.weight, before)
+
+
 def test_stacked_layers_use_the_autograd_step() -> None:
     """The fused step refuses two layers; make_stepper then falls back to autograd."""
     model = _model(1, num_layers=2)
