@@ -38,10 +38,23 @@ interval score, Kupiec and Christoffersen p-values (models/interval_scores.py),
 the 95% score against each baseline pooled and per period, and the issue's
 targets. The model's numbers are the mean over seeds; p-values per seed.
 
+Growth (`--growth`, issue 14): the default recipe trained as the pipeline
+trains it on every ticker of ../shared/data (the S&P 500, ~440k training
+windows per period), once with the batch and patience the window count gives
+(`TrainConfig.growth_windows`, `models.training.scale_to_windows`: batch 256,
+learning rate 2.8e-3, patience 2) and once with batch 32 and patience 5
+throughout, on the very same windows; test RMSE / naive RMSE,
+the 95% interval score against EWMA's, coverage and training time. Periods:
+the last 1,100 sessions up to each as_of (~440k training windows: batch 256,
+as the whole file gets), back to back 110 sessions apart
+(test: the last 110), seeds as --seeds.
+
 Usage:
     python benchmarks/accuracy.py [--epochs 50] [--periods 6] [--seeds 2] [--configs 1,3] [--quick]
+    python benchmarks/accuracy.py --growth [--periods 2] [--seeds 2]   # ~10 min on 2 cores
 
-Writes benchmarks/results/accuracy.json and prints the tables.
+Writes benchmarks/results/accuracy.json (accuracy_growth.json with --growth)
+and prints the tables.
 """
 
 import argparse
@@ -50,6 +63,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import time
@@ -75,9 +89,11 @@ from tasks.features import compute_features  # noqa: E402
 from tasks.sources import CsvSource, SampleSource  # noqa: E402
 from tasks.training import encode_split, train_forecaster  # noqa: E402
 from tasks.validate import validate_all  # noqa: E402
-from tasks.windows import build_dataset, window_columns  # noqa: E402
+from tasks.windows import Dataset, build_dataset, window_columns  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
+GROWTH_RESULTS = ROOT / "benchmarks" / "results" / "accuracy_growth.json"
+SP500_HISTORY, SP500_TEST = 1100, 110  # sessions per --growth period (~440k training windows)
 SHARED = ROOT.parent / "shared" / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
 STOCKS = ["AAPL", "MSFT", "JPM", "XOM", "JNJ", "PG", "AMZN", "GE"]
 TRAIN_SPEED = ROOT / "benchmarks" / "results" / "train_speed.json"
@@ -178,6 +194,18 @@ def load_universes(periods: int, stocks_file: Path) -> list[Universe]:
     return universes
 
 
+def period_dataset(universe: Universe, as_of: date, recipe: Recipe) -> Dataset:
+    """`build_dataset` of the universe's last `history` sessions up to as_of."""
+    features = {}
+    for ticker, frame in universe.frames.items():
+        visible = frame[frame.index <= pd.Timestamp(as_of)].iloc[-universe.history :]
+        features[ticker] = compute_features(visible, window_columns(recipe.features))
+    windows = WindowConfig(
+        window=recipe.window, features=list(recipe.features), target=recipe.target
+    )
+    return build_dataset(features, windows, as_of)
+
+
 def score_period(
     universe: Universe, as_of: date, recipe: Recipe, train: TrainConfig
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
@@ -188,14 +216,7 @@ def score_period(
     test-span distribution: {"part": test windows' y and bounds relative to the
     last close, sorted by ticker and date, "metrics": evaluate_forecaster's}.
     """
-    features = {}
-    for ticker, frame in universe.frames.items():
-        visible = frame[frame.index <= pd.Timestamp(as_of)].iloc[-universe.history :]
-        features[ticker] = compute_features(visible, window_columns(recipe.features))
-    windows = WindowConfig(
-        window=recipe.window, features=list(recipe.features), target=recipe.target
-    )
-    dataset = build_dataset(features, windows, as_of)
+    dataset = period_dataset(universe, as_of, recipe)
     trained = train_forecaster(dataset, LSTMConfig(), train)
     metrics = evaluate_forecaster(trained.forecaster, dataset.test).metrics
     row = {
@@ -512,6 +533,109 @@ def training_time() -> dict[str, Any] | None:
     }
 
 
+# --- growth: the S&P 500 with and without `scale_to_windows` ------------------------------------
+
+GROWTH_VARIANTS = {
+    "scaled to the windows (default)": TrainConfig().growth_windows,
+    "batch 32, patience 5 throughout": None,
+}
+
+
+def score_growth(dataset: Dataset, seed: int, epochs: int, growth: int | None) -> dict[str, float]:
+    """Train the default recipe as the pipeline does, then score it on the test windows."""
+    train = TrainConfig(epochs=epochs, seed=seed, device="cpu", growth_windows=growth)
+    started = time.perf_counter()
+    trained = train_forecaster(dataset, LSTMConfig(), train)
+    seconds = time.perf_counter() - started
+    metrics = evaluate_forecaster(trained.forecaster, dataset.test).metrics
+    return {
+        "ratio": metrics["test_rmse"] / metrics["naive_rmse"],
+        "interval_score_95_vs_ewma": metrics["interval_score_95"]
+        / metrics["baseline_interval_score_95"],
+        "coverage_80": metrics["coverage_80"],
+        "coverage_95": metrics["coverage_95"],
+        "shrink": trained.fit.output_scale,
+        "epochs": float(trained.fit.epochs_trained),
+        "best_epoch": float(trained.fit.best_epoch),
+        "batch_size": float(trained.fit.batch_size),
+        "patience": float(trained.fit.patience or 0),
+        "learning_rate": trained.fit.learning_rate,
+        "fit_s": trained.fit.train_seconds,
+        "train_forecaster_s": seconds,
+        "train_windows": float(len(dataset.train)),
+    }
+
+
+def run_growth(args: argparse.Namespace) -> None:
+    """`--growth`: batch and patience scaled to the window count against batch 32, patience 5."""
+    tickers = CsvSource(args.stocks_file).tickers()
+    frames = validate_all(CsvSource(args.stocks_file).download(tickers, None, None).frames).frames
+    as_of = _periods(frames, SP500_HISTORY, SP500_TEST, args.periods, False)
+    universe = Universe("sp500", frames, SP500_HISTORY, as_of)
+    seeds = list(range(42, 42 + args.seeds))
+    started = time.perf_counter()
+    rows = []
+    for day in universe.as_of:
+        dataset = period_dataset(universe, day, RECIPES[DEFAULT])  # one set of windows for all
+        for seed, (variant, growth) in itertools.product(seeds, GROWTH_VARIANTS.items()):
+            score = score_growth(dataset, seed, args.epochs, growth)
+            rows.append({"as_of": day.isoformat(), "seed": seed, "variant": variant} | score)
+            print(
+                f"{day} {seed} {variant:40} ratio {score['ratio']:.5f}  IS95/EWMA "
+                f"{score['interval_score_95_vs_ewma']:.4f}  batch {score['batch_size']:.0f}  "
+                f"patience {score['patience']:.0f}  epochs {score['epochs']:.0f} (best "
+                f"{score['best_epoch']:.0f})  fit {score['fit_s']:.1f}s",
+                flush=True,
+            )
+    table = []
+    for variant in GROWTH_VARIANTS:
+        mine = [r for r in rows if r["variant"] == variant]
+        table.append(
+            {"variant": variant}
+            | {
+                key: statistics.fmean(float(r[key]) for r in mine)
+                for key in (
+                    "ratio",
+                    "interval_score_95_vs_ewma",
+                    "coverage_80",
+                    "coverage_95",
+                    "epochs",
+                    "best_epoch",
+                    "batch_size",
+                    "fit_s",
+                    "train_forecaster_s",
+                )
+            }
+            | {"worst_ratio": max(float(r["ratio"]) for r in mine)}
+        )
+    elapsed = time.perf_counter() - started
+    print(f"\nS&P 500, {len(universe.as_of)} periods x {len(seeds)} seeds, means ({elapsed:.0f}s):")
+    print(
+        f"{'variant':40} {'ratio':>8} {'worst':>8} {'IS95/EWMA':>10} {'cov80':>7} {'cov95':>7} "
+        f"{'batch':>6} {'epochs':>7} {'best':>5} {'fit s':>7} {'train s':>8}"
+    )
+    for e in table:
+        print(
+            f"{e['variant']!s:40} {e['ratio']:>8.5f} {e['worst_ratio']:>8.5f} "
+            f"{e['interval_score_95_vs_ewma']:>10.4f} {e['coverage_80']:>7.1%} "
+            f"{e['coverage_95']:>7.1%} {e['batch_size']:>6.0f} {e['epochs']:>7.1f} "
+            f"{e['best_epoch']:>5.1f} "
+            f"{e['fit_s']:>7.1f} {e['train_forecaster_s']:>8.1f}"
+        )
+    result = {
+        "universe": describe_universes([universe]),
+        "seeds": seeds,
+        "epochs": args.epochs,
+        "table": table,
+        "periods": rows,
+        "load_average_1m": os.getloadavg()[0],
+        "elapsed_s": round(elapsed, 1),
+    }
+    GROWTH_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    GROWTH_RESULTS.write_text(json.dumps(result, indent=2, default=_json) + "\n")
+    print(f"wrote {GROWTH_RESULTS.relative_to(ROOT)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=50, help="max epochs (early stopping on)")
@@ -524,10 +648,20 @@ def main() -> None:
         "--stocks-file", type=Path, default=SHARED, help=f"long-format prices (default {SHARED})"
     )
     parser.add_argument("--quick", action="store_true", help="2 periods, 10 epochs: a smoke run")
+    parser.add_argument(
+        "--growth",
+        action="store_true",
+        help="only the S&P 500 comparison of scale_to_windows (default 2 periods)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.periods, args.epochs, args.seeds = 2, 10, 1
     logging.getLogger("prefect").setLevel(logging.ERROR)
+    if args.growth:
+        if "--periods" not in sys.argv:
+            args.periods = 2
+        run_growth(args)
+        return
     recipes = list(RECIPES.values())
     if args.configs:
         recipes = [recipes[int(i) - 1] for i in args.configs.split(",")]

@@ -7,12 +7,22 @@ Dense(1), Adam, MSE, 50 epochs, batch 32, no early stopping. The number is
 the median wall time of `models.training.fit` over several runs; the
 textbook autograd step is timed too, for comparison.
 
+Keras, side by side: with `--keras-python PATH` (default
+$CLOSECAST_KERAS_PYTHON), an interpreter that has tensorflow and keras (not
+closecast dependencies: e.g. `python3 -m venv /work/keras-venv &&
+/work/keras-venv/bin/pip install tensorflow-cpu keras`), the reference Keras
+code (benchmarks/keras_reference.py) trains the very same windows in a
+subprocess, one run after each run of `fit`, interleaved, so both medians
+come from the same machine state: `speedup_vs_keras` is their ratio. Without
+one, the Keras half is skipped with a note and no ratio is reported.
+
 Universe: 500 synthetic tickers (random walks), close/volume/open windows
 encoded as the default target; windows per second of training at batch 32, 256 and
 1024, with the thread count training picks and with each fixed count.
 
 Usage:
     python benchmarks/train_speed.py [--runs 5] [--json] [--skip-universe]
+                                     [--keras-python /work/keras-venv/bin/python]
 
 Writes benchmarks/results/train_speed.json. With --json the last line of
 output is the same JSON object.
@@ -23,8 +33,12 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +63,7 @@ from tasks.windows import make_windows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_speed.json"
 REFERENCE_ROWS, WINDOW, TRAIN_WINDOWS = 1000, 10, 792
-KERAS_REFERENCE_S = 6.5  # PRODUCT.md §9, measured on the 2-core reference machine
+KERAS_SCRIPT = ROOT / "benchmarks" / "keras_reference.py"
 
 
 def reference_tensors() -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
@@ -69,20 +83,107 @@ def reference_tensors() -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, .
     return train, validation
 
 
-def time_reference(runs: int, fused_step: bool) -> list[float]:
-    """Wall seconds of `fit` on the reference scenario, one per run."""
-    train, validation = reference_tensors()
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+def time_fit(train: Split, validation: Split, fused_step: bool) -> float:
+    """Wall seconds of one `fit` on the reference scenario, from a freshly seeded model."""
     settings = FitSettings(
         epochs=50, batch_size=32, patience=None, grad_clip=1.0, seed=0, fused_step=fused_step
     )
-    times = []
-    for _ in range(runs):
-        seed_everything(0)
-        model = LSTMForecaster(LSTMConfig(hidden_size=32, dropout=0.2), n_features=1)
-        started = time.perf_counter()
-        fit(model, train, validation, settings)
-        times.append(time.perf_counter() - started)
-    return times
+    seed_everything(0)
+    model = LSTMForecaster(LSTMConfig(hidden_size=32, dropout=0.2), n_features=1)
+    started = time.perf_counter()
+    fit(model, train, validation, settings)
+    return time.perf_counter() - started
+
+
+class KerasReference:
+    """benchmarks/keras_reference.py under another interpreter, one timed fit per `run()`."""
+
+    def __init__(self, python: str, train: Split, validation: Split, folder: Path) -> None:
+        data = folder / "reference_windows.npz"
+        np.savez(
+            data,
+            x_train=train[0].numpy(),
+            y_train=train[1].numpy(),
+            x_val=validation[0].numpy(),
+            y_val=validation[1].numpy(),
+        )
+        # TensorFlow's start-up banners go to a file, shown only if the subprocess fails.
+        self.stderr = (folder / "keras_stderr.txt").open("w+")
+        self.process = subprocess.Popen(
+            [python, str(KERAS_SCRIPT), str(data)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
+        reply = self._reply()
+        self.versions = {k: v for k, v in reply.items() if k != "ready"}
+        self.runs = 0
+
+    def _reply(self) -> dict[str, object]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            self.stderr.seek(0)
+            raise RuntimeError(
+                f"the Keras reference exited ({self.process.wait()}):\n{self.stderr.read()[-3000:]}"
+            )
+        reply: dict[str, object] = json.loads(line)
+        return reply
+
+    def run(self) -> float:
+        """Wall seconds of one Keras `model.fit` of the reference scenario."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"run {self.runs}\n")
+        self.process.stdin.flush()
+        self.runs += 1
+        return float(self._reply()["train_s"])  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self.stderr.close()
+
+
+@contextmanager
+def keras_reference(
+    python: str | None, train: Split, validation: Split
+) -> Iterator[KerasReference | None]:
+    """The Keras subprocess, or None (with a note) when no interpreter was given."""
+    if not python:
+        print(
+            "note: Keras half skipped (no --keras-python and no $CLOSECAST_KERAS_PYTHON): "
+            "no speedup_vs_keras. E.g. python3 -m venv /work/keras-venv && "
+            "/work/keras-venv/bin/pip install tensorflow-cpu keras"
+        )
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="closecast-keras-") as folder:
+        reference = KerasReference(python, train, validation, Path(folder))
+        try:
+            yield reference
+        finally:
+            reference.close()
+
+
+def time_reference(
+    runs: int, keras_python: str | None
+) -> tuple[list[float], list[float], dict[str, object]]:
+    """Seconds of `fit` and of the Keras reference, run after run, interleaved."""
+    train, validation = reference_tensors()
+    ours: list[float] = []
+    keras: list[float] = []
+    with keras_reference(keras_python, train, validation) as reference:
+        for _ in range(runs):
+            ours.append(time_fit(train, validation, fused_step=True))
+            if reference is not None:
+                keras.append(reference.run())
+        versions = reference.versions if reference is not None else {}
+    return ours, keras, versions
 
 
 def synthetic_universe(tickers: int, days: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,10 +226,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="reference runs (median reported)")
     parser.add_argument("--json", action="store_true", help="print the JSON result last")
     parser.add_argument("--skip-universe", action="store_true", help="reference scenario only")
+    parser.add_argument(
+        "--keras-python",
+        default=os.environ.get("CLOSECAST_KERAS_PYTHON"),
+        help="an interpreter with tensorflow and keras, to time the Keras reference side by "
+        "side (default $CLOSECAST_KERAS_PYTHON; none: skipped)",
+    )
     args = parser.parse_args()
 
-    fused = time_reference(args.runs, fused_step=True)
-    autograd = time_reference(max(1, min(args.runs, 3)), fused_step=False)
+    try:
+        fused, keras, keras_versions = time_reference(args.runs, args.keras_python)
+    except (OSError, RuntimeError) as exc:
+        sys.exit(f"the Keras reference failed ({args.keras_python}): {exc}")
+    train, validation = reference_tensors()
+    autograd = [time_fit(train, validation, False) for _ in range(max(1, min(args.runs, 3)))]
     result: dict[str, object] = {
         "scenario": "^GSPC first 1000 closes, 990 windows x 10, 792 train, minmax_close, "
         "hidden 32, 50 epochs, batch 32, no early stopping",
@@ -136,8 +247,12 @@ def main() -> None:
         "train_s": [round(t, 3) for t in fused],
         "autograd_median_train_s": round(statistics.median(autograd), 3),
         "autograd_train_s": [round(t, 3) for t in autograd],
-        "keras_reference_s": KERAS_REFERENCE_S,
-        "speedup_vs_keras": round(KERAS_REFERENCE_S / statistics.median(fused), 2),
+        "keras_median_train_s": round(statistics.median(keras), 3) if keras else None,
+        "keras_train_s": [round(t, 3) for t in keras],
+        "speedup_vs_keras": (
+            round(statistics.median(keras) / statistics.median(fused), 2) if keras else None
+        ),
+        "keras_versions": keras_versions,
         "threads": training_threads(32, 32),
         "cpu_count": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
@@ -150,7 +265,13 @@ def main() -> None:
         f"  autograd step  {result['autograd_median_train_s']:>7.3f}   "
         f"runs {result['autograd_train_s']}"
     )
-    print(f"  keras (ref.)   {KERAS_REFERENCE_S:>7.3f}   speedup {result['speedup_vs_keras']}x")
+    if keras:
+        print(
+            f"  keras (ref.)   {result['keras_median_train_s']:>7.3f}   runs {result['keras_train_s']}"
+            f"   (interleaved with the fused runs)"
+        )
+        print(f"  speedup vs keras: {result['speedup_vs_keras']}x (ratio of the medians)")
+    print(f"  load average (1 min): {result['load_average_1m']}")
 
     if not args.skip_universe:
         inputs, targets = synthetic_universe(500, 300)

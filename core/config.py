@@ -199,6 +199,15 @@ class TrainConfig(_Strict):
     learning_rate: float = Field(
         default=1e-3, gt=0, le=1, description="Adam learning rate, e.g. 0.001."
     )
+    growth_windows: int | None = Field(
+        default=50_000,
+        ge=1,
+        description="Training windows batch_size and patience are meant for, e.g. 50000: from "
+        "twice as many on, each doubling of the windows doubles the batch (at most 32-fold) and "
+        "raises the learning rate √2-fold, and early stopping waits as many windows as patience "
+        "epochs of twice this many (at least 2 epochs); null keeps batch_size and patience. "
+        "See benchmarks/README.md.",
+    )
     patience: int = Field(
         default=5,
         ge=1,

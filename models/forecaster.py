@@ -22,8 +22,8 @@ from models.uncertainty import (
     Calibration,
     ScaleModel,
     close_intervals,
+    last_scale_features,
     predict_scale,
-    scale_features,
 )
 
 # 2: intervals (scale + calibration) and the window's columns; 1 (point only) still loads.
@@ -47,6 +47,8 @@ OUTPUT_COLUMNS = {
     "message": "string",
 }
 FORECAST_COLUMNS = ("predicted_close", *INTERVAL_COLUMNS)
+# Windows encoded at a time (each window is encoded on its own, so any chunk gives the same).
+ENCODE_CHUNK = 65_536
 
 
 def prediction_table(forecasts: dict[str, dict[str, float]], issues: Issues) -> pd.DataFrame:
@@ -96,7 +98,7 @@ def window_scale_inputs(
 ) -> np.ndarray:
     """HAR regressors at each window's last day, (N, T, C) -> (N, 2·len(spans))."""
     close, high, low = (windows[:, :, columns.index(c)] for c in ("close", "high", "low"))
-    return scale_features(close, high, low, spans)[:, -1, :]  # (N, T, 2S) -> (N, 2S)
+    return last_scale_features(close, high, low, spans)  # (N, T) each -> (N, 2S)
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,22 @@ class Forecaster:
                 outputs.append(self.module(batch).numpy())  # (b,)
         return np.concatenate(outputs) if outputs else np.empty(0, dtype=np.float32)
 
-    def predict_windows(self, windows: np.ndarray, tickers: np.ndarray) -> np.ndarray:
-        """Predict the next close of raw windows (N, T, C) of tickers (N,) -> closes (N,)."""
-        features = windows[:, :, : len(self.features)]  # (N, T, C) -> (N, T, F)
-        bounds = self.window_bounds(tickers)
-        encoded = self.predict_encoded(self.encoding.inputs(features, bounds))
-        return self.encoding.decode(encoded, features, bounds)
+    def predict_windows(
+        self, windows: np.ndarray, tickers: np.ndarray, chunk: int = ENCODE_CHUNK
+    ) -> np.ndarray:
+        """Predict the next close of raw windows (N, T, C) of tickers (N,) -> closes (N,).
+
+        `chunk` windows at a time: encoding works in float64 on every window
+        at once, a few hundred MB for a universe's training windows.
+        """
+        closes = np.empty(len(windows))
+        for start in range(0, len(windows), chunk):
+            rows = slice(start, start + chunk)
+            features = windows[rows, :, : len(self.features)]  # (n, T, C) -> (n, T, F)
+            bounds = self.window_bounds(tickers[rows])
+            encoded = self.predict_encoded(self.encoding.inputs(features, bounds))
+            closes[rows] = self.encoding.decode(encoded, features, bounds)
+        return closes
 
     def predict_distribution(
         self, windows: np.ndarray, tickers: np.ndarray

@@ -5,28 +5,42 @@ a step's time is per-operation overhead, not arithmetic: autograd records
 and replays every op, `nn.LSTM`'s oneDNN kernels carry a fixed cost per
 call, and `torch.optim.Adam` and `clip_grad_norm_` add Python work over six
 parameters. This step computes the same numbers (to float rounding) with
-about 165 plain tensor ops:
+NumPy ufuncs and matrix products on preallocated arrays: at these sizes a
+NumPy call costs ~0.5 µs against ~1.5-6 µs for the same torch op (torch's
+`tanh` on a (32, 32) block: 5.7 µs), so the whole step takes two thirds of
+the CPU time of the same arithmetic in torch ops (benchmarks/README.md):
 
-- forward: the input projection of every time step in one matmul, then per
-  step one matmul and six elementwise ops into buffers allocated once per
-  batch shape;
+- every array is feature-major, (rows, B): each gate's (H, B) block is
+  contiguous, so no elementwise op walks strided memory;
+- forward, per time step: one product [W_ih | b | W_hh] @ [x_t; 1; h_{t-1}]
+  (input projection, bias and recurrence at once), one `tanh` that
+  activates all four gates (σ(z) = ½·tanh(z/2) + ½, with the ½ folded into
+  the weights' rows) and nine more elementwise ops;
 - backward through time: the local derivatives of all steps in a few
-  vectorised ops, then per step one matmul and four elementwise ops; the
-  weight gradients of all steps in two matmuls;
-- clipping and Adam: a handful of ops on one flat buffer that the module's
+  vectorised ops, then per step one product and five elementwise ops; the
+  weight gradients of all steps in one batched product and a sum;
+- clipping and Adam: a dozen ops on one flat buffer that the module's
   parameters are views of, so the module always holds the current weights.
 
-The dropout mask is drawn exactly as `nn.Dropout` draws it, so with the same
-seed this step and autograd + `torch.optim.Adam` give the same weights
-(tests/models/test_training.py checks both gradients and whole fits).
+Matrix products run in NumPy's BLAS: `models.training.torch_threads` gives
+it the training thread count.
+
+The dropout mask is drawn exactly as `nn.Dropout` draws it (torch's RNG), so
+with the same seed this step and autograd + `torch.optim.Adam` give the same
+weights (tests/models/test_training.py checks both gradients and whole fits).
 """
 
 import math
 
+import numpy as np
 import torch
 
 from models.lstm import LSTMForecaster
 
+# NumPy's functions bound once and handed `out` by position: ~70 ns a call less than
+# `np.multiply(..., out=...)`, and a step makes ~200 calls.
+_mul, _add, _sub, _div = np.multiply, np.add, np.subtract, np.divide
+_tanh, _sqrt, _matmul = np.tanh, np.sqrt, np.matmul
 _BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which the autograd path uses
 _EPS = 1e-8
 
@@ -34,60 +48,72 @@ _EPS = 1e-8
 class _Buffers:
     """Work arrays for one (batch, window, features) shape, and the per-step views of them.
 
-    Cutting a view costs about as much as a small op, so every view the time
-    loops use is cut once here rather than on every step.
+    Feature-major: a step's gates are (4H, B), so each gate i, f, g, o is a
+    contiguous (H, B) block and every elementwise op runs on contiguous
+    memory. Cutting a view costs about as much as a small op, so every view
+    the time loops use is cut once here rather than on every step.
     """
 
-    def __init__(self, batch: int, steps: int, features: int, hidden: int, device: torch.device):
-        def new(*shape: int) -> torch.Tensor:
-            return torch.zeros(shape, device=device)
+    def __init__(self, batch: int, steps: int, features: int, hidden: int) -> None:
+        def new(*shape: int) -> np.ndarray:
+            return np.zeros(shape, dtype=np.float32)
 
-        h = hidden
-        self.x = new(steps, batch, features)  # (T, B, F) the batch, time-major
-        self.gates = new(steps, batch, 4 * h)  # (T, B, 4H) pre-activations i, f, g, o
-        self.acts = new(steps, batch, 4 * h)  # (T, B, 4H) activated gates
-        self.cells = new(steps + 1, batch, h)  # (T + 1, B, H), cells[0] = 0
-        self.hidden = new(steps + 1, batch, h)  # (T + 1, B, H), hidden[0] = 0
-        self.tanh_cells = new(steps, batch, h)  # (T, B, H)
+        h, k = hidden, features + 1 + hidden
+        # Step t's input to the gates: x_t, a row of ones (the bias) and h_{t-1}; the
+        # hidden rows of slot t + 1 are where step t writes h_t (slot 0: h_0 = 0).
+        self.inputs = new(steps + 1, k, batch)  # (T + 1, F + 1 + H, B)
+        self.inputs[:, features, :] = 1.0
+        self.x = self.inputs[:steps, :features, :]  # (T, F, B)
+        self.gates = new(steps, 4 * h, batch)  # (T, 4H, B) scaled pre-activations (see step)
+        self.acts = new(steps, 4 * h, batch)  # (T, 4H, B) activated gates i, f, g, o
+        self.cells = new(steps + 1, h, batch)  # (T + 1, H, B), cells[0] = 0
+        self.tanh_cells = new(steps, h, batch)  # (T, H, B)
+        self.scratch = new(h, batch)  # (H, B)
         # d loss / d pre-activation per unit of d cell (i, f, g) or d hidden (o)
-        self.local = new(steps, batch, 4 * h)  # (T, B, 4H)
-        self.carry = new(steps, batch, h)  # (T, B, H) d cell / d hidden through tanh(C)
-        self.d_gates = new(steps, batch, 4 * h)  # (T, B, 4H)
-        self.d_cell = new(batch, h)  # (B, H)
-        self.d_hidden = new(batch, h)  # (B, H)
-        self.slope = new(steps, batch, 4 * h)  # (T, B, 4H) σ' of every gate
+        self.local = new(steps, 4 * h, batch)  # (T, 4H, B)
+        self.carry = new(steps, h, batch)  # (T, H, B) d cell / d hidden through tanh(C)
+        self.d_gates = new(steps, 4 * h, batch)  # (T, 4H, B)
+        self.d_cell = new(h, batch)  # (H, B)
+        self.d_hidden = new(h, batch)  # (H, B)
+        self.slope = new(steps, 4 * h, batch)  # (T, 4H, B) σ' of every gate
+        self.square = new(steps, h, batch)  # (T, H, B)
+        self.per_step_grads = new(steps, 4 * h, k)  # (T, 4H, F + 1 + H)
+        self.prediction = new(1, batch)  # (1, B)
+        self.d_out = new(1, batch)  # (1, B)
+        # nn.Dropout's mask comes from torch's RNG: drawn (B, H) into a tensor this array shares.
+        self.mask_tensor = torch.zeros(batch, h)  # (B, H)
+        self.mask = self.mask_tensor.numpy().T  # (B, H) -> (H, B) view
+        self.dropped = new(h, batch)  # (H, B) the last hidden state after dropout
+        self.last = self.inputs[steps, features + 1 :, :]  # (H, B) h_T
 
-        i, f, g, o = self.acts.split(h, dim=-1)  # (T, B, 4H) -> 4 × (T, B, H)
-        self.i, self.f, self.g, self.o = i, f, g, o
-        g_pre = self.gates[..., 2 * h : 3 * h]  # (T, B, H)
-        d_ifg = self.d_gates[..., : 3 * h].unflatten(-1, (3, h))  # (T, B, 3, H)
-        l_ifg = self.local[..., : 3 * h].unflatten(-1, (3, h))  # (T, B, 3, H)
-        l_o = self.local[..., 3 * h :]  # (T, B, H)
-        d_o = self.d_gates[..., 3 * h :]  # (T, B, H)
-        c, hs = self.cells, self.hidden
+        a = self.acts
+        self.i, self.f, self.g, self.o = (a[:, j * h : (j + 1) * h] for j in range(4))  # (T, H, B)
+        self.if_ = a[:, : 2 * h]  # (T, 2H, B) σ gates, with o
+        hidden_rows = self.inputs[:, features + 1 :, :]  # (T + 1, H, B)
+        c = self.cells
         # Per step t, in the order the loops use them.
         self.forward_views = [
             (
-                *(self.gates[t], hs[t], self.acts[t], g_pre[t], g[t], f[t]),
-                *(c[t], c[t + 1], i[t], self.tanh_cells[t], o[t], hs[t + 1]),
+                *(self.inputs[t], self.gates[t], a[t], self.if_[t], self.o[t], self.f[t], c[t]),
+                *(c[t + 1], self.i[t], self.g[t], self.tanh_cells[t], hidden_rows[t + 1]),
             )
             for t in range(steps)
         ]
+        l_ifg = self.local[:, : 3 * h].reshape(steps, 3, h, batch)  # (T, 3, H, B) view
+        d_ifg = self.d_gates[:, : 3 * h].reshape(steps, 3, h, batch)  # (T, 3, H, B) view
+        l_o, d_o = self.local[:, 3 * h :], self.d_gates[:, 3 * h :]  # (T, H, B)
         self.backward_views = [
-            (self.carry[t], l_ifg[t], d_ifg[t], l_o[t], d_o[t], f[t], self.d_gates[t])
+            (self.carry[t], l_ifg[t], d_ifg[t], l_o[t], d_o[t], self.f[t], self.d_gates[t])
             for t in reversed(range(steps))
         ]
-        self.d_cell_3 = self.d_cell.unsqueeze(1)  # (B, H) -> (B, 1, H), broadcast over i, f, g
-        self.x_2d = self.x.view(steps * batch, features)  # (T·B, F)
-        self.gates_2d = self.gates.view(steps * batch, 4 * h)  # (T·B, 4H)
-        self.d_gates_2d = self.d_gates.view(steps * batch, 4 * h)  # (T·B, 4H)
-        self.hidden_2d = hs[:steps].view(steps * batch, h)  # h_{t-1} of every step, (T·B, H)
-        self.slope_parts = self.slope.split(h, dim=-1)
-        self.local_parts = self.local.split(h, dim=-1)
+        self.d_cell_3 = self.d_cell[None]  # (H, B) -> (1, H, B), broadcast over i, f, g
+        self.slope_parts = np.split(self.slope, 4, axis=1)
+        self.local_parts = np.split(self.local, 4, axis=1)
+        self.step_inputs_t = self.inputs[:steps].transpose(0, 2, 1)  # (T, B, F + 1 + H) view
 
 
 class FusedLSTMStep:
-    """Adam steps on MSE for a one-layer `LSTMForecaster`, by hand, on its device.
+    """Adam steps on MSE for a one-layer `LSTMForecaster` on the CPU, by hand.
 
     The module's parameters become views of one flat buffer for as long as
     this object trains them; `release()` gives them their own storage back.
@@ -106,23 +132,37 @@ class FusedLSTMStep:
         ]
         if len(list(model.parameters())) != len(self.params):
             raise ValueError("the fused step expects exactly the LSTM and head parameters")
+        if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in self.params):
+            raise ValueError("the fused step trains float32 parameters on the CPU")
         self.model = model
-        self.hidden_size = model.config.hidden_size
+        self.hidden_size = h = model.config.hidden_size
         self.dropout = model.config.dropout
         self.learning_rate = learning_rate
         self.grad_clip = grad_clip
         with torch.no_grad():
             self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])  # (P,)
-        self.grad = torch.zeros_like(self.flat)
-        self.exp_avg = torch.zeros_like(self.flat)
-        self.exp_avg_sq = torch.zeros_like(self.flat)
-        self.steps = 0
         sizes = [p.numel() for p in self.params]
         for p, view in zip(self.params, self.flat.split(sizes), strict=True):
             p.data = view.view_as(p)
+        self.flat_np = self.flat.numpy()  # the same memory
+        self.weights = [p.detach().numpy() for p in self.params]  # views of flat_np
+        self.grad = torch.zeros_like(self.flat)  # (P,) the gradient that Adam applies
+        self.grad_np = self.grad.numpy()
         self.grads = [
-            g.view_as(p) for p, g in zip(self.params, self.grad.split(sizes), strict=True)
+            g.reshape(p.shape)
+            for p, g in zip(self.params, np.split(self.grad_np, np.cumsum(sizes)[:-1]), strict=True)
         ]
+        self.exp_avg = np.zeros_like(self.flat_np)
+        self.exp_avg_sq = np.zeros_like(self.flat_np)
+        self.adam_scratch = np.zeros_like(self.flat_np)
+        self.steps = 0
+        # Per gate unit (i, f, g, o): ½ for the σ gates, whose pre-activations tanh sees halved.
+        self.half = np.full((4 * h, 1), 0.5, dtype=np.float32)  # (4H, 1)
+        self.half[2 * h : 3 * h] = 1.0
+        features = model.n_features
+        # [W_ih | b_ih + b_hh | W_hh], rows scaled by `half`: (4H, F + 1 + H)
+        self.gate_weights = np.zeros((4 * h, features + 1 + h), dtype=np.float32)
+        self.bias = np.zeros(4 * h, dtype=np.float32)  # b_ih + b_hh, (4H,)
         self._buffers: dict[tuple[int, int, int], _Buffers] = {}
 
     def release(self) -> None:
@@ -133,90 +173,121 @@ class FusedLSTMStep:
     def _buffers_for(self, batch: int, steps: int, features: int) -> _Buffers:
         key = (batch, steps, features)
         if key not in self._buffers:
-            self._buffers[key] = _Buffers(
-                batch, steps, features, self.hidden_size, self.flat.device
-            )
+            self._buffers[key] = _Buffers(batch, steps, features, self.hidden_size)
         return self._buffers[key]
 
-    @torch.no_grad()
-    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """One Adam step on a batch; returns the batch's summed squared error (a 0-d tensor).
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        """One Adam step on a batch; returns the batch's summed squared error.
 
         Args:
             inputs: windows, shape (B, T, F).
             targets: shape (B,).
         """
-        batch, steps, features = inputs.shape
+        x_in, y = inputs.numpy(), targets.numpy()  # (B, T, F), (B,): no copies
+        batch, steps, features = x_in.shape
         buf = self._buffers_for(batch, steps, features)
-        w_ih, w_hh, b_ih, b_hh, w_head, b_head = self.params
-        g_ih, g_hh, g_bih, g_bhh, g_head, g_bhead = self.grads
+        w_ih, w_hh, b_ih, b_hh, w_head, b_head = self.weights
 
-        # Forward; gate blocks along the last axis are i, f, g, o (nn.LSTM's order).
-        buf.x.copy_(inputs.transpose(0, 1))  # (B, T, F) -> (T, B, F)
-        torch.addmm(b_ih + b_hh, buf.x_2d, w_ih.t(), out=buf.gates_2d)  # (T·B, F) -> (T·B, 4H)
-        w_hh_t = w_hh.t()  # (4H, H) -> (H, 4H)
-        for gates, h_prev, acts, g_pre, g, f, c_prev, c, i, tanh_c, o, h in buf.forward_views:
-            gates.addmm_(h_prev, w_hh_t)  # (B, H) @ (H, 4H) -> (B, 4H)
-            torch.sigmoid(gates, out=acts)  # g's sigmoid is overwritten next
-            torch.tanh(g_pre, out=g)
-            torch.mul(f, c_prev, out=c)
-            c.addcmul_(i, g)
-            torch.tanh(c, out=tanh_c)
-            torch.mul(o, tanh_c, out=h)
-        last = buf.hidden[steps]  # (B, H)
+        # Forward. The gates' weights [W_ih | b_ih + b_hh | W_hh], rows scaled by ½ for the
+        # σ gates: σ(z) = ½·tanh(z/2) + ½, so one tanh activates all four gates.
+        weights, half = self.gate_weights, self.half
+        _mul(w_ih, half, weights[:, :features])  # (4H, F)
+        _add(b_ih, b_hh, self.bias)
+        _mul(self.bias, half[:, 0], weights[:, features])  # (4H,)
+        _mul(w_hh, half, weights[:, features + 1 :])  # (4H, H)
+        np.copyto(buf.x, x_in.transpose(1, 2, 0))  # (B, T, F) -> (T, F, B)
+        scratch = buf.scratch
+        for step_in, gates, acts, if_, o, f, c_prev, c, i, g, tanh_c, h_next in buf.forward_views:
+            _matmul(weights, step_in, gates)  # (4H, F + 1 + H) @ (F + 1 + H, B) -> (4H, B)
+            _tanh(gates, acts)
+            _mul(if_, 0.5, if_)  # σ = ½·tanh + ½ for i, f and o
+            _add(if_, 0.5, if_)
+            _mul(o, 0.5, o)
+            _add(o, 0.5, o)
+            _mul(f, c_prev, c)
+            _mul(i, g, scratch)
+            _add(c, scratch, c)
+            _tanh(c, tanh_c)
+            _mul(o, tanh_c, h_next)
+        last = buf.last  # (H, B)
         mask = None
         if self.dropout > 0:
             # The draw nn.Dropout makes on a CPU tensor: same RNG use, same mask.
-            mask = torch.empty_like(last).bernoulli_(1 - self.dropout).div_(1 - self.dropout)
-            last = last * mask
-        prediction = torch.addmm(b_head, last, w_head.t()).squeeze(1)  # (B, H) -> (B, 1) -> (B,)
-        error = prediction - targets  # (B,)
-        d_out = (error * (2.0 / batch)).unsqueeze(1)  # d mean((pred - y)²) / d pred, (B, 1)
+            buf.mask_tensor.bernoulli_(1 - self.dropout).div_(1 - self.dropout)
+            mask = buf.mask
+            last = _mul(last, mask, buf.dropped)
+        _matmul(w_head, last, buf.prediction)  # (1, H) @ (H, B) -> (1, B)
+        error = buf.prediction[0]  # (B,), in place
+        error += b_head
+        error -= y
+        d_out = _mul(buf.prediction, 2.0 / batch, buf.d_out)  # d mean(error²), (1, B)
 
         # Local derivatives of every step at once.
-        i, g, o, tanh_c = buf.i, buf.g, buf.o, buf.tanh_cells
-        torch.addcmul(buf.acts, buf.acts, buf.acts, value=-1, out=buf.slope)  # σ' = σ - σ²
+        i, g, o, tanh_c, square = buf.i, buf.g, buf.o, buf.tanh_cells, buf.square
+        _mul(buf.acts, buf.acts, buf.slope)
+        _sub(buf.acts, buf.slope, buf.slope)  # σ' = σ - σ²
         s_i, s_f, _, s_o = buf.slope_parts
         l_i, l_f, l_g, l_o = buf.local_parts
-        torch.mul(s_i, g, out=l_i)
-        torch.mul(s_f, buf.cells[:steps], out=l_f)
-        torch.addcmul(i, i * g, g, value=-1, out=l_g)  # i·(1 - g²)
-        torch.mul(s_o, tanh_c, out=l_o)
-        torch.addcmul(o, o * tanh_c, tanh_c, value=-1, out=buf.carry)  # o·(1 - tanh²C)
+        _mul(s_i, g, l_i)
+        _mul(s_f, buf.cells[:steps], l_f)
+        _mul(g, g, square)
+        _sub(i, _mul(i, square, square), l_g)  # i·(1 - g²)
+        _mul(s_o, tanh_c, l_o)
+        _mul(tanh_c, tanh_c, square)
+        _sub(o, _mul(o, square, square), buf.carry)  # o·(1 - tanh²C)
 
         # Backward through time.
-        torch.mm(d_out.t(), last, out=g_head)  # (1, B) @ (B, H) -> (1, H)
-        torch.sum(d_out, 0, out=g_bhead)
+        g_ih, g_hh, g_bih, g_bhh, g_head, g_bhead = self.grads
+        _matmul(d_out, last.T, g_head)  # (1, B) @ (B, H) -> (1, H)
+        g_bhead[0] = d_out.sum()
         d_hidden, d_cell = buf.d_hidden, buf.d_cell
-        torch.mm(d_out, w_head, out=d_hidden)  # (B, 1) @ (1, H) -> (B, H)
+        _mul(w_head.T, d_out, d_hidden)  # (H, 1) × (1, B) -> (H, B)
         if mask is not None:
-            d_hidden.mul_(mask)
-        d_cell.zero_()
+            _mul(d_hidden, mask, d_hidden)
+        d_cell.fill(0.0)
+        w_hh_t = w_hh.T  # (4H, H) -> (H, 4H)
         for t, (carry, l_ifg, d_ifg, l_o, d_o, f, d_gates) in enumerate(buf.backward_views):
-            d_cell.addcmul_(d_hidden, carry)
-            torch.mul(buf.d_cell_3, l_ifg, out=d_ifg)  # (B, 1, H) × (B, 3, H)
-            torch.mul(d_hidden, l_o, out=d_o)
+            _mul(d_hidden, carry, scratch)
+            _add(d_cell, scratch, d_cell)
+            _mul(buf.d_cell_3, l_ifg, d_ifg)  # (1, H, B) × (3, H, B)
+            _mul(d_hidden, l_o, d_o)
             if t < steps - 1:  # the carries into step 0 are unused
-                d_cell.mul_(f)
-                torch.mm(d_gates, w_hh, out=d_hidden)  # (B, 4H) @ (4H, H) -> (B, H)
-        torch.mm(buf.d_gates_2d.t(), buf.hidden_2d, out=g_hh)  # (4H, T·B) @ (T·B, H)
-        torch.mm(buf.d_gates_2d.t(), buf.x_2d, out=g_ih)  # (4H, T·B) @ (T·B, F)
-        torch.sum(buf.d_gates_2d, 0, out=g_bih)
-        g_bhh.copy_(g_bih)
+                _mul(d_cell, f, d_cell)
+                _matmul(w_hh_t, d_gates, d_hidden)  # (H, 4H) @ (4H, B) -> (H, B)
+        # Σ_t d_gates_t @ [x_t; 1; h_{t-1}]ᵀ: (T, 4H, B) @ (T, B, F + 1 + H) -> (4H, F + 1 + H)
+        _matmul(buf.d_gates, buf.step_inputs_t, buf.per_step_grads)
+        total = buf.per_step_grads.sum(axis=0)  # (T, 4H, K) -> (4H, K)
+        np.copyto(g_ih, total[:, :features])
+        np.copyto(g_bih, total[:, features])
+        np.copyto(g_bhh, total[:, features])
+        np.copyto(g_hh, total[:, features + 1 :])
 
         self._clip_and_update()
-        return torch.dot(error, error)
+        return float(np.dot(error, error))
 
     def _clip_and_update(self) -> None:
         """clip_grad_norm_ then Adam, the arithmetic of torch's own, on the flat buffer."""
+        grad, scratch = self.grad_np, self.adam_scratch
         if self.grad_clip is not None:
-            norm = torch.linalg.vector_norm(self.grad)
-            self.grad.mul_(torch.clamp(self.grad_clip / (norm + 1e-6), max=1.0))
+            norm = math.sqrt(float(np.dot(grad, grad)))
+            coefficient = self.grad_clip / (norm + 1e-6)
+            if coefficient < 1.0:
+                _mul(grad, np.float32(coefficient), grad)
         beta1, beta2 = _BETAS
         self.steps += 1
-        self.exp_avg.lerp_(self.grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(self.grad, self.grad, value=1 - beta2)
+        # exp_avg.lerp_(grad, 1 - β1); exp_avg_sq = β2·exp_avg_sq + (1 - β2)·grad²
+        _sub(grad, self.exp_avg, scratch)
+        _mul(scratch, 1 - beta1, scratch)
+        _add(self.exp_avg, scratch, self.exp_avg)
+        _mul(self.exp_avg_sq, beta2, self.exp_avg_sq)
+        _mul(grad, grad, scratch)
+        _mul(scratch, 1 - beta2, scratch)
+        _add(self.exp_avg_sq, scratch, self.exp_avg_sq)
         bias_correction1 = 1 - beta1**self.steps
         bias_correction2_sqrt = math.sqrt(1 - beta2**self.steps)
-        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(_EPS)
-        self.flat.addcdiv_(self.exp_avg, denom, value=-self.learning_rate / bias_correction1)
+        _sqrt(self.exp_avg_sq, scratch)
+        _div(scratch, bias_correction2_sqrt, scratch)
+        _add(scratch, _EPS, scratch)  # denominator
+        _div(self.exp_avg, scratch, scratch)
+        _mul(scratch, self.learning_rate / bias_correction1, scratch)
+        _sub(self.flat_np, scratch, self.flat_np)

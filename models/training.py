@@ -8,10 +8,12 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from functools import cache
 from typing import Protocol
 
 import torch
+from threadpoolctl import ThreadpoolController
 from torch import nn
 from torch.nn import functional as F
 
@@ -30,6 +32,10 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 _PARALLEL_MIN_GATE_ELEMENTS = 1024 * 4 * 32  # batch · 4 · hidden
 # One-sided 95% normal quantile: a shrink factor must clear chance at that level.
 SHRINK_Z = 1.645
+# The most `scale_to_windows` multiplies the batch by: beyond it is beyond what was measured.
+MAX_BATCH_GROWTH = 32
+# The fewest epochs without improvement early stopping waits, however many windows an epoch has.
+MIN_PATIENCE = 2
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,12 +80,47 @@ class FitResult:
     epochs_trained: int = 0
     train_seconds: float = 0.0
     output_scale: float = 1.0  # the shrink factor applied after training (1: none)
+    # What training used (`scale_to_windows` may change the configured values).
+    batch_size: int = 0
+    learning_rate: float = 0.0
+    patience: int | None = None
+
+
+def scale_to_windows(settings: FitSettings, windows: int, per_batch: int | None) -> FitSettings:
+    """Fewer, larger steps and a shorter wait for many training windows.
+
+    From 2 × `per_batch` windows on, each doubling of `windows` doubles the
+    batch (at most MAX_BATCH_GROWTH-fold) and raises the learning rate √2-fold
+    (the square-root rule for Adam), and early stopping counts its patience
+    in epochs of 2 × `per_batch` windows: it waits ⌈patience · 2·per_batch /
+    windows⌉ epochs (at least MIN_PATIENCE, at most `patience`). An epoch over
+    the S&P 500's 490k windows is then 1.9k steps of 256 instead of 15k of
+    32, at half the cost per window, and training stops 2 epochs after the
+    best instead of 5 (benchmarks/README.md; benchmarks/accuracy.py --growth
+    compares it with batch 32 and patience 5). `per_batch=None` keeps the
+    settings.
+    """
+    if per_batch is None or windows < 2 * per_batch:
+        return settings
+    growth = min(2 ** int(math.log2(windows / per_batch)), MAX_BATCH_GROWTH)
+    patience = settings.patience
+    if patience is not None:
+        patience = min(patience, max(MIN_PATIENCE, math.ceil(patience * 2 * per_batch / windows)))
+    return replace(
+        settings,
+        batch_size=settings.batch_size * growth,
+        learning_rate=settings.learning_rate * math.sqrt(growth),
+        patience=patience,
+    )
 
 
 class Stepper(Protocol):
-    """One optimiser step on a batch, returning the batch's summed squared error."""
+    """One optimiser step on a batch, returning the batch's summed squared error.
 
-    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    A tensor where reading the number would wait for the device, else a float.
+    """
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | float: ...
 
     def release(self) -> None: ...
 
@@ -107,8 +148,9 @@ class AutogradStep:
 
 
 def make_stepper(model: nn.Module, settings: FitSettings) -> Stepper:
-    """The fused step for a one-layer LSTMForecaster on a CPU, autograd otherwise."""
-    on_cpu = next(model.parameters()).device.type == "cpu"
+    """The fused step for a one-layer float32 LSTMForecaster on a CPU, autograd otherwise."""
+    first = next(model.parameters())
+    on_cpu = first.device.type == "cpu" and first.dtype == torch.float32
     if (
         settings.fused_step
         and on_cpu
@@ -126,13 +168,25 @@ def training_threads(batch_size: int, hidden_size: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
+@cache
+def _blas_threads() -> ThreadpoolController:
+    """NumPy's BLAS (OpenBLAS), found once: the fused step's matrix products run in it."""
+    return ThreadpoolController()
+
+
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` intra-op threads, then restore the previous setting."""
+    """Run the block with `count` threads for torch's ops and NumPy's BLAS, then restore both.
+
+    Left alone, OpenBLAS runs a product above ~260k multiply-adds on every
+    core; with another process on the cores its spinning workers made a fit
+    10-20× slower (benchmarks/README.md).
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
-        yield
+        with _blas_threads().limit(limits=count, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(previous)
 
@@ -157,7 +211,7 @@ def train_epoch(
     order = torch.randperm(n, generator=generator).to(inputs.device)
     # One gather per epoch; every batch is then a contiguous slice.
     shuffled_inputs, shuffled_targets = inputs[order], targets[order]  # (N, T, F), (N,)
-    total = torch.zeros((), device=inputs.device)
+    total: torch.Tensor | float = 0.0
     for start in range(0, n, batch_size):
         stop = start + batch_size
         total += stepper.step(shuffled_inputs[start:stop], shuffled_targets[start:stop])
@@ -241,7 +295,11 @@ def fit(
         )
     hidden_size = model.config.hidden_size if isinstance(model, LSTMForecaster) else 0
     threads = training_threads(settings.batch_size, hidden_size)
-    result = FitResult()
+    result = FitResult(
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        patience=settings.patience,
+    )
     started = time.perf_counter()
     with torch_threads(threads):
         generator = seed_everything(settings.seed)

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from core.config import TrainConfig
 from core.errors import PipelineError
 from models.encoding import Encoding
-from models.forecaster import Forecaster, Intervals, window_scale_inputs
+from models.forecaster import ENCODE_CHUNK, Forecaster, Intervals, window_scale_inputs
 from models.lstm import LSTMConfig, LSTMForecaster
 from models.training import (
     EpochCallback,
@@ -21,6 +21,7 @@ from models.training import (
     fit,
     fit_output_scale,
     scale_output,
+    scale_to_windows,
     seed_everything,
 )
 from models.uncertainty import (
@@ -55,10 +56,19 @@ def resolve_device(device: str) -> torch.device:
 def encode_split(
     forecaster: Forecaster, windows: WindowSet, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoded inputs (N, T, F) and targets (N,) of one split, as tensors on `device`."""
-    bounds = forecaster.window_bounds(windows.tickers)
-    inputs = forecaster.encoding.inputs(windows.windows, bounds)
-    targets = forecaster.encoding.targets(windows.next_close, windows.windows, bounds)
+    """Encoded inputs (N, T, F) and targets (N,) of one split, as tensors on `device`.
+
+    Encoded ENCODE_CHUNK windows at a time into the float32 result: each window
+    is encoded on its own, and the float64 work arrays stay small.
+    """
+    n, steps = len(windows), windows.windows.shape[1]
+    inputs = np.empty((n, steps, len(forecaster.features)), dtype=np.float32)
+    targets = np.empty(n, dtype=np.float32)
+    for start in range(0, n, ENCODE_CHUNK):
+        rows = slice(start, start + ENCODE_CHUNK)
+        raw, bounds = windows.windows[rows], forecaster.window_bounds(windows.tickers[rows])
+        inputs[rows] = forecaster.encoding.inputs(raw, bounds)
+        targets[rows] = forecaster.encoding.targets(windows.next_close[rows], raw, bounds)
     return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
 
 
@@ -85,7 +95,9 @@ def train_forecaster(
     )
     train = encode_split(forecaster, dataset.train, device)
     validation = encode_split(forecaster, dataset.validation, device)
-    settings = FitSettings.from_config(config)
+    settings = scale_to_windows(
+        FitSettings.from_config(config), len(dataset.train), config.growth_windows
+    )
     forecaster.module.to(device)
     result = fit(forecaster.module, train, validation, settings, on_epoch_end)
     if config.shrink_output and forecaster.encoding.predicts_return:
@@ -117,15 +129,22 @@ def fit_intervals(forecaster: Forecaster, dataset: Dataset) -> Intervals:
     def inputs(windows: WindowSet) -> np.ndarray:
         return window_scale_inputs(windows.windows, dataset.columns, spans)  # (N, 2·spans)
 
-    scale = fit_scale(inputs(dataset.train), log_returns(dataset.train), spans)
+    train_inputs = inputs(dataset.train)  # once: the scale's fit and its residuals use them
+    scale = fit_scale(train_inputs, log_returns(dataset.train), spans)
 
-    def residuals(windows: WindowSet) -> np.ndarray:  # z = (r − centre) / σ̂, (N,)
+    def residuals(windows: WindowSet, scale_inputs: np.ndarray) -> np.ndarray:  # (N,)
+        """z = (r − centre) / σ̂."""
         point = forecaster.predict_windows(windows.windows, windows.tickers)
         centre = np.log(point / windows.last_close)
-        return (log_returns(windows) - centre) / predict_scale(scale, inputs(windows))
+        return (log_returns(windows) - centre) / predict_scale(scale, scale_inputs)
 
     # Split by split rather than one concatenated copy: windows are the run's largest arrays.
-    z = np.concatenate([residuals(dataset.train), residuals(dataset.validation)])
+    z = np.concatenate(
+        [
+            residuals(dataset.train, train_inputs),
+            residuals(dataset.validation, inputs(dataset.validation)),
+        ]
+    )
     z = z[np.isfinite(z)]
     if len(z) < min_calibration_size():
         return Intervals(scale, normal_calibration())
@@ -159,11 +178,14 @@ def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> Trai
     except TrainingDiverged as exc:
         raise PipelineError(f"training diverged: {exc}") from exc
     get_run_logger().info(
-        "trained %d epochs on %d windows (%s) in %.1fs; best val loss %.5f at epoch %d; "
-        "output scale %.3f",
+        "trained %d epochs on %d windows (%s, batch %d, learning rate %.2g, patience %s) "
+        "in %.1fs; best val loss %.5f at epoch %d; output scale %.3f",
         trained.fit.epochs_trained,
         len(dataset.train),
         trained.device,
+        trained.fit.batch_size,
+        trained.fit.learning_rate,
+        trained.fit.patience,
         trained.fit.train_seconds,
         trained.fit.best_val_loss,
         trained.fit.best_epoch,

@@ -50,8 +50,13 @@ def make_windows(values: np.ndarray, window: int) -> np.ndarray:
             f"series has {len(values)} rows, fewer than the window of {window}: "
             "fetch more history or use a shorter --window"
         )
+    return np.ascontiguousarray(_window_view(values, window))
+
+
+def _window_view(values: np.ndarray, window: int) -> np.ndarray:
+    """make_windows without the copy: a read-only view of `values`, (n, F) -> (n - T + 1, T, F)."""
     view = sliding_window_view(values, window, axis=0)  # (n, F) -> (n - T + 1, F, T)
-    return np.ascontiguousarray(view.transpose(0, 2, 1))  # -> (n - T + 1, T, F)
+    return view.transpose(0, 2, 1)  # -> (n - T + 1, T, F)
 
 
 @dataclass
@@ -69,7 +74,8 @@ class WindowSet:
     def __len__(self) -> int:
         return len(self.windows)
 
-    def select(self, mask: np.ndarray) -> "WindowSet":
+    def select(self, mask: np.ndarray | slice) -> "WindowSet":
+        """The windows a boolean mask picks (copies) or a slice (views)."""
         return WindowSet(
             self.windows[mask],
             self.next_close[mask],
@@ -175,9 +181,11 @@ def next_day_ewma_sigma(close: np.ndarray) -> np.ndarray:
 
 
 def _ticker_windows(ticker: str, frame: pd.DataFrame, window: int) -> WindowSet:
+    """Every window of one ticker that has a next row; the windows are a view of its values
+    (the splits copy them once, into their own arrays)."""
     values = frame.to_numpy(dtype=np.float64)  # (n, C)
     dates = frame.index.to_numpy(dtype="datetime64[ns]")
-    windows = make_windows(values[:-1], window)  # (n - T, T, C): each has a next row
+    windows = _window_view(values[:-1], window)  # (n - T, T, C): each has a next row
     return WindowSet(
         windows=windows,
         next_close=values[window:, 0],
@@ -256,22 +264,35 @@ def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
                 next_day_ewma_sigma(frame["close"].to_numpy(dtype=np.float64))[-1:],
             )
         )
-    all_windows = WindowSet.concat(parts, config.window, len(columns))
-    when = all_windows.target_dates
+    # Each ticker's windows are in date order: a split is a slice of each, and each split is
+    # copied once, straight from the tickers' values (windows are the run's largest arrays).
+    bounds_at = [np.datetime64(val_start), np.datetime64(test_start)]
+    cuts = [np.searchsorted(p.target_dates, bounds_at) for p in parts]  # (2,) per ticker
+    splits = [
+        WindowSet.concat(
+            [p.select(slice(*ends)) for p, ends in zip(parts, ends_of, strict=True)],
+            config.window,
+            len(columns),
+        )
+        for ends_of in (
+            [(0, a) for a, _ in cuts],
+            [(a, b) for a, b in cuts],
+            [(b, len(p)) for p, (_, b) in zip(parts, cuts, strict=True)],
+        )
+    ]
+    trained_on = sorted(str(p.tickers[0]) for p in parts if len(p))
     return Dataset(
         features=tuple(order),
         columns=tuple(columns),
         window=config.window,
         target=config.target,
-        train=all_windows.select(when < np.datetime64(val_start)),
-        validation=all_windows.select(
-            (when >= np.datetime64(val_start)) & (when < np.datetime64(test_start))
-        ),
-        test=all_windows.select(when >= np.datetime64(test_start)),
+        train=splits[0],
+        validation=splits[1],
+        test=splits[2],
         latest=WindowSet.concat(latest, config.window, len(columns)),
         val_start=val_start,
         test_start=test_start,
-        data_sha256=hash_frames({t: frames[t] for t in sorted(set(all_windows.tickers))}),
+        data_sha256=hash_frames({t: frames[t] for t in trained_on}),
         bounds=bounds,
         issues=issues,
     )

@@ -42,6 +42,21 @@ def _rows(tickers: list[str], n: int = 8) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+@pytest.mark.parametrize("target", ["vol_return", "minmax_close"])
+def test_windows_predicted_in_chunks_equal_all_at_once(target: str) -> None:
+    """Encoding and predicting 3 windows at a time gives the same closes (to float32
+    rounding: the LSTM kernels' sums depend on the batch size; the encoding is per window)."""
+    forecaster = _forecaster(target)
+    rng = np.random.default_rng(1)
+    windows = 50 * np.exp(np.cumsum(rng.normal(0, 0.02, (10, 5, 3)), axis=1))  # (N, T, F)
+    tickers = np.array(["AAA", "BBB"] * 5, dtype=object)
+    forecaster.bounds = {"AAA": ([40.0] * 3, [60.0] * 3), "BBB": ([30.0] * 3, [70.0] * 3)}
+    whole = forecaster.predict_windows(windows, tickers)
+    chunked = forecaster.predict_windows(windows, tickers, chunk=3)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+    assert whole.shape == (10,) and np.isfinite(whole).all()
+
+
 def test_statuses_are_the_reports_statuses() -> None:
     """models/ cannot import closecast, so its status strings must match core.statuses."""
     assert forecaster_module.OK == statuses.OK

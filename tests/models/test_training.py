@@ -1,14 +1,18 @@
 """The training loop: fused and autograd steps agree, early stopping, clipping, divergence."""
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
+from threadpoolctl import threadpool_info
 from torch.nn import functional as F
 
 from models.fused_step import FusedLSTMStep
 from models.lstm import LSTMConfig, LSTMForecaster
 from models.training import (
+    MAX_BATCH_GROWTH,
+    MIN_PATIENCE,
     AutogradStep,
     FitSettings,
     TrainingDiverged,
@@ -16,6 +20,7 @@ from models.training import (
     fit_output_scale,
     make_stepper,
     scale_output,
+    scale_to_windows,
     training_threads,
 )
 
@@ -191,6 +196,56 @@ def test_fit_restores_the_thread_count() -> None:
     assert training_threads(32, 32) == 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     assert training_threads(4096, 32) == cores  # large batches use every core
+
+
+def test_fit_limits_numpys_blas_threads_to_the_training_threads() -> None:
+    """The fused step's matrix products run in NumPy's BLAS: while fitting, it gets the
+    training thread count (one at batch 8), and its own setting back afterwards."""
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    during: list[set[int]] = []
+    settings = FitSettings(epochs=2, batch_size=8)
+    fit(_model(1), _data(32, 1), _data(8, 1), settings, lambda *_: during.append(blas_threads()))
+    assert during == [{1}, {1}]
+    assert blas_threads() == before
+
+
+@pytest.mark.parametrize(
+    ("windows", "batch", "learning_rate", "patience"),
+    [
+        (99_999, 32, 1e-3, 5),  # under twice the windows per batch: as configured
+        (100_000, 64, 1e-3 * 2**0.5, 5),
+        (200_000, 128, 1e-3 * 4**0.5, 3),  # 5 epochs of 100k windows: 2.5 epochs, rounded up
+        (487_988, 256, 1e-3 * 8**0.5, 2),  # the S&P 500 universe
+        (10**9, 32 * MAX_BATCH_GROWTH, 1e-3 * MAX_BATCH_GROWTH**0.5, MIN_PATIENCE),
+    ],
+)
+def test_many_windows_take_larger_steps_and_wait_fewer_epochs(
+    windows: int, batch: int, learning_rate: float, patience: int
+) -> None:
+    """Per doubling of the windows beyond 50k, the batch doubles and the rate grows √2-fold;
+    early stopping waits as many windows as 5 epochs of 100k hold, at least 2 epochs."""
+    settings = FitSettings(batch_size=32, learning_rate=1e-3, epochs=7, patience=5)
+    scaled = scale_to_windows(settings, windows, 50_000)
+    assert (scaled.batch_size, scaled.patience, scaled.epochs) == (batch, patience, 7)
+    assert scaled.learning_rate == pytest.approx(learning_rate)
+    assert scale_to_windows(settings, 10**9, None) == settings
+    no_stopping = scale_to_windows(replace(settings, patience=None), windows, 50_000)
+    assert no_stopping.patience is None
+
+
+def test_a_float64_model_trains_with_the_autograd_step() -> None:
+    """The NumPy step works in float32; a float64 model falls back to autograd and trains."""
+    model = _model(1).double()
+    stepper = make_stepper(model, FitSettings())
+    assert isinstance(stepper, AutogradStep)
+    x, y = _data(16, 1)
+    before = model.head.weight.detach().clone()
+    stepper.step(x.double(), y.double())
+    assert not torch.equal(model.head.weight, before)
 
 
 def test_stacked_layers_use_the_autograd_step() -> None:

@@ -17,6 +17,7 @@ from models.uncertainty import (
     ewma_sigma,
     fit_conformal,
     fit_scale,
+    last_scale_features,
     min_calibration_size,
     normal_calibration,
     predict_scale,
@@ -97,6 +98,25 @@ def test_scale_features_of_windows_equal_the_series_at_each_window_end() -> None
     last = scale_features(*windows, spans)[:, -1]  # (2, 5, 6) -> (2, 6)
     np.testing.assert_allclose(last, series[rows - 1 :])
     assert np.isfinite(last).all()
+
+
+def test_last_scale_features_are_the_last_row_to_the_bit() -> None:
+    """The last row alone equals scale_features' last row exactly, NaN for a span too long."""
+    rng = np.random.default_rng(5)
+    close = 50 * np.exp(np.cumsum(rng.normal(0, 0.02, (40, 10)), axis=1))  # (N, T)
+    high, low = (
+        close * rng.uniform(1.0, 1.03, close.shape),
+        close * rng.uniform(0.97, 1.0, close.shape),
+    )
+    for spans in ((1, 5, 9), (1, 2, 4, 10)):
+        full = scale_features(close, high, low, spans)[:, -1, :]  # (N, T, 2S) -> (N, 2S)
+        last = last_scale_features(close, high, low, spans)
+        np.testing.assert_array_equal(last, full)
+    assert (
+        np.isnan(last[:, 3]).all() and np.isfinite(last[:, 7]).all()
+    )  # 10 returns: no; ranges: yes
+    with pytest.raises(ValueError, match="high >= low"):
+        last_scale_features(close, low, high, (1,))
 
 
 def test_scale_features_reject_bad_spans_and_prices() -> None:

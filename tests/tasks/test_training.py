@@ -13,7 +13,8 @@ from closecast.cli import main
 from core.config import TrainConfig, WindowConfig
 from models.encoding import Encoding
 from models.lstm import LSTMConfig
-from tasks.training import resolve_device, train_forecaster
+from tasks import training as training_module
+from tasks.training import encode_split, resolve_device, train_forecaster
 from tasks.windows import Dataset, build_dataset
 
 
@@ -59,6 +60,38 @@ def test_same_seed_gives_identical_predictions(dataset: Dataset) -> None:
     assert np.array_equal(predictions[0], predictions[1])
     assert not np.array_equal(predictions[0], predictions[2])
     assert np.all(np.isfinite(predictions[0])) and np.all(predictions[0] > 0)
+
+
+def test_many_windows_train_with_larger_steps_and_less_patience(dataset: Dataset) -> None:
+    """With 5-8× growth_windows training windows, the batch is 4× the configured one, the
+    learning rate 2× and the patience 2 epochs; with growth off, all are as configured."""
+    windows = len(dataset.train)  # 2 tickers x ~80 training windows
+    lstm = LSTMConfig(hidden_size=8)
+    base = TrainConfig(epochs=1, batch_size=4, learning_rate=0.01, patience=5, device="cpu")
+    grown = train_forecaster(
+        dataset, lstm, base.model_copy(update={"growth_windows": windows // 5})
+    )
+    assert (grown.fit.batch_size, grown.fit.patience) == (16, 2)
+    assert grown.fit.learning_rate == pytest.approx(0.02)
+    kept = train_forecaster(dataset, lstm, base.model_copy(update={"growth_windows": None}))
+    assert (kept.fit.batch_size, kept.fit.learning_rate, kept.fit.patience) == (4, 0.01, 5)
+
+
+def test_a_split_encoded_in_chunks_equals_one_encoding(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """encode_split, 7 windows at a time into float32 arrays, equals encoding them at once."""
+    forecaster = train_forecaster(dataset, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
+    forecaster = forecaster.forecaster
+    monkeypatch.setattr(training_module, "ENCODE_CHUNK", 7)
+    inputs, targets = encode_split(forecaster, dataset.train, torch.device("cpu"))
+    split = dataset.train
+    expected = forecaster.encoding.inputs(split.windows)
+    assert inputs.dtype == torch.float32 and inputs.shape == expected.shape
+    np.testing.assert_array_equal(inputs.numpy(), expected)
+    np.testing.assert_array_equal(
+        targets.numpy(), forecaster.encoding.targets(split.next_close, split.windows)
+    )
 
 
 def test_one_model_serves_every_ticker(dataset: Dataset) -> None:

@@ -1,3 +1,4 @@
+import tracemalloc
 from datetime import date
 
 import numpy as np
@@ -88,3 +89,24 @@ def test_training_inputs_ignore_values_after_the_boundary() -> None:
     np.testing.assert_array_equal(clean.train.windows, dirty.train.windows)
     np.testing.assert_array_equal(clean.train.next_close, dirty.train.next_close)
     assert clean.bounds == dirty.bounds  # MinMax fitted on the training span only
+
+
+def test_the_splits_are_copied_once_from_the_tickers_values() -> None:
+    """Building 30 tickers' windows allocates little beyond the split arrays it returns
+    (no whole-universe array of every window before the split), in ticker and date order."""
+    features = {f"T{i:02}": _frame(400, offset=i) for i in range(30)}
+    config = WindowConfig(window=10, features=["close", "volume"])
+    tracemalloc.start()
+    dataset = build_dataset(features, config, as_of=date(2021, 7, 30))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    splits = (dataset.train, dataset.validation, dataset.test)
+    windows = sum(s.windows.nbytes for s in splits)
+    assert windows == 30 * 390 * 10 * 4 * 8  # every window, float64
+    assert peak < 1.5 * windows
+    for split in splits:
+        assert list(dict.fromkeys(split.tickers)) == sorted(features)  # each ticker's run, in order
+    for split in splits:
+        for ticker in features:
+            dates = split.target_dates[split.tickers == ticker]
+            assert (np.diff(dates) > np.timedelta64(0)).all()
