@@ -6,6 +6,7 @@ their options come from the config models through options.py.
 """
 
 import atexit
+import contextlib
 import logging
 import os
 import sys
@@ -76,10 +77,8 @@ def exit_now(code: int) -> NoReturn:
     threading._shutdown()  # type: ignore[attr-defined]  # joins non-daemon threads
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing left to say
-            pass
     os._exit(code)
 
 
