@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
+from closecast.imports import heavy_imports
 from closecast.options import (
     DaskAddressOpt,
     DataOptions,
@@ -62,7 +63,8 @@ def run(
     """The nightly flow: fetch, validate, train, evaluate, register, predict, report."""
     config = build_config(home, data, model=model, no_promote=no_promote)
     flow_runner = task_runner(runner, dask_address)
-    from flows.nightly import nightly
+    with heavy_imports():
+        from flows.nightly import nightly
 
     result = with_runner(nightly, flow_runner)(config)
     typer.echo(f"report: {result.report_path}")
@@ -82,7 +84,8 @@ def fetch(
 ) -> None:
     """Fetch and store prices only."""
     config = build_config(home, data, uses_mlflow=False)
-    from flows.fetch import fetch as fetch_flow
+    with heavy_imports():
+        from flows.fetch import fetch as fetch_flow
 
     result = fetch_flow(config.data, config.home)
     for ticker in config.data.tickers:
@@ -107,8 +110,9 @@ def predict(
     """Fetch and predict the next session with the champion model (no training)."""
     config = build_config(home, data)
     flow_runner = task_runner(runner, dask_address)
-    from flows.predict import predict as predict_flow
-    from tasks.inference import require_champion
+    with heavy_imports():
+        from flows.predict import predict as predict_flow
+        from tasks.inference import require_champion
 
     require_champion(config.mlflow_uri)  # fail in one line, before any flow run starts
 
@@ -152,7 +156,8 @@ def backfill(
         raise InputError(f"no XNYS session between --start {start} and --end {end}")
     config = build_config(home, data, model=model, no_promote=no_promote)
     flow_runner = task_runner(runner, dask_address)
-    from flows.backfill import backfill as backfill_flow
+    with heavy_imports():
+        from flows.backfill import backfill as backfill_flow
 
     result = with_runner(backfill_flow, flow_runner)(
         config, first, last, retrain_every=retrain_every, register_versions=register
@@ -182,6 +187,7 @@ def serve(
         raise InputError(f"invalid --port {port}: expected 1-65535")
     config = build_config(home, data, no_promote=no_promote)
     flow_runner = task_runner(runner, dask_address)
-    from closecast.serve import serve_deployments
+    with heavy_imports():
+        from closecast.serve import serve_deployments
 
     serve_deployments(config, port, flow_runner)

@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from closecast.imports import heavy_imports
+
 FLOW_COMMANDS = frozenset({"run", "predict", "backfill", "fetch"})
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 5.0
@@ -65,7 +67,9 @@ def temporary_api(argv: Sequence[str]) -> Iterator[str | None]:
         server = subprocess.Popen([*command, "--port", str(port)], pass_fds=[listener.fileno()])
     # Only the child holds the socket now: if it dies, requests are refused, not left waiting.
     try:
-        if configured_api():  # set in a profile or prefect.toml: importing prefect tells
+        with heavy_imports():
+            configured = configured_api()
+        if configured:  # set in a profile or prefect.toml: importing prefect tells
             yield None
             return
         url = f"http://{HOST}:{port}/api"
@@ -141,10 +145,11 @@ def watch_parent(parent: int) -> None:
 def serve(fd: int, parent: int) -> None:
     """Serve Prefect's ephemeral API on the inherited socket `fd` while `parent` lives."""
     watch_parent(parent)
-    import uvicorn
-    from prefect.server.api.server import create_app
+    with heavy_imports():
+        import uvicorn
+        from prefect.server.api.server import create_app
 
-    app = create_app(ephemeral=True, final=True)  # no UI, only the services a run needs
+        app = create_app(ephemeral=True, final=True)  # no UI, only the services a run needs
     config = uvicorn.Config(app, log_level="error", lifespan="on")
     uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 

@@ -6,13 +6,15 @@ from typing import Annotated
 
 import typer
 
+from closecast.imports import heavy_imports
 from closecast.options import HomeOpt, build_config
 from core.errors import InputError
 
 
 def _registry(home: Path | None):  # type: ignore[no-untyped-def]
     """A client for the registry the pipeline would use, after one successful contact."""
-    from tasks.mlflow_connection import connect_mlflow
+    with heavy_imports():
+        from tasks.mlflow_connection import connect_mlflow
 
     uri = build_config(home).mlflow_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
@@ -49,7 +51,9 @@ def models(
 ) -> None:
     """List registered versions: version, aliases, created, metrics, promotion decision."""
     from core.config import MODEL_NAME
-    from tasks.aliases import CHAMPION, alias_at, alias_history, version_table
+
+    with heavy_imports():
+        from tasks.aliases import CHAMPION, alias_at, alias_history, version_table
 
     when = _as_of_instant(at) if at is not None else None
     uri, client = _registry(home)
@@ -89,7 +93,9 @@ def promote(
     import getpass
 
     from core.config import MODEL_NAME
-    from tasks.aliases import UnknownVersion, promote_version
+
+    with heavy_imports():
+        from tasks.aliases import UnknownVersion, promote_version
 
     if not version.isdigit():
         raise InputError(f"invalid version {version!r}: expected a version number")
@@ -110,7 +116,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for monitors.")] = False,
 ) -> None:
     """Is the nightly healthy? Exit 0 healthy, 1 stale, failing or never run."""
-    from tasks.health import nightly_health, render
+    with heavy_imports():
+        from tasks.health import nightly_health, render
 
     config = build_config(home)
     _, client = _registry(home)
