@@ -84,18 +84,31 @@ def _published(url: str) -> Iterator[None]:
     """PREFECT_API_URL = `url` for this process: every thread, and the processes it starts.
 
     The UI URL is emptied: the ephemeral server serves no UI, so a "View at"
-    link would lead nowhere. Logs and events still queued are sent before
-    the server goes (Prefect would send them at exit, to a stopped server).
+    link would lead nowhere. Flow runs send no heartbeats: they tell a
+    server that outlives the process that the run still lives, and this one
+    does not outlive it; a flow run's heartbeat thread also holds up its end
+    by up to a second. Logs and events still queued are sent before the
+    server goes (Prefect would send them at exit, to a stopped server).
     """
     from prefect.context import refresh_global_settings_context
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_UI_URL,
+        temporary_settings,
+    )
 
     published = {"PREFECT_API_URL": url, "PREFECT_UI_URL": ""}
     previous = {name: os.environ.get(name) for name in published}
     os.environ.update(published)
     refresh_global_settings_context()  # threads without a settings context of their own
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}):
+        updates = {
+            PREFECT_API_URL: url,
+            PREFECT_UI_URL: "",
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+        }
+        with temporary_settings(updates=updates):
             try:
                 yield
             finally:

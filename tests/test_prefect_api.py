@@ -158,3 +158,31 @@ def test_a_finished_command_stops_its_api_after_sending_its_logs(tmp_path: Path)
     assert "^GSPC: " in out
     assert "Error logging to API" not in err and "View at" not in err
     assert [pid for pid in _servers_of(cli.pid) if _running(pid)] == []
+
+
+_SETTINGS_UNDER_THE_API = """
+from closecast.prefect_api import temporary_api
+from prefect.settings import get_current_settings
+
+with temporary_api(["fetch"]) as url:
+    settings = get_current_settings()
+    print(url == settings.api.url, repr(settings.ui_url), settings.flows.heartbeat_frequency)
+"""
+
+
+def test_flow_runs_under_the_temporary_api_send_no_heartbeats(tmp_path: Path) -> None:
+    """Its flow runs get its URL, no UI link and no heartbeat: nothing outlives the command to
+    hear one, and a flow run's heartbeat thread holds up the run's end by up to a second."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    done = subprocess.run(
+        [sys.executable, "-c", _SETTINGS_UNDER_THE_API],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "''", "None"]
