@@ -31,6 +31,10 @@ FLOW_COMMANDS = frozenset({"run", "predict", "backfill", "fetch"})
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 5.0
 WATCH_INTERVAL_S = 0.5
+NO_BLOCK_REGISTRATION = (
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START",
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION",
+)
 
 
 def runs_a_flow(argv: Sequence[str]) -> bool:
@@ -156,8 +160,19 @@ def watch_parent(parent: int) -> None:
 
 
 def serve(fd: int, parent: int) -> None:
-    """Serve Prefect's ephemeral API on the inherited socket `fd` while `parent` lives."""
+    """Serve Prefect's ephemeral API on the inherited socket `fd` while `parent` lives.
+
+    It registers no block types on start: a flow command uses none, a block
+    saved through the API registers its own type, and a lasting server
+    (`prefect server start`, `closecast serve`) registers them all when it
+    starts. The check whether they changed alone loads every installed
+    Prefect collection (prefect-dask imports dask.distributed): a quarter
+    second of CPU while the command imports its flow, on a machine where the
+    two processes share the cores. A setting in the environment still wins.
+    """
     watch_parent(parent)
+    for name in NO_BLOCK_REGISTRATION:
+        os.environ.setdefault(name, "false")
     with heavy_imports():
         import uvicorn
         from prefect.server.api.server import create_app

@@ -1,8 +1,10 @@
 """The temporary Prefect API of a CLI command: started for flow commands, gone with the command."""
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -186,3 +188,26 @@ def test_flow_runs_under_the_temporary_api_send_no_heartbeats(tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "''", "None"]
+
+
+def test_the_temporary_api_registers_no_block_types(tmp_path: Path) -> None:
+    """The server a flow command starts answers without registering Prefect's block types (a
+    run uses none; a lasting server registers them), saving their check on every start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        command = [sys.executable, "-m", "closecast.prefect_api", str(listener.fileno())]
+        command += [str(os.getpid()), "--port", str(port)]
+        server = subprocess.Popen(command, cwd=ROOT, env=env, pass_fds=[listener.fileno()])
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/block_types/filter", data=b"{}", method="POST"
+        )
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=120) as response:  # waits in the backlog
+            assert json.loads(response.read()) == []
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
