@@ -15,8 +15,9 @@ medians (issue 14: within 3); the ratio of each interleaved pair is shown
 beside it. On a shared machine the absolute times move with the load; the
 ratio measured in one interleaved run is the number.
 
-Where the last timed run's seconds went comes from the Prefect API (the
-flow run's start and end, each task run's run time); for reference, the
+Where the seconds went, step by step (median of the timed runs), comes
+from the Prefect API (each flow run's start and end, each task run's run
+time); for reference, the
 temporary Prefect API server's start (spawn to first answer) and the
 nightly's imports are timed alone once.
 
@@ -50,6 +51,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "run_speed.json"
 IMPORT_FLOOR = "import torch, mlflow, prefect, pandas"
 NIGHTLY_IMPORTS = "import closecast.cli, flows.nightly"
 TARGET_RATIO = 3.0
+BEFORE = "start -> flow run begins (CLI, imports, API)"
+BETWEEN = "flow, between tasks (engine, subflow, MLflow run, API)"
+AFTER = "flow run ends -> exit (logs, server stop, exit)"
 
 
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
@@ -84,15 +88,15 @@ def server_start_s(env: dict[str, str]) -> float:
         server.wait()
 
 
-def timeline(prefect_home: Path, started: float, ended: float) -> dict[str, float]:
-    """Where the last run's seconds went: before its flow run, each step, after it.
+def timelines(prefect_home: Path, spans: list[tuple[float, float]]) -> list[dict[str, float]]:
+    """Where each timed run's seconds went: before its flow run, each step, after it.
 
     Read back through Prefect's own temporary API from the runs in
-    `prefect_home`: the last `nightly` flow run, the task runs that started
-    during it (a mapped step sums its task runs; a subflow's own task run
-    is left out, its tasks are counted), and the flow's own time between
-    them. `started` and `ended` are the command's wall-clock start and end
-    (time.time()).
+    `prefect_home`: the last len(spans) `nightly` flow runs (one per timed
+    run, in order), the task runs that started during each (a mapped step
+    sums its task runs; a subflow's own task run is left out, its tasks are
+    counted), and the flow's own time between them. `spans` are the
+    commands' wall-clock (start, end) pairs (time.time()).
     """
     os.environ["PREFECT_HOME"] = str(prefect_home)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -102,41 +106,46 @@ def timeline(prefect_home: Path, started: float, ended: float) -> dict[str, floa
         FlowFilter,
         FlowFilterName,
         FlowRunFilter,
-        FlowRunFilterStartTime,
+        FlowRunFilterParentTaskRunId,
         TaskRunFilter,
         TaskRunFilterStartTime,
     )
     from prefect.client.schemas.sorting import FlowRunSort
 
+    found = []
     with get_client(sync_client=True) as client:
         nightly = FlowFilter(name=FlowFilterName(any_=["nightly"]))
-        flow_run = client.read_flow_runs(
-            flow_filter=nightly, sort=FlowRunSort.START_TIME_DESC, limit=1
-        )[0]
-        assert flow_run.start_time is not None and flow_run.end_time is not None
+        flow_runs = client.read_flow_runs(
+            flow_filter=nightly, sort=FlowRunSort.START_TIME_DESC, limit=len(spans)
+        )[::-1]
+        subflow_filter = FlowRunFilter(
+            parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=False)
+        )
+        wrappers = {
+            r.parent_task_run_id for r in client.read_flow_runs(flow_run_filter=subflow_filter)
+        }
+        for flow_run in flow_runs:
+            assert flow_run.start_time is not None and flow_run.end_time is not None
+            since = TaskRunFilterStartTime(after_=flow_run.start_time, before_=flow_run.end_time)
+            tasks = client.read_task_runs(
+                task_run_filter=TaskRunFilter(start_time=since), limit=200
+            )
+            found.append((flow_run, tasks))
+    result = []
+    for (started, ended), (flow_run, tasks) in zip(spans, found, strict=True):
         since = flow_run.start_time
-        tasks = client.read_task_runs(
-            task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=since)),
-            limit=200,
-        )
-        subflows = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since))
-        )
-    wrappers = {run.parent_task_run_id for run in subflows if run.parent_task_run_id}
-    steps: dict[str, float] = {
-        "start -> flow run begins (CLI, imports, API)": since.timestamp() - started
-    }
-    for run in sorted(tasks, key=lambda r: r.start_time or since):
-        if run.id in wrappers:
-            continue
-        name = re.sub(r"-[0-9a-f]{3}$", "", run.name.split(" ")[0])
-        steps[name] = steps.get(name, 0.0) + run.total_run_time.total_seconds()
-    tasks_s = sum(steps.values()) - steps["start -> flow run begins (CLI, imports, API)"]
-    flow_s = (flow_run.end_time - since).total_seconds()
-    steps["flow, between tasks (engine, subflow, MLflow run, API)"] = flow_s - tasks_s
-    steps["flow run ends -> exit (logs, server stop, exit)"] = ended - flow_run.end_time.timestamp()
-    steps["total"] = ended - started
-    return steps
+        steps: dict[str, float] = {BEFORE: since.timestamp() - started}
+        for run in sorted(tasks, key=lambda r: r.start_time or since):
+            if run.id in wrappers:
+                continue
+            name = re.sub(r"-[0-9a-f]{3}$", "", run.name.split(" ")[0])
+            steps[name] = steps.get(name, 0.0) + run.total_run_time.total_seconds()
+        tasks_s = sum(v for k, v in steps.items() if k != BEFORE)
+        steps[BETWEEN] = (flow_run.end_time - since).total_seconds() - tasks_s
+        steps[AFTER] = ended - flow_run.end_time.timestamp()
+        steps["total"] = ended - started
+        result.append(steps)
+    return result
 
 
 def main() -> None:
@@ -161,17 +170,18 @@ def main() -> None:
             env.pop(name, None)
         load_before = os.getloadavg()
         first_s, _ = timed(run, env)
-        floor_s, run_s = [], []
+        floor_s, run_s, spans = [], [], []
         for _ in range(args.runs):  # interleaved: the same load on both
             floor_s.append(timed(floor, env)[0])
             started = time.time()
             seconds, output = timed(run, env)
-            ended = time.time()
+            spans.append((started, time.time()))
             run_s.append(seconds)
         load_after = os.getloadavg()
         server_s = server_start_s(env)
         imports_s = timed(nightly_imports, env)[0]
-        steps = timeline(prefect_home, started, ended)
+        per_run = timelines(prefect_home, spans)
+    steps = {name: statistics.median(run.get(name, 0.0) for run in per_run) for name in per_run[-1]}
 
     ratio = statistics.median(run_s) / statistics.median(floor_s)
     result = {
@@ -192,7 +202,8 @@ def main() -> None:
         "target_ratio": TARGET_RATIO,
         "server_start_alone_s": round(server_s, 2),
         "nightly_imports_alone_s": round(imports_s, 2),
-        "last_run_steps_s": {k: round(v, 2) for k, v in steps.items()},
+        "median_steps_s": {k: round(v, 2) for k, v in steps.items()},
+        "steps_s_per_run": [{k: round(v, 2) for k, v in run.items()} for run in per_run],
         "last_run_output": output.strip().splitlines()[-4:],
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -205,8 +216,8 @@ def main() -> None:
     print(f"{'closecast run (second run)':<32}{result['median_run_s']:>10.2f}  {result['run_s']}")
     print(f"{'closecast run (first run)':<32}{first_s:>10.2f}")
     print(f"{'ratio of each pair':<32}{'':>10}  {result['pair_ratios']}")
-    print("\nwhere the last timed run's seconds went (Prefect API):")
-    for name, seconds in result["last_run_steps_s"].items():
+    print("\nwhere the seconds went, median of the timed runs (Prefect API):")
+    for name, seconds in result["median_steps_s"].items():
         print(f"  {name:<56}{seconds:>7.2f}")
     print(f"alone, for reference: Prefect API server start {server_s:.2f} s (spawn to first")
     print(f"answer; in parallel with the run's imports), the nightly's imports {imports_s:.2f} s")
