@@ -70,7 +70,7 @@ def exit_now(code: int) -> NoReturn:
     Python's own exit waits for the threads that are not daemons, runs the
     atexit handlers (Prefect sends its last logs and events, MLflow ends
     its runs, logging flushes), flushes stdout and stderr, and then frees
-    every module and object one by one: about 3 s with torch, MLflow, Prefect
+    every module and object one by one: 2.5-3 s with torch, MLflow, Prefect
     and pandas loaded, for memory the process is about to hand back anyway.
     This does the first part and skips the last.
     """

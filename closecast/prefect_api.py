@@ -168,7 +168,8 @@ def serve(fd: int, parent: int) -> None:
     starts. The check whether they changed alone loads every installed
     Prefect collection (prefect-dask imports dask.distributed): a quarter
     second of CPU while the command imports its flow, on a machine where the
-    two processes share the cores. A setting in the environment still wins.
+    two processes share the cores. PREFECT_SERVER_REGISTER_BLOCKS_ON_START in
+    the environment still wins.
     """
     watch_parent(parent)
     for name in NO_BLOCK_REGISTRATION:
