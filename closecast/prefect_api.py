@@ -25,10 +25,16 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from closecast.imports import heavy_imports
+
 FLOW_COMMANDS = frozenset({"run", "predict", "backfill", "fetch"})
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 5.0
 WATCH_INTERVAL_S = 0.5
+NO_BLOCK_REGISTRATION = (
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START",
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION",
+)
 
 
 def runs_a_flow(argv: Sequence[str]) -> bool:
@@ -65,7 +71,9 @@ def temporary_api(argv: Sequence[str]) -> Iterator[str | None]:
         server = subprocess.Popen([*command, "--port", str(port)], pass_fds=[listener.fileno()])
     # Only the child holds the socket now: if it dies, requests are refused, not left waiting.
     try:
-        if configured_api():  # set in a profile or prefect.toml: importing prefect tells
+        with heavy_imports():
+            configured = configured_api()
+        if configured:  # set in a profile or prefect.toml: importing prefect tells
             yield None
             return
         url = f"http://{HOST}:{port}/api"
@@ -80,18 +88,31 @@ def _published(url: str) -> Iterator[None]:
     """PREFECT_API_URL = `url` for this process: every thread, and the processes it starts.
 
     The UI URL is emptied: the ephemeral server serves no UI, so a "View at"
-    link would lead nowhere. Logs and events still queued are sent before
-    the server goes (Prefect would send them at exit, to a stopped server).
+    link would lead nowhere. Flow runs send no heartbeats: they tell a
+    server that outlives the process that the run still lives, and this one
+    does not outlive it; a flow run's heartbeat thread also holds up its end
+    by up to a second. Logs and events still queued are sent before the
+    server goes (Prefect would send them at exit, to a stopped server).
     """
     from prefect.context import refresh_global_settings_context
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_UI_URL,
+        temporary_settings,
+    )
 
     published = {"PREFECT_API_URL": url, "PREFECT_UI_URL": ""}
     previous = {name: os.environ.get(name) for name in published}
     os.environ.update(published)
     refresh_global_settings_context()  # threads without a settings context of their own
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}):
+        updates = {
+            PREFECT_API_URL: url,
+            PREFECT_UI_URL: "",
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+        }
+        with temporary_settings(updates=updates):
             try:
                 yield
             finally:
@@ -139,12 +160,25 @@ def watch_parent(parent: int) -> None:
 
 
 def serve(fd: int, parent: int) -> None:
-    """Serve Prefect's ephemeral API on the inherited socket `fd` while `parent` lives."""
-    watch_parent(parent)
-    import uvicorn
-    from prefect.server.api.server import create_app
+    """Serve Prefect's ephemeral API on the inherited socket `fd` while `parent` lives.
 
-    app = create_app(ephemeral=True, final=True)  # no UI, only the services a run needs
+    It registers no block types on start: a flow command uses none, a block
+    saved through the API registers its own type, and a lasting server
+    (`prefect server start`, `closecast serve`) registers them all when it
+    starts. The check whether they changed alone loads every installed
+    Prefect collection (prefect-dask imports dask.distributed): a quarter
+    second of CPU while the command imports its flow, on a machine where the
+    two processes share the cores. PREFECT_SERVER_REGISTER_BLOCKS_ON_START in
+    the environment still wins.
+    """
+    watch_parent(parent)
+    for name in NO_BLOCK_REGISTRATION:
+        os.environ.setdefault(name, "false")
+    with heavy_imports():
+        import uvicorn
+        from prefect.server.api.server import create_app
+
+        app = create_app(ephemeral=True, final=True)  # no UI, only the services a run needs
     config = uvicorn.Config(app, log_level="error", lifespan="on")
     uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from closecast.imports import heavy_imports
 from closecast.options import HomeOpt, build_config
 from core.errors import InputError
 
@@ -18,7 +19,8 @@ def _missing_database(uri: str) -> Path | None:
 
 def _registry(home: Path | None):  # type: ignore[no-untyped-def]
     """A client for the registry the pipeline would use, after one successful contact."""
-    from tasks.mlflow_connection import connect_mlflow
+    with heavy_imports():
+        from tasks.mlflow_connection import connect_mlflow
 
     uri = build_config(home).mlflow_uri
     if missing := _missing_database(uri):
@@ -67,7 +69,9 @@ def models(
 ) -> None:
     """List registered versions: version, aliases, created, metrics, promotion decision."""
     from core.config import MODEL_NAME
-    from tasks.aliases import CHAMPION, alias_at, alias_history, version_table
+
+    with heavy_imports():
+        from tasks.aliases import CHAMPION, alias_at, alias_history, version_table
 
     when = _as_of_instant(at) if at is not None else None
     uri, client = _registry(home)
@@ -109,8 +113,10 @@ def promote(
     line naming the permission; the champion stays where it was.
     """
     from core.config import MODEL_NAME
-    from tasks.aliases import UnknownVersion, promote_version
-    from tasks.mlflow_auth import refusals_as_errors
+
+    with heavy_imports():
+        from tasks.aliases import UnknownVersion, promote_version
+        from tasks.mlflow_auth import refusals_as_errors
 
     if not version.isdigit():
         raise InputError(f"invalid version {version!r}: expected a version number")
@@ -128,7 +134,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for monitors.")] = False,
 ) -> None:
     """Is the nightly healthy? Exit 0 healthy, 1 stale, failing or never run."""
-    from tasks.health import never_run, nightly_health, render
+    with heavy_imports():
+        from tasks.health import never_run, nightly_health, render
 
     config = build_config(home)
     now = datetime.now(UTC)

@@ -12,18 +12,26 @@ both: if anything in between fails, the run's version is deleted and the
 aliases are put back.
 """
 
+import logging
+import platform
 import tempfile
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+import pydantic
+import scipy
 import torch
 from mlflow import MlflowClient
 from mlflow.models import ModelSignature
+from mlflow.pyfunc import PyFuncModel
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import AnyType
+from packaging.requirements import InvalidRequirement, Requirement
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.urls import url_for
@@ -41,6 +49,8 @@ from tasks.model_card import GATE_DESCRIPTION, CardLinks, data_lines, describe_v
 from tasks.windows import Dataset
 
 MODEL_CODE = Path(models.__file__).parent / "mlflow_model.py"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,14 +93,27 @@ def example_input(frame: pd.DataFrame, forecaster: Forecaster) -> pd.DataFrame:
     return frame.loc[first, list(forecaster.input_columns)].reset_index(drop=True)
 
 
-def log_forecaster(forecaster: Forecaster, run_id: str, example: pd.DataFrame) -> str:
-    """Log the forecaster to `run_id` as a models-from-code pyfunc; returns its model URI."""
-    requirements = [
+def model_requirements() -> list[str]:
+    """The pip requirements a logged model carries, pinned to what is installed here.
+
+    Every distribution the model's code (models/, core/) imports, and MLflow
+    to load it. torch is pinned without its local build tag (`2.13.0`, not
+    `2.13.0+cpu`), as pyproject.toml pins it: any build of that version serves.
+    Given explicitly, because MLflow's inference loads the model in a
+    subprocess to see what it imports: seconds per run.
+    """
+    return [
         f"mlflow=={mlflow.__version__}",
         f"torch=={torch.__version__.split('+')[0]}",
         f"pandas=={pd.__version__}",
         f"numpy=={np.__version__}",
+        f"scipy=={scipy.__version__}",
+        f"pydantic=={pydantic.__version__}",
     ]
+
+
+def log_forecaster(forecaster: Forecaster, run_id: str, example: pd.DataFrame) -> str:
+    """Log the forecaster to `run_id` as a models-from-code pyfunc; returns its model URI."""
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         weights, spec = forecaster.save(Path(tmp))
         info = mlflow.pyfunc.log_model(
@@ -101,15 +124,63 @@ def log_forecaster(forecaster: Forecaster, run_id: str, example: pd.DataFrame) -
             code_paths=[str(Path(models.__file__).parent), str(Path(core.__file__).parent)],
             signature=signature(forecaster),
             input_example=example_input(example, forecaster) if len(example) else None,
-            pip_requirements=requirements,
+            pip_requirements=model_requirements(),
         )
     return info.model_uri
 
 
+def environment_mismatches(requirements: list[str], python_version: str | None) -> list[str]:
+    """Where this environment differs from a model's pins, one line each.
+
+    `requirements` are the lines of its requirements.txt (lines that are not
+    a `name<specifier>` requirement are skipped); `python_version` the
+    Python it was saved with, compared by major.minor. Local build tags
+    (`+cpu`) do not count: `torch==2.13.0` accepts 2.13.0+cpu.
+    """
+    found = []
+    for line in requirements:
+        try:
+            requirement = Requirement(line.strip())
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        try:
+            have = installed_version(requirement.name)
+        except PackageNotFoundError:
+            found.append(f"{requirement} (not installed)")
+            continue
+        if not requirement.specifier.contains(have, prereleases=True):
+            found.append(f"{requirement} (installed {have})")
+    running = platform.python_version()
+    if python_version and python_version.split(".")[:2] != running.split(".")[:2]:
+        found.append(f"python {python_version} (running {running})")
+    return found
+
+
+def load_pyfunc(model_uri: str) -> PyFuncModel:
+    """Load a logged pyfunc; a warning names each pin this environment does not meet.
+
+    MLflow's own check maps every installed distribution to its modules
+    before it reads a pin (1-2 s per process); the pins here are a handful
+    of distribution names, looked up one by one (`environment_mismatches`).
+    """
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    model = mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
+    pins = local / "requirements.txt"
+    requirements = pins.read_text().splitlines() if pins.is_file() else []
+    python = model.metadata.flavors.get("python_function", {}).get("python_version")
+    mismatches = environment_mismatches(requirements, python)
+    if mismatches:
+        logger.warning(
+            "%s was logged for another environment: %s", model_uri, "; ".join(mismatches)
+        )
+    return model
+
+
 def load_forecaster(model_uri: str) -> Forecaster:
     """Load a registered pyfunc and return the forecaster inside it."""
-    model = mlflow.pyfunc.load_model(model_uri)
-    python_model = model.unwrap_python_model()
+    python_model = load_pyfunc(model_uri).unwrap_python_model()
     if not isinstance(python_model, CloseForecastModel):
         raise TypeError(f"{model_uri} is not a closecast model")
     return python_model.forecaster
@@ -247,7 +318,7 @@ def predict_with_version(tracking_uri: str, version: str, frame: pd.DataFrame) -
     first two only).
     """
     configure_mlflow(tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}")
+    model = load_pyfunc(f"models:/{MODEL_NAME}/{version}")
     listed = set(model.metadata.get_input_schema().input_names())
     return model.predict(frame.loc[:, [c for c in frame.columns if c in listed]])
 

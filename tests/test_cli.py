@@ -1,4 +1,6 @@
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,44 @@ def test_run_and_backfill_default_to_the_models_settings() -> None:
     for name in ("run", "backfill"):
         defaults = {opt: p.default for p in commands[name].params for opt in p.opts}
         assert {flag: defaults.get(flag) for flag in expected} == expected, name
+
+
+_PROGRAM = """
+import atexit, sys, threading, time
+from pathlib import Path
+from closecast.cli import main
+
+out = Path(sys.argv[1])
+
+class Teardown:
+    def __del__(self):
+        (out / "torn_down").write_text("modules freed one by one")
+
+left_for_teardown = Teardown()
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+threading.Thread(
+    target=lambda: (time.sleep(0.3), (out / "thread").write_text("joined"))
+).start()
+print("printed, not flushed", end="")
+sys.argv = ["closecast", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["run", "--bogus-flag"], 2)])
+def test_the_program_ends_without_freeing_each_module(
+    tmp_path: Path, args: list[str], code: int
+) -> None:
+    """As a program it exits with its code after threads, atexit and output, skipping teardown."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PROGRAM, str(tmp_path), *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == code, done.stderr
+    assert "printed, not flushed" in done.stdout
+    assert (tmp_path / "thread").read_text() == "joined"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert not (tmp_path / "torn_down").exists()

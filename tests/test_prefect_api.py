@@ -3,10 +3,13 @@
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -132,29 +135,79 @@ def test_a_configured_api_is_used_as_it_is() -> None:
     assert _servers_of(os.getpid()) == []
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not PROC.is_dir(), reason="reads processes from /proc")
-def test_a_finished_command_stops_its_api_after_sending_its_logs(tmp_path: Path) -> None:
-    """A command that ends normally stops its server; no log is lost, no dead UI link shown."""
+@dataclass(frozen=True)
+class FinishedCommand:
+    """A `closecast fetch` that ran to its end, with its own PREFECT_HOME."""
+
+    returncode: int
+    out: str
+    err: str
+    servers_left: list[int]  # its API servers still running once it returned
+    prefect_home: Path
+
+
+@pytest.fixture(scope="module")
+def finished_fetch(tmp_path_factory: pytest.TempPathFactory) -> FinishedCommand:
+    root = tmp_path_factory.mktemp("finished")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_HOME"] = str(root / "prefect")
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    command = [
-        sys.executable,
-        "-m",
-        "closecast.cli",
-        "fetch",
-        "--source",
-        "sample",
-        "--tickers",
-        "^GSPC",
-    ]
-    command += ["--home", str(tmp_path / "home")]
+    command = [sys.executable, "-m", "closecast.cli", "fetch", "--source", "sample"]
+    command += ["--tickers", "^GSPC", "--home", str(root / "home")]
     cli = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     out, err = cli.communicate(timeout=180)
-    assert cli.returncode == 0, err
-    assert "^GSPC: " in out
-    assert "Error logging to API" not in err and "View at" not in err
-    assert [pid for pid in _servers_of(cli.pid) if _running(pid)] == []
+    left = [pid for pid in _servers_of(cli.pid) if _running(pid)] if PROC.is_dir() else []
+    return FinishedCommand(cli.returncode, out, err, left, root / "prefect")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PROC.is_dir(), reason="reads processes from /proc")
+def test_a_finished_command_stops_its_api_after_sending_its_logs(
+    finished_fetch: FinishedCommand,
+) -> None:
+    """A command that ends normally stops its server; no log is lost, no dead UI link shown."""
+    assert finished_fetch.returncode == 0, finished_fetch.err
+    assert "^GSPC: " in finished_fetch.out
+    assert "Error logging to API" not in finished_fetch.err
+    assert "View at" not in finished_fetch.err
+    assert finished_fetch.servers_left == []
+
+
+@pytest.mark.slow
+def test_the_temporary_api_registers_no_block_types(finished_fetch: FinishedCommand) -> None:
+    """The server a flow command starts records its flow run but registers none of Prefect's
+    block types (a run uses none; a lasting server registers them), saving their check."""
+    assert finished_fetch.returncode == 0, finished_fetch.err
+    with closing(sqlite3.connect(finished_fetch.prefect_home / "prefect.db")) as db:
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM block_type").fetchone() == (0,)
+
+
+_SETTINGS_UNDER_THE_API = """
+from closecast.prefect_api import temporary_api
+from prefect.settings import get_current_settings
+
+with temporary_api(["fetch"]) as url:
+    settings = get_current_settings()
+    print(url == settings.api.url, repr(settings.ui_url), settings.flows.heartbeat_frequency)
+"""
+
+
+def test_flow_runs_under_the_temporary_api_send_no_heartbeats(tmp_path: Path) -> None:
+    """Its flow runs get its URL, no UI link and no heartbeat: nothing outlives the command to
+    hear one, and a flow run's heartbeat thread holds up the run's end by up to a second."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    done = subprocess.run(
+        [sys.executable, "-c", _SETTINGS_UNDER_THE_API],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "''", "None"]

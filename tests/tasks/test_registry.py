@@ -1,14 +1,24 @@
+import ast
 import itertools
+import logging
 import math
+import platform
 import re
+import sys
 from dataclasses import dataclass
 from datetime import date
+from importlib.metadata import packages_distributions, version
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
+import tasks.registry
 import tasks.report
 from core.config import MODEL_NAME, PipelineConfig
 from flows.nightly import NightlyResult, nightly
@@ -20,9 +30,12 @@ from tasks.evaluation import Evaluation, score_distribution
 from tasks.features import compute_features
 from tasks.mlflow_connection import configure_mlflow
 from tasks.registry import (
+    environment_mismatches,
     example_input,
     list_tickers,
     load_forecaster,
+    load_pyfunc,
+    log_forecaster,
     predict_next,
     register_forecaster,
     run_url,
@@ -292,3 +305,102 @@ def test_run_url_is_relative_unless_the_tracking_server_has_an_address() -> None
         run_url("http://mlflow:5000/", "1", "abc", "plots/a.png")
         == "http://mlflow:5000/#/experiments/1/runs/abc/artifactPath/plots/a.png"
     )
+
+
+def _imports_of(entry: Path) -> set[str]:
+    """Top-level modules outside the standard library that `entry` imports, following
+    every module of models/ and core/ it reaches (imports inside functions too)."""
+    root, seen, todo, found = entry.parents[1], set(), [entry], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] not in {"models", "core"}:
+                    found.add(name.split(".")[0])
+                    continue
+                module = root / name.replace(".", "/")
+                todo += [
+                    p for p in (module.with_suffix(".py"), module / "__init__.py") if p.is_file()
+                ]
+    return {name for name in found if name not in sys.stdlib_module_names}
+
+
+def _requirements(uri: str) -> list[Requirement]:
+    lines = (Path(mlflow.artifacts.download_artifacts(uri)) / "requirements.txt").read_text()
+    return [Requirement(line) for line in lines.splitlines() if line.strip()]
+
+
+def test_a_version_pins_every_distribution_its_code_imports(scenario: Scenario) -> None:
+    """requirements.txt names each distribution the pyfunc's code imports, at the installed
+    version (torch without its +cpu build tag, as pyproject.toml pins it)."""
+    configure_mlflow(scenario.config.mlflow_uri)
+    pinned = {canonicalize_name(r.name): r for r in _requirements(f"models:/{MODEL_NAME}/1")}
+    distributions = packages_distributions()
+    for module in sorted(_imports_of(Path(tasks.registry.MODEL_CODE))):
+        names = {canonicalize_name(d) for d in distributions.get(module, [module])}
+        assert names & pinned.keys(), f"{module} ({', '.join(names)}) is not in {sorted(pinned)}"
+    for name, requirement in pinned.items():
+        assert str(requirement.specifier) == f"=={version(name).split('+')[0]}", requirement
+
+
+def test_a_version_loads_without_mapping_every_installed_distribution(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its pins are checked by name: MLflow's map of every installed distribution to its
+    modules (1-2 s per process) is never built."""
+    from mlflow.utils import requirements_utils
+
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    monkeypatch.setattr(requirements_utils, "_PACKAGES_TO_MODULES", None)
+    configure_mlflow(scenario.config.mlflow_uri)
+    assert isinstance(load_forecaster(f"models:/{MODEL_NAME}/1"), Forecaster)
+    assert requirements_utils._MODULES_TO_PACKAGES is None
+
+
+def test_a_model_logged_for_another_environment_loads_with_one_warning(
+    scenario: Scenario, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pin this environment does not meet is named, with what is installed, in one warning."""
+    client = configure_mlflow(scenario.config.mlflow_uri)
+    forecaster = load_forecaster(f"models:/{MODEL_NAME}/1")
+    experiment = client.get_experiment_by_name(scenario.config.experiment)
+    run = client.create_run(experiment.experiment_id)  # type: ignore[union-attr]
+    uri = log_forecaster(forecaster, run.info.run_id, pd.DataFrame())
+    stored = client.get_logged_model(uri.removeprefix("models:/")).artifact_location
+    requirements = Path(urlsplit(stored).path) / "requirements.txt"
+    torch_pin = f"torch=={version('torch').split('+')[0]}"
+    requirements.write_text(requirements.read_text().replace(torch_pin, "torch==1.0.0"))
+    with caplog.at_level(logging.WARNING, logger="tasks.registry"):
+        load_pyfunc(uri)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tasks.registry"]
+    assert warnings == [
+        f"{uri} was logged for another environment: torch==1.0.0 (installed {version('torch')})"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("requirements", "python", "expected"),
+    [
+        ([f"numpy=={version('numpy')}", "# a comment", ""], None, []),
+        (["torch==1.0.0"], None, [f"torch==1.0.0 (installed {version('torch')})"]),
+        ([f"torch=={version('torch').split('+')[0]}"], None, []),  # +cpu meets ==2.13.0
+        (["no-such-distribution==1.0"], None, ["no-such-distribution==1.0 (not installed)"]),
+        (['numpy==0.1; python_version < "3"'], None, []),  # a marker that excludes it
+        ([], "2.7.18", [f"python 2.7.18 (running {platform.python_version()})"]),
+        ([], platform.python_version().rsplit(".", 1)[0] + ".99", []),  # patch level differs
+    ],
+)
+def test_environment_mismatches_names_each_unmet_pin(
+    requirements: list[str], python: str | None, expected: list[str]
+) -> None:
+    """Each requirement this environment does not meet, and a Python of another major.minor."""
+    assert environment_mismatches(requirements, python) == expected

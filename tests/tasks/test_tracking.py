@@ -1,14 +1,26 @@
+import json
 from datetime import date
 from pathlib import Path
 
+import mlflow.types.utils
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow.data.digest_utils import compute_pandas_digest
+from mlflow.data.pandas_dataset import from_pandas
 
 from core.config import PipelineConfig
 from tasks.gate import Decision
 from tasks.mlflow_connection import configure_mlflow, log_metrics, tracking_run
-from tasks.tracking import name_run, prices_table, run_note, run_title, table_digest
+from tasks.tracking import (
+    SCHEMA_SAMPLE_ROWS,
+    log_training_data,
+    name_run,
+    prices_table,
+    run_note,
+    run_title,
+    table_digest,
+)
 
 
 def test_prices_table_is_long_and_its_digest_covers_every_row() -> None:
@@ -71,3 +83,33 @@ def test_name_run_renames_the_run_and_describes_it(mlflow_home: Path) -> None:
     assert "skill against the naive forecast is -0.5000" in note
     assert "interval_skill_95 against EWMA intervals is +0.2500" in note
     assert note.endswith("Registered as v1: champion — first version.")
+
+
+def test_training_data_carries_mlflows_schema_without_reading_each_value(
+    mlflow_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dataset input's schema and profile are the ones MLflow infers (a column with a gap
+    is not required), found without MLflow's Python loop over every value of the table."""
+    index = pd.date_range("2020-01-01", periods=80, freq="D", name="date")
+    frames = {
+        t: pd.DataFrame({"close": np.linspace(1, 2, 80), "volume": 1.0}, index=index)
+        for t in ("AAA", "BBB")
+    }
+    frames["BBB"].iloc[5, 1] = np.nan
+    expected = from_pandas(prices_table(frames), source="/prices").to_dict()
+    value_by_value = mlflow.types.utils._infer_required
+
+    def sample_only(values: object) -> bool:
+        assert len(values) <= SCHEMA_SAMPLE_ROWS, f"{len(values)} values read one by one"  # type: ignore[arg-type]
+        return value_by_value(values)
+
+    monkeypatch.setattr(mlflow.types.utils, "_infer_required", sample_only)
+    config = PipelineConfig(home=mlflow_home)
+    client = configure_mlflow(config.mlflow_uri)
+    with tracking_run(config, "nightly 2020-03-20", {}) as run_id:
+        log_training_data(client, run_id, frames, "/prices")
+    [data] = client.get_run(run_id).inputs.dataset_inputs
+    assert json.loads(data.dataset.schema) == json.loads(expected["schema"])
+    assert json.loads(data.dataset.profile) == json.loads(expected["profile"])
+    volume = json.loads(data.dataset.schema)["mlflow_colspec"][-1]
+    assert volume == {"type": "double", "name": "volume", "required": False}
