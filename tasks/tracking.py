@@ -225,6 +225,9 @@ def run_metrics(
         "best_val_loss": trained.fit.best_val_loss,
         "epochs_trained": float(trained.fit.epochs_trained),
         "train_seconds": trained.fit.train_seconds,
+        # What training used: many windows scale the configured batch and rate (the params).
+        "train_batch_size": float(trained.fit.batch_size),
+        "train_learning_rate": trained.fit.learning_rate,
         "rows_dropped": float(validated.rows_dropped),
         # The shrink factor applied to predicted moves (1: none; 0: the model adds nothing).
         "output_scale": trained.fit.output_scale,

@@ -39,6 +39,8 @@ METRICS = {
     "best_val_loss",
     "epochs_trained",
     "train_seconds",
+    "train_batch_size",
+    "train_learning_rate",
     "rows_dropped",
     "output_scale",
 }
@@ -66,6 +68,7 @@ def test_nightly_end_to_end(mlflow_home: Path, csv_folder: Path) -> None:
     client = configure_mlflow(config.mlflow_uri)  # tracking and registry both
     run = client.get_run(result.run_id)
     assert set(run.data.metrics) >= METRICS
+    assert run.data.metrics["train_batch_size"] == float(config.train.batch_size)  # few windows
     glossary = README.read_text().split("Metric glossary", 1)[1].split("\n## ", 1)[0]
     assert [m for m in run.data.metrics if f"`{m}`" not in glossary] == []
     assert run.info.status == "FINISHED"
