@@ -3,7 +3,6 @@
 from dataclasses import dataclass
 from datetime import date
 
-import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -17,6 +16,7 @@ from models.forecaster import Forecaster, prediction_table
 from tasks.features import latest_rows
 from tasks.mlflow_auth import refused_request
 from tasks.mlflow_connection import connect_mlflow
+from tasks.registry import load_pyfunc
 
 CHAMPION = "champion"
 _VERSION_METRICS = ("test_rmse", "naive_rmse", "skill")
@@ -60,7 +60,7 @@ def require_champion(tracking_uri: str) -> ModelVersion:
 def find_champion(tracking_uri: str) -> Champion:
     """The champion version and its input spec (see `require_champion`)."""
     version = require_champion(tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version.version}")
+    model = load_pyfunc(f"models:/{MODEL_NAME}/{version.version}")
     forecaster: Forecaster = model.unwrap_python_model().forecaster
     return Champion(
         version=str(version.version),
