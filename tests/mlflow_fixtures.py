@@ -4,9 +4,14 @@ Creating MLflow's tables takes seconds; copying a migrated empty database
 takes milliseconds, and the copy is a real MLflow store like any other.
 """
 
+import os
 import shutil
 import socket
-from collections.abc import Callable
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,7 +19,10 @@ import torch
 from mlflow import MlflowClient
 
 import tasks.training
+from closecast.serve import _healthy, stop_process_group
 from tasks.training import TrainedModel
+
+SERVER_START_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +77,45 @@ def point_only_training() -> Callable[..., TrainedModel]:
         return trained
 
     return train
+
+
+@contextmanager
+def running_mlflow_server(
+    root: Path, template: Path, *options: str, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """`mlflow server` on a free loopback port over a copy of the template, its URL.
+
+    SQLite backend in `root`, served artifacts under `root/artifacts`, its
+    output in `root/server.log`; skips the test if it is not up within 60 s.
+    """
+    shutil.copyfile(template, root / "mlflow.db")
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [
+        sys.executable, "-m", "mlflow", "server", *options,
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--serve-artifacts",
+        "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+        "--workers", "1",
+    ]  # fmt: skip
+    log_path = root / "server.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not _healthy(url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+                pytest.skip(
+                    f"mlflow server did not start within {SERVER_START_TIMEOUT_S} s: {tail}"
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process_group(server, grace_s=3.0)

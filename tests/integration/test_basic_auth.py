@@ -5,11 +5,7 @@ model `closecast-lstm`, gives the pipeline user EDIT on both and the reviewer
 MANAGE on the model; everyone else reads (default_permission READ).
 """
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +19,7 @@ from closecast.cli import main
 from core.config import EXPERIMENT, MODEL_NAME
 from tasks.aliases import alias_history, current_aliases
 from tests.conftest import read_report
-from tests.integration.test_mlflow_server import START_TIMEOUT_S, _healthy, _stop
-from tests.mlflow_fixtures import free_port
+from tests.mlflow_fixtures import running_mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -89,42 +84,18 @@ def auth_server(
 ) -> Iterator[AuthServer]:
     """One basic-auth tracking server on a free loopback port, users and grants in place."""
     root = tmp_path_factory.mktemp("mlflow-auth")
-    shutil.copyfile(request.getfixturevalue("mlflow_template"), root / "mlflow.db")
     config = root / "auth.ini"
     config.write_text(AUTH_INI.format(database=root / "auth.db", admin=ADMIN[0], password=ADMIN[1]))
-    url = f"http://127.0.0.1:{free_port()}"
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--serve-artifacts",
-        "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-        "--workers", "1",
-    ]  # fmt: skip
     env = {
-        **os.environ,
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "closecast-tests-only",  # the auth app's CSRF key
     }
-    log_path = root / "server.log"
-    log = log_path.open("wb")
-    server = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while not _healthy(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-                pytest.skip(f"mlflow basic-auth server did not start: {tail}")
-            time.sleep(0.5)
+    template = request.getfixturevalue("mlflow_template")
+    with running_mlflow_server(root, template, "--app-name", "basic-auth", env=env) as url:
         with pytest.MonkeyPatch.context() as patch:
             login(patch, ADMIN[0])
             experiment_id = _set_up(url)
-        yield AuthServer(url, log_path, experiment_id)
-    finally:
-        _stop(server)
-        log.close()
+        yield AuthServer(url, root / "server.log", experiment_id)
 
 
 @pytest.fixture

@@ -1,12 +1,5 @@
 """The pipeline against a real `mlflow server` on loopback (SQLite backend, served artifacts)."""
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,32 +14,9 @@ from tasks.features import latest_rows
 from tasks.mlflow_connection import configure_mlflow
 from tasks.store import load_point_in_time
 from tests.conftest import read_report
-from tests.mlflow_fixtures import free_port
+from tests.mlflow_fixtures import running_mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
-
-START_TIMEOUT_S = 60
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (it runs uvicorn as a child), SIGKILL after 3 s."""
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(server.pid, sig)
-            server.wait(timeout=wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture(scope="module")
@@ -55,31 +25,8 @@ def mlflow_server(
 ) -> Iterator[tuple[str, Path]]:
     """A tracking server on a free loopback port; skipped if it is not up within 60 s."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    shutil.copyfile(request.getfixturevalue("mlflow_template"), root / "mlflow.db")
-    url = f"http://127.0.0.1:{free_port()}"
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--serve-artifacts",
-        "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-        "--workers", "1",
-    ]  # fmt: skip
-    log = (root / "server.log").open("wb")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not _healthy(url):
-        if server.poll() is not None or time.monotonic() > deadline:
-            _stop(server)
-            log.close()
-            tail = (root / "server.log").read_text(errors="replace").strip().splitlines()[-1:]
-            pytest.skip(f"mlflow server did not start within {START_TIMEOUT_S} s: {tail}")
-        time.sleep(0.5)
-    try:
+    with running_mlflow_server(root, request.getfixturevalue("mlflow_template")) as url:
         yield url, root / "artifacts"
-    finally:
-        _stop(server)
-        log.close()
 
 
 def test_nightly_promote_and_load_against_a_tracking_server(
