@@ -279,5 +279,8 @@ def alerts(notify_url: NotifyUrlOpt = None, notify_block: NotifyBlockOpt = None)
     api_url = configured_api()
     if not api_url:
         raise InputError("no Prefect server: set PREFECT_API_URL to the one your worker uses")
+    from closecast.serve import require_api
+
+    require_api(api_url)
     install_alerts(target)
     typer.echo(f"alerts installed on {api_url}: {target.describe()}")

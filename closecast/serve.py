@@ -43,6 +43,14 @@ def _healthy(api_url: str) -> bool:
         return False
 
 
+def require_api(api_url: str) -> None:
+    """Fail in one line when no Prefect API answers at `api_url` (its /health)."""
+    if not _healthy(api_url):
+        raise PipelineError(
+            f"no Prefect server answers at {api_url}: start it, or correct PREFECT_API_URL"
+        )
+
+
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(1)
@@ -185,10 +193,12 @@ def serve_deployments(
     from prefect import serve
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    api_url = os.environ.get("PREFECT_API_URL")
+    if api_url:
+        require_api(api_url)
     # Ctrl-C must reach us even when started in the background, where SIGINT is ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)  # stop what we started on SIGTERM too
-    api_url = os.environ.get("PREFECT_API_URL")
     if api_url:
         print(f"serving on the Prefect API at {api_url}", flush=True)
         _install_alerts(alerts)

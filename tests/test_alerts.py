@@ -336,3 +336,20 @@ def test_alert_flags_that_name_no_target_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith(f"closecast: error: {message}")
+
+
+def test_alerts_and_serve_on_a_dead_prefect_api_fail_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PREFECT_API_URL naming a server that is down: exit 1, one line naming it, not httpx's."""
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    monkeypatch.setenv("PREFECT_API_URL", dead)
+    line = f"closecast: pipeline failed: no Prefect server answers at {dead}: "
+    with temporary_settings(updates={PREFECT_API_URL: dead}):
+        for argv in (
+            ["alerts", "--notify-url", "http://127.0.0.1:1/hook"],
+            ["serve", "--source", "sample", "--home", str(tmp_path / "home")],
+        ):
+            assert main(argv) == 1
+            out, err = capsys.readouterr()
+            assert out == "" and err.startswith(line) and len(err.splitlines()) == 1, err
