@@ -16,6 +16,14 @@ Automations run on the Prefect server, so a notification endpoint that is
 down never touches the nightly; the server logs the miss and records a
 `prefect.automation.action.failed` event. Installing is idempotent: each
 automation is updated in place by its name.
+
+Delivery is at least once. A webhook that raises (a timeout, a refused
+connection) is not an `ActionFailed` to Prefect's actions service: its
+message goes back on the queue and is sent again, up to 3 more times. So
+`--notify-url` waits DELIVERY_TIMEOUT_S for an answer (Prefect's own 10 s
+made a receiver that takes 30 s get every alert four times), and each POST
+carries `key`, the id of the trigger's firing, the same in every repeat, so
+a receiver drops a repeat that still happens.
 """
 
 import re
@@ -34,12 +42,18 @@ NIGHTLY_FLOW = "nightly"
 LATE_WITHIN = timedelta(hours=3, minutes=30)  # the 18:30 slot + 3.5 h = 22:00 New York
 FAILED_STATES = ("Failed", "Crashed", "TimedOut")
 STARTED_STATES = ("Late", "Pending", "Running")
+# How long the Prefect server waits for --notify-url to answer, per attempt: a
+# slow receiver (30 s seen) must fit, and a hung one holds one of the server's
+# two action workers no longer than this.
+DELIVERY_TIMEOUT_S = 60.0
 
 FAILED = "closecast: nightly failed"
 LATE = "closecast: nightly late"
 UNHEALTHY = "closecast: report unhealthy"
 
 _RUN = "{{ flow_run.name }} (flow run {{ flow_run.id }})"
+# One firing of a trigger: the same in each redelivery of its alert.
+_KEY = "firing.id|string"
 _BLOCK = re.compile(r"^[a-z0-9-]+/[^/\s]+$")
 
 
@@ -91,8 +105,17 @@ def notify_target(url: str | None, block: str | None) -> NotifyTarget | None:
     return None
 
 
-def alert_automations(block_id: UUID, late_within: timedelta = LATE_WITHIN) -> list[Any]:
-    """The three automations (Prefect `AutomationCore`s), notifying through `block_id`."""
+def alert_automations(
+    block_id: UUID, late_within: timedelta = LATE_WITHIN, webhook: bool = False
+) -> list[Any]:
+    """The three automations (Prefect `AutomationCore`s), notifying through `block_id`.
+
+    Args:
+        block_id: The notification block.
+        late_within: How long a started nightly may take to reach a final state.
+        webhook: The block is the `--notify-url` webhook, which posts the body as
+            it is: the body is then the JSON document of the alert (`webhook_json`).
+    """
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
@@ -101,6 +124,8 @@ def alert_automations(block_id: UUID, late_within: timedelta = LATE_WITHIN) -> l
     late_text = _duration(late_within)
 
     def notify(subject: str, body: str) -> list[SendNotification]:
+        if webhook:
+            body = webhook_json(subject, body)
         return [SendNotification(block_document_id=block_id, subject=subject, body=body)]
 
     failed = AutomationCore(
@@ -116,7 +141,8 @@ def alert_automations(block_id: UUID, late_within: timedelta = LATE_WITHIN) -> l
             within=timedelta(0),
         ),
         actions=notify(
-            "closecast: nightly {{ flow_run.name }} {{ flow_run.state.name }}",
+            # The run's name starts with the flow's ("nightly AAPL +2 as_of=..."): not twice.
+            "closecast nightly failed: {{ flow_run.name }}",
             f"The nightly {_RUN} ended {{{{ flow_run.state.name }}}}: "
             "{{ flow_run.state.message }}",
         ),
@@ -169,6 +195,16 @@ def alert_automations(block_id: UUID, late_within: timedelta = LATE_WITHIN) -> l
     return [failed, late, unhealthy]
 
 
+def webhook_json(subject: str, body: str) -> str:
+    """A template rendering `{"subject": ..., "body": ..., "key": ...}` from the subject
+    and body templates: Prefect's webhook block knows only `{{subject}}` and `{{body}}`,
+    so the key rides in the body, JSON-escaped by Jinja's `tojson`."""
+    return (
+        f"{{% set subject %}}{subject}{{% endset %}}{{% set body %}}{body}{{% endset %}}"
+        f'{{{{ {{"subject": subject, "body": body, "key": {_KEY}}}|tojson }}}}'
+    )
+
+
 def _duration(delta: timedelta) -> str:
     """`3 h 30 min`, `10 s`."""
     seconds = int(delta.total_seconds())
@@ -193,7 +229,9 @@ def notification_block_id(client: Any, target: NotifyTarget) -> UUID:
             name="closecast",
             url=target.url,
             method="POST",
-            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+            form_data="{{body}}",  # a string: sent as it is, the JSON of webhook_json
+            headers={"Content-Type": "application/json"},
+            timeout=DELIVERY_TIMEOUT_S,
         )
         return webhook.save(BLOCK_NAME, overwrite=True)
     from prefect.exceptions import ObjectNotFound
@@ -223,7 +261,8 @@ def install_alerts(target: NotifyTarget, late_within: timedelta = LATE_WITHIN) -
     ids = []
     with get_client(sync_client=True) as client:
         block_id = notification_block_id(client, target)
-        for automation in alert_automations(block_id, late_within):
+        webhook = target.url is not None
+        for automation in alert_automations(block_id, late_within, webhook):
             same_name = client.read_automations_by_name(automation.name)
             if not same_name:
                 ids.append(client.create_automation(automation))

@@ -26,6 +26,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
 
 from closecast.alerts import (
+    DELIVERY_TIMEOUT_S,
     FAILED,
     LATE,
     LATE_WITHIN,
@@ -51,12 +52,16 @@ BAD_URLS = [
 TEST_WITHIN = timedelta(seconds=10)  # Prefect's least `within` for a proactive trigger
 WAIT_S = 60.0
 MISS = "All connection attempts failed"  # httpx, in the server's log, for a closed port
+PREFECT_TIMEOUT_S = 10.0  # CustomWebhookNotificationBlock's default timeout
+SLOW_S = PREFECT_TIMEOUT_S + 1  # a receiver past Prefect's default, well inside ours
+UUID_TEXT = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 class Receiver:
-    """An HTTP server on loopback that records the JSON body of every POST."""
+    """An HTTP server on loopback that records the JSON body of every POST, answering
+    each `delay_s` after it arrived."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.posts: list[dict[str, Any]] = []
         posts = self.posts
 
@@ -64,6 +69,7 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 posts.append(json.loads(self.rfile.read(length) or b"{}"))
+                time.sleep(delay_s)
                 self.send_response(204)
                 self.end_headers()
 
@@ -225,8 +231,12 @@ def test_a_failing_nightly_posts_once_naming_its_flow_run(
     alerts.runs.append(state.state_details.flow_run_id)
     run_id = str(state.state_details.flow_run_id)
     (post,) = alerts.receiver.wait_for(lambda: alerts.receiver.naming(run_id))
-    assert post["subject"].startswith("closecast: nightly ") and post["subject"].endswith(" Failed")
-    assert "no ticker" in post["body"]
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(UUID(run_id)).name
+    assert name.startswith("nightly SHORT ")
+    assert post["subject"] == f"closecast nightly failed: {name}"
+    assert "ended Failed" in post["body"] and "no ticker" in post["body"]
+    assert UUID_TEXT.match(post["key"])
 
 
 def test_a_report_with_over_20pct_of_tickers_not_ok_posts_naming_the_run(
@@ -255,13 +265,69 @@ def test_a_nightly_nobody_starts_posts_late_and_a_failed_one_is_not_posted_twice
     """The proactive trigger, at its least window: a run gone Late with no final state
     within 10 s brings one POST naming it; the failed run's one POST stays one."""
     run_id = str(alerts.unstarted_run)
-    (post,) = alerts.receiver.wait_for(lambda: alerts.receiver.naming(run_id))
+    posts = alerts.receiver.wait_for(lambda: alerts.receiver.naming(run_id))
+    assert len(posts) == 1, posts
+    (post,) = posts
     assert post["subject"] == "closecast: no nightly completed within 10 s"
     assert "nobody-runs-me" in post["body"] and "went Late" in post["body"]
-    failed = [p for p in alerts.receiver.posts if p["subject"].endswith(" Failed")]
+    failed = [
+        p for p in alerts.receiver.posts if p["subject"].startswith("closecast nightly failed")
+    ]
     assert len(failed) == 1
     failed_run = re.search(r"flow run ([0-9a-f-]{36})", failed[0]["body"])
     assert failed_run and len(alerts.receiver.naming(failed_run[1])) == 1
+
+
+def test_a_receiver_slower_than_prefects_timeout_gets_one_post_carrying_its_key(
+    alerts: Alerts, prefect_server: str, tmp_path: Path
+) -> None:
+    """A receiver that answers after Prefect's default 10 s (which timed out, and the
+    server sent the alert again, four times in all) gets one POST for one failed nightly:
+    the server records the delivery as executed, and the POST carries the firing's key."""
+    assert PREFECT_TIMEOUT_S < SLOW_S < DELIVERY_TIMEOUT_S
+    slow = Receiver(delay_s=SLOW_S)
+    folder = write_ticker_csvs(tmp_path / "csv", {"SHORT": 10})
+    config = tiny_config(tmp_path / "home", f"csv:{folder}", ["SHORT"])
+    since = datetime.now(UTC)
+    try:
+        with on_prefect_api(prefect_server):
+            install_alerts(NotifyTarget(url=slow.url), late_within=TEST_WITHIN)
+            state = nightly(config, return_state=True)
+            alerts.runs.append(state.state_details.flow_run_id)
+            run_id = str(state.state_details.flow_run_id)
+            with get_client(sync_client=True) as client:
+
+                def delivered_or_repeated() -> list[Any]:
+                    """The executed deliveries of the failed alert, or (a repeat) its POSTs."""
+                    if len(posts := slow.naming(run_id)) > 1:
+                        return posts
+                    return _executed(client, alerts.ids[0], since)
+
+                assert slow.wait_for(delivered_or_repeated)
+            install_alerts(NotifyTarget(url=alerts.receiver.url), late_within=TEST_WITHIN)
+    finally:
+        slow.server.shutdown()
+    assert state.is_failed()
+    posts = slow.naming(run_id)
+    assert len(posts) == 1, f"{len(posts)} POSTs of one alert, keys {[p['key'] for p in posts]}"
+    assert posts[0]["subject"].startswith("closecast nightly failed: nightly SHORT ")
+    assert UUID_TEXT.match(posts[0]["key"])
+
+
+def _executed(client: Any, automation_id: UUID, since: datetime) -> list[dict[str, Any]]:
+    """The `prefect.automation.action.executed` events of an automation since `since`."""
+    response = client.request(
+        "POST",
+        "/events/filter",
+        json={
+            "filter": {
+                "occurred": {"since": since.isoformat()},
+                "event": {"name": ["prefect.automation.action.executed"]},
+                "resource": {"id": [f"prefect.automation.{automation_id}"]},
+            }
+        },
+    )
+    return response.json()["events"]
 
 
 def test_an_endpoint_that_is_down_fails_no_flow_and_the_server_logs_the_miss(
