@@ -8,7 +8,7 @@ import typer
 
 from closecast.imports import heavy_imports
 from closecast.options import HomeOpt, build_config
-from core.errors import InputError
+from core.errors import InputError, PipelineError
 
 
 def _missing_database(uri: str) -> Path | None:
@@ -133,9 +133,15 @@ def status(
     home: HomeOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for monitors.")] = False,
 ) -> None:
-    """Is the nightly healthy? Exit 0 healthy, 1 stale, failing or never run."""
+    """Is the nightly healthy? Exit 0 healthy, 1 stale, failing, killed or never run.
+
+    With --json a store that cannot be read (a damaged mlflow.db, a server
+    that is down or refuses the credentials) is the same object, unhealthy,
+    naming why; without it, one line on stderr.
+    """
     with heavy_imports():
-        from tasks.health import never_run, nightly_health, render
+        from closecast.alerts import LATE_WITHIN
+        from tasks.health import render, store_health, without_store
 
     config = build_config(home)
     now = datetime.now(UTC)
@@ -144,10 +150,20 @@ def status(
         if not as_json:
             typer.echo(f"closecast: {problem}", err=True)
             raise typer.Exit(1)
-        health = never_run(now, problem)
+        health = without_store(now, problem)
     else:
-        _, client = _registry(home)
-        health = nightly_health(client, config.reports_dir, now, config.experiment)
+        try:
+            health = store_health(
+                config.mlflow_uri,
+                config.reports_dir,
+                now,
+                config.experiment,
+                late_within=LATE_WITHIN,  # a nightly running longer is late: killed, here
+            )
+        except PipelineError as exc:
+            if not as_json:
+                raise  # the command line's one line: "closecast: pipeline failed: ..."
+            health = without_store(now, str(exc))
     typer.echo(health.to_json() if as_json else render(health))
     if health.exit_code:
         raise typer.Exit(health.exit_code)

@@ -31,6 +31,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 from requests.utils import get_environ_proxies
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.config import PipelineConfig
 from core.errors import PipelineError
@@ -131,15 +132,30 @@ def connect_mlflow(tracking_uri: str) -> MlflowClient:
     (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT). A server
     that answers 401 has answered: its refusal of the credentials (MLflow
     does not retry it) is reported as such, not as an unreachable server.
+    A SQLite store that is no database (truncated, overwritten) says so.
     Either way the failure is one PipelineError line, not a page of urllib3 errors.
     """
     refuse_fast(tracking_uri)
-    client = configure_mlflow(tracking_uri)
     try:
+        client = configure_mlflow(tracking_uri)  # opens a SQL store: a damaged one fails here
         client.search_experiments(max_results=1)
-    except (MlflowException, OSError) as exc:
+    except (MlflowException, OSError, SQLAlchemyError) as exc:
+        if tracking_uri.startswith("sqlite:") and refusal_status(exc) is None:
+            raise unreadable_store(tracking_uri, exc) from None  # a file: damaged, not unreachable
         raise refused_request(tracking_uri, exc) or unreachable(tracking_uri, exc) from None
     return client
+
+
+def unreadable_store(tracking_uri: str, exc: Exception) -> PipelineError:
+    """One line saying the SQLite store at `tracking_uri` cannot be read, in sqlite3's words.
+
+    SQLAlchemy (or MLflow around it) says `(sqlite3.DatabaseError) file is
+    not a database` and then the SQL; the line keeps the words only.
+    """
+    text = str(exc).strip()
+    why = text.splitlines()[0] if text else type(exc).__name__
+    why = re.sub(r"^\([\w.]+\) ", "", why)
+    return PipelineError(f"MLflow database {tracking_uri} cannot be read: {why}")
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:

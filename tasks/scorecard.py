@@ -45,6 +45,8 @@ SCORECARD_COLUMNS = [
 HIT_COLUMNS = [f"hit_{level}" for level in LEVELS]
 LIVE_SESSIONS = 20
 _KEY = ["as_of", "ticker"]
+# The columns a report must have to be scored (and read by `closecast status`).
+REPORT_NEEDED = ("as_of", "target_date", "ticker", "last_close", "predicted_close", "status")
 
 
 def _hits(values: pd.Series) -> pd.Series:
@@ -74,18 +76,36 @@ def scorecard_path(reports_dir: Path) -> Path:
     return reports_dir / "scorecard.csv"
 
 
+class UnreadableReport(ValueError):
+    """A `predictions_*.csv` that is no report; the message says why."""
+
+
+def read_report(path: Path) -> pd.DataFrame:
+    """One predictions report as the scorecard reads it: an empty cell stays "", not NaN.
+
+    Raises:
+        UnreadableReport: the file is no CSV text (binary, malformed, empty, a
+            folder) or lacks a report's columns.
+    """
+    try:
+        report = pd.read_csv(path, dtype={"model_version": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableReport(f"unreadable ({why})") from None
+    missing = [c for c in REPORT_NEEDED if c not in report.columns]
+    if missing:
+        raise UnreadableReport(f"not a predictions report (missing {', '.join(missing)})")
+    return report
+
+
 def read_reports(reports_dir: Path, as_of: date) -> pd.DataFrame:
     """The ok rows of every report whose target_date is on or before `as_of`."""
     frames = []
     for path in sorted(reports_dir.glob("predictions_*.csv")):
         try:
-            report = pd.read_csv(path, dtype={"model_version": str}, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            logger.warning("skipping unreadable report %s: %s", path.name, exc)
-            continue
-        needed = {"as_of", "target_date", "ticker", "last_close", "predicted_close", "status"}
-        if not needed <= set(report.columns):
-            logger.warning("skipping %s: not a predictions report", path.name)
+            report = read_report(path)
+        except UnreadableReport as exc:
+            logger.warning("skipping report %s: %s", path.name, exc)
             continue
         frames.append(report[report["status"] == OK])
     if not frames:

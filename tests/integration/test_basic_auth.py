@@ -5,6 +5,7 @@ model `closecast-lstm`, gives the pipeline user EDIT on both and the reviewer
 MANAGE on the model; everyone else reads (default_permission READ).
 """
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -260,3 +261,35 @@ def test_refused_credentials_are_one_line_without_retries(
     time.sleep(0.3)  # a retry, had there been one, would be logged by now
     assert at_server.refused_logins() == refused + 1
     assert re.search(r"/experiments/search HTTP/1.1\" 401", at_server.log.read_text())
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "line"),
+    [
+        ("reader", "not-the-password", "MLflow at {url} refused the credentials of user reader "
+         "(401): check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"),
+        ("outsider", None, f"user outsider may not read {MODEL_NAME}: MLflow at {{url}} needs "
+         "READ permission on the registered model (403 Permission denied)"),
+    ],
+)  # fmt: skip
+def test_status_json_of_a_refused_user_is_unhealthy_naming_the_refusal(
+    at_server: AuthServer,
+    tmp_path: Path,
+    user: str,
+    password: str | None,
+    line: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Refused credentials (401) or reading (403): `status --json` still prints its object,
+    unhealthy, with the refusal as the problem (exit 1); the screen says it in one line."""
+    login(monkeypatch, user, password)
+    home, expected = tmp_path / "home", line.format(url=at_server.url)
+    assert main(["status", "--home", str(home), "--json"]) == 1
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert data["healthy"] is False and data["problems"] == [expected]
+    assert "Traceback" not in err
+    assert main(["status", "--home", str(home)]) == 1
+    assert last_error(capsys, caplog) == f"closecast: pipeline failed: {expected}"
