@@ -18,7 +18,12 @@ from typer.exceptions import TyperException
 
 from closecast.pipeline_commands import alerts, backfill, fetch, predict, run, serve
 from closecast.registry_commands import models, promote, status
-from core.errors import InputError, PipelineError
+from core.errors import (
+    InputError,
+    NoTracebackForExpected,
+    PipelineError,
+    log_expected_failures_in_one_line,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -49,17 +54,12 @@ def _refused(exc: BaseException) -> PipelineError | None:
     return refused_request(mlflow.get_tracking_uri(), exc)
 
 
-class _NoTracebackForExpected(logging.Filter):
-    """Expected failures (bad input, a failed pipeline, a request the tracking server
-    refused) get one line, not a traceback."""
+class _NoTracebackForExpected(NoTracebackForExpected):
+    """Expected failures, and a request the tracking server refused (401, 403), get one
+    line, not a traceback."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if error is not None and (
-            isinstance(error, InputError | PipelineError) or _refused(error) is not None
-        ):
-            record.exc_info, record.exc_text = None, None
-        return True
+    def expected(self, error: BaseException) -> bool:
+        return super().expected(error) or _refused(error) is not None
 
 
 _DROP_LOCKED, _NO_TRACEBACK = _DropLocked(), _NoTracebackForExpected()
@@ -69,8 +69,7 @@ def _quiet_noise() -> None:
     """Keep output readable: no lock noise, no tracebacks for expected errors."""
     for name in ("prefect", "prefect.server", "uvicorn.error", "sqlalchemy", "alembic"):
         logging.getLogger(name).addFilter(_DROP_LOCKED)
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).addFilter(_NO_TRACEBACK)
+    log_expected_failures_in_one_line(filter_=_NO_TRACEBACK)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -287,3 +287,23 @@ class PipelineConfig(_Strict):
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "mlartifacts"
+
+
+def overlay_config(given: PipelineConfig, base: PipelineConfig) -> PipelineConfig:
+    """`base` with the fields `given` sets, sub-config by sub-config: what a partial config
+    passed to a deployment's run means (the deployment's config, but for what it names).
+
+    A field counts as set when it was given (pydantic's `model_fields_set`),
+    not when it only took its default: `{"train": {"epochs": 1}}` keeps
+    base's home, data and every other training setting.
+    """
+    return _overlay(given, base)
+
+
+def _overlay(given: BaseModel, base: BaseModel) -> Any:
+    updates: dict[str, Any] = {}
+    for name in given.model_fields_set:
+        value, under = getattr(given, name), getattr(base, name)
+        updates[name] = _overlay(value, under) if isinstance(value, BaseModel) else value
+    # Validated again: the result is checked as a whole (sample's tickers, the home).
+    return type(base).model_validate({**dict(base), **updates})

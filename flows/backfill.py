@@ -18,6 +18,7 @@ from pydantic import Field
 
 from core.config import BACKFILL_EXPERIMENT, PipelineConfig
 from core.statuses import ticker_label
+from flows.deployment import served_config
 from flows.fetch import fetch
 from flows.session import forecast_session, prepare_session
 from tasks.backfill import ModelInUse, plan_backfill
@@ -54,6 +55,7 @@ def backfill(
     register_versions: bool = False,
 ) -> BackfillResult:
     """Run the nightly steps for every XNYS session in [start, end] not yet reported."""
+    config = served_config(config)  # a deployment run inherits what its config leaves out
     config = config.model_copy(
         update={
             "experiment": BACKFILL_EXPERIMENT,

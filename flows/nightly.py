@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow
 
 from core.config import PipelineConfig
+from flows.deployment import served_config
 from flows.fetch import fetch
 from flows.session import (
     forecast_session,
@@ -36,6 +37,7 @@ def nightly(config: PipelineConfig) -> NightlyResult:
 
     A scheduled run with no as_of computes the session of its slot, however late it starts.
     """
+    config = served_config(config)  # a deployment run inherits what its config leaves out
     config = slot_as_of(config, schedule_slot())
     fetched = fetch(config.data, config.home)
     inputs = prepare_session(config, config.data.as_of, fetched)

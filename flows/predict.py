@@ -7,6 +7,7 @@ from prefect import flow
 
 from core.config import MODEL_NAME, PipelineConfig
 from core.statuses import merge_issues
+from flows.deployment import served_config
 from flows.fetch import fetch
 from flows.session import name_flow_run, run_name
 from tasks.inference import latest_inputs, load_champion
@@ -29,6 +30,7 @@ class PredictResult:
 @flow(name="predict", flow_run_name=lambda: run_name("predict"))
 def predict(config: PipelineConfig) -> PredictResult:
     """Predict the session after as_of with the registry's champion; nothing is trained."""
+    config = served_config(config)  # a deployment run inherits what its config leaves out
     champion = load_champion(config.mlflow_uri)
     fetched = fetch(config.data, config.home)
     prices = load_prices(config.prices_dir, config.data.tickers, config.data.as_of)

@@ -26,7 +26,7 @@ from core.config import (
 from models.lstm import LSTMConfig
 from tests.fakes import fake_yahoo, yahoo_frame  # noqa: F401
 from tests.mlflow_fixtures import mlflow_home, mlflow_template  # noqa: F401
-from tests.prefect_server import prefect_server  # noqa: F401
+from tests.prefect_server import prefect_server, serve_api  # noqa: F401
 
 _SHARED_FILE = Path("shared") / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
 

@@ -5,19 +5,26 @@ tests of late runs and alerts need the real services, so they get a
 `prefect server start` of their own (SQLite under a temporary PREFECT_HOME).
 """
 
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from closecast.serve import _healthy, server_environment, stop_process_group
+from closecast.local_server import _healthy, server_environment, stop_process_group
+from core.config import PipelineConfig
 from tests.mlflow_fixtures import free_port
 
+ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
+BUSY_TRIES = 20
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +52,74 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield api_url
     finally:
         stop_process_group(server, grace_s=5.0)
+
+
+def api_post(api: str, path: str, body: dict[str, Any]) -> Any:
+    """POST to the API; a 503 (its SQLite busy on a loaded machine) is tried again, as
+    Prefect's own client does."""
+    request = urllib.request.Request(
+        f"{api}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    for _ in range(BUSY_TRIES):
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                raw = response.read()
+            return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                raise
+            time.sleep(0.5)
+    raise AssertionError(f"{path}: the Prefect API answered 503 {BUSY_TRIES} times")
+
+
+def delete_deployments(api_url: str) -> None:
+    """Delete every deployment on the server (their runs go with them)."""
+    request = urllib.request.Request(
+        f"{api_url}/deployments/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        deployments = json.load(response)
+    for deployment in deployments:
+        delete = urllib.request.Request(
+            f"{api_url}/deployments/{deployment['id']}", method="DELETE"
+        )
+        urllib.request.urlopen(delete, timeout=10).close()
+
+
+@pytest.fixture
+def serve_api(prefect_server: str) -> Iterator[str]:
+    """The session's Prefect server for a test that serves a home on it; its deployments are
+    deleted after the test (a serve of another home is refused while they name this one)."""
+    try:
+        yield prefect_server
+    finally:
+        delete_deployments(prefect_server)
+
+
+def serve_process(
+    config: PipelineConfig, api_url: str, log_path: Path, *args: str, **env: str
+) -> subprocess.Popen[bytes]:
+    """`tests.serve_process` for `config` on the API at `api_url`, logging to `log_path`."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    environment |= {
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(log_path.parent / "prefect"),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # the next late run starts a second after the last
+        "DO_NOT_TRACK": "1",
+        **env,
+    }
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.serve_process", config.model_dump_json(), *args],
+            cwd=ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

@@ -91,3 +91,34 @@ def test_run_form_refuses_a_source_typo_before_submitting(source: str, valid: bo
 
     schema = parameter_schema(nightly).model_dump()
     assert is_valid({"config": {"data": {"source": source}}}, schema) is valid
+
+
+def test_a_run_config_overrides_the_deployment_config_only_in_the_fields_it_sets(
+    tmp_path: Path,
+) -> None:
+    """What Prefect validates from a run's partial `config` knows which fields were given;
+    laid over the deployment's config, the rest (home, source, model) stays the deployment's."""
+    from datetime import date
+
+    from core.config import SAMPLE_TICKERS, DataConfig, LSTMConfig, TrainConfig, overlay_config
+
+    flow = load_flow_from_entrypoint(str(ROOT / "flows" / "nightly.py:nightly"))
+    served = PipelineConfig(
+        home=tmp_path / "served",
+        data=DataConfig(source="csv:/data", tickers=["AAA"], as_of=date(2021, 3, 9)),
+        lstm=LSTMConfig(hidden_size=8),
+        train=TrainConfig(epochs=2, batch_size=64),
+    )
+
+    def run_with(config: dict) -> PipelineConfig:
+        return overlay_config(flow.validate_parameters({"config": config})["config"], served)
+
+    merged = run_with({"data": {"as_of": "2021-03-10"}, "train": {"epochs": 1}})
+    assert merged.home == tmp_path / "served"
+    assert (merged.data.source, merged.data.tickers) == ("csv:/data", ["AAA"])
+    assert merged.data.as_of == date(2021, 3, 10)
+    assert (merged.train.epochs, merged.train.batch_size, merged.lstm.hidden_size) == (1, 64, 8)
+    assert run_with({"data": {"as_of": None}}).data.as_of is None  # set to empty: the latest
+    sample = run_with({"data": {"source": "sample"}}).data  # sample's own tickers, not AAA
+    assert (sample.source, sample.tickers) == ("sample", list(SAMPLE_TICKERS))
+    assert run_with(served.model_dump(mode="json")) == served

@@ -7,13 +7,17 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 from prefect.settings import Settings
 
 from closecast.alerts import FAILED, LATE, UNHEALTHY
-from closecast.serve import server_environment
+from closecast.local_server import server_environment
+from tests.conftest import tiny_config
+from tests.prefect_server import api_post, serve_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,3 +146,174 @@ def test_nightly_runs_one_at_a_time_and_queues_the_rest_served_or_deployed(
     deployed = {d["name"]: d for d in spec["deployments"]}
     assert deployed["nightly"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert "concurrency_limit" not in deployed["predict"] | deployed["backfill"]
+
+
+def _serve_cli(home: Path, port: int, source: str, prefect_home: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(prefect_home)  # one PREFECT_HOME for every serve, as on a machine
+    command = [sys.executable, "-m", "closecast.cli", "serve", "--port", str(port)]
+    command += ["--source", source, "--home", str(home)]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_for_nightly(api: str, serve: subprocess.Popen[str]) -> dict:
+    deadline = time.monotonic() + 120
+    while "nightly" not in (found := _deployments(api)):
+        assert serve.poll() is None and time.monotonic() < deadline, serve.poll()
+        time.sleep(1)
+    return found["nightly"]
+
+
+@pytest.mark.slow
+def test_each_home_owns_its_prefect_server_serves_it_alone_and_takes_it_along_on_kill_9(
+    tmp_path: Path, csv_folder: Path
+) -> None:
+    """Two homes, two serves: each server's database is under its home and holds that home's
+    deployments only; a second serve of a home, or one on a port another serve's server
+    holds, is refused in one line; `kill -9` of serve stops its server too."""
+    home_a, home_b, prefect_home = tmp_path / "HA", tmp_path / "HB", tmp_path / "prefect"
+    port_a, port_b = _free_port(), _free_port()
+    api_a, api_b = f"http://127.0.0.1:{port_a}/api", f"http://127.0.0.1:{port_b}/api"
+    serve_a = _serve_cli(home_a, port_a, f"csv:{csv_folder}", prefect_home)
+    serve_b = None
+    try:
+        _wait_for_nightly(api_a, serve_a)
+        serve_b = _serve_cli(home_b, port_b, "sample", prefect_home)
+        _wait_for_nightly(api_b, serve_b)
+        nightly_a, nightly_b = _deployments(api_a)["nightly"], _deployments(api_b)["nightly"]
+        assert nightly_a["parameters"]["config"]["home"] == str(home_a)
+        assert nightly_a["parameters"]["config"]["data"]["source"] == f"csv:{csv_folder}"
+        assert nightly_b["parameters"]["config"]["home"] == str(home_b)
+        assert nightly_a["id"] != nightly_b["id"]
+        assert (home_a / "prefect" / "prefect.db").is_file()
+        assert (home_b / "prefect" / "prefect.db").is_file()
+
+        again = _serve_cli(home_a, _free_port(), "sample", prefect_home)
+        out, _ = again.communicate(timeout=120)
+        assert (again.returncode, out) == (
+            2,
+            f"closecast: error: home {home_a} is already served by serve pid {serve_a.pid}: "
+            "stop that one first\n",
+        )
+        taken = _serve_cli(tmp_path / "HC", port_a, "sample", prefect_home)
+        out, _ = taken.communicate(timeout=120)
+        assert (taken.returncode, out) == (
+            2,
+            f"closecast: error: port {port_a} is held by a Prefect server this serve did not "
+            "start: stop it or give another --port\n",
+        )
+        assert _deployments(api_a)["nightly"]["parameters"]["config"]["home"] == str(home_a)
+
+        serve_a.kill()  # kill -9: no cleanup of its own
+        serve_a.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while _port_open(port_a) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _port_open(port_a)  # its server went with it
+    finally:
+        for serve in (serve_a, serve_b):
+            if serve is not None and serve.poll() is None:
+                serve.send_signal(signal.SIGINT)
+                serve.communicate(timeout=60)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _run_deployment(api: str, deployment_id: str, config: dict[str, Any]) -> dict[str, Any]:
+    """`prefect deployment run -p config=...`: a manual run with these parameters, once ended."""
+    body = {"parameters": {"config": config}}
+    run = api_post(api, f"/deployments/{deployment_id}/create_flow_run", body)
+    deadline = time.monotonic() + 240
+    while run["state_type"] not in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+        assert time.monotonic() < deadline, run["state_type"]
+        time.sleep(1)
+        with urllib.request.urlopen(f"{api}/flow_runs/{run['id']}", timeout=10) as response:
+            run = json.load(response)
+    return dict(run)
+
+
+@pytest.mark.slow
+def test_a_manual_run_with_a_partial_config_runs_on_the_served_home_and_fails_in_one_line(
+    serve_api: str, mlflow_home: Path, csv_folder: Path, tmp_path: Path
+) -> None:
+    """A deployment run given only some fields takes the rest (home, source, model) from the
+    served config; an expected failure is one line in serve's log, no traceback; a serve of
+    another home on the same API is refused in one line."""
+    config = tiny_config(mlflow_home, f"csv:{csv_folder}", ["AAA", "BBB"])
+    stray = tmp_path / "stray"  # where a run without serve's home would write ($CLOSECAST_HOME)
+    log_path = tmp_path / "serve.log"
+    serve = serve_process(config, serve_api, log_path, CLOSECAST_HOME=str(stray))
+    try:
+        deadline = time.monotonic() + 240
+        while set(found := _deployments(serve_api)) != {"nightly", "predict", "backfill"}:
+            assert serve.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.5)
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+        command = [sys.executable, "-m", "closecast.cli", "serve", "--source", "sample"]
+        command += ["--home", str(tmp_path / "other")]
+        other = subprocess.run(
+            command,
+            cwd=ROOT,
+            env={**env, "PREFECT_API_URL": serve_api},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (other.returncode, other.stdout) == (2, "")
+        assert other.stderr == (
+            f"closecast: error: the Prefect server at {serve_api} already serves nightly for "
+            f"home {mlflow_home}: stop that serve and `prefect deployment delete "
+            "nightly/nightly`, or serve this home without PREFECT_API_URL (its own server)\n"
+        )
+
+        # No champion yet in the served home: an expected PipelineError.
+        failed = _run_deployment(serve_api, found["predict"]["id"], {"train": {"epochs": 1}})
+        partial = {"data": {"as_of": "2021-03-10"}, "train": {"epochs": 1}}
+        done = _run_deployment(serve_api, found["nightly"]["id"], partial)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+
+    assert (failed["state_type"], done["state_type"]) == ("FAILED", "COMPLETED")
+    log = log_path.read_text()
+    assert "no champion version of closecast-lstm" in log
+    assert "Traceback" not in log
+    assert not stray.exists()
+    assert (mlflow_home / "reports" / "predictions_2021-03-10.csv").is_file()
+    mlflow = MlflowClient(config.mlflow_uri)
+    experiment = mlflow.get_experiment_by_name(config.experiment)
+    assert experiment is not None
+    (run,) = mlflow.search_runs([experiment.experiment_id])
+    assert run.data.params["train.epochs"] == "1"  # the run's own field
+    # the rest: serve's
+    assert (run.data.params["home"], run.data.params["lstm.hidden_size"]) == (str(mlflow_home), "8")
+
+
+@pytest.mark.parametrize("user_database", [None, "sqlite+aiosqlite:////srv/prefect/shared.db"])
+def test_the_local_server_database_lives_under_the_home_unless_one_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, user_database: str | None
+) -> None:
+    """Prefect's settings under serve's environment: the home's own database, so another
+    home's serve (same PREFECT_HOME) never sees these deployments; a database the user names
+    wins."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    if user_database:
+        base["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = user_database
+    env = server_environment("127.0.0.1", 4321, base, tmp_path / "home")
+    for name in list(os.environ):
+        if name.startswith("PREFECT_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    url = Settings().server.database.connection_url
+    expected = (
+        user_database or f"sqlite+aiosqlite:///{tmp_path / 'home' / 'prefect' / 'prefect.db'}"
+    )
+    assert (url.get_secret_value() if hasattr(url, "get_secret_value") else url) == expected

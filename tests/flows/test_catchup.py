@@ -2,10 +2,8 @@
 oldest first, each computing the session of its own slot (point-in-time)."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,42 +13,17 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from core.calendar import NEW_YORK, next_session
 from tests.conftest import read_report, tiny_config, write_ticker_csvs
+from tests.prefect_server import api_post as _api
+from tests.prefect_server import serve_process
 
-ROOT = Path(__file__).resolve().parents[2]
 SESSIONS = [date(2021, 3, 8), date(2021, 3, 9), date(2021, 3, 10)]  # the data runs to 03-11
 WAIT_S = 240.0  # ~40 s on an idle machine, ~100 s with 2 cores loaded 4x
-BUSY_TRIES = 20
-# `closecast serve`'s own code path on an existing API, with a config the CLI cannot make
-# (hidden 8, 2 epochs).
-SERVE = (
-    "import sys; from core.config import PipelineConfig; "
-    "from closecast.serve import serve_deployments; "
-    "serve_deployments(PipelineConfig.model_validate_json(sys.argv[1]), port=0)"
-)
-
-
-def _api(api: str, path: str, body: dict[str, Any]) -> Any:
-    """POST to the API; a 503 (its SQLite busy on a loaded machine) is tried again, as
-    Prefect's own client does."""
-    request = urllib.request.Request(
-        f"{api}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    for _ in range(BUSY_TRIES):
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                raw = response.read()
-            return json.loads(raw) if raw else None
-        except urllib.error.HTTPError as error:
-            if error.code != 503:
-                raise
-            time.sleep(0.5)
-    raise AssertionError(f"{path}: the Prefect API answered 503 {BUSY_TRIES} times")
+ENDED = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+SLOTS_LEAD_S = 45  # from serve's flows imported to its first slot: serve is up and gone by then
 
 
 def _served_nightly(api: str, home: Path) -> dict[str, Any] | None:
@@ -86,38 +59,49 @@ def _state_names(api: str, flow_run_id: str) -> list[str]:
         return [state["name"] for state in json.load(response)]
 
 
+def _wait_for_nightly(api: str, home: Path, serve: subprocess.Popen[bytes], log: Path) -> dict:
+    """The served nightly of `home`, once serve has deployed it (serve still running)."""
+    deadline = time.monotonic() + WAIT_S
+    while (deployment := _served_nightly(api, home)) is None:
+        assert serve.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    return deployment
+
+
+def _wait_for_runs(api: str, deployment_id: str, count: int, log: Path) -> list[dict[str, Any]]:
+    """The slot runs once `count` of them have ended (or none is left running), oldest first."""
+    deadline = time.monotonic() + WAIT_S
+    runs = _slot_runs(api, deployment_id)
+    while time.monotonic() < deadline and not (
+        len(runs) >= count and all(r["state_type"] in ENDED for r in runs)
+    ):
+        if any(r["state_type"] in {"FAILED", "CRASHED"} for r in runs):
+            break
+        time.sleep(1)
+        runs = _slot_runs(api, deployment_id)
+    states = [r["state_type"] for r in runs]
+    assert states == ["COMPLETED"] * count, log.read_text()[-3000:]
+    return runs
+
+
+def _stop(serve: subprocess.Popen[bytes]) -> None:
+    serve.send_signal(signal.SIGTERM)
+    serve.wait(timeout=60)
+
+
 @pytest.mark.slow
 def test_three_missed_slots_run_one_at_a_time_oldest_first_each_point_in_time(
-    prefect_server: str, mlflow_home: Path, tmp_path: Path
+    serve_api: str, mlflow_home: Path, tmp_path: Path
 ) -> None:
     """Three slots in the past give three reports, for the three slot sessions, run in slot
     order and never two at once."""
+    prefect_server = serve_api
     csv = write_ticker_csvs(tmp_path / "csv", {"AAA": 300, "BBB": 300})
     config = tiny_config(mlflow_home, f"csv:{csv}", ["AAA", "BBB"])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env |= {
-        "PREFECT_API_URL": prefect_server,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # the next late run starts a second after the last
-        "DO_NOT_TRACK": "1",
-    }
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        serve = subprocess.Popen(
-            [sys.executable, "-c", SERVE, config.model_dump_json()],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    serve = serve_process(config, prefect_server, log_path)
     try:
-        deadline = time.monotonic() + WAIT_S
-        deployment = None
-        while deployment is None:
-            assert serve.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.5)
-            deployment = _served_nightly(prefect_server, mlflow_home)
+        deployment = _wait_for_nightly(prefect_server, mlflow_home, serve, log_path)
         assert deployment["global_concurrency_limit"]["limit"] == 1
         assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
         # What Prefect's scheduler left behind while the machine was down: the auto-scheduled
@@ -128,15 +112,9 @@ def test_three_missed_slots_run_one_at_a_time_oldest_first_each_point_in_time(
             "max_runs": 3,
         }
         _api(prefect_server, f"/deployments/{deployment['id']}/schedule", window)
-        runs = _slot_runs(prefect_server, deployment["id"])
-        while not (len(runs) == 3 and all(r["state_type"] == "COMPLETED" for r in runs)):
-            failed = [r["name"] for r in runs if r["state_type"] in {"FAILED", "CRASHED"}]
-            assert not failed and time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(1)
-            runs = _slot_runs(prefect_server, deployment["id"])
+        runs = _wait_for_runs(prefect_server, deployment["id"], 3, log_path)
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=60)
+        _stop(serve)
 
     slots = [_when(r["expected_start_time"]).tz_convert(NEW_YORK) for r in runs]
     assert [(s.date(), s.hour, s.minute) for s in slots] == [(d, 18, 30) for d in SESSIONS]
@@ -158,3 +136,66 @@ def test_three_missed_slots_run_one_at_a_time_oldest_first_each_point_in_time(
         assert list(report["status"]) == ["ok", "ok"]
         # the close of the slot's session, not of the last day in the store (03-11)
         assert report.loc["AAA", "last_close"] == pytest.approx(closes[pd.Timestamp(session)])
+
+
+def _deployment_runs(api: str, deployment_id: str) -> list[dict[str, Any]]:
+    body = {
+        "flow_runs": {"deployment_id": {"any_": [deployment_id]}},
+        "sort": "EXPECTED_START_TIME_ASC",
+    }
+    return list(_api(api, "/flow_runs/filter", body))
+
+
+@pytest.mark.slow
+def test_a_clean_stop_keeps_the_schedule_and_the_slots_missed_meanwhile_run_on_restart(
+    serve_api: str, mlflow_home: Path, tmp_path: Path
+) -> None:
+    """SIGTERM (a reboot, Ctrl-C) leaves the nightly active with its scheduled runs in place:
+    two slots that pass while serve is stopped run after the restart, one at a time, oldest
+    first (was: deployments paused, scheduled runs deleted, the nights lost)."""
+    api = serve_api
+    csv = write_ticker_csvs(tmp_path / "csv", {"AAA": 300, "BBB": 300})
+    config = tiny_config(mlflow_home, f"csv:{csv}", ["AAA", "BBB"], as_of=SESSIONS[-1])
+    log_path = tmp_path / "serve.log"
+    serve = serve_process(config, api, log_path, f"soon:{SLOTS_LEAD_S}")
+    try:
+        deployment = _wait_for_nightly(api, mlflow_home, serve, log_path)
+        # Stopped once the scheduler has placed the two slots and serve's runner is polling
+        # (a runner not yet started exits at once, pausing nothing).
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and not (
+            len(_deployment_runs(api, deployment["id"])) == 2
+            and _served_nightly(api, mlflow_home)["status"] == "READY"
+        ):
+            time.sleep(0.5)
+    finally:
+        _stop(serve)
+
+    body = {"deployments": {"id": {"any_": [deployment["id"]]}}}
+    (stored,) = _api(api, "/deployments/filter", body)
+    assert stored["paused"] is False
+    (schedule,) = stored["schedules"]
+    assert schedule["active"] is True
+    stopped = _deployment_runs(api, deployment["id"])
+    assert [(r["state_type"], r["start_time"]) for r in stopped] == [("SCHEDULED", None)] * 2
+    last_slot = pd.Timestamp(stopped[-1]["expected_start_time"])
+    while pd.Timestamp.now(tz="UTC") <= last_slot:  # both slots pass while serve is stopped
+        time.sleep(1)
+
+    serve = serve_process(config, api, log_path, schedule["schedule"]["rrule"])
+    try:
+        runs = _wait_for_runs(api, deployment["id"], 2, log_path)
+    finally:
+        _stop(serve)
+    assert [r["id"] for r in runs] == [r["id"] for r in stopped]  # the same two, not new ones
+    starts = [_when(r["start_time"]) for r in runs]
+    assert starts == sorted(starts)  # oldest slot first
+    assert _when(runs[0]["end_time"]) <= starts[1]  # one at a time
+    assert all(_when(r["start_time"]) > last_slot for r in runs)  # after the restart
+    mlflow = MlflowClient(config.mlflow_uri)
+    experiment = mlflow.get_experiment_by_name(config.experiment)
+    assert experiment is not None
+    nightlies = mlflow.search_runs([experiment.experiment_id])
+    assert [r.info.status for r in nightlies] == ["FINISHED", "FINISHED"]
+    report = read_report(mlflow_home / "reports" / f"predictions_{SESSIONS[-1]}.csv")
+    assert list(report["status"]) == ["ok", "ok"]
