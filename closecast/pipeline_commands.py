@@ -234,6 +234,8 @@ def backfill(
     if result.skipped:
         days = ", ".join(d.isoformat() for d in result.skipped)
         typer.echo(f"already reported, skipped: {days}")
+    if result.waiting_message:
+        typer.echo(result.waiting_message)
     typer.echo(f"scorecard: {config.reports_dir / 'scorecard.csv'}")
 
 
