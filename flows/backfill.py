@@ -57,7 +57,15 @@ def backfill(
     retrain_every: Annotated[int, Field(ge=1)] = 1,
     register_versions: bool = False,
 ) -> BackfillResult:
-    """Run the nightly steps for every XNYS session in [start, end] not yet reported."""
+    """Run the nightly steps for every XNYS session in [start, end] not yet reported.
+
+    Args:
+        config: the pipeline's settings (home, data, model); e.g. set data.tickers (as_of: end).
+        start: the first date of the range, YYYY-MM-DD, e.g. 2024-01-02.
+        end: the last date of the range, YYYY-MM-DD, e.g. 2024-03-28; sessions without data wait.
+        retrain_every: train a new model every N sessions, 1 or more; those between reuse it.
+        register_versions: register each model it trains through the gate (default: none).
+    """
     config = config.model_copy(
         update={
             "experiment": BACKFILL_EXPERIMENT,
