@@ -181,6 +181,12 @@ def predict(
     require_champion(config.mlflow_uri)  # fail in one line, before any flow run starts
 
     result = with_runner(predict_flow, flow_runner)(config)
+    if result.kept_run_id:
+        typer.echo(
+            f"report: {result.report_path} kept, written by run {result.kept_run_id} "
+            "(which trained); predict wrote nothing"
+        )
+        return
     typer.echo(f"report: {result.report_path}")
     typer.echo(f"mlflow run: {result.run_id or 'none (the tracking server refused one)'}")
     typer.echo(f"predictions by closecast-lstm v{result.version} (champion)")
@@ -234,6 +240,8 @@ def backfill(
     if result.skipped:
         days = ", ".join(d.isoformat() for d in result.skipped)
         typer.echo(f"already reported, skipped: {days}")
+    if result.waiting_message:
+        typer.echo(result.waiting_message)
     typer.echo(f"scorecard: {config.reports_dir / 'scorecard.csv'}")
 
 

@@ -5,7 +5,8 @@ Each session is its own flow run and MLflow run (experiment
 `retrain_every` sessions and predicts from memory in between; nothing is
 registered unless `register_versions` is set. Sessions that already have a complete
 report are skipped, so a backfill stopped halfway and started again does
-only the rest.
+only the rest. Sessions after the last stored date are not run (a rerun once
+the data has arrived fills them); a range with none before it fails.
 """
 
 from dataclasses import dataclass
@@ -21,16 +22,19 @@ from core.statuses import ticker_label
 from flows.deployment import served_config
 from flows.fetch import fetch
 from flows.session import forecast_session, prepare_session
-from tasks.backfill import ModelInUse, plan_backfill
+from tasks.backfill import ModelInUse, plan_backfill, waiting_message
 from tasks.sources import FetchResult
 
 
 @dataclass(frozen=True)
 class BackfillResult:
-    """Reports written by this backfill, and sessions skipped as already reported."""
+    """Reports written by this backfill, sessions skipped as already reported, and sessions
+    not run because the store has no data for them yet (`waiting` names them)."""
 
     reports: list[Path]
     skipped: list[date]
+    waiting: list[date]
+    waiting_message: str
 
 
 def _session_name() -> str:
@@ -54,7 +58,15 @@ def backfill(
     retrain_every: Annotated[int, Field(ge=1)] = 1,
     register_versions: bool = False,
 ) -> BackfillResult:
-    """Run the nightly steps for every XNYS session in [start, end] not yet reported."""
+    """Run the nightly steps for every XNYS session in [start, end] not yet reported.
+
+    Args:
+        config: the pipeline's settings (home, data, model); e.g. set data.tickers (as_of: end).
+        start: the first date of the range, YYYY-MM-DD, e.g. 2024-01-02.
+        end: the last date of the range, YYYY-MM-DD, e.g. 2024-03-28; sessions without data wait.
+        retrain_every: train a new model every N sessions, 1 or more; those between reuse it.
+        register_versions: register each model it trains through the gate (default: none).
+    """
     config = served_config(config)  # a deployment run inherits what its config leaves out
     config = config.model_copy(
         update={
@@ -63,7 +75,9 @@ def backfill(
         }
     )
     fetched = fetch(config.data, config.home)
-    plan = plan_backfill(config.reports_dir, config.data.tickers, start, end, retrain_every)
+    plan = plan_backfill(
+        config.reports_dir, config.prices_dir, config.data.tickers, start, end, retrain_every
+    )
     model, reports = None, []
     for session in plan.sessions:
         path, model = backfill_session(
@@ -74,7 +88,7 @@ def backfill(
             register_versions,
         )
         reports.append(path)
-    return BackfillResult(reports, plan.done)
+    return BackfillResult(reports, plan.done, plan.waiting, waiting_message(plan))
 
 
 @flow(name="backfill-session", flow_run_name=_session_name)

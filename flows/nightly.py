@@ -36,6 +36,9 @@ def nightly(config: PipelineConfig) -> NightlyResult:
     """Retrain on everything up to as_of, gate the new version, predict the next session.
 
     A scheduled run with no as_of computes the session of its slot, however late it starts.
+
+    Args:
+        config: the pipeline's settings (home, data, model); e.g. set data.as_of or data.tickers.
     """
     config = served_config(config)  # a deployment run inherits what its config leaves out
     config = slot_as_of(config, schedule_slot())

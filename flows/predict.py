@@ -3,38 +3,57 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from core.config import MODEL_NAME, PipelineConfig
 from core.statuses import merge_issues
 from flows.deployment import served_config
 from flows.fetch import fetch
 from flows.session import name_flow_run, run_name
-from tasks.inference import latest_inputs, load_champion
+from tasks.inference import latest_inputs, load_champion, trained_report_run
 from tasks.mlflow_connection import tracking_run
 from tasks.registry import predict_next
-from tasks.report import ReportContext, build_report, publish_report, require_predictions
+from tasks.report import (
+    ReportContext,
+    build_report,
+    publish_report,
+    report_path,
+    require_predictions,
+)
 from tasks.store import load_prices
 from tasks.validate import validate_prices
 
 
 @dataclass(frozen=True)
 class PredictResult:
-    """What a predict run produced."""
+    """What a predict run produced; `kept_run_id` names the training run whose report for
+    the as_of was kept (nothing written), else ''."""
 
     report_path: Path
     run_id: str
     version: str
+    kept_run_id: str = ""
 
 
 @flow(name="predict", flow_run_name=lambda: run_name("predict"))
 def predict(config: PipelineConfig) -> PredictResult:
-    """Predict the session after as_of with the registry's champion; nothing is trained."""
+    """Predict the session after as_of with the registry's champion; nothing is trained.
+
+    A report for that as_of with predictions from a run that trained (nightly,
+    backfill) is kept: nothing is predicted or written over it.
+
+    Args:
+        config: the pipeline's settings (home, data, model); e.g. set data.as_of or data.tickers.
+    """
     config = served_config(config)  # a deployment run inherits what its config leaves out
     champion = load_champion(config.mlflow_uri)
     fetched = fetch(config.data, config.home)
     prices = load_prices(config.prices_dir, config.data.tickers, config.data.as_of)
     name_flow_run(prices.as_of)
+    existing = report_path(config.reports_dir, prices.as_of)
+    if kept := trained_report_run(existing, config.mlflow_uri):
+        get_run_logger().warning("kept %s: written by run %s, which trained", existing, kept)
+        return PredictResult(existing, "", champion.version, kept_run_id=kept)
     validated = validate_prices(prices.frames)
     latest = latest_inputs(validated.frames, config.data.tickers, prices.as_of, champion.window)
     issues = merge_issues(

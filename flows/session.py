@@ -69,12 +69,14 @@ LATEST = "as_of=latest"  # a flow run's name before its as_of is resolved
 def run_name(kind: str) -> str:
     """`nightly AAPL +2 as_of=2024-05-01`: the flow, the tickers and the as_of, for the UI.
 
-    With no as_of given the name says `as_of=latest` until `name_flow_run`
+    A scheduled run is named for its slot's session from the start, so even one
+    that fails before reading the store says which session it was for. Else,
+    with no as_of given, the name says `as_of=latest` until `name_flow_run`
     puts in the session the run resolved.
     """
     from prefect.runtime import flow_run
 
-    config = flow_run.parameters["config"]
+    config = slot_as_of(flow_run.parameters["config"], schedule_slot())
     as_of = config.data.as_of
     return f"{kind} {ticker_label(config.data.tickers)} " + (f"as_of={as_of}" if as_of else LATEST)
 

@@ -4,7 +4,7 @@ Logged as models-from-code (`models/mlflow_model.py`), with the weights and
 spec as artifacts, so loading it unpickles nothing.
 
 Input is taken as people have it: `read_csv` output (int64 volume, dates as
-strings), yfinance bars (capitalised names, a tz-aware `Date` index). MLflow's
+strings), yfinance bars (capitalised names, a `Date` index, no ticker column). MLflow's
 schema check only lets the accepted column names through (see `accepted_names`);
 `read_input` turns them into the canonical frame `Forecaster.predict_frame` reads.
 """
@@ -20,6 +20,7 @@ from models.forecaster import Forecaster
 
 # Other names a column goes by: the ticker column of long-format price files.
 ALIASES = {"ticker": ("ticker", "symbol", "name")}
+UNNAMED_TICKER = ""  # the ticker of input that names none: all its rows are one ticker
 
 
 def accepted_names(column: str) -> tuple[str, ...]:
@@ -60,7 +61,8 @@ def read_input(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
     """The canonical frame: `columns` named in lower case, dates as datetimes, numbers as floats.
 
     A column may come under any of its `accepted_names`; the date may be the
-    index (yfinance's `Date`). A value that is not a number or a date becomes
+    index (yfinance's `Date`); with no ticker column every row is one ticker,
+    named UNNAMED_TICKER. A value that is not a number or a date becomes
     NaN/NaT, which makes its ticker `invalid_data` rather than failing the rest.
 
     Raises:
@@ -73,6 +75,8 @@ def read_input(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
             values = frame[name]
         elif column == "date" and isinstance(frame.index, pd.DatetimeIndex):
             values = frame.index.to_series()
+        elif column == "ticker":  # one ticker's bars, e.g. yfinance's, name none: one ticker
+            values = pd.Series(UNNAMED_TICKER, index=frame.index)
         else:
             accepted = ", ".join(accepted_names(column))
             raise ValueError(f"input has no {column} column (accepted names: {accepted})")

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
@@ -11,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.config import MODEL_NAME
 from core.errors import PipelineError
-from core.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
+from core.statuses import INSUFFICIENT_HISTORY, OK, STALE_DATA, Issues
 from models.forecaster import Forecaster, prediction_table
 from tasks.features import latest_rows
 from tasks.mlflow_auth import refused_request
@@ -133,3 +134,28 @@ def latest_inputs(
 def predict_in_memory(forecaster: Forecaster, rows: pd.DataFrame) -> pd.DataFrame:
     """Tomorrow's closes from the model this run trained last (nothing registered)."""
     return predict_frame(forecaster, rows)
+
+
+def trained_report_run(path: Path, tracking_uri: str) -> str:
+    """The run behind the report at `path` when a predict must keep that report, else ''.
+
+    A predict keeps a report that holds predictions from a run that trained (a
+    nightly or a backfill): its model was trained and gated for that as_of. A
+    report from a predict (its run tagged kind=predict, or written with no
+    run at all), one with no prediction, or none at all may be replaced.
+    """
+    if not path.is_file():
+        return ""
+    try:
+        report = pd.read_csv(path, usecols=["run_id", "status"], dtype=str, keep_default_na=False)
+    except ValueError:  # parser and decoding errors too
+        return ""  # not a report this pipeline wrote: nothing to keep
+    runs = report.loc[(report["status"] == OK) & (report["run_id"] != ""), "run_id"].unique()
+    if not len(runs):
+        return ""
+    run_id = str(runs[0])
+    try:
+        tags = connect_mlflow(tracking_uri).get_run(run_id).data.tags
+    except MlflowException:
+        return run_id  # a run that cannot be read: keep the report rather than guess
+    return "" if tags.get("kind") == "predict" else run_id

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from core.errors import PipelineError
-from core.statuses import INVALID_DATA, OK, Issues
+from core.statuses import INVALID_DATA, OK, STALE_DATA, Issues
 from models.forecaster import INTERVAL_COLUMNS
 from tasks.store import write_atomic
 from tasks.summary import MlflowLinks, summary_markdown
@@ -221,12 +221,14 @@ def is_complete_report(path: Path, tickers: list[str], as_of: date) -> bool:
     """True when `path` is a readable report for `as_of` with one row per ticker.
 
     Reports are written atomically, so a file that exists is whole; this also
-    refuses one written for another ticker list or with other columns.
+    refuses one written for another ticker list or with other columns, and one
+    whose rows are all stale_data (written before the session's prices arrived).
     """
     if not path.is_file():
         return False
     try:
-        report = pd.read_csv(path, usecols=lambda c: c in {"as_of", "ticker"}, dtype=str)
+        wanted = {"as_of", "ticker", "status"}
+        report = pd.read_csv(path, usecols=lambda c: c in wanted, dtype=str)
         header = pd.read_csv(path, nrows=0).columns.tolist()
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
         return False
@@ -234,4 +236,5 @@ def is_complete_report(path: Path, tickers: list[str], as_of: date) -> bool:
         header in (REPORT_COLUMNS, POINT_ONLY_COLUMNS)
         and set(report["as_of"]) == {as_of.isoformat()}
         and sorted(report["ticker"]) == sorted(tickers)
+        and not (report["status"] == STALE_DATA).all()
     )

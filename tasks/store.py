@@ -225,6 +225,13 @@ def save_fetched(
     return update
 
 
+def last_stored_date(prices_dir: Path, tickers: list[str]) -> date | None:
+    """The last date any of `tickers` has a stored price for; None when none has one."""
+    stored, _ = scan_store(prices_dir, tickers)
+    ends = [f.index[-1].date() for f in stored.values() if f is not None and len(f)]
+    return max(ends, default=None)
+
+
 def load_point_in_time(prices_dir: Path, tickers: list[str], as_of: date | None) -> LoadedPrices:
     """Stored rows dated <= the as_of session, whatever the store holds beyond it.
 

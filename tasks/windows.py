@@ -238,11 +238,19 @@ def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
     as_of_ts = pd.Timestamp(as_of)
     for ticker, frame in sorted(frames.items()):
         train_rows = frame[frame.index < val_start]
-        if len(frame) < config.window + n_test or len(train_rows) == 0:
+        if len(frame) < config.window + n_test:
             issues[ticker] = (
                 INSUFFICIENT_HISTORY,
                 f"only {len(frame)} rows of valid history; the model needs "
                 f"{config.window + n_test} (window {config.window} + test span {n_test})",
+            )
+            continue
+        if len(train_rows) == 0:  # long enough, but it begins after the training dates
+            issues[ticker] = (
+                INSUFFICIENT_HISTORY,
+                f"its {len(frame)} rows of valid history start on "
+                f"{frame.index[0].date().isoformat()}, after training ends: the model needs "
+                f"rows before {val_start.date().isoformat()}, where validation starts",
             )
             continue
         parts.append(_ticker_windows(ticker, frame, config.window))

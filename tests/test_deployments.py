@@ -78,6 +78,21 @@ def test_run_form_describes_every_field_a_person_sets() -> None:
     assert "empty = the latest session" in fields["data.as_of"]["description"]
 
 
+@pytest.mark.parametrize("name", ["nightly", "predict", "backfill"])
+def test_run_form_describes_every_top_level_parameter(name: str) -> None:
+    """config, and backfill's start, end, retrain_every and register_versions, each carry a
+    one-line description in the run form (from the flow docstring's Args section)."""
+    from prefect.utilities.callables import parameter_schema
+
+    flow = load_flow_from_entrypoint(f"{ROOT}/flows/{name}.py:{name}")
+    properties = parameter_schema(flow).properties
+    backfill_only = {"start", "end", "retrain_every", "register_versions"}
+    assert set(properties) == {"config"} | (backfill_only if name == "backfill" else set())
+    for parameter, field in properties.items():
+        description = field.get("description") or ""
+        assert description and "\n" not in description, parameter
+
+
 @pytest.mark.parametrize(
     ("source", "valid"),
     [("yahoo", False), ("csv:", False), ("yfinance", True), ("sample", True), ("csv:/d", True)],

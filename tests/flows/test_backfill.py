@@ -6,9 +6,11 @@ import pytest
 from mlflow import MlflowClient
 
 from core.config import BACKFILL_EXPERIMENT, EXPERIMENT
+from core.errors import PipelineError
 from flows.backfill import backfill
+from tasks.report import report_path
 from tasks.scorecard import read_scorecard
-from tests.conftest import read_report, tiny_config
+from tests.conftest import read_report, tiny_config, write_ticker_csvs
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -72,3 +74,50 @@ def test_backfill_reports_each_session_registers_nothing_and_resumes(
     assert len(scorecard) == 4
     assert runs[-1].data.metrics["live_sessions_20d"] == 2
     assert runs[-1].data.metrics["live_rmse_20d"] > 0
+
+
+def test_backfill_past_the_data_runs_only_stored_sessions_and_fills_the_gap_later(
+    mlflow_home: Path, tmp_path: Path
+) -> None:
+    """Sessions after the store's last date get no report; a range with none fails; an
+    all-stale_data report (an older version's) does not count as done, so a rerun once the
+    data has arrived fills the gap."""
+    full = write_ticker_csvs(tmp_path / "full", {"AAA": 300, "BBB": 300})  # ends 2021-03-11
+    csv = tmp_path / "csv"
+    csv.mkdir()
+    for path in full.iterdir():  # the source as it was on 03-09: the last two sessions missing
+        (csv / path.name).write_text("".join(path.read_text().splitlines(True)[:-2]))
+    config = tiny_config(mlflow_home, f"csv:{csv}", ["AAA", "BBB"])
+    reports = config.reports_dir
+
+    first = backfill(config, date(2021, 3, 9), date(2021, 3, 11))
+    assert [p.name for p in first.reports] == ["predictions_2021-03-09.csv"]
+    assert first.waiting == [date(2021, 3, 10), date(2021, 3, 11)]
+    assert "no data after 2021-03-09 yet, not run: 2021-03-10, 2021-03-11" in (
+        first.waiting_message
+    )
+    assert sorted(p.name for p in reports.glob("predictions_*.csv")) == [
+        "predictions_2021-03-09.csv"
+    ]
+
+    with pytest.raises(PipelineError, match="the store ends 2021-03-09 for AAA, BBB"):
+        backfill(config, date(2021, 3, 10), date(2021, 3, 11))
+    assert not report_path(reports, date(2021, 3, 10)).exists()
+
+    # What an older version wrote for 03-10 before its prices arrived: every row stale_data.
+    stale = read_report(first.reports[0]).assign(
+        as_of="2021-03-10", status="stale_data", predicted_close=float("nan")
+    )
+    stale.to_csv(report_path(reports, date(2021, 3, 10)), index=False)
+
+    for path in full.iterdir():  # the data has arrived
+        (csv / path.name).write_text(path.read_text())
+    second = backfill(config, date(2021, 3, 9), date(2021, 3, 11))
+    assert second.skipped == [date(2021, 3, 9)]
+    assert second.waiting == [] and second.waiting_message == ""
+    assert [p.name for p in second.reports] == [
+        "predictions_2021-03-10.csv",
+        "predictions_2021-03-11.csv",
+    ]
+    for path in second.reports:
+        assert list(read_report(path)["status"]) == ["ok", "ok"]

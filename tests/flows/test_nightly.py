@@ -22,7 +22,7 @@ from tasks.report import REPORT_COLUMNS
 from tasks.store import load_point_in_time
 from tasks.tracking import prices_table, table_digest
 from tasks.validate import validate_all
-from tests.conftest import read_report, tiny_config
+from tests.conftest import read_report, tiny_config, write_ticker_csvs
 from tests.mlflow_fixtures import point_only_training
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -264,3 +264,34 @@ def test_only_a_run_the_schedule_created_has_a_slot() -> None:
         ]
     assert run_flow(slot_probe, flow_run=scheduled) == SLOT
     assert run_flow(slot_probe, flow_run=by_hand) is None
+
+
+def test_a_scheduled_run_is_named_for_its_slot_session_even_when_it_fails_early(
+    tmp_path: Path,
+) -> None:
+    """The name says the slot's session from the start (never `as_of=latest`), so a run
+    that fails before reading the store, here every fetch failing, still says it."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flow_engine import run_flow
+
+    write_ticker_csvs(tmp_path / "csv", {"ZZZ": 30})  # a source that has none of the tickers
+    config = tiny_config(tmp_path, f"csv:{tmp_path / 'csv'}", ["AAA"])
+    with get_client(sync_client=True) as client:
+        cron = CronSchedule(cron="30 18 * * 1-5", timezone="America/New_York")
+        deployment_id = client.create_deployment(
+            flow_id=client.create_flow(nightly),
+            name=f"named-{uuid4().hex[:8]}",
+            schedules=[DeploymentScheduleCreate(schedule=cron)],
+            parameters={"config": config.model_dump(mode="json")},
+        )
+        window = {"start_time": SLOT.isoformat(), "end_time": SLOT.isoformat(), "max_runs": 1}
+        path = "/deployments/{id}/schedule"
+        client.request("POST", path, path_params={"id": deployment_id}, json=window)
+        ours = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        (scheduled,) = client.read_flow_runs(deployment_filter=ours)
+        assert scheduled.auto_scheduled
+        with pytest.raises(PipelineError):
+            run_flow(nightly, flow_run=scheduled, parameters=scheduled.parameters)
+        assert client.read_flow_run(scheduled.id).name == "nightly AAA as_of=2021-03-09"

@@ -53,3 +53,29 @@ def test_predict_uses_the_champion_and_trains_nothing(
     np.testing.assert_allclose(
         report["predicted_close"][:2].to_numpy(), expected["predicted_close"], rtol=1e-6
     )
+
+
+def test_predict_keeps_the_report_of_a_run_that_trained(
+    mlflow_home: Path, folder_with_stale: Path
+) -> None:
+    """A predict for an as_of the nightly reported writes nothing over that report; for
+    another as_of it writes its own, which a later predict may replace."""
+    source = f"csv:{folder_with_stale}"
+    trained = nightly(tiny_config(mlflow_home, source, ["AAA", "BBB"], as_of=date(2021, 3, 9)))
+    before = trained.report_path.read_bytes()
+    client = MlflowClient(tiny_config(mlflow_home, source, ["AAA"]).mlflow_uri)
+    runs = len(client.search_runs(client.search_experiments()[0].experiment_id))
+
+    kept = predict(tiny_config(mlflow_home, source, ["AAA", "BBB"], as_of=date(2021, 3, 9)))
+    assert trained.report_path.read_bytes() == before
+    assert kept.report_path == trained.report_path
+    assert kept.kept_run_id == trained.run_id and kept.run_id == ""
+    assert len(client.search_runs(client.search_experiments()[0].experiment_id)) == runs
+
+    later = tiny_config(mlflow_home, source, ["AAA", "BBB"], as_of=date(2021, 3, 10))
+    first = predict(later)
+    assert first.kept_run_id == "" and first.run_id
+    assert set(read_report(first.report_path)["run_id"]) == {first.run_id}
+    second = predict(later)  # a predict's report is no reason to keep one
+    assert second.report_path == first.report_path and second.kept_run_id == ""
+    assert set(read_report(second.report_path)["run_id"]) == {second.run_id}

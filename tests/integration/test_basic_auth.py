@@ -159,11 +159,19 @@ def test_the_pipeline_registers_a_reviewer_promotes_and_a_reader_only_reads(
     assert [r.split()[:2] for r in rows] == [["1", "challenger,champion"]]
     runs_before = len(client.search_runs([at_server.experiment_id]))
     predict = ["predict", "--source", f"csv:{csv_folder}", "--tickers", "AAA,BBB"]
+    # On the nightly's home: the nightly's report for the same as_of is kept.
+    [nightly_report] = (home / "reports").glob("predictions_*.csv")
+    written = nightly_report.read_bytes()
     assert main([*predict, "--home", str(home)]) == 0
+    assert f"report: {nightly_report} kept, written by run " in capsys.readouterr().out
+    assert nightly_report.read_bytes() == written
+    # On a home of its own: its report, without an MLflow run.
+    reader_home = tmp_path / "reader"
+    assert main([*predict, "--home", str(reader_home)]) == 0
     assert "mlflow run: none (the tracking server refused one)" in capsys.readouterr().out
     assert "user reader may not log runs to experiment closecast" in caplog.text
     assert len(client.search_runs([at_server.experiment_id])) == runs_before
-    [report_path] = (home / "reports").glob("predictions_*.csv")
+    [report_path] = (reader_home / "reports").glob("predictions_*.csv")
     report = read_report(report_path)
     assert report["model_version"].astype(str).tolist() == ["1", "1"]
     assert report["predicted_close"].notna().all()

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yfinance
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 
@@ -18,7 +19,7 @@ from models.forecaster import OUTPUT_COLUMNS, Forecaster
 from models.lstm import LSTMConfig, LSTMForecaster
 from tasks.mlflow_connection import configure_mlflow
 from tasks.registry import log_forecaster
-from tests.fakes import yahoo_frame
+from tests.fakes import FakeYahoo, yahoo_frame
 from tests.mlflow_fixtures import new_home
 
 WINDOW = 10
@@ -128,6 +129,35 @@ def test_it_accepts_a_yfinance_history_frame_with_its_date_index(logged: Logged)
     bars = yahoo_frame(15).assign(Ticker="AAA")
     predicted = logged.default_model.predict(bars)
     _assert_all_ok(predicted, expected_closes(logged.default, bars.reset_index()))
+
+
+def _downloaded(fake_yahoo: FakeYahoo, tickers: str, **options: object) -> pd.DataFrame:
+    """What `yf.download(tickers)` returns (yfinance 1.7's own code, offline)."""
+    fake_yahoo.history = {"AAA": yahoo_frame(20), "BBB": yahoo_frame(20, seed=1, base=90.0)}
+    return yfinance.download(
+        tickers, start="2020-01-02", end="2020-02-01", progress=False, **options
+    )
+
+
+def test_it_accepts_flat_yf_download_columns_as_one_unnamed_ticker(
+    logged: Logged, fake_yahoo: FakeYahoo
+) -> None:
+    """`yf.download("AAA", multi_level_index=False)`: Date index, flat columns, no ticker
+    anywhere, so every row is one ticker, named ''."""
+    bars = _downloaded(fake_yahoo, "AAA", multi_level_index=False)
+    assert not isinstance(bars.columns, pd.MultiIndex) and "Ticker" not in bars.columns
+    predicted = logged.default_model.predict(bars)
+    rows = bars.reset_index().assign(Ticker="")
+    _assert_all_ok(predicted, expected_closes(logged.default, rows))
+
+
+def test_it_accepts_yf_download_of_several_tickers_stacked_as_the_readme_says(
+    logged: Logged, fake_yahoo: FakeYahoo
+) -> None:
+    """`yf.download("AAA BBB").stack(level="Ticker").reset_index()`: each ticker named."""
+    rows = _downloaded(fake_yahoo, "AAA BBB").stack(level="Ticker").reset_index()
+    predicted = logged.default_model.predict(rows)
+    _assert_all_ok(predicted, expected_closes(logged.default, rows))
 
 
 def test_a_close_only_model_needs_only_ticker_date_close(logged: Logged) -> None:

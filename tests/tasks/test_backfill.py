@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.backfill import make_plan, plan_sessions
+from core.errors import PipelineError
+from tasks.backfill import make_plan, plan_sessions, waiting_message
 
 DAYS = [date(2024, 1, d) for d in (2, 3, 4, 5, 8)]
 
@@ -44,9 +45,43 @@ def test_make_plan_counts_only_complete_reports_as_done(tmp_path: Path) -> None:
         f"{columns}\n2024-01-03,2024-01-04,AAA,1,1,0,m,1,r,ok,\n"
     )
     (tmp_path / "predictions_2024-01-04.csv").write_text("not,a,report\n")
-    plan = make_plan(tmp_path, ["AAA", "BBB"], date(2024, 1, 1), date(2024, 1, 5), 1)
+    # Written before the session's prices arrived (an older version): every row stale_data.
+    (tmp_path / "predictions_2024-01-05.csv").write_text(
+        f"{columns}\n2024-01-05,2024-01-08,AAA,1,,,m,1,r,stale_data,old\n"
+        "2024-01-05,2024-01-08,BBB,1,,,m,1,r,stale_data,old\n"
+    )
+    end = date(2024, 1, 5)
+    plan = make_plan(tmp_path, ["AAA", "BBB"], date(2024, 1, 1), end, 1, last_stored=end)
     assert plan.done == [date(2024, 1, 2)]
     assert [s.as_of for s in plan.sessions] == [date(2024, 1, d) for d in (3, 4, 5)]
+    assert plan.waiting == []
+    assert waiting_message(plan) == ""
+
+
+def test_make_plan_leaves_sessions_after_the_last_stored_date_waiting(tmp_path: Path) -> None:
+    """Sessions after the store's last date are not run, and the message names them."""
+    plan = make_plan(tmp_path, ["AAA"], date(2024, 1, 2), date(2024, 1, 8), 2, date(2024, 1, 3))
+    assert [(s.as_of, s.retrain) for s in plan.sessions] == [(DAYS[0], True), (DAYS[1], False)]
+    assert plan.waiting == DAYS[2:]
+    assert waiting_message(plan) == (
+        "no data after 2024-01-03 yet, not run: 2024-01-04, 2024-01-05, 2024-01-08; "
+        "rerun the backfill when the data has arrived"
+    )
+
+
+@pytest.mark.parametrize(
+    ("last_stored", "message"),
+    [
+        (date(2024, 1, 1), r"2024-01-02\.\.2024-01-08: the store ends 2024-01-01 for AAA; rerun"),
+        (None, r"2024-01-02\.\.2024-01-08: the store holds none for AAA; rerun"),
+    ],
+)
+def test_make_plan_fails_when_no_session_has_data(
+    tmp_path: Path, last_stored: date | None, message: str
+) -> None:
+    """A range wholly after the store's last date fails in one line naming that date."""
+    with pytest.raises(PipelineError, match=message):
+        make_plan(tmp_path, ["AAA"], date(2024, 1, 2), date(2024, 1, 8), 1, last_stored)
 
 
 @pytest.mark.parametrize(
@@ -61,4 +96,4 @@ def test_make_plan_rejects_empty_ranges(
 ) -> None:
     """A reversed range, or one without a session, is a clear error."""
     with pytest.raises(ValueError, match=message):
-        make_plan(tmp_path, ["AAA"], start, end, 1)
+        make_plan(tmp_path, ["AAA"], start, end, 1, last_stored=end)

@@ -79,6 +79,25 @@ def test_dataset_flags_short_and_stale_tickers() -> None:
     assert list(dataset.latest.tickers) == ["A"]
 
 
+@pytest.mark.parametrize(
+    ("rows", "start", "message"),
+    [
+        # Too short for one window and the test span: the count and the need are both rows.
+        (12, "2021-02-08", "only 12 rows of valid history; the model needs 35 (window 5 + test span 30)"),
+        # Long enough, but it starts after the training dates: it has no row to train on.
+        (50, "2020-12-16", "its 50 rows of valid history start on 2020-12-16, after training ends: the model needs rows before 2020-12-02, where validation starts"),
+    ],
+)  # fmt: skip
+def test_insufficient_history_counts_what_it_needs(rows: int, start: str, message: str) -> None:
+    """The message counts the same thing it says the model needs (never "only 50 rows; the
+    model needs 35")."""
+    features = {"A": _frame(300), "LATE": _frame(rows, start=start)}
+    config = WindowConfig(window=5, features=["close", "volume"])
+    dataset = build_dataset(features, config, as_of=date(2021, 2, 23))
+    assert dataset.issues["LATE"] == (INSUFFICIENT_HISTORY, message)
+    assert "LATE" not in dataset.tickers
+
+
 def test_training_inputs_ignore_values_after_the_boundary() -> None:
     """A huge value planted after the train boundary leaves the training windows unchanged."""
     config = WindowConfig(window=5, features=["close", "volume"], target="minmax_close")
