@@ -211,3 +211,41 @@ def test_flow_runs_under_the_temporary_api_send_no_heartbeats(tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "''", "None"]
+
+
+_FLOW_FROM_PYTHON = """
+import sys
+from pathlib import Path
+
+from prefect.flows import load_flow_from_entrypoint
+from prefect.settings import get_current_settings
+
+from core.config import DataConfig
+
+print(get_current_settings().server.ephemeral.startup_timeout_seconds)
+fetch = load_flow_from_entrypoint("flows/fetch.py:fetch")
+result = fetch(data=DataConfig(source="sample", tickers=["^GSPC"]), home=Path(sys.argv[1]))
+print(len(result.frames["^GSPC"]))
+"""
+
+
+@pytest.mark.slow
+def test_a_flow_called_from_python_gives_prefects_own_server_two_minutes(tmp_path: Path) -> None:
+    """With no Prefect API, a flow called from Python (a notebook, a script) in the project
+    starts Prefect's ephemeral server with pyproject.toml's 120 s to come up, not 20."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    done = subprocess.run(
+        [sys.executable, "-c", _FLOW_FROM_PYTHON, str(tmp_path / "home")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    timeout_s, rows = done.stdout.split()
+    assert timeout_s == "120"
+    assert int(rows) > 0
+    assert (tmp_path / "prefect" / "prefect.db").is_file()  # the ephemeral server's database
