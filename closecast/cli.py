@@ -9,8 +9,10 @@ import atexit
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import NoReturn
 
 import typer
@@ -79,6 +81,45 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """The first Ctrl-C: unwind as KeyboardInterrupt, quietly; a second one ends it at once.
+
+    The unwinding marks the MLflow run KILLED, rolls back what the run
+    registered and tells Prefect the flow run crashed; closecast's one line
+    says it was interrupted, so the loggers (Prefect's "Crash detected!"
+    and the task still running in a worker thread) stay quiet from here on.
+    """
+    signal.signal(signal.SIGINT, _interrupt_again)
+    logging.disable(logging.CRITICAL)
+    raise KeyboardInterrupt
+
+
+def _interrupt_again(signum: int, frame: object) -> None:
+    print("closecast: interrupted", file=sys.stderr, flush=True)
+    os._exit(INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _quiet_interrupts() -> Iterator[None]:
+    """Ctrl-C handled by `_interrupt` inside the block, when Python's own handler is in place
+    (not when SIGINT is ignored, as for a command started in the background)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        logging.disable(logging.NOTSET)
+
+
 def exit_now(code: int) -> NoReturn:
     """End this process with `code` the way Python ends it, minus freeing every module.
 
@@ -87,10 +128,14 @@ def exit_now(code: int) -> NoReturn:
     its runs, logging flushes), flushes stdout and stderr, and then frees
     every module and object one by one: 2.5-3 s with torch, MLflow, Prefect
     and pandas loaded, for memory the process is about to hand back anyway.
-    This does the first part and skips the last.
+    This does the first part and skips the last. An interrupted command
+    (`INTERRUPTED`) skips the first part too: it does not wait for a task
+    still running in a worker thread (a training), nor send the logs and
+    events that task made since to its stopped Prefect API.
     """
-    threading._shutdown()  # type: ignore[attr-defined]  # joins non-daemon threads
-    atexit._run_exitfuncs()
+    if code != INTERRUPTED:
+        threading._shutdown()  # type: ignore[attr-defined]  # joins non-daemon threads
+        atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
             stream.flush()
@@ -118,8 +163,13 @@ def run_command(argv: list[str] | None) -> int:
     from closecast.prefect_api import temporary_api
 
     try:
-        with temporary_api(sys.argv[1:] if argv is None else argv):  # dies with us, even on kill -9
+        with (
+            _quiet_interrupts(),
+            temporary_api(sys.argv[1:] if argv is None else argv),  # dies with us, even on kill -9
+        ):
             code = app(args=argv, standalone_mode=False)  # click returns a typer.Exit's code
+    except KeyboardInterrupt:  # before or after the command (Typer returns 130 for one in it)
+        code = INTERRUPTED
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:
@@ -143,6 +193,8 @@ def run_command(argv: list[str] | None) -> int:
             f"closecast: pipeline failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr
         )
         return 1
+    if code == INTERRUPTED:
+        print("closecast: interrupted", file=sys.stderr)
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 

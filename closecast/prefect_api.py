@@ -68,7 +68,11 @@ def temporary_api(argv: Sequence[str]) -> Iterator[str | None]:
     with socket.create_server((HOST, 0)) as listener:
         port = listener.getsockname()[1]
         command = [sys.executable, "-m", __name__, str(listener.fileno()), str(os.getpid())]
-        server = subprocess.Popen([*command, "--port", str(port)], pass_fds=[listener.fileno()])
+        # Its own session: the terminal's Ctrl-C goes to the whole foreground process group,
+        # and the command, not the signal, must stop the server once the flow run has ended.
+        server = subprocess.Popen(
+            [*command, "--port", str(port)], pass_fds=[listener.fileno()], start_new_session=True
+        )
     # Only the child holds the socket now: if it dies, requests are refused, not left waiting.
     try:
         with heavy_imports():

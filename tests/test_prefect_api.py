@@ -213,6 +213,74 @@ def test_flow_runs_under_the_temporary_api_send_no_heartbeats(tmp_path: Path) ->
     assert done.stdout.split() == ["True", "''", "None"]
 
 
+def _mlflow_statuses(db: Path) -> list[str]:
+    """The statuses of the MLflow runs in the SQLite store `db` (none while it is being made)."""
+    if not db.is_file():
+        return []
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as store:
+            return [status for (status,) in store.execute("SELECT status FROM runs")]
+    except sqlite3.Error:  # no table yet, or locked by the writer
+        return []
+
+
+def _wait_for_training(cli: subprocess.Popen[bytes], db: Path, timeout_s: float) -> None:
+    """Until the command's MLflow run is RUNNING: it trains from then on, for long."""
+    deadline = time.monotonic() + timeout_s
+    while _mlflow_statuses(db) != ["RUNNING"]:
+        assert cli.poll() is None, f"the command ended with {cli.returncode} before training"
+        assert time.monotonic() < deadline, f"no RUNNING MLflow run in {timeout_s:.0f} s"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PROC.is_dir(), reason="reads processes from /proc")
+def test_ctrl_c_stops_a_run_in_one_line_with_its_mlflow_run_killed(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a run trains:
+    exit 130 with one line and no traceback, the MLflow run KILLED, no report, no temporary
+    file, and neither the command nor its Prefect API left running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PREFECT_LOGGING_LEVEL"] = "WARNING"  # stderr holds what the interrupt prints
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "closecast.cli", "run", "--source", "sample"]
+    command += ["--home", str(home), "--hidden", "8", "--batch-size", "1"]
+    command += ["--epochs", "10000", "--patience", "10000"]  # trains for hours
+    err_path = tmp_path / "stderr.txt"
+    with err_path.open("wb") as err_file:
+        cli = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+            start_new_session=True,  # its own group, so the test can send it a terminal's Ctrl-C
+        )
+    servers: list[int] = []
+    try:
+        _wait_for_training(cli, home / "mlflow.db", timeout_s=300)
+        servers = _servers_of(cli.pid)
+        printed = err_path.stat().st_size  # before the interrupt (MLflow's notes on its tables)
+        os.killpg(cli.pid, signal.SIGINT)
+        cli.wait(timeout=120)
+    finally:
+        if cli.poll() is None:
+            os.killpg(cli.pid, signal.SIGKILL)
+            cli.wait()
+    err = err_path.read_bytes()[printed:].decode()
+    assert cli.returncode == 130, err
+    assert err == "closecast: interrupted\n"
+    assert _mlflow_statuses(home / "mlflow.db") == ["KILLED"]
+    assert not list(home.glob("reports/predictions_*.csv"))
+    assert not [p for p in home.rglob("*") if p.name.endswith(".tmp")]
+    assert len(servers) == 1
+    deadline = time.monotonic() + 15
+    while _running(servers[0]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(servers[0]), "the Prefect API outlived the interrupted command"
+
+
 _FLOW_FROM_PYTHON = """
 import sys
 from pathlib import Path
