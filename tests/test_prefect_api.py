@@ -1,5 +1,7 @@
 """The temporary Prefect API of a CLI command: started for flow commands, gone with the command."""
 
+import asyncio
+import logging
 import os
 import re
 import signal
@@ -317,3 +319,46 @@ def test_a_flow_called_from_python_gives_prefects_own_server_two_minutes(tmp_pat
     assert timeout_s == "120"
     assert int(rows) > 0
     assert (tmp_path / "prefect" / "prefect.db").is_file()  # the ephemeral server's database
+
+
+def test_the_recorders_flush_cancelled_by_the_shutdown_is_not_logged() -> None:
+    """The temporary API's log drops the task-run recorder's flush that its own shutdown
+    cancelled (the batch is written by the final flush), and keeps its other errors."""
+    from closecast.prefect_api import RECORDER_LOGGER, quiet_shutdown
+
+    logger = logging.getLogger(RECORDER_LOGGER)
+    before = list(logger.filters)
+    quiet_shutdown()
+    try:
+        cancelled = (asyncio.CancelledError, asyncio.CancelledError(), None)
+        failed = (OSError, OSError("disk full"), None)
+        records = [
+            logger.makeRecord(logger.name, logging.ERROR, __file__, 1, message, (), exc_info)
+            for message, exc_info in [
+                ("Error flushing 1 events (1 to retry, 0 dropped)", cancelled),
+                ("Error flushing 1 events (1 to retry, 0 dropped)", failed),
+                ("Dropping event 1 after 4 failed attempts", None),
+            ]
+        ]
+        assert [all(f.filter(r) for f in logger.filters) for r in records] == [False, True, True]
+    finally:
+        logger.filters[:] = before
+
+
+@pytest.mark.slow
+def test_a_run_that_predicts_nothing_ends_without_the_servers_tracebacks(tmp_path: Path) -> None:
+    """A run that ends at once (nothing to predict) stops its temporary API while the API still
+    records the run's task runs: one line says why it failed, and no traceback follows."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    command = [sys.executable, "-m", "closecast.cli", "run", "--source", "sample"]
+    command += ["--home", str(tmp_path / "home"), "--as-of", "2027-06-01"]  # the data ends 2018
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("closecast: pipeline failed: no ticker could be predicted: 2 stale_data")
+    )
+    assert "Traceback" not in done.stderr and "CancelledError" not in done.stderr, done.stderr
