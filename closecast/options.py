@@ -283,7 +283,28 @@ def build_config(
         raise InputError(_one_line_of(exc)) from None
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if data is not None:
+        check_folders(config, uses_mlflow=uses_mlflow)
     return config
+
+
+def check_folders(config: PipelineConfig, *, uses_mlflow: bool) -> None:
+    """The folders of the home a flow writes to are folders, where they exist.
+
+    A `reports` that is a file would otherwise be found after training and
+    registering, when the report is written (and the version rolled back).
+
+    Raises:
+        InputError: one line naming the folder that is a file.
+    """
+    folders = {"prices": config.prices_dir}
+    if uses_mlflow:
+        folders["reports"] = config.reports_dir
+        if config.mlflow_uri.startswith("sqlite:"):  # artifacts go under the home
+            folders["artifacts"] = config.artifacts_dir
+    for what, folder in folders.items():
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{what} folder {str(folder)!r} is a file, not a folder")
 
 
 def _one_line_of(exc: ValidationError) -> str:

@@ -125,6 +125,34 @@ def test_home_that_is_a_file_exits_2_and_leaves_the_file(
     assert afile.read_text() == "keep me"
 
 
+@pytest.mark.parametrize(
+    ("command", "folder"),
+    [
+        (["run", "--source", "sample"], "reports"),
+        (["run", "--source", "sample"], "prices"),
+        (["run", "--source", "sample"], "mlartifacts"),
+        (["predict", "--source", "sample"], "reports"),
+        (["backfill", "--start", "2018-12-03", "--end", "2018-12-04", "--source", "sample"],
+         "reports"),
+        (["fetch", "--source", "sample"], "prices"),
+    ],
+)  # fmt: skip
+def test_a_home_folder_that_is_a_file_exits_2_before_anything_runs(
+    tmp_path: Path, command: list[str], folder: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`reports` (or `prices`, `mlartifacts`) that is a file: exit 2 in one line naming it,
+    before anything is fetched, trained or registered; the file is untouched."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / folder).write_text("keep me")
+    assert main([*command, "--home", str(home)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"'{home / folder}' is a file, not a folder" in err, err
+    assert [p.name for p in home.iterdir()] == [folder]  # no store, no mlflow.db
+    assert (home / folder).read_text() == "keep me"
+
+
 def test_sqlite_tracking_uri_under_a_file_exits_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
