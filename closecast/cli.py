@@ -12,12 +12,14 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from typing import NoReturn
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from typing import Annotated, NoReturn
 
 import typer
 from typer.exceptions import TyperException
 
+from closecast import __version__
 from closecast.pipeline_commands import alerts, backfill, fetch, predict, run, serve
 from closecast.registry_commands import models, promote, status
 from core.errors import InputError, PipelineError
@@ -31,6 +33,52 @@ app = typer.Typer(
 )
 for command in (run, fetch, predict, backfill, serve, alerts, models, promote, status):
     app.command()(command)
+
+
+def package_version() -> str:
+    """closecast's version as installed, else (a checkout on PYTHONPATH) the source's."""
+    try:
+        return metadata.version("closecast")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"closecast {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """The options before the command."""
+
+
+def check_usage(argv: Sequence[str]) -> None:
+    """Parse the command line as the app will, before anything starts or is imported.
+
+    An unknown flag, a missing option or a value of the wrong type is a
+    usage error at once, and --help and --version print: none waits for
+    Prefect's import or a temporary Prefect API. The values themselves
+    (a ticker, a date, a home) are the command's to check.
+
+    Raises:
+        typer's click exceptions: UsageError (exit 2), Exit (--help, --version).
+    """
+    group = typer.main.get_command(app)
+    with group.make_context("closecast", list(argv)) as ctx:
+        words = [*ctx._protected_args, *ctx.args]  # the command and its own arguments
+        if words:
+            name, command, rest = group.resolve_command(ctx, words)  # type: ignore[attr-defined]
+            if command is not None:
+                command.make_context(name, rest, parent=ctx)
 
 
 class _DropLocked(logging.Filter):
@@ -162,12 +210,12 @@ def run_command(argv: list[str] | None) -> int:
     _quiet_noise()
     from closecast.prefect_api import temporary_api
 
+    args = sys.argv[1:] if argv is None else argv
     try:
-        with (
-            _quiet_interrupts(),
-            temporary_api(sys.argv[1:] if argv is None else argv),  # dies with us, even on kill -9
-        ):
-            code = app(args=argv, standalone_mode=False)  # click returns a typer.Exit's code
+        with _quiet_interrupts():
+            check_usage(args)
+            with temporary_api(args):  # dies with us, even on kill -9
+                code = app(args=argv, standalone_mode=False)  # click returns a typer.Exit's code
     except KeyboardInterrupt:  # before or after the command (Typer returns 130 for one in it)
         code = INTERRUPTED
     except typer.Exit as exc:

@@ -1,6 +1,7 @@
 import logging
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,44 @@ def test_the_program_ends_without_freeing_each_module(
     assert (tmp_path / "thread").read_text() == "joined"
     assert (tmp_path / "atexit").read_text() == "ran"
     assert not (tmp_path / "torn_down").exists()
+
+
+_USAGE = """
+import subprocess, sys
+started = []
+popen = subprocess.Popen.__init__
+subprocess.Popen.__init__ = lambda self, args, *a, **k: (started.append(args), popen(self, args, *a, **k))[1]
+from closecast.cli import run_command
+code = run_command(sys.argv[1:])
+heavy = sorted(m for m in ("prefect", "mlflow", "torch", "pandas") if m in sys.modules)
+print(code, ",".join(heavy) or "-", len(started))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "err"),
+    [
+        (["--version"], 0, ""),
+        (["run", "--bogus-flag"], 2, "closecast: error: No such option: --bogus-flag"),
+        (["fetch", "--epochs", "2"], 2, "closecast: error: No such option: --epochs"),
+        (["run", "--epochs", "x"], 2, "closecast: error: Invalid value for '--epochs'"),
+        (["backfill", "--end", "2021-03-05"], 2, "closecast: error: Missing option '--start'"),
+        (["predcit"], 2, "closecast: error: No such command 'predcit'"),
+    ],
+)
+def test_usage_errors_and_the_version_need_no_prefect(args: list[str], code: int, err: str) -> None:
+    """The command line is parsed before anything starts: a usage error exits 2 in one line,
+    and --version prints the package's version, without importing Prefect, MLflow, torch or
+    pandas and without starting a temporary Prefect API."""
+    done = subprocess.run(
+        [sys.executable, "-c", _USAGE, *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    *printed, result = done.stdout.strip().splitlines()
+    assert result == f"{code} - 0", done.stderr
+    assert done.stderr.strip().startswith(err) and len(done.stderr.strip().splitlines()) <= 1
+    if args == ["--version"]:
+        assert printed == [f"closecast {metadata.version('closecast')}"]
