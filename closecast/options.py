@@ -59,13 +59,23 @@ DaskAddressOpt = Annotated[
     typer.Option("--dask-address", help="Scheduler of an existing Dask cluster, tcp://HOST:PORT."),
 ]
 LOOPBACK = "127.0.0.1"
+# Each command's --host says what it binds: the temporary Prefect API of run, predict and
+# backfill always listens on 127.0.0.1, serve's Prefect server on --host.
+DaskHostOpt = Annotated[
+    str,
+    typer.Option(
+        "--host",
+        help="With --task-runner dask: the address the local Dask cluster's dashboards "
+        "listen on. Default 127.0.0.1: this machine only; 0.0.0.0 exposes them to the network.",
+    ),
+]
 HostOpt = Annotated[
     str,
     typer.Option(
         "--host",
-        help="Address the servers closecast starts listen on (a local Dask cluster and its "
-        "dashboards; serve's Prefect server). Default 127.0.0.1: this machine only; "
-        "0.0.0.0 exposes them to the network.",
+        help="Address serve's Prefect server (its API and UI) listens on, and with "
+        "--task-runner dask the local Dask cluster's dashboards. Default 127.0.0.1: this "
+        "machine only; 0.0.0.0 exposes them to the network.",
     ),
 ]
 NotifyUrlOpt = Annotated[

@@ -246,6 +246,23 @@ def test_run_and_backfill_default_to_the_models_settings() -> None:
         assert {flag: defaults.get(flag) for flag in expected} == expected, name
 
 
+def test_each_commands_host_help_says_what_that_command_binds() -> None:
+    """--host of run, predict and backfill is about their Dask dashboards (their Prefect API
+    stays on 127.0.0.1); serve's is about its Prefect server too."""
+    import typer
+
+    from closecast.cli import app
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    helps = {
+        name: next(p.help for p in commands[name].params if "--host" in p.opts)
+        for name in ("run", "predict", "backfill", "serve")
+    }
+    for name in ("run", "predict", "backfill"):
+        assert "Dask" in helps[name] and "Prefect" not in helps[name], helps[name]
+    assert "serve's Prefect server" in helps["serve"] and "Dask" in helps["serve"]
+
+
 _PROGRAM = """
 import atexit, sys, threading, time
 from pathlib import Path
