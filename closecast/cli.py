@@ -9,13 +9,17 @@ import atexit
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
-from typing import NoReturn
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from typing import Annotated, NoReturn
 
 import typer
 from typer.exceptions import TyperException
 
+from closecast import __version__
 from closecast.pipeline_commands import alerts, backfill, fetch, predict, run, serve
 from closecast.registry_commands import models, promote, status
 from core.errors import (
@@ -34,6 +38,52 @@ app = typer.Typer(
 )
 for command in (run, fetch, predict, backfill, serve, alerts, models, promote, status):
     app.command()(command)
+
+
+def package_version() -> str:
+    """closecast's version as installed, else (a checkout on PYTHONPATH) the source's."""
+    try:
+        return metadata.version("closecast")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"closecast {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """The options before the command."""
+
+
+def check_usage(argv: Sequence[str]) -> None:
+    """Parse the command line as the app will, before anything starts or is imported.
+
+    An unknown flag, a missing option or a value of the wrong type is a
+    usage error at once, and --help and --version print: none waits for
+    Prefect's import or a temporary Prefect API. The values themselves
+    (a ticker, a date, a home) are the command's to check.
+
+    Raises:
+        typer's click exceptions: UsageError (exit 2), Exit (--help, --version).
+    """
+    group = typer.main.get_command(app)
+    with group.make_context("closecast", list(argv)) as ctx:
+        words = [*ctx._protected_args, *ctx.args]  # the command and its own arguments
+        if words:
+            name, command, rest = group.resolve_command(ctx, words)  # type: ignore[attr-defined]
+            if command is not None:
+                command.make_context(name, rest, parent=ctx)
 
 
 class _DropLocked(logging.Filter):
@@ -78,6 +128,45 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """The first Ctrl-C: unwind as KeyboardInterrupt, quietly; a second one ends it at once.
+
+    The unwinding marks the MLflow run KILLED, rolls back what the run
+    registered and tells Prefect the flow run crashed; closecast's one line
+    says it was interrupted, so the loggers (Prefect's "Crash detected!"
+    and the task still running in a worker thread) stay quiet from here on.
+    """
+    signal.signal(signal.SIGINT, _interrupt_again)
+    logging.disable(logging.CRITICAL)
+    raise KeyboardInterrupt
+
+
+def _interrupt_again(signum: int, frame: object) -> None:
+    print("closecast: interrupted", file=sys.stderr, flush=True)
+    os._exit(INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _quiet_interrupts() -> Iterator[None]:
+    """Ctrl-C handled by `_interrupt` inside the block, when Python's own handler is in place
+    (not when SIGINT is ignored, as for a command started in the background)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        logging.disable(logging.NOTSET)
+
+
 def exit_now(code: int) -> NoReturn:
     """End this process with `code` the way Python ends it, minus freeing every module.
 
@@ -86,10 +175,14 @@ def exit_now(code: int) -> NoReturn:
     its runs, logging flushes), flushes stdout and stderr, and then frees
     every module and object one by one: 2.5-3 s with torch, MLflow, Prefect
     and pandas loaded, for memory the process is about to hand back anyway.
-    This does the first part and skips the last.
+    This does the first part and skips the last. An interrupted command
+    (`INTERRUPTED`) skips the first part too: it does not wait for a task
+    still running in a worker thread (a training), nor send the logs and
+    events that task made since to its stopped Prefect API.
     """
-    threading._shutdown()  # type: ignore[attr-defined]  # joins non-daemon threads
-    atexit._run_exitfuncs()
+    if code != INTERRUPTED:
+        threading._shutdown()  # type: ignore[attr-defined]  # joins non-daemon threads
+        atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
             stream.flush()
@@ -116,9 +209,14 @@ def run_command(argv: list[str] | None) -> int:
     _quiet_noise()
     from closecast.prefect_api import temporary_api
 
+    args = sys.argv[1:] if argv is None else argv
     try:
-        with temporary_api(sys.argv[1:] if argv is None else argv):  # dies with us, even on kill -9
-            code = app(args=argv, standalone_mode=False)  # click returns a typer.Exit's code
+        with _quiet_interrupts():
+            check_usage(args)
+            with temporary_api(args):  # dies with us, even on kill -9
+                code = app(args=argv, standalone_mode=False)  # click returns a typer.Exit's code
+    except KeyboardInterrupt:  # before or after the command (Typer returns 130 for one in it)
+        code = INTERRUPTED
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:
@@ -142,6 +240,8 @@ def run_command(argv: list[str] | None) -> int:
             f"closecast: pipeline failed: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr
         )
         return 1
+    if code == INTERRUPTED:
+        print("closecast: interrupted", file=sys.stderr)
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 

@@ -59,13 +59,23 @@ DaskAddressOpt = Annotated[
     typer.Option("--dask-address", help="Scheduler of an existing Dask cluster, tcp://HOST:PORT."),
 ]
 LOOPBACK = "127.0.0.1"
+# Each command's --host says what it binds: the temporary Prefect API of run, predict and
+# backfill always listens on 127.0.0.1, serve's Prefect server on --host.
+DaskHostOpt = Annotated[
+    str,
+    typer.Option(
+        "--host",
+        help="With --task-runner dask: the address the local Dask cluster's dashboards "
+        "listen on. Default 127.0.0.1: this machine only; 0.0.0.0 exposes them to the network.",
+    ),
+]
 HostOpt = Annotated[
     str,
     typer.Option(
         "--host",
-        help="Address the servers closecast starts listen on (a local Dask cluster and its "
-        "dashboards; serve's Prefect server). Default 127.0.0.1: this machine only; "
-        "0.0.0.0 exposes them to the network.",
+        help="Address serve's Prefect server (its API and UI) listens on, and with "
+        "--task-runner dask the local Dask cluster's dashboards. Default 127.0.0.1: this "
+        "machine only; 0.0.0.0 exposes them to the network.",
     ),
 ]
 NotifyUrlOpt = Annotated[
@@ -283,7 +293,28 @@ def build_config(
         raise InputError(_one_line_of(exc)) from None
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if data is not None:
+        check_folders(config, uses_mlflow=uses_mlflow)
     return config
+
+
+def check_folders(config: PipelineConfig, *, uses_mlflow: bool) -> None:
+    """The folders of the home a flow writes to are folders, where they exist.
+
+    A `reports` that is a file would otherwise be found after training and
+    registering, when the report is written (and the version rolled back).
+
+    Raises:
+        InputError: one line naming the folder that is a file.
+    """
+    folders = {"prices": config.prices_dir}
+    if uses_mlflow:
+        folders["reports"] = config.reports_dir
+        if config.mlflow_uri.startswith("sqlite:"):  # artifacts go under the home
+            folders["artifacts"] = config.artifacts_dir
+    for what, folder in folders.items():
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{what} folder {str(folder)!r} is a file, not a folder")
 
 
 def _one_line_of(exc: ValidationError) -> str:

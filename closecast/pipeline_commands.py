@@ -11,6 +11,7 @@ from closecast.imports import heavy_imports
 from closecast.options import (
     LOOPBACK,
     DaskAddressOpt,
+    DaskHostOpt,
     DataOptions,
     HomeOpt,
     HostOpt,
@@ -119,7 +120,7 @@ def run(
     no_promote: NoPromoteOpt = False,
     runner: TaskRunnerOpt = "default",
     dask_address: DaskAddressOpt = None,
-    host: HostOpt = LOOPBACK,
+    host: DaskHostOpt = LOOPBACK,
 ) -> None:
     """The nightly flow: fetch, validate, train, evaluate, register, predict, report."""
     config = build_config(home, data, model=model, no_promote=no_promote)
@@ -169,7 +170,7 @@ def predict(
     home: HomeOpt = None,
     runner: TaskRunnerOpt = "default",
     dask_address: DaskAddressOpt = None,
-    host: HostOpt = LOOPBACK,
+    host: DaskHostOpt = LOOPBACK,
 ) -> None:
     """Fetch and predict the next session with the champion model (no training)."""
     config = build_config(home, data)
@@ -212,7 +213,7 @@ def backfill(
     ] = False,
     runner: TaskRunnerOpt = "default",
     dask_address: DaskAddressOpt = None,
-    host: HostOpt = LOOPBACK,
+    host: DaskHostOpt = LOOPBACK,
 ) -> None:
     """Point-in-time runs for every XNYS session in [start, end] (experiment closecast-backfill)."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")

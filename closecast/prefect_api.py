@@ -15,6 +15,8 @@ Run as `python -m closecast.prefect_api FD PARENT_PID --port PORT`, this
 module is that child.
 """
 
+import asyncio
+import logging
 import os
 import signal
 import socket
@@ -31,6 +33,7 @@ FLOW_COMMANDS = frozenset({"run", "predict", "backfill", "fetch"})
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 5.0
 WATCH_INTERVAL_S = 0.5
+RECORDER_LOGGER = "prefect.server.services.task_run_recorder"
 NO_BLOCK_REGISTRATION = (
     "PREFECT_SERVER_REGISTER_BLOCKS_ON_START",
     "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION",
@@ -68,7 +71,11 @@ def temporary_api(argv: Sequence[str]) -> Iterator[str | None]:
     with socket.create_server((HOST, 0)) as listener:
         port = listener.getsockname()[1]
         command = [sys.executable, "-m", __name__, str(listener.fileno()), str(os.getpid())]
-        server = subprocess.Popen([*command, "--port", str(port)], pass_fds=[listener.fileno()])
+        # Its own session: the terminal's Ctrl-C goes to the whole foreground process group,
+        # and the command, not the signal, must stop the server once the flow run has ended.
+        server = subprocess.Popen(
+            [*command, "--port", str(port)], pass_fds=[listener.fileno()], start_new_session=True
+        )
     # Only the child holds the socket now: if it dies, requests are refused, not left waiting.
     try:
         with heavy_imports():
@@ -159,6 +166,26 @@ def watch_parent(parent: int) -> None:
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
+class _DropCancelledFlush(logging.Filter):
+    """The task-run recorder's flush cancelled by the server's own shutdown.
+
+    When the command ends, the server stops its services while the recorder
+    may be writing a batch of task-run events: the write is cancelled, the
+    batch put back and written by the recorder's final flush, yet each
+    cancelled write is logged as an error with two tracebacks. Events it
+    gives up on are still logged ("Dropping event ..."), without one.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, asyncio.CancelledError)
+
+
+def quiet_shutdown() -> None:
+    """No tracebacks from the services' orderly shutdown in this server's log."""
+    logging.getLogger(RECORDER_LOGGER).addFilter(_DropCancelledFlush())
+
+
 def serve(fd: int, parent: int) -> None:
     """Serve Prefect's ephemeral API on the inherited socket `fd` while `parent` lives.
 
@@ -179,6 +206,7 @@ def serve(fd: int, parent: int) -> None:
         from prefect.server.api.server import create_app
 
         app = create_app(ephemeral=True, final=True)  # no UI, only the services a run needs
+    quiet_shutdown()
     config = uvicorn.Config(app, log_level="error", lifespan="on")
     uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 

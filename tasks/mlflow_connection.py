@@ -30,6 +30,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_NAME,
     MLFLOW_SOURCE_TYPE,
 )
+from prefect.exceptions import ExternalSignal
 from requests.utils import get_environ_proxies
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -260,7 +261,8 @@ def _create_run(
 def tracking_run(
     config: PipelineConfig, run_name: str, tags: dict[str, str], *, required: bool = True
 ) -> Iterator[str]:
-    """Open an MLflow run for the block; FINISHED when it ends, FAILED if it raises.
+    """Open an MLflow run for the block; FINISHED when it ends, FAILED if it raises,
+    KILLED if a signal stopped it (Ctrl-C, SIGTERM).
 
     The run carries the full configuration twice: as dotted params (to
     compare runs) and as the exact `config.json` artifact, its source and git
@@ -289,13 +291,19 @@ def tracking_run(
             client.log_batch(run_id, params=params)
             client.log_dict(run_id, exact, "config.json")
             yield run_id
-        except BaseException:
-            client.set_terminated(run_id, "FAILED")
+        except BaseException as exc:
+            client.set_terminated(run_id, ended_status(exc))
             raise
         else:
             client.set_terminated(run_id, "FINISHED")
         finally:
             _OPEN_RUNS.discard(run_id)
+
+
+def ended_status(exc: BaseException) -> str:
+    """The MLflow status of a run that `exc` ended: KILLED for a stop asked from outside
+    (Ctrl-C, Prefect's TerminationSignal for SIGTERM), FAILED for a failure."""
+    return "KILLED" if isinstance(exc, KeyboardInterrupt | ExternalSignal) else "FAILED"
 
 
 def process_gone(pid: int) -> bool:

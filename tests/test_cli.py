@@ -1,6 +1,7 @@
 import logging
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,34 @@ def test_home_that_is_a_file_exits_2_and_leaves_the_file(
     assert afile.read_text() == "keep me"
 
 
+@pytest.mark.parametrize(
+    ("command", "folder"),
+    [
+        (["run", "--source", "sample"], "reports"),
+        (["run", "--source", "sample"], "prices"),
+        (["run", "--source", "sample"], "mlartifacts"),
+        (["predict", "--source", "sample"], "reports"),
+        (["backfill", "--start", "2018-12-03", "--end", "2018-12-04", "--source", "sample"],
+         "reports"),
+        (["fetch", "--source", "sample"], "prices"),
+    ],
+)  # fmt: skip
+def test_a_home_folder_that_is_a_file_exits_2_before_anything_runs(
+    tmp_path: Path, command: list[str], folder: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`reports` (or `prices`, `mlartifacts`) that is a file: exit 2 in one line naming it,
+    before anything is fetched, trained or registered; the file is untouched."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / folder).write_text("keep me")
+    assert main([*command, "--home", str(home)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"'{home / folder}' is a file, not a folder" in err, err
+    assert [p.name for p in home.iterdir()] == [folder]  # no store, no mlflow.db
+    assert (home / folder).read_text() == "keep me"
+
+
 def test_sqlite_tracking_uri_under_a_file_exits_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -217,6 +246,23 @@ def test_run_and_backfill_default_to_the_models_settings() -> None:
         assert {flag: defaults.get(flag) for flag in expected} == expected, name
 
 
+def test_each_commands_host_help_says_what_that_command_binds() -> None:
+    """--host of run, predict and backfill is about their Dask dashboards (their Prefect API
+    stays on 127.0.0.1); serve's is about its Prefect server too."""
+    import typer
+
+    from closecast.cli import app
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    helps = {
+        name: next(p.help for p in commands[name].params if "--host" in p.opts)
+        for name in ("run", "predict", "backfill", "serve")
+    }
+    for name in ("run", "predict", "backfill"):
+        assert "Dask" in helps[name] and "Prefect" not in helps[name], helps[name]
+    assert "serve's Prefect server" in helps["serve"] and "Dask" in helps["serve"]
+
+
 _PROGRAM = """
 import atexit, sys, threading, time
 from pathlib import Path
@@ -256,3 +302,44 @@ def test_the_program_ends_without_freeing_each_module(
     assert (tmp_path / "thread").read_text() == "joined"
     assert (tmp_path / "atexit").read_text() == "ran"
     assert not (tmp_path / "torn_down").exists()
+
+
+_USAGE = """
+import subprocess, sys
+started = []
+popen = subprocess.Popen.__init__
+subprocess.Popen.__init__ = lambda self, args, *a, **k: (started.append(args), popen(self, args, *a, **k))[1]
+from closecast.cli import run_command
+code = run_command(sys.argv[1:])
+heavy = sorted(m for m in ("prefect", "mlflow", "torch", "pandas") if m in sys.modules)
+print(code, ",".join(heavy) or "-", len(started))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "err"),
+    [
+        (["--version"], 0, ""),
+        (["run", "--bogus-flag"], 2, "closecast: error: No such option: --bogus-flag"),
+        (["fetch", "--epochs", "2"], 2, "closecast: error: No such option: --epochs"),
+        (["run", "--epochs", "x"], 2, "closecast: error: Invalid value for '--epochs'"),
+        (["backfill", "--end", "2021-03-05"], 2, "closecast: error: Missing option '--start'"),
+        (["predcit"], 2, "closecast: error: No such command 'predcit'"),
+    ],
+)
+def test_usage_errors_and_the_version_need_no_prefect(args: list[str], code: int, err: str) -> None:
+    """The command line is parsed before anything starts: a usage error exits 2 in one line,
+    and --version prints the package's version, without importing Prefect, MLflow, torch or
+    pandas and without starting a temporary Prefect API."""
+    done = subprocess.run(
+        [sys.executable, "-c", _USAGE, *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    *printed, result = done.stdout.strip().splitlines()
+    assert result == f"{code} - 0", done.stderr
+    assert done.stderr.strip().startswith(err) and len(done.stderr.strip().splitlines()) <= 1
+    if args == ["--version"]:
+        assert printed == [f"closecast {metadata.version('closecast')}"]

@@ -1,5 +1,7 @@
 """The temporary Prefect API of a CLI command: started for flow commands, gone with the command."""
 
+import asyncio
+import logging
 import os
 import re
 import signal
@@ -211,3 +213,152 @@ def test_flow_runs_under_the_temporary_api_send_no_heartbeats(tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "''", "None"]
+
+
+def _mlflow_statuses(db: Path) -> list[str]:
+    """The statuses of the MLflow runs in the SQLite store `db` (none while it is being made)."""
+    if not db.is_file():
+        return []
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as store:
+            return [status for (status,) in store.execute("SELECT status FROM runs")]
+    except sqlite3.Error:  # no table yet, or locked by the writer
+        return []
+
+
+def _wait_for_training(cli: subprocess.Popen[bytes], db: Path, timeout_s: float) -> None:
+    """Until the command's MLflow run is RUNNING: it trains from then on, for long."""
+    deadline = time.monotonic() + timeout_s
+    while _mlflow_statuses(db) != ["RUNNING"]:
+        assert cli.poll() is None, f"the command ended with {cli.returncode} before training"
+        assert time.monotonic() < deadline, f"no RUNNING MLflow run in {timeout_s:.0f} s"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PROC.is_dir(), reason="reads processes from /proc")
+def test_ctrl_c_stops_a_run_in_one_line_with_its_mlflow_run_killed(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a run trains:
+    exit 130 with one line and no traceback, the MLflow run KILLED, no report, no temporary
+    file, and neither the command nor its Prefect API left running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PREFECT_LOGGING_LEVEL"] = "WARNING"  # stderr holds what the interrupt prints
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "closecast.cli", "run", "--source", "sample"]
+    command += ["--home", str(home), "--hidden", "8", "--batch-size", "1"]
+    command += ["--epochs", "10000", "--patience", "10000"]  # trains for hours
+    err_path = tmp_path / "stderr.txt"
+    with err_path.open("wb") as err_file:
+        cli = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+            start_new_session=True,  # its own group, so the test can send it a terminal's Ctrl-C
+        )
+    servers: list[int] = []
+    try:
+        _wait_for_training(cli, home / "mlflow.db", timeout_s=300)
+        servers = _servers_of(cli.pid)
+        printed = err_path.stat().st_size  # before the interrupt (MLflow's notes on its tables)
+        os.killpg(cli.pid, signal.SIGINT)
+        cli.wait(timeout=120)
+    finally:
+        if cli.poll() is None:
+            os.killpg(cli.pid, signal.SIGKILL)
+            cli.wait()
+    err = err_path.read_bytes()[printed:].decode()
+    assert cli.returncode == 130, err
+    assert err == "closecast: interrupted\n"
+    assert _mlflow_statuses(home / "mlflow.db") == ["KILLED"]
+    assert not list(home.glob("reports/predictions_*.csv"))
+    assert not [p for p in home.rglob("*") if p.name.endswith(".tmp")]
+    assert len(servers) == 1
+    deadline = time.monotonic() + 15
+    while _running(servers[0]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(servers[0]), "the Prefect API outlived the interrupted command"
+
+
+_FLOW_FROM_PYTHON = """
+import sys
+from pathlib import Path
+
+from prefect.flows import load_flow_from_entrypoint
+from prefect.settings import get_current_settings
+
+from core.config import DataConfig
+
+print(get_current_settings().server.ephemeral.startup_timeout_seconds)
+fetch = load_flow_from_entrypoint("flows/fetch.py:fetch")
+result = fetch(data=DataConfig(source="sample", tickers=["^GSPC"]), home=Path(sys.argv[1]))
+print(len(result.frames["^GSPC"]))
+"""
+
+
+@pytest.mark.slow
+def test_a_flow_called_from_python_gives_prefects_own_server_two_minutes(tmp_path: Path) -> None:
+    """With no Prefect API, a flow called from Python (a notebook, a script) in the project
+    starts Prefect's ephemeral server with pyproject.toml's 120 s to come up, not 20."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    done = subprocess.run(
+        [sys.executable, "-c", _FLOW_FROM_PYTHON, str(tmp_path / "home")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    timeout_s, rows = done.stdout.split()
+    assert timeout_s == "120"
+    assert int(rows) > 0
+    assert (tmp_path / "prefect" / "prefect.db").is_file()  # the ephemeral server's database
+
+
+def test_the_recorders_flush_cancelled_by_the_shutdown_is_not_logged() -> None:
+    """The temporary API's log drops the task-run recorder's flush that its own shutdown
+    cancelled (the batch is written by the final flush), and keeps its other errors."""
+    from closecast.prefect_api import RECORDER_LOGGER, quiet_shutdown
+
+    logger = logging.getLogger(RECORDER_LOGGER)
+    before = list(logger.filters)
+    quiet_shutdown()
+    try:
+        cancelled = (asyncio.CancelledError, asyncio.CancelledError(), None)
+        failed = (OSError, OSError("disk full"), None)
+        records = [
+            logger.makeRecord(logger.name, logging.ERROR, __file__, 1, message, (), exc_info)
+            for message, exc_info in [
+                ("Error flushing 1 events (1 to retry, 0 dropped)", cancelled),
+                ("Error flushing 1 events (1 to retry, 0 dropped)", failed),
+                ("Dropping event 1 after 4 failed attempts", None),
+            ]
+        ]
+        assert [all(f.filter(r) for f in logger.filters) for r in records] == [False, True, True]
+    finally:
+        logger.filters[:] = before
+
+
+@pytest.mark.slow
+def test_a_run_that_predicts_nothing_ends_without_the_servers_tracebacks(tmp_path: Path) -> None:
+    """A run that ends at once (nothing to predict) stops its temporary API while the API still
+    records the run's task runs: one line says why it failed, and no traceback follows."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    command = [sys.executable, "-m", "closecast.cli", "run", "--source", "sample"]
+    command += ["--home", str(tmp_path / "home"), "--as-of", "2027-06-01"]  # the data ends 2018
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("closecast: pipeline failed: no ticker could be predicted: 2 stale_data")
+    )
+    assert "Traceback" not in done.stderr and "CancelledError" not in done.stderr, done.stderr
