@@ -78,10 +78,8 @@ def refuse_another_homes_deployment(config: PipelineConfig, api_url: str) -> Non
         )
 
 
-def build_deployments(
-    config: PipelineConfig, task_runner: Any | None = None, schedule: Any | None = None
-) -> list[Any]:
-    """`nightly` on its weeknight cron (or `schedule`), `predict` and `backfill` for manual runs.
+def build_deployments(config: PipelineConfig, task_runner: Any | None = None) -> list[Any]:
+    """`nightly` on its weeknight cron, `predict` and `backfill` for manual runs.
 
     `nightly` allows one run at a time and queues the others (ENQUEUE, never
     cancel): late runs after downtime wait their turn, each computing its slot's session.
@@ -101,7 +99,7 @@ def build_deployments(
     return [
         nightly_flow.to_deployment(
             "nightly",
-            schedule=schedule or Cron(NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE),
+            schedule=Cron(NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE),
             concurrency_limit=ConcurrencyLimitConfig(
                 limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
             ),
@@ -134,12 +132,9 @@ def serve_deployments(
     task_runner: Any | None = None,
     alerts: "NotifyTarget | None" = None,
     host: str = "127.0.0.1",
-    schedule: Any | None = None,
 ) -> None:
     """Serve the home's deployments until interrupted, on PREFECT_API_URL or a server of its
     own on host; first install the alerts when a target is given (left as they are otherwise).
-
-    `schedule` replaces the nightly's cron (tests: slots seconds apart).
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -153,13 +148,13 @@ def serve_deployments(
         signal.signal(signal.SIGTERM, _interrupt)  # stop what we started on SIGTERM too
         if api_url:
             print(f"serving on the Prefect API at {api_url}", flush=True)
-            _serve(config, task_runner, alerts, schedule)
+            _serve(config, task_runner, alerts)
             return
         with local_server(port, config.home, host) as url:
             os.environ["PREFECT_API_URL"] = url  # the runs the runner starts inherit it
             try:
                 with temporary_settings(updates={PREFECT_API_URL: url}):
-                    _serve(config, task_runner, alerts, schedule)
+                    _serve(config, task_runner, alerts)
             finally:
                 os.environ.pop("PREFECT_API_URL", None)
 
@@ -168,7 +163,6 @@ def _serve(
     config: PipelineConfig,
     task_runner: Any | None,
     alerts: "NotifyTarget | None",
-    schedule: Any | None,
 ) -> None:
     from prefect import serve
 
@@ -176,7 +170,7 @@ def _serve(
     # Not paused on the way out: pausing deletes the scheduled runs, and with them the nights
     # missed while serve is stopped; left active, they run late, oldest first, on restart.
     serve(
-        *build_deployments(config, task_runner, schedule),
+        *build_deployments(config, task_runner),
         limit=RUNNER_LIMIT,
         pause_on_shutdown=False,
     )

@@ -103,7 +103,7 @@ def serve_api(prefect_server: str) -> Iterator[str]:
 
 
 def serve_process(
-    config: PipelineConfig, api_url: str, log_path: Path, *args: str, **env: str
+    config: PipelineConfig, api_url: str, log_path: Path, **env: str
 ) -> subprocess.Popen[bytes]:
     """`tests.serve_process` for `config` on the API at `api_url`, logging to `log_path`."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
@@ -116,7 +116,7 @@ def serve_process(
     }
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.serve_process", config.model_dump_json(), *args],
+            [sys.executable, "-m", "tests.serve_process", config.model_dump_json()],
             cwd=ROOT,
             env=environment,
             stdout=log,

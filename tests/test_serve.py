@@ -62,47 +62,6 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-@pytest.mark.slow
-def test_serve_starts_a_server_serves_three_deployments_and_stops_it(
-    tmp_path: Path, csv_folder: Path
-) -> None:
-    """With no PREFECT_API_URL, serve starts a server, installs the alerts, deploys; Ctrl-C
-    stops both."""
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
-    command = [sys.executable, "-m", "closecast.cli", "serve", "--port", str(port)]
-    command += ["--source", f"csv:{csv_folder}", "--home", str(tmp_path / "home")]
-    command += ["--notify-url", "http://127.0.0.1:9/alerts"]
-    serve = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        deadline, found = time.monotonic() + 120, {}
-        while time.monotonic() < deadline and len(found) < 3 and serve.poll() is None:
-            time.sleep(1)
-            found = _deployments(api)
-        assert set(found) == {"nightly", "predict", "backfill"}, serve.poll()
-        (schedule,) = found["nightly"]["schedules"]
-        assert schedule["schedule"]["cron"] == "30 18 * * 1-5"
-        assert schedule["schedule"]["timezone"] == "America/New_York"
-        assert found["predict"]["schedules"] == found["backfill"]["schedules"] == []
-        assert found["nightly"]["parameters"]["config"]["data"]["source"] == f"csv:{csv_folder}"
-        assert set(_automations(api)) == {FAILED, LATE, UNHEALTHY}  # installed before serving
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=5) as page:
-            assert json.load(page)["api_url"] == api  # the UI calls this server, not port 4200
-    finally:
-        serve.send_signal(signal.SIGINT)
-        output, _ = serve.communicate(timeout=60)
-    server_pid = int(output.split("Prefect server (pid ")[1].split(")")[0])
-    assert f"Prefect UI: http://127.0.0.1:{port}" in output
-    assert f"Prefect server (pid {server_pid}) stopped" in output
-    assert not _group_alive(server_pid)  # the server leads its own process group
-    with pytest.raises(OSError):
-        urllib.request.urlopen(f"{api}/health", timeout=2)
-
-
 @pytest.mark.parametrize(
     ("user", "ui_api"),
     [
@@ -148,11 +107,13 @@ def test_nightly_runs_one_at_a_time_and_queues_the_rest_served_or_deployed(
     assert "concurrency_limit" not in deployed["predict"] | deployed["backfill"]
 
 
-def _serve_cli(home: Path, port: int, source: str, prefect_home: Path) -> subprocess.Popen[str]:
+def _serve_cli(
+    home: Path, port: int, source: str, prefect_home: Path, *options: str
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(prefect_home)  # one PREFECT_HOME for every serve, as on a machine
     command = [sys.executable, "-m", "closecast.cli", "serve", "--port", str(port)]
-    command += ["--source", source, "--home", str(home)]
+    command += ["--source", source, "--home", str(home), *options]
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -170,9 +131,11 @@ def _wait_for_nightly(api: str, serve: subprocess.Popen[str]) -> dict:
 def test_each_home_owns_its_prefect_server_serves_it_alone_and_takes_it_along_on_kill_9(
     tmp_path: Path, csv_folder: Path
 ) -> None:
-    """Two homes, two serves: each server's database is under its home and holds that home's
-    deployments only; a second serve of a home, or one on a port another serve's server
-    holds, is refused in one line; `kill -9` of serve stops its server too."""
+    """Two homes, two serves: each starts a server of its own, installs the alerts and
+    deploys nightly (its cron), predict and backfill; each server's database is under its
+    home and holds that home's deployments only; a second serve of a home, or one on a port
+    another serve's server holds, is refused in one line; Ctrl-C of serve stops its server,
+    and so does `kill -9`."""
     home_a, home_b, prefect_home = tmp_path / "HA", tmp_path / "HB", tmp_path / "prefect"
     port_a, port_b = _free_port(), _free_port()
     api_a, api_b = f"http://127.0.0.1:{port_a}/api", f"http://127.0.0.1:{port_b}/api"
@@ -180,8 +143,22 @@ def test_each_home_owns_its_prefect_server_serves_it_alone_and_takes_it_along_on
     serve_b = None
     try:
         _wait_for_nightly(api_a, serve_a)
-        serve_b = _serve_cli(home_b, port_b, "sample", prefect_home)
+        alerts = ("--notify-url", "http://127.0.0.1:9/alerts")
+        serve_b = _serve_cli(home_b, port_b, "sample", prefect_home, *alerts)
         _wait_for_nightly(api_b, serve_b)
+        deadline, found = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and len(found) < 3 and serve_b.poll() is None:
+            time.sleep(1)
+            found = _deployments(api_b)
+        assert set(found) == {"nightly", "predict", "backfill"}, serve_b.poll()
+        (schedule,) = found["nightly"]["schedules"]
+        assert schedule["schedule"]["cron"] == "30 18 * * 1-5"
+        assert schedule["schedule"]["timezone"] == "America/New_York"
+        assert found["predict"]["schedules"] == found["backfill"]["schedules"] == []
+        assert set(_automations(api_b)) == {FAILED, LATE, UNHEALTHY}  # installed before serving
+        assert _automations(api_a) == []  # B's alerts are B's server's
+        with urllib.request.urlopen(f"http://127.0.0.1:{port_b}/ui-settings", timeout=5) as page:
+            assert json.load(page)["api_url"] == api_b  # the UI calls this server, not port 4200
         nightly_a, nightly_b = _deployments(api_a)["nightly"], _deployments(api_b)["nightly"]
         assert nightly_a["parameters"]["config"]["home"] == str(home_a)
         assert nightly_a["parameters"]["config"]["data"]["source"] == f"csv:{csv_folder}"
@@ -212,6 +189,15 @@ def test_each_home_owns_its_prefect_server_serves_it_alone_and_takes_it_along_on
         while _port_open(port_a) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not _port_open(port_a)  # its server went with it
+
+        serve_b.send_signal(signal.SIGINT)
+        output, _ = serve_b.communicate(timeout=60)
+        server_pid = int(output.split("Prefect server (pid ")[1].split(")")[0])
+        assert f"Prefect UI: http://127.0.0.1:{port_b}" in output
+        assert f"Prefect server (pid {server_pid}) stopped" in output
+        assert not _group_alive(server_pid)  # the server leads its own process group
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{api_b}/health", timeout=2)
     finally:
         for serve in (serve_a, serve_b):
             if serve is not None and serve.poll() is None:

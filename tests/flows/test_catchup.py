@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
 from core.calendar import NEW_YORK, next_session
 from tests.conftest import read_report, tiny_config, write_ticker_csvs
@@ -23,7 +22,6 @@ from tests.prefect_server import serve_process
 SESSIONS = [date(2021, 3, 8), date(2021, 3, 9), date(2021, 3, 10)]  # the data runs to 03-11
 WAIT_S = 240.0  # ~40 s on an idle machine, ~100 s with 2 cores loaded 4x
 ENDED = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-SLOTS_LEAD_S = 45  # from serve's flows imported to its first slot: serve is up and gone by then
 
 
 def _served_nightly(api: str, home: Path) -> dict[str, Any] | None:
@@ -90,29 +88,52 @@ def _stop(serve: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.mark.slow
-def test_three_missed_slots_run_one_at_a_time_oldest_first_each_point_in_time(
+def test_a_clean_stop_keeps_the_schedule_and_missed_slots_run_oldest_first_point_in_time(
     serve_api: str, mlflow_home: Path, tmp_path: Path
 ) -> None:
-    """Three slots in the past give three reports, for the three slot sessions, run in slot
-    order and never two at once."""
-    prefect_server = serve_api
+    """SIGTERM (a reboot, Ctrl-C) leaves the nightly active with its scheduled runs in place
+    (was: deployments paused, scheduled runs deleted, the nights lost). Three slots missed
+    while serve was down then give three reports after the restart, for the three slot
+    sessions, run in slot order and never two at once."""
+    api = serve_api
     csv = write_ticker_csvs(tmp_path / "csv", {"AAA": 300, "BBB": 300})
     config = tiny_config(mlflow_home, f"csv:{csv}", ["AAA", "BBB"])
     log_path = tmp_path / "serve.log"
-    serve = serve_process(config, prefect_server, log_path)
+    serve = serve_process(config, api, log_path)
     try:
-        deployment = _wait_for_nightly(prefect_server, mlflow_home, serve, log_path)
+        deployment = _wait_for_nightly(api, mlflow_home, serve, log_path)
         assert deployment["global_concurrency_limit"]["limit"] == 1
         assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
-        # What Prefect's scheduler left behind while the machine was down: the auto-scheduled
-        # runs of three weeknight slots, now late (the server's own scheduling of a range).
-        window = {
-            "start_time": datetime(2021, 3, 8, tzinfo=NEW_YORK).isoformat(),
-            "end_time": datetime(2021, 3, 10, 23, tzinfo=NEW_YORK).isoformat(),
-            "max_runs": 3,
-        }
-        _api(prefect_server, f"/deployments/{deployment['id']}/schedule", window)
-        runs = _wait_for_runs(prefect_server, deployment["id"], 3, log_path)
+        # Stopped once the scheduler has placed the coming slots and serve's runner is
+        # polling (a runner not yet started exits at once, pausing nothing).
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and not (
+            _deployment_runs(api, deployment["id"])
+            and _served_nightly(api, mlflow_home)["status"] == "READY"
+        ):
+            time.sleep(0.5)
+    finally:
+        _stop(serve)
+
+    body = {"deployments": {"id": {"any_": [deployment["id"]]}}}
+    (stored,) = _api(api, "/deployments/filter", body)
+    assert stored["paused"] is False
+    (schedule,) = stored["schedules"]
+    assert schedule["active"] is True
+    coming = _deployment_runs(api, deployment["id"])
+    assert coming and {r["state_type"] for r in coming} == {"SCHEDULED"}
+    # What Prefect's scheduler placed for the nights the machine was down: the auto-scheduled
+    # runs of three weeknight slots, now late (the server's own scheduling of a range).
+    window = {
+        "start_time": datetime(2021, 3, 8, tzinfo=NEW_YORK).isoformat(),
+        "end_time": datetime(2021, 3, 10, 23, tzinfo=NEW_YORK).isoformat(),
+        "max_runs": 3,
+    }
+    _api(api, f"/deployments/{deployment['id']}/schedule", window)
+
+    serve = serve_process(config, api, log_path)
+    try:
+        runs = _wait_for_runs(api, deployment["id"], 3, log_path)
     finally:
         _stop(serve)
 
@@ -124,7 +145,7 @@ def test_three_missed_slots_run_one_at_a_time_oldest_first_each_point_in_time(
     assert starts == sorted(starts)  # oldest slot first
     assert all(end <= start for end, start in zip(ends, starts[1:], strict=False))  # one at a time
     for run in runs:  # each waited its turn in the runner; none raced another for the slot
-        assert "AwaitingConcurrencySlot" not in _state_names(prefect_server, run["id"])
+        assert "AwaitingConcurrencySlot" not in _state_names(api, run["id"])
 
     reports = sorted((mlflow_home / "reports").glob("predictions_*.csv"))
     assert [p.name for p in reports] == [f"predictions_{d}.csv" for d in SESSIONS]
@@ -144,58 +165,3 @@ def _deployment_runs(api: str, deployment_id: str) -> list[dict[str, Any]]:
         "sort": "EXPECTED_START_TIME_ASC",
     }
     return list(_api(api, "/flow_runs/filter", body))
-
-
-@pytest.mark.slow
-def test_a_clean_stop_keeps_the_schedule_and_the_slots_missed_meanwhile_run_on_restart(
-    serve_api: str, mlflow_home: Path, tmp_path: Path
-) -> None:
-    """SIGTERM (a reboot, Ctrl-C) leaves the nightly active with its scheduled runs in place:
-    two slots that pass while serve is stopped run after the restart, one at a time, oldest
-    first (was: deployments paused, scheduled runs deleted, the nights lost)."""
-    api = serve_api
-    csv = write_ticker_csvs(tmp_path / "csv", {"AAA": 300, "BBB": 300})
-    config = tiny_config(mlflow_home, f"csv:{csv}", ["AAA", "BBB"], as_of=SESSIONS[-1])
-    log_path = tmp_path / "serve.log"
-    serve = serve_process(config, api, log_path, f"soon:{SLOTS_LEAD_S}")
-    try:
-        deployment = _wait_for_nightly(api, mlflow_home, serve, log_path)
-        # Stopped once the scheduler has placed the two slots and serve's runner is polling
-        # (a runner not yet started exits at once, pausing nothing).
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline and not (
-            len(_deployment_runs(api, deployment["id"])) == 2
-            and _served_nightly(api, mlflow_home)["status"] == "READY"
-        ):
-            time.sleep(0.5)
-    finally:
-        _stop(serve)
-
-    body = {"deployments": {"id": {"any_": [deployment["id"]]}}}
-    (stored,) = _api(api, "/deployments/filter", body)
-    assert stored["paused"] is False
-    (schedule,) = stored["schedules"]
-    assert schedule["active"] is True
-    stopped = _deployment_runs(api, deployment["id"])
-    assert [(r["state_type"], r["start_time"]) for r in stopped] == [("SCHEDULED", None)] * 2
-    last_slot = pd.Timestamp(stopped[-1]["expected_start_time"])
-    while pd.Timestamp.now(tz="UTC") <= last_slot:  # both slots pass while serve is stopped
-        time.sleep(1)
-
-    serve = serve_process(config, api, log_path, schedule["schedule"]["rrule"])
-    try:
-        runs = _wait_for_runs(api, deployment["id"], 2, log_path)
-    finally:
-        _stop(serve)
-    assert [r["id"] for r in runs] == [r["id"] for r in stopped]  # the same two, not new ones
-    starts = [_when(r["start_time"]) for r in runs]
-    assert starts == sorted(starts)  # oldest slot first
-    assert _when(runs[0]["end_time"]) <= starts[1]  # one at a time
-    assert all(_when(r["start_time"]) > last_slot for r in runs)  # after the restart
-    mlflow = MlflowClient(config.mlflow_uri)
-    experiment = mlflow.get_experiment_by_name(config.experiment)
-    assert experiment is not None
-    nightlies = mlflow.search_runs([experiment.experiment_id])
-    assert [r.info.status for r in nightlies] == ["FINISHED", "FINISHED"]
-    report = read_report(mlflow_home / "reports" / f"predictions_{SESSIONS[-1]}.csv")
-    assert list(report["status"]) == ["ok", "ok"]
