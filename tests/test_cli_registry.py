@@ -170,7 +170,6 @@ def test_unreachable_registry_fails_run_with_one_line(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     home = tmp_path / "home"
-    started = time.monotonic()
     code = main(
         ["run", "--source", f"csv:{csv_folder}", "--tickers", "AAA", "--home", str(home),
          "--epochs", "1", "--hidden", "4"]
@@ -179,7 +178,6 @@ def test_unreachable_registry_fails_run_with_one_line(
     expected = f"closecast: pipeline failed: MLflow at {uri} cannot be reached after 1 retries: "
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(expected) and "refused" in last.lower(), last
-    assert time.monotonic() - started < 60
     assert not (home / "reports").exists() and not (home / "mlflow.db").exists()
     assert main(["models", "--home", str(home)]) == 1
     assert (
