@@ -77,15 +77,7 @@ def api_post(api: str, path: str, body: dict[str, Any]) -> Any:
 
 def delete_deployments(api_url: str) -> None:
     """Delete every deployment on the server (their runs go with them)."""
-    request = urllib.request.Request(
-        f"{api_url}/deployments/filter",
-        data=b"{}",
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        deployments = json.load(response)
-    for deployment in deployments:
+    for deployment in api_post(api_url, "/deployments/filter", {}):
         delete = urllib.request.Request(
             f"{api_url}/deployments/{deployment['id']}", method="DELETE"
         )

@@ -29,28 +29,14 @@ def _free_port() -> int:
 
 
 def _deployments(api: str) -> dict[str, dict]:
-    request = urllib.request.Request(
-        f"{api}/deployments/filter",
-        data=b"{}",
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return {d["name"]: d for d in json.load(response)}
-    except OSError:
+        return {d["name"]: d for d in api_post(api, "/deployments/filter", {})}
+    except OSError:  # the server is not up yet
         return {}
 
 
 def _automations(api: str) -> list[str]:
-    request = urllib.request.Request(
-        f"{api}/automations/filter",
-        data=b"{}",
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return [a["name"] for a in json.load(response)]
+    return [a["name"] for a in api_post(api, "/automations/filter", {})]
 
 
 def _group_alive(pgid: int) -> bool:

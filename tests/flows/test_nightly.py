@@ -2,6 +2,7 @@ import json
 import subprocess
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import mlflow
@@ -238,25 +239,34 @@ def slot_probe() -> datetime | None:
     return schedule_slot()
 
 
+def _deploy_with_slot(client: Any, probe: Any, name: str, **deployment: Any) -> UUID:
+    """A deployment of `probe` on the nightly's cron, with the scheduler's run for SLOT
+    placed (as it places a missed slot); its id."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import CronSchedule
+
+    cron = CronSchedule(cron="30 18 * * 1-5", timezone="America/New_York")
+    deployment_id = client.create_deployment(
+        flow_id=client.create_flow(probe),
+        name=f"{name}-{uuid4().hex[:8]}",
+        schedules=[DeploymentScheduleCreate(schedule=cron)],
+        **deployment,
+    )
+    window = {"start_time": SLOT.isoformat(), "end_time": SLOT.isoformat(), "max_runs": 1}
+    path = "/deployments/{id}/schedule"
+    client.request("POST", path, path_params={"id": deployment_id}, json=window)
+    return deployment_id
+
+
 def test_only_a_run_the_schedule_created_has_a_slot() -> None:
     """A run the scheduler created knows its slot, however late it runs; the flow called
     directly (`closecast run`) or a deployment run started by hand has none."""
-    from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.client.schemas.schedules import CronSchedule
     from prefect.flow_engine import run_flow
 
     assert slot_probe() is None
     with get_client(sync_client=True) as client:
-        cron = CronSchedule(cron="30 18 * * 1-5", timezone="America/New_York")
-        deployment_id = client.create_deployment(
-            flow_id=client.create_flow(slot_probe),
-            name=f"probe-{uuid4().hex[:8]}",
-            schedules=[DeploymentScheduleCreate(schedule=cron)],
-        )
-        window = {"start_time": SLOT.isoformat(), "end_time": SLOT.isoformat(), "max_runs": 1}
-        path = "/deployments/{id}/schedule"
-        client.request("POST", path, path_params={"id": deployment_id}, json=window)
+        deployment_id = _deploy_with_slot(client, slot_probe, "probe")
         by_hand = client.create_flow_run_from_deployment(deployment_id)
         ours = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
         (scheduled,) = [
@@ -271,24 +281,14 @@ def test_a_scheduled_run_is_named_for_its_slot_session_even_when_it_fails_early(
 ) -> None:
     """The name says the slot's session from the start (never `as_of=latest`), so a run
     that fails before reading the store, here every fetch failing, still says it."""
-    from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.client.schemas.schedules import CronSchedule
     from prefect.flow_engine import run_flow
 
     write_ticker_csvs(tmp_path / "csv", {"ZZZ": 30})  # a source that has none of the tickers
     config = tiny_config(tmp_path, f"csv:{tmp_path / 'csv'}", ["AAA"])
     with get_client(sync_client=True) as client:
-        cron = CronSchedule(cron="30 18 * * 1-5", timezone="America/New_York")
-        deployment_id = client.create_deployment(
-            flow_id=client.create_flow(nightly),
-            name=f"named-{uuid4().hex[:8]}",
-            schedules=[DeploymentScheduleCreate(schedule=cron)],
-            parameters={"config": config.model_dump(mode="json")},
-        )
-        window = {"start_time": SLOT.isoformat(), "end_time": SLOT.isoformat(), "max_runs": 1}
-        path = "/deployments/{id}/schedule"
-        client.request("POST", path, path_params={"id": deployment_id}, json=window)
+        parameters = {"config": config.model_dump(mode="json")}
+        deployment_id = _deploy_with_slot(client, nightly, "named", parameters=parameters)
         ours = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
         (scheduled,) = client.read_flow_runs(deployment_filter=ours)
         assert scheduled.auto_scheduled
