@@ -19,7 +19,7 @@ Test spans do not overlap. Each period is trained once per seed.
 `ratio` = test_rmse / naive_rmse (1 = as good as "tomorrow = today", lower
 is better); `skill` = 1 - ratio. For return targets the same trained model
 is scored twice more, its predicted return multiplied by a factor in [0, 1]
-fitted on the validation windows only (`models.training.fit_output_scale`):
+fitted on the validation windows only (`closecast.models.training.fit_output_scale`):
 `+shrink` the least-squares factor, `+gated shrink` that factor lowered by
 1.645 standard errors (what training does by default, `shrink_output`).
 
@@ -41,7 +41,7 @@ targets. The model's numbers are the mean over seeds; p-values per seed.
 Growth (`--growth`, issue 14): the default recipe trained as the pipeline
 trains it on every ticker of ../shared/data (the S&P 500, ~440k training
 windows per period), once with the batch and patience the window count gives
-(`TrainConfig.growth_windows`, `models.training.scale_to_windows`: batch 256,
+(`TrainConfig.growth_windows`, `closecast.models.training.scale_to_windows`: batch 256,
 learning rate 2.8e-3, patience 2) and once with batch 32 and patience 5
 throughout, on the very same windows; test RMSE / naive RMSE,
 the 95% interval score against EWMA's, coverage and training time. Periods:
@@ -81,15 +81,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from core.config import TrainConfig, WindowConfig  # noqa: E402
-from models.lstm import LSTMConfig  # noqa: E402
-from models.training import SHRINK_Z, fit_output_scale, scale_output  # noqa: E402
-from tasks.evaluation import evaluate_forecaster  # noqa: E402
-from tasks.features import compute_features  # noqa: E402
-from tasks.sources import CsvSource, SampleSource  # noqa: E402
-from tasks.training import encode_split, train_forecaster  # noqa: E402
-from tasks.validate import validate_all  # noqa: E402
-from tasks.windows import Dataset, build_dataset, window_columns  # noqa: E402
+from closecast.core.config import TrainConfig, WindowConfig  # noqa: E402
+from closecast.models.lstm import LSTMConfig  # noqa: E402
+from closecast.models.training import SHRINK_Z, fit_output_scale, scale_output  # noqa: E402
+from closecast.tasks.data.sources import CsvSource, SampleSource  # noqa: E402
+from closecast.tasks.data.validate import validate_all  # noqa: E402
+from closecast.tasks.modeling.evaluation import evaluate_forecaster  # noqa: E402
+from closecast.tasks.modeling.features import compute_features  # noqa: E402
+from closecast.tasks.modeling.training import encode_split, train_forecaster  # noqa: E402
+from closecast.tasks.modeling.windows import Dataset, build_dataset, window_columns  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
 GROWTH_RESULTS = ROOT / "benchmarks" / "results" / "accuracy_growth.json"
@@ -137,7 +137,7 @@ RECIPES = {
         Recipe("vol_return, close,volume,open, window 20", "vol_return", CVO, 20),
     )
 }
-DEFAULT = "vol_return, close,volume,open"  # core.config's WindowConfig()
+DEFAULT = "vol_return, close,volume,open"  # closecast.core.config's WindowConfig()
 MODEL = "lstm+intervals"  # the product's intervals in the interval tables
 LEVELS = (80, 95)
 
@@ -673,7 +673,7 @@ def main() -> None:
         WindowConfig().features,
         WindowConfig().window,
     ):
-        raise RuntimeError(f"{DEFAULT!r} is no longer core.config's default window")
+        raise RuntimeError(f"{DEFAULT!r} is no longer closecast.core.config's default window")
     seeds = list(range(42, 42 + args.seeds))
     started = time.perf_counter()
     universes = load_universes(args.periods, args.stocks_file)

@@ -30,7 +30,7 @@ corrected quantiles of z pooled over tickers) on the validation windows
 - variants that show what each input is worth: `+volume` (the 1-day move and
   range times relative volume), `+66d` (a 66-day span), `no ranges` (returns
   only), `open-close` (|log(close / open)| in place of the high-low range),
-  `win10` (the window's own σ, as `models.encoding`), `ewma10` (EWMA of the
+  `win10` (the window's own σ, as `closecast.models.encoding`), `ewma10` (EWMA of the
   window's 9 returns), and a blend (geometric mean of har10 and a 60-day EWMA).
 
 Scores are on returns relative to the last close, (close − last) / last, so
@@ -77,14 +77,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from accuracy import SHARED, Universe, describe_universes, load_universes  # noqa: E402
 
-from core.config import WindowConfig  # noqa: E402
-from models.interval_scores import (  # noqa: E402
+from closecast.core.config import WindowConfig  # noqa: E402
+from closecast.models.interval_scores import (  # noqa: E402
     christoffersen_pvalue,
     coverage,
     interval_score,
     kupiec_pvalue,
 )
-from models.uncertainty import (  # noqa: E402
+from closecast.models.uncertainty import (  # noqa: E402
     LEVELS,
     SIGMA_FLOOR,
     Calibration,
@@ -97,8 +97,8 @@ from models.uncertainty import (  # noqa: E402
     scale_history,
     window_sigma,
 )
-from tasks.features import compute_features  # noqa: E402
-from tasks.windows import build_dataset, window_columns  # noqa: E402
+from closecast.tasks.modeling.features import compute_features  # noqa: E402
+from closecast.tasks.modeling.windows import build_dataset, window_columns  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "intervals.json"
 BASELINES = ("ewma", "garch", "garch_t", "har")
@@ -176,7 +176,7 @@ def ewma_scale(panel: Panel, lookback: int | None = None) -> np.ndarray:
 
 
 def window_scale(panel: Panel, window: int) -> np.ndarray:
-    """The window's own σ: std of its window − 1 returns, as models.encoding computes it."""
+    """The window's own σ: std of its window − 1 returns, as closecast.models.encoding computes it."""
 
     def one(frame: pd.DataFrame) -> np.ndarray:
         returns = np.diff(np.log(frame["close"].to_numpy()))

@@ -21,7 +21,7 @@ time); for reference, the
 temporary Prefect API server's start (spawn to first answer) and the
 nightly's imports are timed alone once.
 
-The command runs as `python -m closecast.cli` from this checkout (what the
+The command runs as `python -m closecast.cli.app` from this checkout (what the
 `closecast` script of `make run` runs), so a copy of this script in another
 checkout times that checkout's code with the same Python.
 
@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "run_speed.json"
 IMPORT_FLOOR = "import torch, mlflow, prefect, pandas"
-NIGHTLY_IMPORTS = "import closecast.cli, flows.nightly"
+NIGHTLY_IMPORTS = "import closecast.cli.app, closecast.flows.nightly"
 TARGET_RATIO = 3.0
 BEFORE = "start -> flow run begins (CLI, imports, API)"
 BETWEEN = "flow, between tasks (engine, subflow, MLflow run, API)"
@@ -75,7 +75,7 @@ def server_start_s(env: dict[str, str]) -> float:
         port = listener.getsockname()[1]
         started = time.perf_counter()
         server = subprocess.Popen(
-            [sys.executable, "-m", "closecast.prefect_api", str(listener.fileno()),
+            [sys.executable, "-m", "closecast.cli.prefect_api", str(listener.fileno()),
              str(os.getpid()), "--port", str(port)],
             cwd=ROOT, env=env, pass_fds=[listener.fileno()],
         )  # fmt: skip
@@ -156,13 +156,13 @@ def main() -> None:
     args = parser.parse_args()
 
     floor = [sys.executable, "-c", IMPORT_FLOOR]
-    heavy = "from closecast.imports import heavy_imports\nwith heavy_imports():\n    "
+    heavy = "from closecast.cli.imports import heavy_imports\nwith heavy_imports():\n    "
     nightly_imports = [sys.executable, "-c", NIGHTLY_IMPORTS]
     if (ROOT / "closecast" / "imports.py").is_file():  # imported as the CLI imports them
         nightly_imports = [sys.executable, "-c", heavy + NIGHTLY_IMPORTS]
     with tempfile.TemporaryDirectory(prefix="closecast-run-speed-") as tmp:
         home, prefect_home = Path(tmp) / "home", Path(tmp) / "prefect"
-        run = [sys.executable, "-m", "closecast.cli", "run", "--source", "sample"]
+        run = [sys.executable, "-m", "closecast.cli.app", "run", "--source", "sample"]
         run += ["--home", str(home)]
         env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
         env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

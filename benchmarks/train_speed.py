@@ -4,7 +4,7 @@ Reference scenario (PRODUCT.md §9): the first 1,000 closes of ^GSPC from the
 offline `sample` source -> 990 windows of 10 closes, the first 792 for
 training, MinMax-scaled close (`minmax_close`), LSTM(32) -> Dropout(0.2) ->
 Dense(1), Adam, MSE, 50 epochs, batch 32, no early stopping. The number is
-the median wall time of `models.training.fit` over several runs; the
+the median wall time of `closecast.models.training.fit` over several runs; the
 textbook autograd step is timed too, for comparison.
 
 Keras, side by side: with `--keras-python PATH` (default
@@ -47,9 +47,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.encoding import Bounds, Encoding, fit_bounds  # noqa: E402
-from models.lstm import LSTMConfig, LSTMForecaster  # noqa: E402
-from models.training import (  # noqa: E402
+from closecast.models.encoding import Bounds, Encoding, fit_bounds  # noqa: E402
+from closecast.models.lstm import LSTMConfig, LSTMForecaster  # noqa: E402
+from closecast.models.training import (  # noqa: E402
     FitSettings,
     fit,
     make_stepper,
@@ -58,8 +58,8 @@ from models.training import (  # noqa: E402
     train_epoch,
     training_threads,
 )
-from tasks.sources.sample import SampleSource  # noqa: E402
-from tasks.windows import make_windows  # noqa: E402
+from closecast.tasks.data.sources.sample import SampleSource  # noqa: E402
+from closecast.tasks.modeling.windows import make_windows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_speed.json"
 REFERENCE_ROWS, WINDOW, TRAIN_WINDOWS = 1000, 10, 792

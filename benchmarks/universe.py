@@ -266,7 +266,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="closecast-universe-") as tmp:
         home, prefect_home = Path(tmp) / "home", Path(tmp) / "prefect"
-        command = [sys.executable, "-m", "closecast.cli", "run", "--source", f"csv:{args.data}"]
+        command = [sys.executable, "-m", "closecast.cli.app", "run", "--source", f"csv:{args.data}"]
         command += ["--home", str(home), *args.extra]
         env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
         env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

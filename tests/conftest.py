@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from core.config import (
+from closecast.core.config import (
     DataConfig,
     PipelineConfig,
     TrainConfig,
     WindowConfig,
 )
-from models.lstm import LSTMConfig
+from closecast.models.lstm import LSTMConfig
 from tests.fakes import fake_yahoo, yahoo_frame  # noqa: F401
 from tests.mlflow_fixtures import mlflow_home, mlflow_template  # noqa: F401
 from tests.prefect_server import prefect_server, serve_api  # noqa: F401
@@ -46,7 +46,7 @@ def sp500_frames() -> dict[str, pd.DataFrame]:
     """Every ticker of the shared S&P 500 file, read once through the csv source."""
     if not SHARED_DATA.is_file():
         pytest.skip(f"{SHARED_DATA} is absent")
-    from tasks.sources.csv import CsvSource
+    from closecast.tasks.data.sources.csv import CsvSource
 
     source = CsvSource(SHARED_DATA)
     return source.download(source.tickers(), None, None).frames
@@ -136,7 +136,7 @@ def connections() -> list[Any]:
 def quick_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
     """A refused tracking server is tried again after 10 ms waits instead of 1, 2 and 4 s:
     the same number of tries, seconds less of sleeping."""
-    monkeypatch.setattr("tasks.mlflow_connection.REFUSED_WAITS_S", (0.01, 0.01, 0.01))
+    monkeypatch.setattr("closecast.tasks.mlflow.connection.REFUSED_WAITS_S", (0.01, 0.01, 0.01))
 
 
 @pytest.fixture(autouse=True)

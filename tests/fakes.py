@@ -26,8 +26,8 @@ import pytest
 import yfinance
 from yfinance.exceptions import YFRateLimitError, YFTickerMissingError, YFTzMissingError
 
-from core.calendar import sessions_between
-from tasks.sources import FetchResult
+from closecast.core.calendar import sessions_between
+from closecast.tasks.data.sources import FetchResult
 
 YAHOO_COLUMNS = ["Open", "High", "Low", "Close", "Adj Close", "Volume"]
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-import tasks.training
-from closecast.serve import _healthy, stop_process_group
-from tasks.training import TrainedModel
+import closecast.tasks.modeling.training
+from closecast.cli.serve import _healthy, stop_process_group
+from closecast.tasks.modeling.training import TrainedModel
 
 SERVER_START_TIMEOUT_S = 60
 
@@ -55,7 +55,7 @@ def free_port() -> int:
 
 def spoil_training(value: float) -> Callable[..., TrainedModel]:
     """Real training, then every weight set to `value`: a model that is bad (or NaN) for sure."""
-    real = tasks.training.train_forecaster
+    real = closecast.tasks.modeling.training.train_forecaster
 
     def train(*args: object, **kwargs: object) -> TrainedModel:
         trained = real(*args, **kwargs)  # type: ignore[arg-type]
@@ -69,7 +69,7 @@ def spoil_training(value: float) -> Callable[..., TrainedModel]:
 
 def point_only_training() -> Callable[..., TrainedModel]:
     """Real training without intervals: a model as they were before intervals existed."""
-    real = tasks.training.train_forecaster
+    real = closecast.tasks.modeling.training.train_forecaster
 
     def train(*args: object, **kwargs: object) -> TrainedModel:
         trained = real(*args, **kwargs)  # type: ignore[arg-type]

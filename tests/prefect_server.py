@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from closecast.local_server import _healthy, server_environment, stop_process_group
-from core.config import PipelineConfig
+from closecast.cli.local_server import _healthy, server_environment, stop_process_group
+from closecast.core.config import PipelineConfig
 from tests.mlflow_fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ with a config the CLI cannot make (hidden 8, 2 epochs).
 
 import sys
 
-from closecast.serve import serve_deployments
-from core.config import PipelineConfig
+from closecast.cli.serve import serve_deployments
+from closecast.core.config import PipelineConfig
 
 if __name__ == "__main__":
     serve_deployments(PipelineConfig.model_validate_json(sys.argv[1]), port=0)

@@ -25,7 +25,7 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
 
-from closecast.alerts import (
+from closecast.cli.alerts import (
     DELIVERY_TIMEOUT_S,
     FAILED,
     LATE,
@@ -35,10 +35,10 @@ from closecast.alerts import (
     alert_automations,
     install_alerts,
 )
-from closecast.cli import main
-from core.errors import PipelineError
-from flows.nightly import nightly
-from tasks.events import UNHEALTHY_EVENT, emit_report_health
+from closecast.cli.app import main
+from closecast.core.errors import PipelineError
+from closecast.flows.nightly import nightly
+from closecast.tasks.reporting.events import UNHEALTHY_EVENT, emit_report_health
 from tests.conftest import tiny_config, write_ticker_csvs
 from tests.mlflow_fixtures import free_port
 

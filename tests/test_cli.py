@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from closecast.cli import main
-from core.errors import InputError, PipelineError
+from closecast.cli.app import main
+from closecast.core.errors import InputError, PipelineError
 from tests.conftest import read_report, write_ticker_csvs
 
 
@@ -233,7 +233,7 @@ def test_run_and_backfill_default_to_the_models_settings() -> None:
     """Unset, every model and training option of run and backfill is the reference design's."""
     import typer
 
-    from closecast.cli import app
+    from closecast.cli.app import app
 
     expected = {
         "--window": 10, "--features": "close,volume,open", "--target": "vol_return",
@@ -251,7 +251,7 @@ def test_each_commands_host_help_says_what_that_command_binds() -> None:
     stays on 127.0.0.1); serve's is about its Prefect server too."""
     import typer
 
-    from closecast.cli import app
+    from closecast.cli.app import app
 
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     helps = {
@@ -266,7 +266,7 @@ def test_each_commands_host_help_says_what_that_command_binds() -> None:
 _PROGRAM = """
 import atexit, sys, threading, time
 from pathlib import Path
-from closecast.cli import main
+from closecast.cli.app import main
 
 out = Path(sys.argv[1])
 
@@ -309,7 +309,7 @@ import subprocess, sys
 started = []
 popen = subprocess.Popen.__init__
 subprocess.Popen.__init__ = lambda self, args, *a, **k: (started.append(args), popen(self, args, *a, **k))[1]
-from closecast.cli import run_command
+from closecast.cli.app import run_command
 code = run_command(sys.argv[1:])
 heavy = sorted(m for m in ("prefect", "mlflow", "torch", "pandas") if m in sys.modules)
 print(code, ",".join(heavy) or "-", len(started))

@@ -4,8 +4,8 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from closecast.cli import main
-from core.config import BACKFILL_EXPERIMENT
+from closecast.cli.app import main
+from closecast.core.config import BACKFILL_EXPERIMENT
 from tests.mlflow_fixtures import free_port, new_home
 
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from closecast.cli import main
-from core.config import MODEL_NAME
-from tasks.aliases import AliasMove, alias_history, current_aliases, move_alias
-from tasks.mlflow_connection import configure_mlflow
+from closecast.cli.app import main
+from closecast.core.config import MODEL_NAME
+from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.registry.aliases import AliasMove, alias_history, current_aliases, move_alias
 from tests.mlflow_fixtures import free_port
 
 METRICS = {

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from closecast.cli import main
-from closecast.prefect_api import runs_a_flow
-from core.calendar import session_on_or_before
-from tasks.health import expected_session
+from closecast.cli.app import main
+from closecast.cli.health import expected_session
+from closecast.cli.prefect_api import runs_a_flow
+from closecast.core.calendar import session_on_or_before
 from tests.tasks.test_health import UNREADABLE, nightly, store
 
 

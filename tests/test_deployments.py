@@ -4,7 +4,7 @@ import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from core.config import PipelineConfig
+from closecast.core.config import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_run_form_describes_every_field_a_person_sets() -> None:
     or the values it takes."""
     from prefect.utilities.callables import parameter_schema
 
-    from flows.nightly import nightly
+    from closecast.flows.nightly import nightly
 
     fields = _field_schemas(parameter_schema(nightly).model_dump())
     for name in HAND_SET:
@@ -84,7 +84,7 @@ def test_run_form_describes_every_top_level_parameter(name: str) -> None:
     one-line description in the run form (from the flow docstring's Args section)."""
     from prefect.utilities.callables import parameter_schema
 
-    flow = load_flow_from_entrypoint(f"{ROOT}/flows/{name}.py:{name}")
+    flow = load_flow_from_entrypoint(f"{ROOT}/closecast/flows/{name}.py:{name}")
     properties = parameter_schema(flow).properties
     backfill_only = {"start", "end", "retrain_every", "register_versions"}
     assert set(properties) == {"config"} | (backfill_only if name == "backfill" else set())
@@ -102,7 +102,7 @@ def test_run_form_refuses_a_source_typo_before_submitting(source: str, valid: bo
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools.validation import is_valid
 
-    from flows.nightly import nightly
+    from closecast.flows.nightly import nightly
 
     schema = parameter_schema(nightly).model_dump()
     assert is_valid({"config": {"data": {"source": source}}}, schema) is valid
@@ -115,9 +115,15 @@ def test_a_run_config_overrides_the_deployment_config_only_in_the_fields_it_sets
     laid over the deployment's config, the rest (home, source, model) stays the deployment's."""
     from datetime import date
 
-    from core.config import SAMPLE_TICKERS, DataConfig, LSTMConfig, TrainConfig, overlay_config
+    from closecast.core.config import (
+        SAMPLE_TICKERS,
+        DataConfig,
+        LSTMConfig,
+        TrainConfig,
+        overlay_config,
+    )
 
-    flow = load_flow_from_entrypoint(str(ROOT / "flows" / "nightly.py:nightly"))
+    flow = load_flow_from_entrypoint(str(ROOT / "closecast" / "flows" / "nightly.py:nightly"))
     served = PipelineConfig(
         home=tmp_path / "served",
         data=DataConfig(source="csv:/data", tickers=["AAA"], as_of=date(2021, 3, 9)),

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from closecast.imports import heavy_imports
+from closecast.cli.imports import heavy_imports
 
 
 @pytest.fixture

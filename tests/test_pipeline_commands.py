@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from closecast.pipeline_commands import open_mlflow_store
+from closecast.cli.pipeline_commands import open_mlflow_store
 
 
 def test_an_existing_store_is_opened_and_answers(mlflow_home: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from closecast.prefect_api import runs_a_flow, temporary_api
+from closecast.cli.prefect_api import runs_a_flow, temporary_api
 
 ROOT = Path(__file__).resolve().parents[1]
 PROC = Path("/proc")
@@ -87,7 +87,7 @@ def test_the_temporary_api_dies_with_a_killed_command(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    command = [sys.executable, "-m", "closecast.cli", "run", "--source", "sample"]
+    command = [sys.executable, "-m", "closecast.cli.app", "run", "--source", "sample"]
     command += ["--home", str(tmp_path / "home"), "--epochs", "20", "--hidden", "8"]
     cli = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -154,7 +154,7 @@ def finished_fetch(tmp_path_factory: pytest.TempPathFactory) -> FinishedCommand:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
     env["PREFECT_HOME"] = str(root / "prefect")
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    command = [sys.executable, "-m", "closecast.cli", "fetch", "--source", "sample"]
+    command = [sys.executable, "-m", "closecast.cli.app", "fetch", "--source", "sample"]
     command += ["--tickers", "^GSPC", "--home", str(root / "home")]
     cli = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -188,7 +188,7 @@ def test_the_temporary_api_registers_no_block_types(finished_fetch: FinishedComm
 
 
 _SETTINGS_UNDER_THE_API = """
-from closecast.prefect_api import temporary_api
+from closecast.cli.prefect_api import temporary_api
 from prefect.settings import get_current_settings
 
 with temporary_api(["fetch"]) as url:
@@ -246,7 +246,7 @@ def test_ctrl_c_stops_a_run_in_one_line_with_its_mlflow_run_killed(tmp_path: Pat
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PREFECT_LOGGING_LEVEL"] = "WARNING"  # stderr holds what the interrupt prints
     home = tmp_path / "home"
-    command = [sys.executable, "-m", "closecast.cli", "run", "--source", "sample"]
+    command = [sys.executable, "-m", "closecast.cli.app", "run", "--source", "sample"]
     command += ["--home", str(home), "--hidden", "8", "--batch-size", "1"]
     command += ["--epochs", "10000", "--patience", "10000"]  # trains for hours
     err_path = tmp_path / "stderr.txt"
@@ -290,10 +290,10 @@ from pathlib import Path
 from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import get_current_settings
 
-from core.config import DataConfig
+from closecast.core.config import DataConfig
 
 print(get_current_settings().server.ephemeral.startup_timeout_seconds)
-fetch = load_flow_from_entrypoint("flows/fetch.py:fetch")
+fetch = load_flow_from_entrypoint("closecast/flows/fetch.py:fetch")
 result = fetch(data=DataConfig(source="sample", tickers=["^GSPC"]), home=Path(sys.argv[1]))
 print(len(result.frames["^GSPC"]))
 """
@@ -324,7 +324,7 @@ def test_a_flow_called_from_python_gives_prefects_own_server_two_minutes(tmp_pat
 def test_the_recorders_flush_cancelled_by_the_shutdown_is_not_logged() -> None:
     """The temporary API's log drops the task-run recorder's flush that its own shutdown
     cancelled (the batch is written by the final flush), and keeps its other errors."""
-    from closecast.prefect_api import RECORDER_LOGGER, quiet_shutdown
+    from closecast.cli.prefect_api import RECORDER_LOGGER, quiet_shutdown
 
     logger = logging.getLogger(RECORDER_LOGGER)
     before = list(logger.filters)
@@ -352,7 +352,7 @@ def test_a_run_that_predicts_nothing_ends_without_the_servers_tracebacks(tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    command = [sys.executable, "-m", "closecast.cli", "run", "--source", "sample"]
+    command = [sys.executable, "-m", "closecast.cli.app", "run", "--source", "sample"]
     command += ["--home", str(tmp_path / "home"), "--as-of", "2027-06-01"]  # the data ends 2018
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr

@@ -14,8 +14,8 @@ import yaml
 from mlflow import MlflowClient
 from prefect.settings import Settings
 
-from closecast.alerts import FAILED, LATE, UNHEALTHY
-from closecast.local_server import server_environment
+from closecast.cli.alerts import FAILED, LATE, UNHEALTHY
+from closecast.cli.local_server import server_environment
 from tests.conftest import tiny_config
 from tests.prefect_server import api_post, serve_process
 
@@ -78,8 +78,8 @@ def test_nightly_runs_one_at_a_time_and_queues_the_rest_served_or_deployed(
 ) -> None:
     """serve's nightly and prefect.yaml's both allow one run at a time and queue the others
     (never cancel them); predict and backfill have no limit."""
-    from closecast.serve import build_deployments
-    from core.config import PipelineConfig
+    from closecast.cli.serve import build_deployments
+    from closecast.core.config import PipelineConfig
 
     served = {d.name: d for d in build_deployments(PipelineConfig(home=tmp_path))}
     nightly = served["nightly"]
@@ -98,7 +98,7 @@ def _serve_cli(
 ) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(prefect_home)  # one PREFECT_HOME for every serve, as on a machine
-    command = [sys.executable, "-m", "closecast.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "closecast.cli.app", "serve", "--port", str(port)]
     command += ["--source", source, "--home", str(home), *options]
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -228,7 +228,7 @@ def test_a_manual_run_with_a_partial_config_runs_on_the_served_home_and_fails_in
             time.sleep(0.5)
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-        command = [sys.executable, "-m", "closecast.cli", "serve", "--source", "sample"]
+        command = [sys.executable, "-m", "closecast.cli.app", "serve", "--source", "sample"]
         command += ["--home", str(tmp_path / "other")]
         other = subprocess.run(
             command,

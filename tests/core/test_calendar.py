@@ -2,7 +2,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from core.calendar import NEW_YORK, session_closed_by
+from closecast.core.calendar import NEW_YORK, session_closed_by
 
 
 @pytest.mark.parametrize(

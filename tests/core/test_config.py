@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import PipelineConfig, TrainConfig
-from models.training import FitSettings
+from closecast.core.config import PipelineConfig, TrainConfig
+from closecast.models.training import FitSettings
 
 
 def test_mlflow_uri_is_the_field_else_the_environment_else_the_home_database(

@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from core.config import BACKFILL_EXPERIMENT, EXPERIMENT
-from core.errors import PipelineError
-from flows.backfill import backfill
-from tasks.report import report_path
-from tasks.scorecard import read_scorecard
+from closecast.core.config import BACKFILL_EXPERIMENT, EXPERIMENT
+from closecast.core.errors import PipelineError
+from closecast.flows.backfill import backfill
+from closecast.tasks.reporting.report import report_path
+from closecast.tasks.reporting.scorecard import read_scorecard
 from tests.conftest import read_report, tiny_config, write_ticker_csvs
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

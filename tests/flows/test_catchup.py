@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from core.calendar import NEW_YORK, next_session
+from closecast.core.calendar import NEW_YORK, next_session
 from tests.conftest import read_report, tiny_config, write_ticker_csvs
 from tests.prefect_server import api_post as _api
 from tests.prefect_server import serve_process

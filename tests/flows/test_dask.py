@@ -9,8 +9,8 @@ import pytest
 from distributed import LocalCluster
 from prefect_dask import DaskTaskRunner
 
-from closecast.pipeline_commands import DEFAULT_LINK, local_cluster_kwargs, task_runner
-from flows.nightly import nightly
+from closecast.cli.pipeline_commands import DEFAULT_LINK, local_cluster_kwargs, task_runner
+from closecast.flows.nightly import nightly
 from tests.conftest import read_report, tiny_config
 from tests.mlflow_fixtures import new_home
 

@@ -6,8 +6,8 @@ import yaml
 from mlflow import MlflowClient
 from prefect.flows import load_flow_from_entrypoint
 
-from core.config import PipelineConfig
-from tasks.mlflow_connection import configure_mlflow
+from closecast.core.config import PipelineConfig
+from closecast.tasks.mlflow.connection import configure_mlflow
 from tests.mlflow_fixtures import new_home
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,16 +9,16 @@ import pandas as pd
 import pytest
 from filelock import Timeout
 
-from closecast.cli import main
-from core.calendar import sessions_between
-from core.config import DataConfig, WindowConfig
-from core.errors import PipelineError
-from core.statuses import FETCH_FAILED, INSUFFICIENT_HISTORY, STALE_DATA, merge_issues
-from flows.fetch import fetch
-from tasks.features import build_features
-from tasks.store import load_point_in_time, read_prices, store_lock, write_prices
-from tasks.validate import validate_all
-from tasks.windows import build_dataset
+from closecast.cli.app import main
+from closecast.core.calendar import sessions_between
+from closecast.core.config import DataConfig, WindowConfig
+from closecast.core.errors import PipelineError
+from closecast.core.statuses import FETCH_FAILED, INSUFFICIENT_HISTORY, STALE_DATA, merge_issues
+from closecast.flows.fetch import fetch
+from closecast.tasks.data.store import load_point_in_time, read_prices, store_lock, write_prices
+from closecast.tasks.data.validate import validate_all
+from closecast.tasks.modeling.features import build_features
+from closecast.tasks.modeling.windows import build_dataset
 from tests.conftest import read_report, write_ticker_csvs
 from tests.fakes import FakeYahoo, yahoo_frame
 
@@ -163,7 +163,7 @@ def test_fetch_waits_while_another_run_holds_the_home(
         finally:
             lock.release()
 
-    monkeypatch.setattr("flows.fetch.store_lock", lock_noting_the_wait)
+    monkeypatch.setattr("closecast.flows.fetch.store_lock", lock_noting_the_wait)
     thread = threading.Thread(target=fetch, args=(_data(["AAA"], DAY_100), tmp_path))
     with store_lock(tmp_path):
         thread.start()

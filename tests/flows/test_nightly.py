@@ -11,18 +11,18 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 
-from core.calendar import NEW_YORK
-from core.config import MODEL_NAME
-from core.errors import PipelineError
-from flows.nightly import nightly
-from flows.session import schedule_slot, slot_as_of
-from models.forecaster import OUTPUT_COLUMNS
-from tasks.features import latest_rows
-from tasks.mlflow_connection import configure_mlflow
-from tasks.report import REPORT_COLUMNS
-from tasks.store import load_point_in_time
-from tasks.tracking import prices_table, table_digest
-from tasks.validate import validate_all
+from closecast.core.calendar import NEW_YORK
+from closecast.core.config import MODEL_NAME
+from closecast.core.errors import PipelineError
+from closecast.flows.nightly import nightly
+from closecast.flows.session import schedule_slot, slot_as_of
+from closecast.models.forecaster import OUTPUT_COLUMNS
+from closecast.tasks.data.store import load_point_in_time
+from closecast.tasks.data.validate import validate_all
+from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.modeling.features import latest_rows
+from closecast.tasks.reporting.report import REPORT_COLUMNS
+from closecast.tasks.reporting.tracking import prices_table, table_digest
 from tests.conftest import read_report, tiny_config, write_ticker_csvs
 from tests.mlflow_fixtures import point_only_training
 
@@ -84,7 +84,7 @@ def test_nightly_end_to_end(mlflow_home: Path, csv_folder: Path) -> None:
     assert note.startswith(f"Nightly run for as_of {report['as_of'][0]} on 3 tickers (AAA, BBB")
     assert f"skill against the naive forecast is {run.data.metrics['skill']:+.4f}" in note
     assert "Registered as v1: champion — first version (interval score " in note
-    assert run.data.tags["mlflow.source.name"] == "flows/nightly.py:nightly"
+    assert run.data.tags["mlflow.source.name"] == "closecast/flows/nightly.py:nightly"
     assert run.data.tags["mlflow.source.type"] == "JOB"
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
@@ -182,7 +182,7 @@ def test_a_champion_without_intervals_is_judged_on_test_rmse(
     test_rmse only; the challenger's reason says so and names both scores."""
     config = tiny_config(mlflow_home, f"csv:{csv_folder}", ["AAA", "BBB"])
     with monkeypatch.context() as patch:
-        patch.setattr("tasks.training.train_forecaster", point_only_training())
+        patch.setattr("closecast.tasks.modeling.training.train_forecaster", point_only_training())
         old = nightly(config)
     old_report = read_report(old.report_path)
     assert list(old_report["status"]) == ["ok", "ok"]

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from flows.fetch import fetch
-from flows.nightly import nightly
-from tasks.store import read_prices
+from closecast.flows.fetch import fetch
+from closecast.flows.nightly import nightly
+from closecast.tasks.data.store import read_prices
 from tests.conftest import read_report, tiny_config
 from tests.fakes import yahoo_frame
 

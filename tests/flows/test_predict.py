@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from core.config import MODEL_NAME
-from flows.nightly import nightly
-from flows.predict import predict
-from tasks.features import latest_rows
-from tasks.store import load_point_in_time
+from closecast.core.config import MODEL_NAME
+from closecast.flows.nightly import nightly
+from closecast.flows.predict import predict
+from closecast.tasks.data.store import load_point_in_time
+from closecast.tasks.modeling.features import latest_rows
 from tests.conftest import read_report, tiny_config, write_ticker_csvs
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -7,9 +7,9 @@ import pytest
 from mlflow import MlflowClient
 from prefect.artifacts import Artifact
 
-from flows.nightly import nightly
-from tasks.report import REPORT_COLUMNS
-from tasks.scorecard import SCORECARD_COLUMNS, read_scorecard
+from closecast.flows.nightly import nightly
+from closecast.tasks.reporting.report import REPORT_COLUMNS
+from closecast.tasks.reporting.scorecard import SCORECARD_COLUMNS, read_scorecard
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

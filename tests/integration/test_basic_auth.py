@@ -16,9 +16,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.server.auth.client import AuthServiceClient
 
-from closecast.cli import main
-from core.config import EXPERIMENT, MODEL_NAME
-from tasks.aliases import alias_history, current_aliases
+from closecast.cli.app import main
+from closecast.core.config import EXPERIMENT, MODEL_NAME
+from closecast.tasks.registry.aliases import alias_history, current_aliases
 from tests.conftest import read_report
 from tests.mlflow_fixtures import running_mlflow_server
 

@@ -7,12 +7,12 @@ import mlflow
 import numpy as np
 import pytest
 
-from closecast.cli import main
-from core.config import MODEL_NAME
-from tasks.aliases import alias_history, current_aliases
-from tasks.features import latest_rows
-from tasks.mlflow_connection import configure_mlflow
-from tasks.store import load_point_in_time
+from closecast.cli.app import main
+from closecast.core.config import MODEL_NAME
+from closecast.tasks.data.store import load_point_in_time
+from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.modeling.features import latest_rows
+from closecast.tasks.registry.aliases import alias_history, current_aliases
 from tests.conftest import read_report
 from tests.mlflow_fixtures import running_mlflow_server
 

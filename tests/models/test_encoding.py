@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models.encoding import VOL_FLOOR, Bounds, Encoding, fit_bounds
+from closecast.models.encoding import VOL_FLOOR, Bounds, Encoding, fit_bounds
 
 CLOSES = np.array([100.0, 101.0, 99.0, 102.0, 104.0])
 VOLUMES = np.array([1e6, 2e6, 1.5e6, 1e6, 3e6])

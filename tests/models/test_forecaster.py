@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from core import statuses
-from models import forecaster as forecaster_module
-from models.encoding import Encoding
-from models.forecaster import OUTPUT_COLUMNS, Forecaster
-from models.lstm import LSTMConfig, LSTMForecaster
+from closecast.core import statuses
+from closecast.models import forecaster as forecaster_module
+from closecast.models.encoding import Encoding
+from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster
+from closecast.models.lstm import LSTMConfig, LSTMForecaster
 
 FEATURES = ("close", "volume", "open")
 
@@ -58,7 +58,7 @@ def test_windows_predicted_in_chunks_equal_all_at_once(target: str) -> None:
 
 
 def test_statuses_are_the_reports_statuses() -> None:
-    """models/ cannot import closecast, so its status strings must match core.statuses."""
+    """models/ cannot import closecast, so its status strings must match closecast.core.statuses."""
     assert forecaster_module.OK == statuses.OK
     assert forecaster_module.INSUFFICIENT_HISTORY == statuses.INSUFFICIENT_HISTORY
     assert forecaster_module.INVALID_DATA == statuses.INVALID_DATA

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import chi2
 
-from models.interval_scores import (
+from closecast.models.interval_scores import (
     christoffersen_pvalue,
     coverage,
     interval_score,

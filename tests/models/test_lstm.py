@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.lstm import LSTMConfig, LSTMForecaster
+from closecast.models.lstm import LSTMConfig, LSTMForecaster
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

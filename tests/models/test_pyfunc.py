@@ -13,12 +13,12 @@ import yfinance
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 
-from core.config import MODEL_NAME
-from models.encoding import Encoding
-from models.forecaster import OUTPUT_COLUMNS, Forecaster
-from models.lstm import LSTMConfig, LSTMForecaster
-from tasks.mlflow_connection import configure_mlflow
-from tasks.registry import log_forecaster
+from closecast.core.config import MODEL_NAME
+from closecast.models.encoding import Encoding
+from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster
+from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.registry.register import log_forecaster
 from tests.fakes import FakeYahoo, yahoo_frame
 from tests.mlflow_fixtures import new_home
 

@@ -8,9 +8,9 @@ import torch
 from threadpoolctl import threadpool_info
 from torch.nn import functional as F
 
-from models.fused_step import FusedLSTMStep
-from models.lstm import LSTMConfig, LSTMForecaster
-from models.training import (
+from closecast.models.fused_step import FusedLSTMStep
+from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.models.training import (
     MAX_BATCH_GROWTH,
     MIN_PATIENCE,
     AutogradStep,

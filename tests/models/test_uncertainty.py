@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from models.encoding import Encoding
-from models.interval_scores import coverage, interval_score
-from models.uncertainty import (
+from closecast.models.encoding import Encoding
+from closecast.models.interval_scores import coverage, interval_score
+from closecast.models.uncertainty import (
     MIN_QUANTILE,
     SIGMA_FLOOR,
     Calibration,
@@ -163,7 +163,7 @@ def test_fit_and_predict_scale_reject_mismatched_shapes() -> None:
 
 
 def test_window_sigma_is_the_encodings_volatility_as_a_fraction() -> None:
-    """The window's own σ equals models.encoding's (percent) divided by 100."""
+    """The window's own σ equals closecast.models.encoding's (percent) divided by 100."""
     windows = np.stack([CLOSE, CLOSE, CLOSE], axis=-1)[None]  # (1, T, F)
     expected = Encoding(("close", "volume", "open")).volatility(windows) / 100
     np.testing.assert_allclose(window_sigma(np.diff(np.log(CLOSE))), expected[0])

@@ -6,9 +6,15 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from core.config import MODEL_NAME
-from tasks.aliases import AliasMove, alias_at, alias_history, discard_run_versions, move_alias
-from tasks.mlflow_connection import configure_mlflow
+from closecast.core.config import MODEL_NAME
+from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.registry.aliases import (
+    AliasMove,
+    alias_at,
+    alias_history,
+    discard_run_versions,
+    move_alias,
+)
 
 
 def test_alias_move_round_trips_and_answers_what_was_champion() -> None:

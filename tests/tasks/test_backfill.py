@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import PipelineError
-from tasks.backfill import make_plan, plan_sessions, waiting_message
+from closecast.core.errors import PipelineError
+from closecast.tasks.reporting.backfill import make_plan, plan_sessions, waiting_message
 
 DAYS = [date(2024, 1, d) for d in (2, 3, 4, 5, 8)]
 

@@ -5,11 +5,15 @@ import pandas as pd
 import pytest
 import torch
 
-from models.encoding import Encoding
-from models.forecaster import Forecaster
-from models.lstm import LSTMConfig, LSTMForecaster
-from tasks.evaluation import evaluate_forecaster, per_ticker_metrics, score_forecasts
-from tasks.windows import WindowSet
+from closecast.models.encoding import Encoding
+from closecast.models.forecaster import Forecaster
+from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.tasks.modeling.evaluation import (
+    evaluate_forecaster,
+    per_ticker_metrics,
+    score_forecasts,
+)
+from closecast.tasks.modeling.windows import WindowSet
 
 LAST = np.array([100.0, 100.0, 50.0, 50.0])
 ACTUAL = np.array([102.0, 99.0, 51.0, 50.5])

@@ -8,7 +8,7 @@ from prefect.events import Event
 from prefect.events.clients import AssertingEventsClient
 from prefect.events.worker import EventsWorker
 
-from tasks.events import UNHEALTHY_EVENT, emit_report_health, report_health
+from closecast.tasks.reporting.events import UNHEALTHY_EVENT, emit_report_health, report_health
 
 
 def report(statuses: list[str]) -> pd.DataFrame:
@@ -78,6 +78,6 @@ def test_a_report_that_cannot_be_read_is_logged_and_never_raises(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A frame without a status column: a warning, False, no exception into the flow."""
-    with caplog.at_level(logging.WARNING, logger="tasks.events"):
+    with caplog.at_level(logging.WARNING, logger="closecast.tasks.reporting.events"):
         assert emit_report_health(pd.DataFrame({"ticker": ["A"]})) is False
     assert f"could not emit {UNHEALTHY_EVENT}: KeyError" in caplog.text

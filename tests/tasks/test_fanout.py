@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from tasks.fanout import combine_validated, split_tickers
-from tasks.validate import ValidatedPrices
+from closecast.tasks.data.validate import ValidatedPrices
+from closecast.tasks.modeling.fanout import combine_validated, split_tickers
 
 
 def _frames(n: int) -> dict[str, pd.DataFrame]:

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.features import compute_features, latest_rows
+from closecast.tasks.modeling.features import compute_features, latest_rows
 
 
 @pytest.fixture

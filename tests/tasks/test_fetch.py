@@ -6,9 +6,9 @@ import pytest
 from prefect import flow
 from yfinance.exceptions import YFRateLimitError
 
-from core.config import DataConfig
-from core.errors import InputError
-from tasks.fetch import (
+from closecast.core.config import DataConfig
+from closecast.core.errors import InputError
+from closecast.tasks.data.fetch import (
     RETRY_JITTER,
     FetchPlan,
     download_all,
@@ -17,8 +17,13 @@ from tasks.fetch import (
     plan_fetches,
     refetch_rebased,
 )
-from tasks.sources import FetchResult, SampleSource, TransientFetchError, YFinanceSource
-from tasks.store import normalize_prices, read_prices, write_prices
+from closecast.tasks.data.sources import (
+    FetchResult,
+    SampleSource,
+    TransientFetchError,
+    YFinanceSource,
+)
+from closecast.tasks.data.store import normalize_prices, read_prices, write_prices
 from tests.fakes import FlakySource, yahoo_frame
 
 

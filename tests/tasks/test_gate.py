@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 from prefect.logging import disable_run_logger
 
-from models.encoding import Encoding
-from models.forecaster import Forecaster
-from models.lstm import LSTMConfig, LSTMForecaster
-from tasks.gate import check_metrics, decide_promotion, rescore_champion
-from tasks.windows import WindowSet
+from closecast.models.encoding import Encoding
+from closecast.models.forecaster import Forecaster
+from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.tasks.modeling.windows import WindowSet
+from closecast.tasks.registry.gate import check_metrics, decide_promotion, rescore_champion
 
 COLUMNS = ("close", "volume")
 

@@ -5,11 +5,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from mlflow import MlflowClient
 
-from closecast.alerts import LATE_WITHIN
-from core.config import EXPERIMENT, MODEL_NAME
-from tasks.aliases import move_alias
-from tasks.health import Health, expected_session, nightly_health, render
-from tasks.mlflow_connection import configure_mlflow
+from closecast.cli.alerts import LATE_WITHIN
+from closecast.cli.health import Health, expected_session, nightly_health, render
+from closecast.core.config import EXPERIMENT, MODEL_NAME
+from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.registry.aliases import move_alias
 
 NY = ZoneInfo("America/New_York")
 LIVE = {

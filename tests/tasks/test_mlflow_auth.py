@@ -4,8 +4,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.request_utils import augmented_raise_for_status
 from mlflow.utils.rest_utils import verify_rest_response
 
-from core.errors import PipelineError
-from tasks.mlflow_auth import refusal_status, refusals_as_errors, refused_request
+from closecast.core.errors import PipelineError
+from closecast.tasks.mlflow.auth import refusal_status, refusals_as_errors, refused_request
 
 URI = "http://127.0.0.1:5000"
 NOT_AUTHENTICATED = b"You are not authenticated. Please see https://www.mlflow.org/docs/latest/auth"

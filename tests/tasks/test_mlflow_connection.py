@@ -10,9 +10,9 @@ import grimp
 import pytest
 from mlflow.exceptions import MlflowException
 
-from core.config import PipelineConfig
-from core.errors import PipelineError
-from tasks.mlflow_connection import (
+from closecast.core.config import PipelineConfig
+from closecast.core.errors import PipelineError
+from closecast.tasks.mlflow.connection import (
     artifact_location,
     configure_mlflow,
     connect_mlflow,
@@ -180,9 +180,18 @@ def test_git_commit_is_none_outside_a_git_checkout(tmp_path: Path) -> None:
 def test_the_registry_inference_and_scorecard_need_no_training_code() -> None:
     """They reach MLflow through the connection module alone: importing one of them
     imports neither training, validation, run logging nor plots."""
-    graph = grimp.build_graph("tasks", "models", "core")
-    for module in ("tasks.registry", "tasks.inference", "tasks.scorecard"):
+    graph = grimp.build_graph("closecast")
+    for module in (
+        "closecast.tasks.registry.register",
+        "closecast.tasks.modeling.prediction",
+        "closecast.tasks.reporting.scorecard",
+    ):
         imported = graph.find_upstream_modules(module)
-        assert "tasks.mlflow_connection" in imported
-        unwanted = {"tasks.training", "tasks.validate", "tasks.tracking", "tasks.plots"}
+        assert "closecast.tasks.mlflow.connection" in imported
+        unwanted = {
+            "closecast.tasks.modeling.training",
+            "closecast.tasks.data.validate",
+            "closecast.tasks.reporting.tracking",
+            "closecast.tasks.reporting.plots",
+        }
         assert not imported & unwanted, module

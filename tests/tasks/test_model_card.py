@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from tasks.gate import Decision, decide_promotion
-from tasks.model_card import (
+from closecast.tasks.registry.gate import Decision, decide_promotion
+from closecast.tasks.registry.model_card import (
     MAX_DESCRIPTION,
     CardLinks,
     comparison_table,

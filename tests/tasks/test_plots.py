@@ -6,7 +6,7 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
 
-from tasks.plots import (
+from closecast.tasks.reporting.plots import (
     LOSS_CURVES_PLOT,
     plot_loss_curves,
     plot_name,

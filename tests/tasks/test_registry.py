@@ -18,18 +18,26 @@ from mlflow import MlflowClient
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-import tasks.registry
-import tasks.report
-from core.config import MODEL_NAME, PipelineConfig
-from flows.nightly import NightlyResult, nightly
-from models.encoding import Encoding
-from models.forecaster import OUTPUT_COLUMNS, Forecaster
-from models.lstm import LSTMConfig, LSTMForecaster
-from tasks.aliases import AliasMove, alias_history, current_aliases, discard_run_versions
-from tasks.evaluation import Evaluation, score_distribution
-from tasks.features import compute_features
-from tasks.mlflow_connection import configure_mlflow
-from tasks.registry import (
+import closecast.tasks.registry.register
+import closecast.tasks.reporting.report
+from closecast.core.config import MODEL_NAME, PipelineConfig
+from closecast.flows.nightly import NightlyResult, nightly
+from closecast.models.encoding import Encoding
+from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster
+from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.tasks.data.store import load_point_in_time
+from closecast.tasks.data.validate import validate_all
+from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.modeling.evaluation import Evaluation, score_distribution
+from closecast.tasks.modeling.features import compute_features
+from closecast.tasks.modeling.windows import WindowSet, build_dataset, window_columns
+from closecast.tasks.registry.aliases import (
+    AliasMove,
+    alias_history,
+    current_aliases,
+    discard_run_versions,
+)
+from closecast.tasks.registry.register import (
     environment_mismatches,
     example_input,
     list_tickers,
@@ -41,9 +49,6 @@ from tasks.registry import (
     run_url,
     signature,
 )
-from tasks.store import load_point_in_time
-from tasks.validate import validate_all
-from tasks.windows import WindowSet, build_dataset, window_columns
 from tests.conftest import write_ticker_csvs
 from tests.mlflow_fixtures import new_home, spoil_training
 
@@ -151,14 +156,14 @@ def scenario(
     client = configure_mlflow(config.mlflow_uri)  # tracking and registry both
     with pytest.MonkeyPatch.context() as patch:
         first = nightly(early)
-        patch.setattr("tasks.training.train_forecaster", spoil_training(0.5))
+        patch.setattr("closecast.tasks.modeling.training.train_forecaster", spoil_training(0.5))
         worse = nightly(config)
     worse_report = pd.read_csv(worse.report_path)
     manual = nightly(config.model_copy(update={"promotion": "manual"}))
     report_before_failure = manual.report_path.read_bytes()
     before = (current_aliases(client), alias_history(client))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks.report, "write_report", _disk_full)
+        patch.setattr(closecast.tasks.reporting.report, "write_report", _disk_full)
         with pytest.raises(OSError) as failure:
             nightly(config)
     after = (current_aliases(client), alias_history(client))
@@ -309,8 +314,8 @@ def test_run_url_is_relative_unless_the_tracking_server_has_an_address() -> None
 
 def _imports_of(entry: Path) -> set[str]:
     """Top-level modules outside the standard library that `entry` imports, following
-    every module of models/ and core/ it reaches (imports inside functions too)."""
-    root, seen, todo, found = entry.parents[1], set(), [entry], set()
+    every module of closecast.models and closecast.core it reaches (imports inside functions too)."""
+    root, seen, todo, found = entry.parents[2], set(), [entry], set()
     while todo:
         path = todo.pop()
         if path in seen:
@@ -324,8 +329,9 @@ def _imports_of(entry: Path) -> set[str]:
             else:
                 continue
             for name in names:
-                if name.split(".")[0] not in {"models", "core"}:
-                    found.add(name.split(".")[0])
+                if name.split(".")[:2] not in (["closecast", "models"], ["closecast", "core"]):
+                    if name != "closecast":  # the package's own __init__ (a version string)
+                        found.add(name.split(".")[0])
                     continue
                 module = root / name.replace(".", "/")
                 todo += [
@@ -345,7 +351,7 @@ def test_a_version_pins_every_distribution_its_code_imports(scenario: Scenario) 
     configure_mlflow(scenario.config.mlflow_uri)
     pinned = {canonicalize_name(r.name): r for r in _requirements(f"models:/{MODEL_NAME}/1")}
     distributions = packages_distributions()
-    for module in sorted(_imports_of(Path(tasks.registry.MODEL_CODE))):
+    for module in sorted(_imports_of(Path(closecast.tasks.registry.register.MODEL_CODE))):
         names = {canonicalize_name(d) for d in distributions.get(module, [module])}
         assert names & pinned.keys(), f"{module} ({', '.join(names)}) is not in {sorted(pinned)}"
     for name, requirement in pinned.items():
@@ -379,9 +385,11 @@ def test_a_model_logged_for_another_environment_loads_with_one_warning(
     requirements = Path(urlsplit(stored).path) / "requirements.txt"
     torch_pin = f"torch=={version('torch').split('+')[0]}"
     requirements.write_text(requirements.read_text().replace(torch_pin, "torch==1.0.0"))
-    with caplog.at_level(logging.WARNING, logger="tasks.registry"):
+    with caplog.at_level(logging.WARNING, logger="closecast.tasks.registry.register"):
         load_pyfunc(uri)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "tasks.registry"]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == "closecast.tasks.registry.register"
+    ]
     assert warnings == [
         f"{uri} was logged for another environment: torch==1.0.0 (installed {version('torch')})"
     ]

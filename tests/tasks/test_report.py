@@ -10,8 +10,8 @@ import pytest
 from prefect import flow
 from prefect.artifacts import Artifact
 
-from core.errors import PipelineError
-from tasks.report import (
+from closecast.core.errors import PipelineError
+from closecast.tasks.reporting.report import (
     REPORT_COLUMNS,
     ReportContext,
     build_report,
@@ -19,7 +19,7 @@ from tasks.report import (
     report_path,
     require_predictions,
 )
-from tasks.summary import MlflowLinks
+from closecast.tasks.reporting.summary import MlflowLinks
 from tests.conftest import read_report
 
 CONTEXT = ReportContext(date(2024, 5, 1), date(2024, 5, 2), "closecast-lstm", "3", "r" * 32)

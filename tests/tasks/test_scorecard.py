@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.report import REPORT_COLUMNS
-from tasks.scorecard import (
+from closecast.tasks.reporting.report import REPORT_COLUMNS
+from closecast.tasks.reporting.scorecard import (
     SCORECARD_COLUMNS,
     live_metrics,
     read_scorecard,

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from filelock import Timeout
 
-from core.errors import PipelineError
-from core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA
-from tasks.store import (
+from closecast.core.errors import PipelineError
+from closecast.core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA
+from closecast.tasks.data.store import (
     PRICE_COLUMNS,
     CorruptStoreFile,
     load_point_in_time,

@@ -5,8 +5,8 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from tasks.report import ReportContext, build_report
-from tasks.summary import MlflowLinks, summary_markdown
+from closecast.tasks.reporting.report import ReportContext, build_report
+from closecast.tasks.reporting.summary import MlflowLinks, summary_markdown
 
 CONTEXT = ReportContext(date(2024, 5, 1), date(2024, 5, 2), "closecast-lstm", "3", "r" * 32)
 

@@ -9,10 +9,10 @@ import pytest
 from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.data.pandas_dataset import from_pandas
 
-from core.config import PipelineConfig
-from tasks.gate import Decision
-from tasks.mlflow_connection import configure_mlflow, log_metrics, tracking_run
-from tasks.tracking import (
+from closecast.core.config import PipelineConfig
+from closecast.tasks.mlflow.connection import configure_mlflow, log_metrics, tracking_run
+from closecast.tasks.registry.gate import Decision
+from closecast.tasks.reporting.tracking import (
     SCHEMA_SAMPLE_ROWS,
     log_training_data,
     name_run,

@@ -9,13 +9,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from closecast.cli import main
-from core.config import TrainConfig, WindowConfig
-from models.encoding import Encoding
-from models.lstm import LSTMConfig
-from tasks import training as training_module
-from tasks.training import encode_split, resolve_device, train_forecaster
-from tasks.windows import Dataset, build_dataset
+from closecast.cli.app import main
+from closecast.core.config import TrainConfig, WindowConfig
+from closecast.models.encoding import Encoding
+from closecast.models.lstm import LSTMConfig
+from closecast.tasks.modeling import training as training_module
+from closecast.tasks.modeling.training import encode_split, resolve_device, train_forecaster
+from closecast.tasks.modeling.windows import Dataset, build_dataset
 
 
 def _frames(n: int = 120) -> dict[str, pd.DataFrame]:
@@ -186,9 +186,9 @@ def test_intervals_are_ordered_and_never_zero_width_on_real_data(
     """On real S&P 500 prices every forecast is ordered
     lower_95 ≤ lower_80 ≤ predicted ≤ upper_80 ≤ upper_95, with positive width, for every
     ticker of the file, whether the model trained on it or not."""
-    from tasks.features import compute_features
-    from tasks.validate import validate_all
-    from tasks.windows import window_columns
+    from closecast.tasks.data.validate import validate_all
+    from closecast.tasks.modeling.features import compute_features
+    from closecast.tasks.modeling.windows import window_columns
 
     validated = validate_all(sp500_frames).frames
     config = WindowConfig()

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.statuses import INVALID_DATA
-from tasks.validate import REASONS, bad_row_reasons, validate_all, validate_frame
+from closecast.core.statuses import INVALID_DATA
+from closecast.tasks.data.validate import REASONS, bad_row_reasons, validate_all, validate_frame
 
 
 def _clean(n: int = 8) -> pd.DataFrame:

@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.config import WindowConfig
-from core.errors import PipelineError
-from core.statuses import INSUFFICIENT_HISTORY, STALE_DATA
-from tasks.windows import build_dataset, make_windows, split_boundaries
+from closecast.core.config import WindowConfig
+from closecast.core.errors import PipelineError
+from closecast.core.statuses import INSUFFICIENT_HISTORY, STALE_DATA
+from closecast.tasks.modeling.windows import build_dataset, make_windows, split_boundaries
 
 
 def test_make_windows_on_arange() -> None:

@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.errors import InputError
-from tasks.sources import CsvSource
-from tasks.sources import csv as csv_source
-from tasks.sources.csv import parse_dates
-from tasks.store import PRICE_COLUMNS
-from tasks.validate import validate_all
+from closecast.core.errors import InputError
+from closecast.tasks.data.sources import CsvSource
+from closecast.tasks.data.sources import csv as csv_source
+from closecast.tasks.data.sources.csv import parse_dates
+from closecast.tasks.data.store import PRICE_COLUMNS
+from closecast.tasks.data.validate import validate_all
 from tests.fakes import yahoo_frame
 
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import InputError
-from tasks.sources import CsvSource, SampleSource, YFinanceSource, open_source
+from closecast.core.errors import InputError
+from closecast.tasks.data.sources import CsvSource, SampleSource, YFinanceSource, open_source
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.calendar import sessions_between
-from tasks.sources.sample import SampleSource
-from tasks.store import PRICE_COLUMNS
+from closecast.core.calendar import sessions_between
+from closecast.tasks.data.sources.sample import SampleSource
+from closecast.tasks.data.store import PRICE_COLUMNS
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
 from curl_cffi.requests.exceptions import HTTPError
 from yfinance.exceptions import YFRateLimitError
 
-from tasks.sources import TransientFetchError, YFinanceSource
-from tasks.sources.yfinance import split_download
-from tasks.store import PRICE_COLUMNS
+from closecast.tasks.data.sources import TransientFetchError, YFinanceSource
+from closecast.tasks.data.sources.yfinance import split_download
+from closecast.tasks.data.store import PRICE_COLUMNS
 from tests.fakes import FakeYahoo, yahoo_frame
 
 START, END = date(2020, 1, 2), date(2020, 2, 10)

@@ -1,0 +1,189 @@
+"""`closecast serve`: the three deployments of one home, served with their schedules.
+
+What belongs to a home: its deployments. With no `PREFECT_API_URL` serve
+starts a Prefect server whose database lives under the home
+(closecast.cli.local_server); on a shared API it refuses to take over the
+deployments of another home. One serve per home at a time (a lock under
+it). A clean stop leaves the schedule active and the runs it scheduled in
+place, so the nights missed while stopped run when serve is back.
+"""
+
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from closecast.cli.local_server import _healthy as _healthy
+from closecast.cli.local_server import local_server, require_api
+from closecast.cli.local_server import server_environment as server_environment
+from closecast.cli.local_server import stop_process_group as stop_process_group
+from closecast.core.config import PipelineConfig
+from closecast.core.errors import InputError
+
+if TYPE_CHECKING:
+    from closecast.cli.alerts import NotifyTarget
+
+logger = logging.getLogger(__name__)
+
+NIGHTLY_CRON = "30 18 * * 1-5"
+NIGHTLY_TIMEZONE = "America/New_York"
+# Flow runs the runner starts at a time. One: it takes due runs oldest slot first, so late
+# nightlies catch up in order (the deployment limit alone lets them race for the slot).
+RUNNER_LIMIT = 1
+LOCK_NAME = "serve.lock"
+
+
+@contextmanager
+def home_lock(home: Path) -> Iterator[None]:
+    """Hold the home's serve lock while the block runs; refuse in one line if another serve
+    holds it. The kernel releases it when this process ends, however it ends."""
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise InputError(
+                f"home {home} is already served by serve pid {holder}: stop that one first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def refuse_another_homes_deployment(config: PipelineConfig, api_url: str) -> None:
+    """On a shared Prefect API: one line, before anything is changed, when `nightly/nightly`
+    is served for another home (serving would point that home's nightly at this one)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name("nightly/nightly")
+        except ObjectNotFound:
+            return
+    served = deployment.parameters.get("config", {}).get("home")
+    if served is not None and Path(served).resolve() != config.home.resolve():
+        raise InputError(
+            f"the Prefect server at {api_url} already serves nightly for "
+            f"home {served}: stop that serve and `prefect deployment delete nightly/nightly`, "
+            "or serve this home without PREFECT_API_URL (its own server)"
+        )
+
+
+def build_deployments(config: PipelineConfig, task_runner: Any | None = None) -> list[Any]:
+    """`nightly` on its weeknight cron, `predict` and `backfill` for manual runs.
+
+    `nightly` allows one run at a time and queues the others (ENQUEUE, never
+    cancel): late runs after downtime wait their turn, each computing its slot's session.
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.schedules import Cron
+
+    from closecast.flows.backfill import backfill
+    from closecast.flows.nightly import nightly
+    from closecast.flows.predict import predict
+
+    flows = [nightly, predict, backfill]
+    if task_runner is not None:
+        flows = [f.with_options(task_runner=task_runner) for f in flows]
+    parameters = {"config": config.model_dump(mode="json")}
+    nightly_flow, predict_flow, backfill_flow = flows
+    return [
+        nightly_flow.to_deployment(
+            "nightly",
+            schedule=Cron(NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE),
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+            ),
+            parameters=parameters,
+            tags=["closecast"],
+            description="Retrain, gate and predict after every weekday close.",
+        ),
+        predict_flow.to_deployment(
+            "predict",
+            parameters=parameters,
+            tags=["closecast"],
+            description="Predict the next session with the champion; no training.",
+        ),
+        backfill_flow.to_deployment(
+            "backfill",
+            parameters=parameters,
+            tags=["closecast"],
+            description="Point-in-time runs for each session in [start, end].",
+        ),
+    ]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def serve_deployments(
+    config: PipelineConfig,
+    port: int,
+    task_runner: Any | None = None,
+    alerts: "NotifyTarget | None" = None,
+    host: str = "127.0.0.1",
+) -> None:
+    """Serve the home's deployments until interrupted, on PREFECT_API_URL or a server of its
+    own on host; first install the alerts when a target is given (left as they are otherwise).
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api_url = os.environ.get("PREFECT_API_URL")
+    with home_lock(config.home):
+        if api_url:
+            require_api(api_url)
+            refuse_another_homes_deployment(config, api_url)
+        # Ctrl-C must reach us even when started in the background, where SIGINT is ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)  # stop what we started on SIGTERM too
+        if api_url:
+            print(f"serving on the Prefect API at {api_url}", flush=True)
+            _serve(config, task_runner, alerts)
+            return
+        with local_server(port, config.home, host) as url:
+            os.environ["PREFECT_API_URL"] = url  # the runs the runner starts inherit it
+            try:
+                with temporary_settings(updates={PREFECT_API_URL: url}):
+                    _serve(config, task_runner, alerts)
+            finally:
+                os.environ.pop("PREFECT_API_URL", None)
+
+
+def _serve(
+    config: PipelineConfig,
+    task_runner: Any | None,
+    alerts: "NotifyTarget | None",
+) -> None:
+    from prefect import serve
+
+    _install_alerts(alerts)
+    # Not paused on the way out: pausing deletes the scheduled runs, and with them the nights
+    # missed while serve is stopped; left active, they run late, oldest first, on restart.
+    serve(
+        *build_deployments(config, task_runner),
+        limit=RUNNER_LIMIT,
+        pause_on_shutdown=False,
+    )
+
+
+def _install_alerts(target: "NotifyTarget | None") -> None:
+    from closecast.cli.alerts import install_alerts
+
+    if target is None:
+        print("alerts: left as they are (--notify-url or --notify-block sets them)", flush=True)
+        return
+    install_alerts(target)
+    print(
+        f"alerts: nightly failed, late (22:00 New York), report unhealthy -> {target.describe()}",
+        flush=True,
+    )

@@ -1,0 +1,78 @@
+"""The predict flow: fetch → validate → latest windows → champion pyfunc → report (no training)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from closecast.core.config import MODEL_NAME, PipelineConfig
+from closecast.core.statuses import merge_issues
+from closecast.flows.deployment import served_config
+from closecast.flows.fetch import fetch
+from closecast.flows.session import name_flow_run, run_name
+from closecast.tasks.data.store import load_prices
+from closecast.tasks.data.validate import validate_prices
+from closecast.tasks.mlflow.connection import tracking_run
+from closecast.tasks.modeling.prediction import latest_inputs
+from closecast.tasks.registry.champion import load_champion
+from closecast.tasks.registry.register import predict_next
+from closecast.tasks.reporting.report import (
+    ReportContext,
+    build_report,
+    publish_report,
+    report_path,
+    require_predictions,
+    trained_report_run,
+)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What a predict run produced; `kept_run_id` names the training run whose report for
+    the as_of was kept (nothing written), else ''."""
+
+    report_path: Path
+    run_id: str
+    version: str
+    kept_run_id: str = ""
+
+
+@flow(name="predict", flow_run_name=lambda: run_name("predict"))
+def predict(config: PipelineConfig) -> PredictResult:
+    """Predict the session after as_of with the registry's champion; nothing is trained.
+
+    A report for that as_of with predictions from a run that trained (nightly,
+    backfill) is kept: nothing is predicted or written over it.
+
+    Args:
+        config: the pipeline's settings (home, data, model); e.g. set data.as_of or data.tickers.
+    """
+    config = served_config(config)  # a deployment run inherits what its config leaves out
+    champion = load_champion(config.mlflow_uri)
+    fetched = fetch(config.data, config.home)
+    prices = load_prices(config.prices_dir, config.data.tickers, config.data.as_of)
+    name_flow_run(prices.as_of)
+    existing = report_path(config.reports_dir, prices.as_of)
+    if kept := trained_report_run(existing, config.mlflow_uri):
+        get_run_logger().warning("kept %s: written by run %s, which trained", existing, kept)
+        return PredictResult(existing, "", champion.version, kept_run_id=kept)
+    validated = validate_prices(prices.frames)
+    latest = latest_inputs(validated.frames, config.data.tickers, prices.as_of, champion.window)
+    issues = merge_issues(
+        fetched.issues(prices.frames), prices.issues, validated.issues, latest.issues
+    )
+    tags = {"as_of": prices.as_of.isoformat(), "model_version": champion.version, "kind": "predict"}
+    # A reader (READ on the experiment) predicts too: without a run when it may not log one.
+    with tracking_run(config, f"predict {prices.as_of}", tags, required=False) as run_id:
+        predictions = predict_next(config.mlflow_uri, champion.version, latest.rows)
+        context = ReportContext(
+            prices.as_of, prices.target_date, MODEL_NAME, champion.version, run_id
+        )
+        report = build_report(
+            config.data.tickers, context, validated.last_closes(), predictions, issues
+        )
+        require_predictions(report, config.reports_dir)
+        path = publish_report(
+            report, config.reports_dir, champion.metrics, f"champion v{champion.version}"
+        )
+    return PredictResult(path, run_id, champion.version)

@@ -1,0 +1,318 @@
+"""A trained LSTM together with everything needed to use it: encoding, window,
+bounds, and the interval scale and calibration that make its point forecast a
+distribution.
+
+Saved as two files that need no pickle: the weights as a torch `state_dict`
+(loaded with ``weights_only=True``) and the spec as JSON.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from closecast.models.encoding import PRICE_FEATURES, Bounds, Encoding
+from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.models.uncertainty import (
+    Calibration,
+    ScaleModel,
+    close_intervals,
+    last_scale_features,
+    predict_scale,
+)
+
+# 2: intervals (scale + calibration) and the window's columns; 1 (point only) still loads.
+SPEC_VERSION = 2
+READABLE_SPECS = (1, 2)
+# Columns a window must hold for the interval scale, beyond the network's features.
+SCALE_COLUMNS = ("high", "low")
+INTERVAL_COLUMNS = ("lower_80", "upper_80", "lower_95", "upper_95")
+
+# The report's statuses (closecast.core.statuses): models/ travels inside the logged
+# model as code, so it imports nothing from closecast and repeats the strings.
+OK, INSUFFICIENT_HISTORY, INVALID_DATA = "ok", "insufficient_history", "invalid_data"
+# ticker -> (status, one-line reason) for the tickers that get no prediction.
+Issues = dict[str, tuple[str, str]]
+# What `predict_frame` (and so the pyfunc) returns, column -> MLflow type.
+OUTPUT_COLUMNS = {
+    "ticker": "string",
+    "predicted_close": "double",
+    **dict.fromkeys(INTERVAL_COLUMNS, "double"),
+    "status": "string",
+    "message": "string",
+}
+FORECAST_COLUMNS = ("predicted_close", *INTERVAL_COLUMNS)
+# Windows encoded at a time (each window is encoded on its own, so any chunk gives the same).
+ENCODE_CHUNK = 65_536
+
+
+def prediction_table(forecasts: dict[str, dict[str, float]], issues: Issues) -> pd.DataFrame:
+    """The prediction output: one row per ticker, sorted, with its status.
+
+    Built here only, so that every path (pyfunc, in memory) returns the same
+    columns. A ticker with an issue, or whose forecast is not finite or not
+    ordered lower_95 ≤ lower_80 ≤ predicted_close ≤ upper_80 ≤ upper_95, gets
+    no numbers and a one-line message; an ok row always has finite numbers
+    (interval columns are NaN only for a model that has no intervals).
+
+    Args:
+        forecasts: ticker -> {column of FORECAST_COLUMNS: value}, for the
+            tickers the model predicted.
+        issues: ticker -> (status, message), for the tickers it could not predict.
+    """
+    tickers = sorted({*forecasts, *issues})
+    rows = []
+    for ticker in tickers:
+        values = {c: forecasts.get(ticker, {}).get(c, float("nan")) for c in FORECAST_COLUMNS}
+        status, message = issues.get(ticker, (OK, ""))
+        if status == OK:
+            status, message = _check_forecast(values)
+        if status != OK:
+            values = dict.fromkeys(FORECAST_COLUMNS, float("nan"))
+        rows.append({"ticker": ticker, **values, "status": status, "message": message})
+    table = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+    return table.astype({c: "float64" for c in FORECAST_COLUMNS} | {"ticker": str})
+
+
+def _check_forecast(values: dict[str, float]) -> tuple[str, str]:
+    """(ok, "") for a finite, positive, ordered forecast; else invalid_data and why."""
+    point = values["predicted_close"]
+    if not (np.isfinite(point) and point > 0):
+        return INVALID_DATA, f"the model returned a non-finite prediction ({point})"
+    bounds = [values[c] for c in INTERVAL_COLUMNS]
+    if all(np.isnan(b) for b in bounds):
+        return OK, ""  # a model without intervals (spec version 1)
+    order = [values["lower_95"], values["lower_80"], point, values["upper_80"], values["upper_95"]]
+    if not (all(np.isfinite(order)) and all(a <= b for a, b in pairwise(order))):
+        return INVALID_DATA, "the model returned intervals that are not finite or cross"
+    return OK, ""
+
+
+def window_scale_inputs(
+    windows: np.ndarray, columns: tuple[str, ...], spans: tuple[int, ...]
+) -> np.ndarray:
+    """HAR regressors at each window's last day, (N, T, C) -> (N, 2·len(spans))."""
+    close, high, low = (windows[:, :, columns.index(c)] for c in ("close", "high", "low"))
+    return last_scale_features(close, high, low, spans)  # (N, T) each -> (N, 2S)
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """How a point forecast becomes 80% and 95% intervals: a HAR-style scale σ̂ of the next
+    log return and conformal quantiles of (r − centre) / σ̂ (models/uncertainty.py)."""
+
+    scale: ScaleModel
+    calibration: Calibration
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale.to_dict(), "calibration": self.calibration.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Intervals":
+        return cls(ScaleModel.from_dict(data["scale"]), Calibration.from_dict(data["calibration"]))
+
+
+@dataclass
+class Forecaster:
+    """The network plus the representation it was trained on."""
+
+    module: LSTMForecaster
+    encoding: Encoding
+    window: int
+    bounds: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    intervals: Intervals | None = None  # None: point forecasts only (a spec-1 model)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.encoding.features
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Each raw window's columns: the features, then the scale's (with intervals)."""
+        if self.intervals is None:
+            return self.features
+        return (*self.features, *[c for c in SCALE_COLUMNS if c not in self.features])
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The columns `predict_frame` reads: ticker, date and the window's columns."""
+        return ("ticker", "date", *self.columns)
+
+    def scale_inputs(self, windows: np.ndarray) -> np.ndarray:
+        """The scale's regressors at each window's last day, (N, T, C) -> (N, 2·spans)."""
+        if self.intervals is None:
+            raise ValueError("this model has no interval scale")
+        return window_scale_inputs(windows, self.columns, self.intervals.scale.spans)
+
+    def window_bounds(self, tickers: np.ndarray) -> Bounds | None:
+        """Stack each window's ticker bounds, (N,) -> Bounds of (N, F); None if not needed."""
+        if not self.encoding.needs_bounds:
+            return None
+        unknown = sorted(set(tickers.tolist()) - set(self.bounds))
+        if unknown:
+            raise ValueError(f"no MinMax bounds for ticker(s) {', '.join(unknown)}")
+        lo = np.array([self.bounds[t][0] for t in tickers], dtype=np.float64)
+        hi = np.array([self.bounds[t][1] for t in tickers], dtype=np.float64)
+        return Bounds(lo=lo, hi=hi)
+
+    def predict_encoded(self, inputs: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        """Run the network on encoded inputs, (N, T, F) -> (N,), on the CPU in eval mode."""
+        self.module.eval()
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(inputs), batch_size):
+                batch = torch.from_numpy(inputs[start : start + batch_size])  # (b, T, F)
+                outputs.append(self.module(batch).numpy())  # (b,)
+        return np.concatenate(outputs) if outputs else np.empty(0, dtype=np.float32)
+
+    def predict_windows(
+        self, windows: np.ndarray, tickers: np.ndarray, chunk: int = ENCODE_CHUNK
+    ) -> np.ndarray:
+        """Predict the next close of raw windows (N, T, C) of tickers (N,) -> closes (N,).
+
+        `chunk` windows at a time: encoding works in float64 on every window
+        at once, a few hundred MB for a universe's training windows.
+        """
+        closes = np.empty(len(windows))
+        for start in range(0, len(windows), chunk):
+            rows = slice(start, start + chunk)
+            features = windows[rows, :, : len(self.features)]  # (n, T, C) -> (n, T, F)
+            bounds = self.window_bounds(tickers[rows])
+            encoded = self.predict_encoded(self.encoding.inputs(features, bounds))
+            closes[rows] = self.encoding.decode(encoded, features, bounds)
+        return closes
+
+    def predict_distribution(
+        self, windows: np.ndarray, tickers: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The point forecast and its intervals for raw windows (N, T, C) of tickers (N,).
+
+        Returns:
+            {column of FORECAST_COLUMNS: closes (N,)}; interval columns are NaN for a
+            model without intervals.
+        """
+        point = self.predict_windows(windows, tickers)  # (N,)
+        if self.intervals is None:
+            nan = np.full(len(point), np.nan)
+            return {"predicted_close": point, **{c: nan.copy() for c in INTERVAL_COLUMNS}}
+        last_close = windows[:, -1, self.columns.index("close")]  # (N, T, C) -> (N,)
+        sigma = predict_scale(self.intervals.scale, self.scale_inputs(windows))  # (N,)
+        center = np.log(point / last_close)  # the point forecast as a log return
+        bounds = close_intervals(last_close, center, sigma, self.intervals.calibration)
+        return {"predicted_close": point, **{c: bounds[c] for c in INTERVAL_COLUMNS}}
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Predict the close after the last row of each ticker.
+
+        A ticker that cannot be predicted (too few rows, a missing or bad
+        value in its last window) gets a status and a message; the others are
+        predicted all the same.
+
+        Args:
+            frame: rows with columns ticker, date (datetimes) and the feature
+                columns (numbers), in any order.
+
+        Returns:
+            One row per ticker, sorted, with the columns of `prediction_table`.
+
+        Raises:
+            ValueError: when a column is missing, naming it.
+        """
+        missing = [c for c in self.input_columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"input is missing column(s) {', '.join(missing)}")
+        tickers, windows, issues = [], [], {}
+        ordered = frame.sort_values(["ticker", "date"], kind="stable")
+        for key, rows in ordered.groupby("ticker", sort=True):
+            ticker = str(key)
+            issue = self.window_issue(ticker, rows)
+            if issue is not None:
+                issues[ticker] = issue
+                continue
+            tickers.append(ticker)
+            values = rows[list(self.columns)].to_numpy(np.float64)  # (n, C)
+            windows.append(values[-self.window :])  # (n, C) -> (T, C)
+        if not windows:
+            return prediction_table({}, issues)
+        stacked = np.stack(windows)  # T×C per ticker -> (N, T, C)
+        forecast = self.predict_distribution(stacked, np.array(tickers))
+        rows_out = {t: {c: float(v[i]) for c, v in forecast.items()} for i, t in enumerate(tickers)}
+        return prediction_table(rows_out, issues)
+
+    def window_issue(self, ticker: str, rows: pd.DataFrame) -> tuple[str, str] | None:
+        """Why one ticker's rows (sorted by date) cannot be predicted, or None.
+
+        Prices must be finite and > 0 and other features finite and >= 0 (the
+        encoding takes their logs), over the last `window` rows only.
+        """
+        if self.encoding.needs_bounds and ticker not in self.bounds:
+            reason = "no MinMax bounds for this ticker: the model was not trained on it"
+            return INSUFFICIENT_HISTORY, reason
+        if len(rows) < self.window:
+            return INSUFFICIENT_HISTORY, f"{len(rows)} rows; the model's window needs {self.window}"
+        last = rows.iloc[-self.window :]
+        dates = last["date"]
+        if dates.isna().any():
+            return INVALID_DATA, f"a date in the last {self.window} rows is missing or not a date"
+        repeated = dates[dates.duplicated()]
+        if len(repeated):
+            day = repeated.iloc[0].date().isoformat()
+            return INVALID_DATA, f"date {day} appears more than once"
+        for name in self.columns:
+            values = last[name].to_numpy(np.float64)  # (T,)
+            valid = values > 0 if name in PRICE_FEATURES else values >= 0
+            bad = ~(np.isfinite(values) & valid)
+            if bad.any():
+                at = int(np.argmax(bad))
+                day = dates.iloc[at].date().isoformat()
+                return INVALID_DATA, f"{name} is {values[at]:g} on {day}"
+        if self.intervals is not None:
+            inverted = (last["high"] < last["low"]).to_numpy()
+            if inverted.any():
+                day = dates.iloc[int(np.argmax(inverted))].date().isoformat()
+                return INVALID_DATA, f"high is below low on {day}"
+        return None
+
+    def spec(self) -> dict[str, Any]:
+        """Everything but the weights, as JSON-ready data."""
+        return {
+            "spec_version": SPEC_VERSION,
+            "lstm": asdict(self.module.config),
+            "n_features": self.module.n_features,
+            "features": list(self.features),
+            "target": self.encoding.target,
+            "window": self.window,
+            "bounds": {t: [lo, hi] for t, (lo, hi) in self.bounds.items()},
+            "intervals": self.intervals.to_dict() if self.intervals else None,
+        }
+
+    def save(self, directory: Path) -> tuple[Path, Path]:
+        """Write `weights.pt` (state_dict) and `spec.json` into `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        weights, spec = directory / "weights.pt", directory / "spec.json"
+        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+        torch.save(state, weights)
+        spec.write_text(json.dumps(self.spec(), indent=2))
+        return weights, spec
+
+    @classmethod
+    def load(cls, weights: Path, spec: Path) -> "Forecaster":
+        """Rebuild from the two files `save` wrote, without unpickling anything."""
+        data = json.loads(Path(spec).read_text())
+        if data.get("spec_version") not in READABLE_SPECS:
+            raise ValueError(f"unsupported model spec version {data.get('spec_version')!r}")
+        module = LSTMForecaster(LSTMConfig(**data["lstm"]), n_features=data["n_features"])
+        module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        module.eval()
+        return cls(
+            module=module,
+            encoding=Encoding(features=tuple(data["features"]), target=data["target"]),
+            window=int(data["window"]),
+            bounds={t: (b[0], b[1]) for t, b in data["bounds"].items()},
+            intervals=Intervals.from_dict(data["intervals"]) if data.get("intervals") else None,
+        )

@@ -1,0 +1,223 @@
+"""Evaluation on the held-out test span, against the naive forecast on the same windows.
+
+The point forecast is scored against naive persistence (RMSE, MAE, a
+Diebold–Mariano p-value); the 80% and 95% intervals by coverage and the
+Gneiting–Raftery interval score, against RiskMetrics EWMA intervals (λ = 0.94,
+normal, around the naive forecast), which need no fitting. Every error and
+score is relative to the last close, so no ticker dominates by its price level.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pandas.core.groupby import DataFrameGroupBy
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from scipy.stats import binomtest, norm
+from sklearn.metrics import (
+    mean_absolute_error,
+    mean_absolute_percentage_error,
+    root_mean_squared_error,
+)
+
+from closecast.models.forecaster import INTERVAL_COLUMNS, Forecaster
+from closecast.models.interval_scores import coverage, interval_score
+from closecast.models.uncertainty import close_intervals, normal_calibration
+from closecast.tasks.modeling.windows import WindowSet
+
+LEVELS = (80, 95)  # percent, as in the column names
+
+
+@dataclass
+class Evaluation:
+    """Run-level metrics (MLflow names) and per-ticker metrics in price units."""
+
+    metrics: dict[str, float]
+    per_ticker: pd.DataFrame
+    predictions: pd.DataFrame  # one row per test window
+
+
+def score_forecasts(
+    predicted: np.ndarray, actual: np.ndarray, last_close: np.ndarray
+) -> dict[str, float]:
+    """Metrics of predicted closes against actual ones and against naive persistence.
+
+    RMSE and MAE use errors relative to the last close, so no ticker
+    dominates by its price level; MAPE is in percent of the actual close;
+    directional accuracy is the share of windows whose predicted move from
+    the last close has the sign of the actual move.
+    """
+    if len(predicted) == 0:
+        raise ValueError("no test windows to evaluate on")
+    if not np.all(np.isfinite(predicted)):
+        raise ValueError(f"{int((~np.isfinite(predicted)).sum())} predictions are not finite")
+    # Closes as multiples of the last close: their errors are the errors relative to it.
+    truth, forecast, naive = actual / last_close, predicted / last_close, np.ones(len(actual))
+    rmse = root_mean_squared_error(truth, forecast)
+    naive_rmse = root_mean_squared_error(truth, naive)
+    return {
+        "test_rmse": float(rmse),
+        "test_mae": float(mean_absolute_error(truth, forecast)),
+        "test_mape": float(mean_absolute_percentage_error(actual, predicted) * 100),
+        "test_directional_accuracy": float(
+            np.mean(np.sign(predicted - last_close) == np.sign(actual - last_close))
+        ),
+        "naive_rmse": float(naive_rmse),
+        "naive_mae": float(mean_absolute_error(truth, naive)),
+        "skill": float(1.0 - rmse / naive_rmse) if naive_rmse > 0 else 0.0,
+    }
+
+
+def diebold_mariano_pvalue(
+    model_error: np.ndarray, naive_error: np.ndarray, dates: np.ndarray
+) -> float:
+    """One-sided p-value that the model's squared errors are no lower than naive's.
+
+    The loss differential d = e_model² − e_naive² is averaged over the tickers
+    of each date first, so tickers that move together are not counted as
+    independent evidence, then tested as a daily series (one-step forecasts:
+    no autocorrelation correction). Small values mean the model is more
+    accurate than naive beyond chance; 0.5 when the two are identical.
+    """
+    d = pd.Series(np.square(model_error) - np.square(naive_error)).groupby(dates).mean()
+    n, mean, sd = len(d), float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    if n < 2 or sd == 0.0:
+        return 0.5 if mean == 0.0 else float(mean > 0)
+    return float(norm.cdf(mean / (sd / np.sqrt(n))))
+
+
+def direction_interval(hits: np.ndarray) -> tuple[float, float]:
+    """95% Wilson interval of the directional accuracy (share of hits)."""
+    result = binomtest(int(hits.sum()), len(hits)).proportion_ci(0.95, method="wilson")
+    return float(result.low), float(result.high)
+
+
+def interval_metrics(
+    bounds: dict[str, np.ndarray], actual: np.ndarray, last_close: np.ndarray, prefix: str = ""
+) -> dict[str, float]:
+    """Coverage and mean interval score at 80% and 95%, relative to the last close.
+
+    NaN bounds (a model without intervals) give NaN metrics.
+    """
+    y = actual / last_close  # (N,)
+    out = {}
+    for level in LEVELS:
+        lower, upper = bounds[f"lower_{level}"] / last_close, bounds[f"upper_{level}"] / last_close
+        if np.isnan(lower).any() or np.isnan(upper).any():
+            out[f"{prefix}coverage_{level}"] = out[f"{prefix}interval_score_{level}"] = np.nan
+            continue
+        out[f"{prefix}coverage_{level}"] = coverage(lower, upper, y)
+        score = interval_score(lower, upper, y, alpha=1.0 - level / 100.0)
+        out[f"{prefix}interval_score_{level}"] = float(np.mean(score))
+    return out
+
+
+def baseline_bounds(last_close: np.ndarray, sigma: np.ndarray) -> dict[str, np.ndarray]:
+    """RiskMetrics EWMA intervals: normal quantiles of σ̂ around the naive forecast."""
+    return close_intervals(last_close, np.zeros(len(last_close)), sigma, normal_calibration())
+
+
+def score_distribution(forecast: dict[str, np.ndarray], test: WindowSet) -> dict[str, float]:
+    """Every run-level metric of a point forecast and its intervals on `test`.
+
+    `test_interval_score` (the mean of the 80% and 95% interval scores) is
+    what the promotion gate compares: a proper score of the whole forecast,
+    so a better centre and an honest width both lower it.
+    """
+    predicted, actual, last = forecast["predicted_close"], test.next_close, test.last_close
+    metrics = score_forecasts(predicted, actual, last)
+    metrics["skill_pvalue"] = diebold_mariano_pvalue(
+        (predicted - actual) / last, (last - actual) / last, test.target_dates
+    )
+    hits = np.sign(predicted - last) == np.sign(actual - last)
+    low, high = direction_interval(hits)
+    metrics["test_directional_accuracy_low"] = low
+    metrics["test_directional_accuracy_high"] = high
+    metrics |= interval_metrics(forecast, actual, last)
+    metrics |= interval_metrics(
+        baseline_bounds(last, test.baseline_sigma), actual, last, prefix="baseline_"
+    )
+    del metrics["baseline_coverage_80"], metrics["baseline_coverage_95"]
+    metrics["interval_skill_95"] = 1.0 - (
+        metrics["interval_score_95"] / metrics["baseline_interval_score_95"]
+    )
+    metrics["test_interval_score"] = (
+        metrics["interval_score_80"] + metrics["interval_score_95"]
+    ) / 2.0
+    return metrics
+
+
+def _by_ticker(
+    grouped: DataFrameGroupBy,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    forecast: str = "predicted_close",
+) -> pd.Series:
+    """`metric(actual_close, forecast)` of each ticker's windows (arrays: sklearn checks
+    them faster than Series, which counts over a 500-ticker universe)."""
+    return grouped.apply(
+        lambda g: float(metric(g["actual_close"].to_numpy(), g[forecast].to_numpy())),
+        include_groups=False,
+    )
+
+
+def per_ticker_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
+    """RMSE, MAE and MAPE per ticker in price units, with the naive forecast's."""
+    grouped = predictions.groupby("ticker", sort=True)
+    table = pd.DataFrame(
+        {
+            "windows": grouped.size(),
+            "rmse": _by_ticker(grouped, root_mean_squared_error),
+            "mae": _by_ticker(grouped, mean_absolute_error),
+            "mape": _by_ticker(grouped, mean_absolute_percentage_error) * 100,
+            "naive_rmse": _by_ticker(grouped, root_mean_squared_error, "last_close"),
+        }
+    )
+    table["skill"] = 1.0 - table["rmse"] / table["naive_rmse"]
+    if set(INTERVAL_COLUMNS) <= set(predictions.columns):
+        for level in LEVELS:
+            hit = predictions["actual_close"].between(
+                predictions[f"lower_{level}"], predictions[f"upper_{level}"]
+            )
+            table[f"coverage_{level}"] = hit.groupby(predictions["ticker"]).mean()
+    return table.reset_index()
+
+
+def evaluate_forecaster(forecaster: Forecaster, test: WindowSet) -> Evaluation:
+    """Predict every test window and score the point forecast and its intervals."""
+    forecast = forecaster.predict_distribution(test.windows, test.tickers)
+    predictions = pd.DataFrame(
+        {
+            "ticker": test.tickers.astype(str),
+            "target_date": pd.to_datetime(test.target_dates),
+            "last_close": test.last_close,
+            "actual_close": test.next_close,
+            **forecast,
+        }
+    )
+    metrics = score_distribution(forecast, test)
+    return Evaluation(
+        metrics=metrics, per_ticker=per_ticker_metrics(predictions), predictions=predictions
+    )
+
+
+@task(name="evaluate-model", cache_policy=NO_CACHE)
+def evaluate_model(forecaster: Forecaster, test: WindowSet) -> Evaluation:
+    """Score the model and the naive forecast on the test span."""
+    evaluation = evaluate_forecaster(forecaster, test)
+    m = evaluation.metrics
+    get_run_logger().info(
+        "test rmse %.5f vs naive %.5f (skill %+.4f, p %.2f), directional accuracy %.3f; "
+        "coverage 80%% %.1f%%, 95%% %.1f%%; interval score 95%% %.5f vs EWMA %.5f",
+        m["test_rmse"],
+        m["naive_rmse"],
+        m["skill"],
+        m["skill_pvalue"],
+        m["test_directional_accuracy"],
+        100 * m["coverage_80"],
+        100 * m["coverage_95"],
+        m["interval_score_95"],
+        m["baseline_interval_score_95"],
+    )
+    return evaluation

@@ -1,0 +1,194 @@
+"""Training: encode the windows once, fit one global LSTM across all tickers."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from closecast.core.config import TrainConfig
+from closecast.core.errors import PipelineError
+from closecast.models.encoding import Encoding
+from closecast.models.forecaster import ENCODE_CHUNK, Forecaster, Intervals, window_scale_inputs
+from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.models.training import (
+    EpochCallback,
+    FitResult,
+    FitSettings,
+    TrainingDiverged,
+    fit,
+    fit_output_scale,
+    scale_output,
+    scale_to_windows,
+    seed_everything,
+)
+from closecast.models.uncertainty import (
+    fit_conformal,
+    fit_scale,
+    min_calibration_size,
+    normal_calibration,
+    predict_scale,
+    spans_for_window,
+)
+from closecast.tasks.modeling.windows import Dataset, WindowSet
+
+
+@dataclass
+class TrainedModel:
+    """A fitted forecaster and how its training went."""
+
+    forecaster: Forecaster
+    fit: FitResult
+    device: str
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available")
+    return torch.device(device)
+
+
+def encode_split(
+    forecaster: Forecaster, windows: WindowSet, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoded inputs (N, T, F) and targets (N,) of one split, as tensors on `device`.
+
+    Encoded ENCODE_CHUNK windows at a time into the float32 result: each window
+    is encoded on its own, and the float64 work arrays stay small.
+    """
+    n, steps = len(windows), windows.windows.shape[1]
+    inputs = np.empty((n, steps, len(forecaster.features)), dtype=np.float32)
+    targets = np.empty(n, dtype=np.float32)
+    for start in range(0, n, ENCODE_CHUNK):
+        rows = slice(start, start + ENCODE_CHUNK)
+        raw, bounds = windows.windows[rows], forecaster.window_bounds(windows.tickers[rows])
+        inputs[rows] = forecaster.encoding.inputs(raw, bounds)
+        targets[rows] = forecaster.encoding.targets(windows.next_close[rows], raw, bounds)
+    return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
+
+
+def train_forecaster(
+    dataset: Dataset,
+    lstm: LSTMConfig,
+    config: TrainConfig,
+    on_epoch_end: EpochCallback | None = None,
+) -> TrainedModel:
+    """Fit one LSTM on every ticker's training windows, early-stopped on validation.
+
+    With a return target and `config.shrink_output`, the predicted returns
+    are then shrunk toward zero (the naive forecast) by the factor that the
+    validation windows support (`closecast.models.training.fit_output_scale`); the
+    factor is baked into the dense head, so a saved model predicts with it.
+    """
+    device = resolve_device(config.device)
+    seed_everything(config.seed)  # before the module exists: its initial weights are seeded
+    forecaster = Forecaster(
+        module=LSTMForecaster(lstm, n_features=len(dataset.features)),
+        encoding=Encoding(features=dataset.features, target=dataset.target),
+        window=dataset.window,
+        bounds=dataset.bounds,
+    )
+    train = encode_split(forecaster, dataset.train, device)
+    validation = encode_split(forecaster, dataset.validation, device)
+    settings = scale_to_windows(
+        FitSettings.from_config(config), len(dataset.train), config.growth_windows
+    )
+    forecaster.module.to(device)
+    result = fit(forecaster.module, train, validation, settings, on_epoch_end)
+    if config.shrink_output and forecaster.encoding.predicts_return:
+        result.output_scale = fit_output_scale(forecaster.module, *validation)
+        scale_output(forecaster.module, result.output_scale)
+    forecaster.module.cpu()
+    forecaster.intervals = fit_intervals(forecaster, dataset)
+    return TrainedModel(forecaster=forecaster, fit=result, device=str(device))
+
+
+def fit_intervals(forecaster: Forecaster, dataset: Dataset) -> Intervals:
+    """The scale and calibration that turn the trained point forecast into intervals.
+
+    The HAR-style scale is fitted on the training windows; the conformal
+    quantiles of (r − centre) / σ̂, centred on the model's own point forecast,
+    on the training and validation windows (ten times the residuals of the
+    validation span alone, which steadies the 95% quantiles:
+    benchmarks/README.md). Nothing is fitted on the test span. Too few
+    windows to calibrate on fall back on normal quantiles.
+    """
+    columns = (*dataset.features, *[c for c in dataset.columns if c not in dataset.features])
+    if columns != dataset.columns:
+        raise ValueError(f"windows hold {dataset.columns}, expected the features first: {columns}")
+    spans = spans_for_window(dataset.window)
+
+    def log_returns(windows: WindowSet) -> np.ndarray:
+        return np.log(windows.next_close / windows.last_close)  # (N,)
+
+    def inputs(windows: WindowSet) -> np.ndarray:
+        return window_scale_inputs(windows.windows, dataset.columns, spans)  # (N, 2·spans)
+
+    train_inputs = inputs(dataset.train)  # once: the scale's fit and its residuals use them
+    scale = fit_scale(train_inputs, log_returns(dataset.train), spans)
+
+    def residuals(windows: WindowSet, scale_inputs: np.ndarray) -> np.ndarray:  # (N,)
+        """z = (r − centre) / σ̂."""
+        point = forecaster.predict_windows(windows.windows, windows.tickers)
+        centre = np.log(point / windows.last_close)
+        return (log_returns(windows) - centre) / predict_scale(scale, scale_inputs)
+
+    # Split by split rather than one concatenated copy: windows are the run's largest arrays.
+    z = np.concatenate(
+        [
+            residuals(dataset.train, train_inputs),
+            residuals(dataset.validation, inputs(dataset.validation)),
+        ]
+    )
+    z = z[np.isfinite(z)]
+    if len(z) < min_calibration_size():
+        return Intervals(scale, normal_calibration())
+    return Intervals(scale, fit_conformal(z))
+
+
+def _epoch_logger(epochs: int) -> Callable[[int, dict[str, float]], None]:
+    logger = get_run_logger()
+
+    def log(epoch: int, metrics: dict[str, float]) -> None:
+        logger.info(
+            "epoch %d/%d  train_loss %.5f  val_loss %.5f",
+            epoch,
+            epochs,
+            metrics["train_loss"],
+            metrics["val_loss"],
+        )
+
+    return log
+
+
+@task(name="train-model", cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
+def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> TrainedModel:
+    """Train the global LSTM, one log line per epoch.
+
+    Raises:
+        PipelineError: when the loss diverges; nothing is trained, so nothing is registered.
+    """
+    try:
+        trained = train_forecaster(dataset, lstm, config, _epoch_logger(config.epochs))
+    except TrainingDiverged as exc:
+        raise PipelineError(f"training diverged: {exc}") from exc
+    get_run_logger().info(
+        "trained %d epochs on %d windows (%s, batch %d, learning rate %.2g, patience %s) "
+        "in %.1fs; best val loss %.5f at epoch %d; output scale %.3f",
+        trained.fit.epochs_trained,
+        len(dataset.train),
+        trained.device,
+        trained.fit.batch_size,
+        trained.fit.learning_rate,
+        trained.fit.patience,
+        trained.fit.train_seconds,
+        trained.fit.best_val_loss,
+        trained.fit.best_epoch,
+        trained.fit.output_scale,
+    )
+    return trained

@@ -1,0 +1,73 @@
+"""The champion: the registry version behind alias `champion`, and what it needs as input."""
+
+from dataclasses import dataclass
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from closecast.core.config import MODEL_NAME
+from closecast.core.errors import PipelineError
+from closecast.models.forecaster import Forecaster
+from closecast.tasks.mlflow.auth import refused_request
+from closecast.tasks.mlflow.connection import connect_mlflow
+from closecast.tasks.registry.aliases import CHAMPION
+from closecast.tasks.registry.register import load_pyfunc
+
+_VERSION_METRICS = ("test_rmse", "naive_rmse", "skill")
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The registry version behind alias `champion`, and the window it needs."""
+
+    version: str
+    window: int
+    features: tuple[str, ...]
+    run_id: str
+    metrics: dict[str, float]  # the test metrics recorded on the version when it was registered
+
+
+def require_champion(tracking_uri: str) -> ModelVersion:
+    """The registry version behind alias `champion`.
+
+    Raises:
+        PipelineError: when MLflow cannot be reached or the registry has no `champion` alias.
+    """
+    client = connect_mlflow(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    except MlflowException as exc:
+        raise refused_request(tracking_uri, exc) or PipelineError(
+            f"no {CHAMPION} version of {MODEL_NAME} in the registry at {tracking_uri}: "
+            "run `closecast run` first (or `closecast promote VERSION`)"
+        ) from None
+
+
+def find_champion(tracking_uri: str) -> Champion:
+    """The champion version and its input spec (see `require_champion`)."""
+    version = require_champion(tracking_uri)
+    model = load_pyfunc(f"models:/{MODEL_NAME}/{version.version}")
+    forecaster: Forecaster = model.unwrap_python_model().forecaster
+    return Champion(
+        version=str(version.version),
+        window=forecaster.window,
+        features=forecaster.features,
+        run_id=str(version.run_id or ""),
+        metrics={k: float(v) for k, v in version.tags.items() if k in _VERSION_METRICS},
+    )
+
+
+@task(name="find-champion", cache_policy=NO_CACHE)
+def load_champion(tracking_uri: str) -> Champion:
+    """Look up the champion; a clear error when there is none."""
+    champion = find_champion(tracking_uri)
+    get_run_logger().info(
+        "champion is %s v%s (window %d, features %s)",
+        MODEL_NAME,
+        champion.version,
+        champion.window,
+        ",".join(champion.features),
+    )
+    return champion

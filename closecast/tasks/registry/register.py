@@ -1,0 +1,365 @@
+"""The model registry: log the pyfunc, register a version, move the aliases, predict.
+
+A nightly run registers in two steps so that a failure leaves the registry as
+it found it: `register_forecaster` re-scores the champion, decides (the gate,
+`closecast.tasks.registry.gate`), and creates the version with its tags (no alias moves);
+`apply_promotion` moves `challenger` (and `champion` when the gate said so) as
+the run's last registry write. Each version's description is its model card
+(`closecast.tasks.registry.model_card`: the decision, both versions side by side on the same
+windows, the data, links); the registered model's says how the gate works.
+`closecast.tasks.registry.aliases.rollback_registration` wraps
+both: if anything in between fails, the run's version is deleted and the
+aliases are put back.
+"""
+
+import logging
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pydantic
+import scipy
+import torch
+from mlflow import MlflowClient
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PyFuncModel
+from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types.schema import AnyType
+from packaging.requirements import InvalidRequirement, Requirement
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.urls import url_for
+
+import closecast
+import closecast.core
+import closecast.models
+from closecast.core.config import MODEL_NAME, PipelineConfig
+from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster, prediction_table
+from closecast.models.pyfunc import CloseForecastModel, accepted_names
+from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.modeling.evaluation import Evaluation
+from closecast.tasks.modeling.windows import Dataset
+from closecast.tasks.registry.aliases import (
+    CHALLENGER,
+    CHAMPION,
+    AliasMove,
+    alias_version,
+    move_alias,
+)
+from closecast.tasks.registry.gate import (
+    GATED_METRICS,
+    Decision,
+    check_metrics,
+    decide_promotion,
+    rescore_champion,
+)
+from closecast.tasks.registry.model_card import (
+    GATE_DESCRIPTION,
+    CardLinks,
+    data_lines,
+    describe_version,
+)
+
+MODEL_CODE = Path(closecast.models.__file__).parent / "mlflow_model.py"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A version a run registered (no alias moved yet) and what the gate decided for it."""
+
+    version: str
+    decision: Decision
+    predicting_version: str
+    previous_champion: str | None
+    run_id: str
+    # the champion's metrics re-scored on this version's test windows (empty: none, or unscorable)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def signature(forecaster: Forecaster) -> ModelSignature:
+    """The pyfunc's signature: the columns this model reads, and what it returns.
+
+    MLflow checks the input against it before `predict` runs, matching names
+    exactly and refusing int64 for double and strings for datetime, with an
+    error that prints the whole input. So each column the model reads is
+    listed under every name the pyfunc accepts (`close`, `Close`), optional and
+    of any type, and `predict` itself refuses a missing column or a column of
+    the wrong kind in one line. Columns the model does not read are not listed.
+    """
+    inputs: list[ColSpec | TensorSpec] = [
+        ColSpec(AnyType(), name, required=False)
+        for column in forecaster.input_columns
+        for name in accepted_names(column)
+    ]
+    outputs: list[ColSpec | TensorSpec] = [
+        ColSpec(kind, name) for name, kind in OUTPUT_COLUMNS.items()
+    ]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def example_input(frame: pd.DataFrame, forecaster: Forecaster) -> pd.DataFrame:
+    """An input example in the pyfunc's own format: the first ticker's rows, the model's columns."""
+    first = frame["ticker"] == frame["ticker"].min()
+    return frame.loc[first, list(forecaster.input_columns)].reset_index(drop=True)
+
+
+def model_requirements() -> list[str]:
+    """The pip requirements a logged model carries, pinned to what is installed here.
+
+    Every distribution the model's code (models/, core/) imports, and MLflow
+    to load it. torch is pinned without its local build tag (`2.13.0`, not
+    `2.13.0+cpu`), as pyproject.toml pins it: any build of that version serves.
+    Given explicitly, because MLflow's inference loads the model in a
+    subprocess to see what it imports: seconds per run.
+    """
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+        f"scipy=={scipy.__version__}",
+        f"pydantic=={pydantic.__version__}",
+    ]
+
+
+def model_code(folder: Path) -> Path:
+    """A `closecast` package holding only what a logged model runs: models/ and core/.
+
+    Logged as the model's code (no pickle). Its `__init__` extends `__path__`
+    like the installed package's, so a process that loads the model first and
+    imports `closecast.tasks` afterwards finds both.
+    """
+    package = folder / "code" / "closecast"
+    package.mkdir(parents=True)
+    shutil.copy(Path(closecast.__path__[0]) / "__init__.py", package / "__init__.py")
+    for part in (closecast.models, closecast.core):
+        source = Path(part.__file__).parent
+        shutil.copytree(source, package / source.name, ignore=shutil.ignore_patterns("__pycache__"))
+    return package
+
+
+def log_forecaster(forecaster: Forecaster, run_id: str, example: pd.DataFrame) -> str:
+    """Log the forecaster to `run_id` as a models-from-code pyfunc; returns its model URI."""
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        weights, spec = forecaster.save(Path(tmp))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"weights": str(weights), "spec": str(spec)},
+            code_paths=[str(model_code(Path(tmp)))],
+            signature=signature(forecaster),
+            input_example=example_input(example, forecaster) if len(example) else None,
+            pip_requirements=model_requirements(),
+        )
+    return info.model_uri
+
+
+def environment_mismatches(requirements: list[str], python_version: str | None) -> list[str]:
+    """Where this environment differs from a model's pins, one line each.
+
+    `requirements` are the lines of its requirements.txt (lines that are not
+    a `name<specifier>` requirement are skipped); `python_version` the
+    Python it was saved with, compared by major.minor. Local build tags
+    (`+cpu`) do not count: `torch==2.13.0` accepts 2.13.0+cpu.
+    """
+    found = []
+    for line in requirements:
+        try:
+            requirement = Requirement(line.strip())
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        try:
+            have = installed_version(requirement.name)
+        except PackageNotFoundError:
+            found.append(f"{requirement} (not installed)")
+            continue
+        if not requirement.specifier.contains(have, prereleases=True):
+            found.append(f"{requirement} (installed {have})")
+    running = platform.python_version()
+    if python_version and python_version.split(".")[:2] != running.split(".")[:2]:
+        found.append(f"python {python_version} (running {running})")
+    return found
+
+
+def load_pyfunc(model_uri: str) -> PyFuncModel:
+    """Load a logged pyfunc; a warning names each pin this environment does not meet.
+
+    MLflow's own check maps every installed distribution to its modules
+    before it reads a pin (1-2 s per process); the pins here are a handful
+    of distribution names, looked up one by one (`environment_mismatches`).
+    """
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    model = mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
+    pins = local / "requirements.txt"
+    requirements = pins.read_text().splitlines() if pins.is_file() else []
+    python = model.metadata.flavors.get("python_function", {}).get("python_version")
+    mismatches = environment_mismatches(requirements, python)
+    if mismatches:
+        logger.warning(
+            "%s was logged for another environment: %s", model_uri, "; ".join(mismatches)
+        )
+    return model
+
+
+def load_forecaster(model_uri: str) -> Forecaster:
+    """Load a registered pyfunc and return the forecaster inside it."""
+    python_model = load_pyfunc(model_uri).unwrap_python_model()
+    if not isinstance(python_model, CloseForecastModel):
+        raise TypeError(f"{model_uri} is not a closecast model")
+    return python_model.forecaster
+
+
+def list_tickers(tickers: list[str], limit: int = 40) -> str:
+    """Tickers for a description, cut after `limit` (MySQL/Postgres stores cap it at 5000 chars)."""
+    shown = ", ".join(tickers[:limit])
+    return shown if len(tickers) <= limit else f"{shown}, … ({len(tickers)} in all)"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str, artifact: str = "") -> str:
+    """The run's page (or one of its artifacts) in the MLflow UI.
+
+    Relative (`#/experiments/...`), which the UI resolves on its own pages,
+    unless the tracking URI is an http(s) server, whose address it then starts with.
+    """
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if artifact:
+        page += f"/artifactPath/{artifact}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return page
+
+
+def run_plots(client: MlflowClient, run_id: str, folder: str = "", depth: int = 2) -> list[str]:
+    """Artifact paths of the run's PNG images, in its top folders."""
+    found = []
+    for item in client.list_artifacts(run_id, folder or None):
+        if item.is_dir and depth > 1:
+            found += run_plots(client, run_id, item.path, depth - 1)
+        elif item.path.endswith(".png"):
+            found.append(item.path)
+    return sorted(found)
+
+
+def card_links(client: MlflowClient, tracking_uri: str, run_id: str) -> CardLinks:
+    """Links for the card: the MLflow run, its Prefect flow run (when a UI exists), its plots."""
+    run = client.get_run(run_id)
+    experiment = run.info.experiment_id
+    flow_run_id = run.data.tags.get("flow_run_id", "")
+    flow_run = url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None
+    plots = {p: run_url(tracking_uri, experiment, run_id, p) for p in run_plots(client, run_id)}
+    return CardLinks(run_url(tracking_uri, experiment, run_id), run_id, flow_run, plots)
+
+
+def register_forecaster(
+    config: PipelineConfig,
+    run_id: str,
+    forecaster: Forecaster,
+    evaluation: Evaluation,
+    dataset: Dataset,
+    example: pd.DataFrame,
+) -> RegisteredVersion:
+    """Gate the new model against the champion, then log and register it (aliases untouched).
+
+    The champion is re-scored on this run's test windows before anything is
+    written, so a failing re-score registers nothing.
+    """
+    metrics = evaluation.metrics
+    check_metrics(metrics, intervals=forecaster.intervals is not None)
+    client = configure_mlflow(config.mlflow_uri)
+    current = alias_version(client, CHAMPION)
+    champion = None
+    if current is not None:  # a champion that cannot be loaded fails the run, not the gate
+        loaded = load_forecaster(f"models:/{MODEL_NAME}/{current}")
+        champion = (current, rescore_champion(current, loaded, dataset.test, dataset.columns))
+    held = champion[1] if champion else {}
+    decision = decide_promotion(metrics, champion, config.promotion)
+    model_uri = log_forecaster(forecaster, run_id, example)
+    tags = {
+        "promotion": decision.tag,
+        "promotion_reason": decision.reason,
+        "run_id": run_id,
+        **{k: f"{metrics[k]:.6g}" for k in GATED_METRICS},
+    }
+    version = str(mlflow.register_model(model_uri, MODEL_NAME, tags=tags).version)
+    client.update_registered_model(MODEL_NAME, description=GATE_DESCRIPTION)
+    data = data_lines(dataset, config.data.source, list_tickers(dataset.tickers))
+    links = card_links(client, config.mlflow_uri, run_id)
+    card = describe_version(version, metrics, decision, held, len(dataset.test), data, links)
+    client.update_model_version(MODEL_NAME, version, description=card)
+    predicting = version if decision.promote or current is None else current
+    return RegisteredVersion(version, decision, predicting, current, run_id, held)
+
+
+def apply_promotion(tracking_uri: str, registered: RegisteredVersion) -> list[AliasMove]:
+    """Move `challenger` to the new version, and `champion` when the gate promoted it."""
+    client = configure_mlflow(tracking_uri)
+    by = f"nightly run {registered.run_id}"
+    moves = [move_alias(client, CHALLENGER, registered.version, by, "newly trained version")]
+    if registered.decision.promote:
+        moves.append(
+            move_alias(client, CHAMPION, registered.version, by, registered.decision.reason)
+        )
+    return moves
+
+
+@task(name="register-model", cache_policy=NO_CACHE)
+def register_model(
+    config: PipelineConfig,
+    run_id: str,
+    forecaster: Forecaster,
+    evaluation: Evaluation,
+    dataset: Dataset,
+    example: pd.DataFrame,
+) -> RegisteredVersion:
+    """Register the new version and decide its promotion (aliases move at the end of the run)."""
+    registered = register_forecaster(config, run_id, forecaster, evaluation, dataset, example)
+    get_run_logger().info(
+        "registered %s v%s: %s (%s)",
+        MODEL_NAME,
+        registered.version,
+        registered.decision.tag,
+        registered.decision.reason,
+    )
+    return registered
+
+
+@task(name="promote-model", cache_policy=NO_CACHE)
+def promote_model(tracking_uri: str, registered: RegisteredVersion) -> None:
+    """Move the aliases as the gate decided, recording each move."""
+    for move in apply_promotion(tracking_uri, registered):
+        get_run_logger().info(
+            "%s: v%s -> v%s", move.alias, move.previous or "-", move.version or "-"
+        )
+
+
+def predict_with_version(tracking_uri: str, version: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Load registry version `version` as a pyfunc and predict from raw OHLCV rows.
+
+    Only the columns its signature lists are passed, so MLflow has no unused
+    column to warn about. Returns one row per ticker: ticker, predicted_close,
+    status, message (a version logged before statuses existed returns the
+    first two only).
+    """
+    configure_mlflow(tracking_uri)
+    model = load_pyfunc(f"models:/{MODEL_NAME}/{version}")
+    listed = set(model.metadata.get_input_schema().input_names())
+    return model.predict(frame.loc[:, [c for c in frame.columns if c in listed]])
+
+
+@task(name="predict-next", cache_policy=NO_CACHE)
+def predict_next(tracking_uri: str, version: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Tomorrow's closes from the registered version that predicts, with a status per ticker."""
+    if frame.empty:
+        return prediction_table({}, {})
+    return predict_with_version(tracking_uri, version, frame)

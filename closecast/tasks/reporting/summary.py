@@ -1,0 +1,353 @@
+"""The run summary: the markdown a person who did not run the flow reads in the Prefect UI."""
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from closecast.core.config import MODEL_NAME
+from closecast.core.statuses import OK
+from closecast.tasks.modeling.evaluation import LEVELS
+from closecast.tasks.reporting.scorecard import LIVE_SESSIONS
+
+
+def _number(metrics: dict[str, float] | None, key: str) -> float | None:
+    """`metrics[key]` when it is there and finite, else None."""
+    value = (metrics or {}).get(key)
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _pct(value: float | None, digits: int = 1, sign: bool = False) -> str:
+    return "n/a" if value is None else f"{value * 100:{'+' if sign else ''}.{digits}f}%"
+
+
+def _bp(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1e4:.0f} bp"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _pvalue(value: float | None) -> str:
+    return "n/a" if value is None else "< 0.01" if value < 0.01 else f"{value:.2f}"
+
+
+def _close(value: float) -> str:
+    """A close to the cent, or n/a."""
+    return f"{value:,.2f}" if math.isfinite(value) else "n/a"
+
+
+def _move(value: float) -> str:
+    """A return in % with its sign, to the basis point."""
+    return f"{value * 100:+.2f}%" if math.isfinite(value) else "n/a"
+
+
+def _score_bp(value: float | None) -> str:
+    """A score relative to the last close, in bp to a tenth."""
+    return "n/a" if value is None else f"{value * 1e4:.1f} bp"
+
+
+def _difference_bp(mine: float | None, theirs: float | None) -> str:
+    """Challenger minus champion in bp, with digits enough to tell a tie from a near tie."""
+    if mine is None or theirs is None:
+        return "n/a"
+    if mine == theirs:
+        return "0 (tie)"
+    diff = (mine - theirs) * 1e4
+    return f"{diff:+.1f} bp" if abs(diff) >= 0.05 else f"{diff:+.2g} bp"
+
+
+# The report's tickers in the summary: all of them up to MOVE_ROWS, else the
+# MOVE_TAIL largest predicted rises and falls (the table artifact has every row).
+MOVE_ROWS = 20
+MOVE_TAIL = 5
+# Non-ok tickers listed by name; the rest are counted.
+NOT_OK_ROWS = 20
+
+
+@dataclass(frozen=True)
+class MlflowLinks:
+    """Where this run, and the version it registered, live in MLflow.
+
+    Attributes:
+        tracking_uri: the tracking URI the run logged to.
+        run_id: the run.
+        version: the version the run registered; None when it registered none.
+        experiment_id: the run's experiment; None links the UI's run page that finds it.
+        model_name: the registered model.
+    """
+
+    tracking_uri: str
+    run_id: str
+    version: str | None = None
+    experiment_id: str | None = None
+    model_name: str = MODEL_NAME
+
+    def run_path(self) -> str:
+        if self.experiment_id is None:
+            return f"#/runs/{self.run_id}"  # the UI redirects to the run's experiment
+        return f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+    def version_path(self, version: str) -> str:
+        return f"#/models/{self.model_name}/versions/{version}"
+
+
+def _links_line(links: MlflowLinks, predicting: str) -> str:
+    """The run's and the versions' pages: URLs on a server, a `mlflow ui` hint for a local store."""
+    versions = [v for v in dict.fromkeys([links.version or "", predicting]) if v.isdigit()]
+    pages = [("run", links.run_path())] + [(f"v{v}", links.version_path(v)) for v in versions]
+    if links.tracking_uri.startswith(("http://", "https://")):
+        base = links.tracking_uri.rstrip("/")
+        return "- MLflow: " + " · ".join(f"[{name}]({base}/{path})" for name, path in pages)
+    paths = " · ".join(f"{name} `{path}`" for name, path in pages)
+    return f"- MLflow: start `mlflow ui --backend-store-uri {links.tracking_uri}` and open {paths}"
+
+
+def _champion_lines(
+    metrics: dict[str, float], champion: tuple[str, dict[str, float]], challenger: str
+) -> list[str]:
+    """The gated scores of both versions on the same test windows, side by side."""
+    version, held = champion
+    rows = [
+        ("interval score (mean of 80% and 95%)", "test_interval_score"),
+        ("test_rmse", "test_rmse"),
+    ]
+    lines = [
+        "",
+        f"## {challenger} vs champion v{version}, on the same test windows",
+        "",
+        "Scores relative to the last close; lower is better.",
+        "",
+        f"| | {challenger} | champion v{version} | difference |",
+        "|---|---|---|---|",
+    ]
+    for label, key in rows:
+        mine, theirs = _number(metrics, key), _number(held, key)
+        lines.append(
+            f"| {label} | {_score_bp(mine)} | {_score_bp(theirs)} | {_difference_bp(mine, theirs)} |"
+        )
+    return lines
+
+
+def _interval(row: pd.Series, level: int) -> str:
+    low, high = row[f"lower_{level}"], row[f"upper_{level}"]
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "n/a"
+    close = row["last_close"]
+    return f"{_move(low / close - 1)} to {_move(high / close - 1)}"
+
+
+def _moves_lines(ok: pd.DataFrame) -> list[str]:
+    """Each predicted ticker's move and intervals as % of its last close; a long list cut."""
+    if not len(ok):
+        return []
+    ranked = ok.sort_values(["predicted_return", "ticker"], ascending=[False, True])
+    levels = [
+        level
+        for level in LEVELS
+        if f"lower_{level}" in ranked and ranked[f"lower_{level}"].notna().any()
+    ]
+    header = [
+        "ticker",
+        "last close",
+        "predicted close",
+        "move",
+        *(f"{lv}% interval" for lv in levels),
+    ]
+    lines = ["", "## Predicted moves", ""]
+    if len(ranked) > MOVE_ROWS:
+        lines += [
+            f"The {MOVE_TAIL} largest predicted rises and falls of {len(ranked)} tickers; "
+            "the `predictions` table has them all.",
+            "",
+        ]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def row_line(r: pd.Series) -> str:
+        cells = [
+            str(r["ticker"]),
+            _close(r["last_close"]),
+            _close(r["predicted_close"]),
+            _move(r["predicted_return"]),
+            *(_interval(r, lv) for lv in levels),
+        ]
+        return "| " + " | ".join(cells) + " |"
+
+    if len(ranked) <= MOVE_ROWS:
+        return lines + [row_line(r) for _, r in ranked.iterrows()]
+    hidden = len(ranked) - 2 * MOVE_TAIL
+    return [
+        *lines,
+        *(row_line(r) for _, r in ranked.head(MOVE_TAIL).iterrows()),
+        "| … | " + f"{hidden} more | " + "| " * (len(header) - 2),
+        *(row_line(r) for _, r in ranked.tail(MOVE_TAIL).iterrows()),
+    ]
+
+
+def _not_ok_lines(not_ok: pd.DataFrame) -> list[str]:
+    """The tickers without a prediction and why (pipes escaped); a long list cut."""
+    if not len(not_ok):
+        return []
+    lines = ["", "## Not predicted", "", "| ticker | status | message |", "|---|---|---|"]
+    for r in not_ok.head(NOT_OK_ROWS).itertuples():
+        message = str(r.message).replace("|", "\\|")  # a pipe would end the cell
+        lines.append(f"| {r.ticker} | {r.status} | {message} |")
+    if len(not_ok) > NOT_OK_ROWS:
+        counts = not_ok["status"].value_counts().sort_index()
+        by_status = ", ".join(f"{n} {status}" for status, n in counts.items())
+        lines += [
+            "",
+            f"{len(not_ok) - NOT_OK_ROWS} more not predicted ({len(not_ok)} in all: {by_status}); "
+            "the `predictions` table has them all.",
+        ]
+    return lines
+
+
+# Live coverage this far off nominal, and beyond chance, is flagged in the summary.
+COVERAGE_TOLERANCE = 0.05
+
+
+def _coverage_cell(observed: float | None, level: int, closes: float | None) -> str:
+    """Observed coverage in %, flagged when off nominal beyond chance and the tolerance.
+
+    Chance is two binomial standard errors over the scored closes; closes of one
+    session move together, so the tolerance keeps one market-wide day from
+    flagging a month of otherwise honest intervals.
+    """
+    text = _pct(observed)
+    if observed is None or not closes:
+        return text
+    nominal = level / 100
+    allowed = max(COVERAGE_TOLERANCE, 2 * math.sqrt(nominal * (1 - nominal) / closes))
+    if observed < nominal - allowed:
+        return f"{text} ⚠ too narrow"
+    if observed > nominal + allowed:
+        return f"{text} ⚠ too wide"
+    return text
+
+
+def _test_span_lines(metrics: dict[str, float]) -> list[str]:
+    """Point forecast against naive, direction, and the 95% interval score against EWMA."""
+
+    def m(key: str) -> float | None:
+        return _number(metrics, key)
+
+    lines = [
+        f"- point forecast: RMSE {_pct(m('test_rmse'), 2)} of the last close vs naive "
+        f"{_pct(m('naive_rmse'), 2)}, skill {_pct(m('skill'), 2, sign=True)} "
+        f"(p = {_pvalue(m('skill_pvalue'))}, Diebold–Mariano against naive)"
+    ]
+    low, high = m("test_directional_accuracy_low"), m("test_directional_accuracy_high")
+    if m("test_directional_accuracy") is not None:
+        ci = "" if low is None else f" (95% CI {low * 100:.1f}–{_pct(high)})"
+        lines.append(f"- direction right: {_pct(m('test_directional_accuracy'))}{ci}")
+    if m("coverage_80") is None and m("coverage_95") is None:
+        return [*lines, "- intervals: the model gives no intervals"]
+    return [
+        *lines,
+        f"- 95% interval score {_bp(m('interval_score_95'))} of the last close vs EWMA "
+        f"{_bp(m('baseline_interval_score_95'))}, interval skill "
+        f"{_pct(m('interval_skill_95'), sign=True)} (a lower score is better)",
+    ]
+
+
+def _coverage_lines(metrics: dict[str, float], live: dict[str, float] | None) -> list[str]:
+    """Coverage at 80% and 95%: nominal, on the test span, and live when scored."""
+    suffix = f"{LIVE_SESSIONS}d"
+    tested = [_number(metrics, f"coverage_{level}") for level in LEVELS]
+    realised = [_number(live, f"live_coverage_{level}_{suffix}") for level in LEVELS]
+    if all(c is None for c in tested + realised):
+        return []
+    lines = [
+        "",
+        "## Coverage: share of closes inside the interval",
+        "",
+        "| | 80% interval | 95% interval |",
+        "|---|---|---|",
+        "| nominal | 80% | 95% |",
+    ]
+    if any(c is not None for c in tested):
+        lines.append(f"| test span | {_pct(tested[0])} | {_pct(tested[1])} |")
+    if any(c is not None for c in realised):
+        sessions = int(_number(live, f"live_sessions_{suffix}") or LIVE_SESSIONS)
+        closes = _number(live, f"live_interval_rows_{suffix}")
+        cells = [
+            _coverage_cell(c, level, closes) for c, level in zip(realised, LEVELS, strict=True)
+        ]
+        span = f"live, last {_count(sessions, 'session')}"
+        if closes:
+            span += f" ({_count(int(closes), 'close')})"
+        lines.append(f"| {span} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def _live_lines(live: dict[str, float] | None) -> list[str]:
+    """Realised RMSE of the scored predictions against naive's, when there are any."""
+    suffix = f"{LIVE_SESSIONS}d"
+    rmse = _number(live, f"live_rmse_{suffix}")
+    if rmse is None:
+        return []
+    sessions = int(_number(live, f"live_sessions_{suffix}") or LIVE_SESSIONS)
+    naive = _number(live, f"live_naive_rmse_{suffix}")
+    verdict = ""
+    if naive:
+        gain = 1 - rmse / naive
+        verdict = f", {abs(gain) * 100:.1f}% {'better' if gain >= 0 else 'worse'} than naive"
+    return [
+        "",
+        f"## Live, last {_count(sessions, 'scored session')}",
+        "",
+        f"- RMSE {_pct(rmse, 2)} vs naive {_pct(naive, 2)} of the last close{verdict} "
+        f"(`live_rmse_{suffix}` vs `live_naive_rmse_{suffix}`)",
+    ]
+
+
+def summary_markdown(
+    report: pd.DataFrame,
+    metrics: dict[str, float],
+    decision: str,
+    live: dict[str, float] | None = None,
+    champion: tuple[str, dict[str, float]] | None = None,
+    links: MlflowLinks | None = None,
+) -> str:
+    """The run summary a person who did not run the flow reads in the Prefect UI.
+
+    Args:
+        report: the report's rows.
+        metrics: the test-span metrics of the model this run trained or carried (MLflow names).
+        decision: the promotion decision and its reason, as the flow words it ("tag: reason").
+        live: the scorecard's live metrics (`live_rmse_20d`, `live_coverage_80_20d`,
+            ...), or None when the flow scored nothing before publishing.
+        champion: (version, its metrics re-scored on the same test windows) when the
+            gate compared against a champion, shown beside `metrics`.
+        links: where the run and its version live in MLflow.
+    """
+    ok = report[report["status"] == OK]
+    not_ok = report[report["status"] != OK]
+    predicting = str(report["model_version"].iloc[0])
+    lines = [
+        f"# closecast {report['as_of'].iloc[0]} → {report['target_date'].iloc[0]}",
+        "",
+        f"- model: **{report['model_name'].iloc[0]} v{predicting}**, "
+        f"predicted {len(ok)} of {_count(len(report), 'ticker')}",
+        f"- promotion: **{decision}**",
+    ]
+    if links is not None:
+        lines.append(_links_line(links, predicting))
+    challenger = "this run's model"
+    if links is not None and links.version:
+        challenger = f"v{links.version} (this run)"
+    if champion is not None:
+        lines += _champion_lines(metrics, champion, challenger)
+    lines += [
+        "",
+        "## Test span",
+        "",
+        *_test_span_lines(metrics),
+        *_live_lines(live),
+        *_coverage_lines(metrics, live),
+        *_moves_lines(ok),
+        *_not_ok_lines(not_ok),
+    ]
+    return "\n".join(lines)

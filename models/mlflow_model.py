@@ -1,7 +1,0 @@
-"""Entry point MLflow executes when it loads the model (models-from-code)."""
-
-import mlflow
-
-from models.pyfunc import CloseForecastModel
-
-mlflow.models.set_model(CloseForecastModel())
