@@ -1,9 +1,9 @@
 """Accuracy: test RMSE / naive RMSE of each target and feature choice, over held-out periods.
 
 Every number comes from the pipeline's own steps: validated prices ->
-`compute_features` -> `build_dataset` (split by date: train | validation |
-test, scaling fitted on train only) -> `train_forecaster` (one global model
-per universe and period, early stopping) -> `evaluate_forecaster` (errors
+`compute_features` -> `build_windows` (split by date: train | validation |
+test, scaling fitted on train only) -> `train_model` (one global model
+per universe and period, early stopping) -> `evaluate_model` (errors
 relative to the last close, naive persistence on the same windows).
 
 Universes and periods (each period is a point-in-time run: only rows up to
@@ -24,8 +24,8 @@ fitted on the validation windows only (`closecast.models.training.fit_output_sca
 1.645 standard errors (what training does by default, `shrink_output`).
 
 Intervals (issue 10): the default recipe is also trained exactly as the
-pipeline trains it (`train_forecaster` with the default TrainConfig: gated
-shrink, then `fit_intervals`) and scored by `evaluate_forecaster`, whose
+pipeline trains it (`train_model` with the default TrainConfig: gated
+shrink, then `fit_intervals`) and scored by `evaluate_model`, whose
 80% / 95% intervals are compared on the same test windows with the
 baselines of benchmarks/intervals.py (imported, not copied): RiskMetrics
 EWMA (λ = 0.94, normal, around naive, over the period's whole visible
@@ -85,11 +85,11 @@ from closecast.core.config import TrainConfig, WindowConfig  # noqa: E402
 from closecast.models.lstm import LSTMConfig  # noqa: E402
 from closecast.models.training import SHRINK_Z, fit_output_scale, scale_output  # noqa: E402
 from closecast.tasks.data.sources import CsvSource, SampleSource  # noqa: E402
-from closecast.tasks.data.validate import validate_all  # noqa: E402
-from closecast.tasks.modeling.evaluation import evaluate_forecaster  # noqa: E402
+from closecast.tasks.data.validate import validate_prices  # noqa: E402
+from closecast.tasks.modeling.evaluation import evaluate_model  # noqa: E402
 from closecast.tasks.modeling.features import compute_features  # noqa: E402
-from closecast.tasks.modeling.training import encode_split, train_forecaster  # noqa: E402
-from closecast.tasks.modeling.windows import Dataset, build_dataset, window_columns  # noqa: E402
+from closecast.tasks.modeling.training import encode_split, train_model  # noqa: E402
+from closecast.tasks.modeling.windows import Dataset, build_windows, window_columns  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
 GROWTH_RESULTS = ROOT / "benchmarks" / "results" / "accuracy_growth.json"
@@ -184,10 +184,10 @@ def describe_universes(universes: list[Universe]) -> dict[str, dict[str, object]
 
 def load_universes(periods: int, stocks_file: Path) -> list[Universe]:
     """The sample index series, and a few shared-data stocks when that file is present."""
-    sample = validate_all(SampleSource().download(["^GSPC", "^IXIC"], None, None).frames).frames
+    sample = validate_prices(SampleSource().download(["^GSPC", "^IXIC"], None, None).frames).frames
     universes = [Universe("sample", sample, 1250, _periods(sample, 1250, 125, periods, True))]
     if stocks_file.exists():
-        stocks = validate_all(CsvSource(stocks_file).download(STOCKS, None, None).frames).frames
+        stocks = validate_prices(CsvSource(stocks_file).download(STOCKS, None, None).frames).frames
         universes.append(Universe("stocks", stocks, 750, _periods(stocks, 750, 75, periods, False)))
     else:
         print(f"skipping the stocks universe: {stocks_file} is absent")
@@ -195,7 +195,7 @@ def load_universes(periods: int, stocks_file: Path) -> list[Universe]:
 
 
 def period_dataset(universe: Universe, as_of: date, recipe: Recipe) -> Dataset:
-    """`build_dataset` of the universe's last `history` sessions up to as_of."""
+    """`build_windows` of the universe's last `history` sessions up to as_of."""
     features = {}
     for ticker, frame in universe.frames.items():
         visible = frame[frame.index <= pd.Timestamp(as_of)].iloc[-universe.history :]
@@ -203,7 +203,7 @@ def period_dataset(universe: Universe, as_of: date, recipe: Recipe) -> Dataset:
     windows = WindowConfig(
         window=recipe.window, features=list(recipe.features), target=recipe.target
     )
-    return build_dataset(features, windows, as_of)
+    return build_windows(features, windows, as_of)
 
 
 def score_period(
@@ -212,13 +212,13 @@ def score_period(
     """Train and evaluate one recipe on one period; with +shrink for return targets.
 
     For the default recipe, also the product's own model (gated shrink and
-    intervals, as `train_forecaster` makes it with `shrink_output` on) and its
+    intervals, as `train_model` makes it with `shrink_output` on) and its
     test-span distribution: {"part": test windows' y and bounds relative to the
-    last close, sorted by ticker and date, "metrics": evaluate_forecaster's}.
+    last close, sorted by ticker and date, "metrics": evaluate_model's}.
     """
     dataset = period_dataset(universe, as_of, recipe)
-    trained = train_forecaster(dataset, LSTMConfig(), train)
-    metrics = evaluate_forecaster(trained.forecaster, dataset.test).metrics
+    trained = train_model(dataset, LSTMConfig(), train)
+    metrics = evaluate_model(trained.forecaster, dataset.test).metrics
     row = {
         "ratio": metrics["test_rmse"] / metrics["naive_rmse"],
         "skill": metrics["skill"],
@@ -233,7 +233,7 @@ def score_period(
             forecaster = copy.deepcopy(trained.forecaster)
             factor = fit_output_scale(forecaster.module, *validation, z=z)
             scale_output(forecaster.module, factor)
-            shrunk = evaluate_forecaster(forecaster, dataset.test).metrics
+            shrunk = evaluate_model(forecaster, dataset.test).metrics
             scores[f"{recipe.name} {suffix}"] = {
                 **row,
                 "ratio": shrunk["test_rmse"] / shrunk["naive_rmse"],
@@ -244,10 +244,8 @@ def score_period(
     if recipe.name != DEFAULT:
         return scores, None
     # the pipeline's own path: same seed, so the same network, then shrink and intervals
-    product = train_forecaster(
-        dataset, LSTMConfig(), train.model_copy(update={"shrink_output": True})
-    )
-    evaluation = evaluate_forecaster(product.forecaster, dataset.test)
+    product = train_model(dataset, LSTMConfig(), train.model_copy(update={"shrink_output": True}))
+    evaluation = evaluate_model(product.forecaster, dataset.test)
     gated = scores[f"{recipe.name} +gated shrink"]
     product_ratio = evaluation.metrics["test_rmse"] / evaluation.metrics["naive_rmse"]
     if not math.isclose(product_ratio, gated["ratio"], rel_tol=1e-9):
@@ -545,9 +543,9 @@ def score_growth(dataset: Dataset, seed: int, epochs: int, growth: int | None) -
     """Train the default recipe as the pipeline does, then score it on the test windows."""
     train = TrainConfig(epochs=epochs, seed=seed, device="cpu", growth_windows=growth)
     started = time.perf_counter()
-    trained = train_forecaster(dataset, LSTMConfig(), train)
+    trained = train_model(dataset, LSTMConfig(), train)
     seconds = time.perf_counter() - started
-    metrics = evaluate_forecaster(trained.forecaster, dataset.test).metrics
+    metrics = evaluate_model(trained.forecaster, dataset.test).metrics
     return {
         "ratio": metrics["test_rmse"] / metrics["naive_rmse"],
         "interval_score_95_vs_ewma": metrics["interval_score_95"]
@@ -569,7 +567,9 @@ def score_growth(dataset: Dataset, seed: int, epochs: int, growth: int | None) -
 def run_growth(args: argparse.Namespace) -> None:
     """`--growth`: batch and patience scaled to the window count against batch 32, patience 5."""
     tickers = CsvSource(args.stocks_file).tickers()
-    frames = validate_all(CsvSource(args.stocks_file).download(tickers, None, None).frames).frames
+    frames = validate_prices(
+        CsvSource(args.stocks_file).download(tickers, None, None).frames
+    ).frames
     as_of = _periods(frames, SP500_HISTORY, SP500_TEST, args.periods, False)
     universe = Universe("sp500", frames, SP500_HISTORY, as_of)
     seeds = list(range(42, 42 + args.seeds))

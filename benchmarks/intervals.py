@@ -2,9 +2,9 @@
 
 Same universes, periods and split as benchmarks/accuracy.py: validated prices
 -> `compute_features` (adjusted close, open, high, low, volume) on the last
-`history` sessions up to each period's as_of -> `build_dataset` (default
+`history` sessions up to each period's as_of -> `build_windows` (default
 window and target) for the train | validation | test boundary dates. Every
-recipe is scored on exactly the test windows build_dataset makes (checked);
+recipe is scored on exactly the test windows build_windows makes (checked);
 its scale and calibration see training and validation rows only.
 
 A recipe is a scale σ̂ (the spread of the next log return, from data up to
@@ -98,7 +98,7 @@ from closecast.models.uncertainty import (  # noqa: E402
     window_sigma,
 )
 from closecast.tasks.modeling.features import compute_features  # noqa: E402
-from closecast.tasks.modeling.windows import build_dataset, window_columns  # noqa: E402
+from closecast.tasks.modeling.windows import build_windows, window_columns  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "intervals.json"
 BASELINES = ("ewma", "garch", "garch_t", "har")
@@ -118,13 +118,13 @@ class Panel:
 
 
 def build_panel(universe: Universe, as_of: date, window: int) -> Panel:
-    """Visible rows of each ticker split by build_dataset's dates; its test windows, checked."""
+    """Visible rows of each ticker split by build_windows's dates; its test windows, checked."""
     frames, features = {}, {}
     for ticker, frame in universe.frames.items():
         visible = frame[frame.index <= pd.Timestamp(as_of)].iloc[-universe.history :]
         frames[ticker] = compute_features(visible, ["close", "open", "high", "low", "volume"])
         features[ticker] = frames[ticker][window_columns(WindowConfig().features)]
-    dataset = build_dataset(features, WindowConfig(window=window), as_of)
+    dataset = build_windows(features, WindowConfig(window=window), as_of)
     parts: dict[str, list[np.ndarray]] = {"tickers": [], "dates": [], "split": [], "returns": []}
     rows, start = {}, 0
     for ticker in sorted(frames):
@@ -148,7 +148,7 @@ def build_panel(universe: Universe, as_of: date, window: int) -> Panel:
     if sorted(zip(tickers[test], dates[test], strict=True)) != sorted(
         zip(dataset.test.tickers, dataset.test.target_dates, strict=True)
     ):
-        raise RuntimeError(f"{as_of}: the test rows differ from build_dataset's test windows")
+        raise RuntimeError(f"{as_of}: the test rows differ from build_windows's test windows")
     return Panel(tickers, dates, split, returns, frames, rows)
 
 

@@ -55,7 +55,7 @@ def free_port() -> int:
 
 def spoil_training(value: float) -> Callable[..., TrainedModel]:
     """Real training, then every weight set to `value`: a model that is bad (or NaN) for sure."""
-    real = closecast.tasks.modeling.training.train_forecaster
+    real = closecast.tasks.modeling.training.train_model
 
     def train(*args: object, **kwargs: object) -> TrainedModel:
         trained = real(*args, **kwargs)  # type: ignore[arg-type]
@@ -69,7 +69,7 @@ def spoil_training(value: float) -> Callable[..., TrainedModel]:
 
 def point_only_training() -> Callable[..., TrainedModel]:
     """Real training without intervals: a model as they were before intervals existed."""
-    real = closecast.tasks.modeling.training.train_forecaster
+    real = closecast.tasks.modeling.training.train_model
 
     def train(*args: object, **kwargs: object) -> TrainedModel:
         trained = real(*args, **kwargs)  # type: ignore[arg-type]

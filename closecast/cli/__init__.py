@@ -1,1 +1,1 @@
-"""TODO"""
+"""The `closecast` command: its options, the commands, serve, alerts, status, the temporary API."""

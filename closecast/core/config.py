@@ -226,6 +226,16 @@ class TrainConfig(_Strict):
     )
 
 
+@dataclass(frozen=True)
+class RegistryConfig:
+    """What registering a version reads: the tracking URI, who may move `champion` (auto:
+    the gate; manual: people), and the data source its model card names."""
+
+    tracking_uri: str
+    promotion: Literal["auto", "manual"]
+    source: str
+
+
 class PipelineConfig(_Strict):
     """Everything one pipeline run needs."""
 
@@ -275,6 +285,11 @@ class PipelineConfig(_Strict):
             or os.environ.get("MLFLOW_TRACKING_URI")
             or f"sqlite:///{self.home / 'mlflow.db'}"
         )
+
+    @property
+    def registry(self) -> RegistryConfig:
+        """The part of the config that registering a version reads."""
+        return RegistryConfig(self.mlflow_uri, self.promotion, self.data.source)
 
     @property
     def prices_dir(self) -> Path:

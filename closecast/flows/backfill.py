@@ -21,9 +21,21 @@ from closecast.core.config import BACKFILL_EXPERIMENT, PipelineConfig
 from closecast.core.statuses import ticker_label
 from closecast.flows.deployment import served_config
 from closecast.flows.fetch import fetch
-from closecast.flows.session import forecast_session, prepare_session
+from closecast.flows.steps import model_in_use, prepare_session, session_report, session_run
 from closecast.tasks.data.sources import FetchResult
-from closecast.tasks.reporting.backfill import ModelInUse, plan_backfill, waiting_message
+from closecast.tasks.modeling.prediction import ModelInUse
+from closecast.tasks.modeling.steps import evaluate_model, predict_next, train_model
+from closecast.tasks.registry.steps import promote_model, register_model
+from closecast.tasks.reporting.backfill import waiting_message
+from closecast.tasks.reporting.events import emit_report_health
+from closecast.tasks.reporting.steps import (
+    log_run,
+    name_run,
+    plan_backfill,
+    publish_report,
+    update_scorecard,
+)
+from closecast.tasks.reporting.summary import MlflowLinks
 
 
 @dataclass(frozen=True)
@@ -101,8 +113,27 @@ def backfill_session(
 ) -> tuple[Path, ModelInUse]:
     """One point-in-time session: train when given no model, predict, report, score."""
     inputs = prepare_session(config, as_of, FetchResult(failures=fetch_failures))
-    retrained = {"retrained": str(model is None).lower()}
-    session = forecast_session(
-        config, inputs, "backfill", model, register=register_versions, tags=retrained
-    )
-    return session.report_path, session.model
+    uri, data, registered, retrained = config.mlflow_uri, inputs.dataset, None, model is None
+    with session_run(config, "backfill", inputs, {"retrained": str(retrained).lower()}) as run:
+        if model is None:  # this session retrains; the sessions until the next one reuse it
+            trained = train_model(data, config.lstm, config.train)
+            evaluation = evaluate_model(trained.forecaster, data.test)
+            log_run(uri, config.prices_dir, run, trained, evaluation, inputs.validated)
+            if register_versions:
+                registered = register_model(
+                    config.registry, run, trained.forecaster, evaluation, data, inputs.latest
+                )
+            model = model_in_use(trained, evaluation, run, registered)
+        predictions = predict_next(model.forecaster, inputs.latest)  # in memory, point-in-time
+        report = session_report(config.data.tickers, inputs, predictions, model.version, run)
+        if registered is not None:
+            promote_model(uri, registered)
+            name_run(uri, run, "backfill", as_of, registered.version, registered.decision)
+        live = update_scorecard(config.reports_dir, inputs.validated.frames, as_of, uri, run)
+        champion = registered.champion_comparison if registered else None
+        links = MlflowLinks(uri, run, version=registered.version if registered else None)
+        path = publish_report(
+            report, config.reports_dir, model.metrics, model.decision, live, champion, links
+        )
+    emit_report_health(report, path)  # > 20% of tickers not ok: an alert, never a failure
+    return path, model

@@ -5,9 +5,10 @@ from pathlib import Path
 from prefect import flow
 
 from closecast.core.config import DataConfig
-from closecast.tasks.data.fetch import download_all, fetch_end, plan_fetches, refetch_rebased
+from closecast.tasks.data.fetch import fetch_end, plan_fetches
 from closecast.tasks.data.sources import FetchResult, open_source
-from closecast.tasks.data.store import read_store, save_prices, store_lock
+from closecast.tasks.data.steps import download_all, read_store, refetch_rebased, save_prices
+from closecast.tasks.data.store import store_lock
 
 
 @flow(name="fetch", flow_run_name="fetch {data.source}")

@@ -9,14 +9,14 @@ from prefect import flow
 from closecast.core.config import PipelineConfig
 from closecast.flows.deployment import served_config
 from closecast.flows.fetch import fetch
-from closecast.flows.session import (
-    forecast_session,
-    prepare_session,
-    require_windows,
-    run_name,
-    schedule_slot,
-    slot_as_of,
-)
+from closecast.flows.naming import run_name, schedule_slot, slot_as_of
+from closecast.flows.steps import prepare_session, require_windows, session_report, session_run
+from closecast.tasks.modeling.steps import evaluate_model, predict_next, train_model
+from closecast.tasks.registry.steps import load_version, promote_model, register_model
+from closecast.tasks.reporting.events import emit_report_health
+from closecast.tasks.reporting.report import require_predictions
+from closecast.tasks.reporting.steps import log_run, name_run, publish_report, update_scorecard
+from closecast.tasks.reporting.summary import MlflowLinks
 
 
 @dataclass(frozen=True)
@@ -40,17 +40,31 @@ def nightly(config: PipelineConfig) -> NightlyResult:
     Args:
         config: the pipeline's settings (home, data, model); e.g. set data.as_of or data.tickers.
     """
-    config = served_config(config)  # a deployment run inherits what its config leaves out
-    config = slot_as_of(config, schedule_slot())
-    fetched = fetch(config.data, config.home)
-    inputs = prepare_session(config, config.data.as_of, fetched)
+    config = slot_as_of(served_config(config), schedule_slot())  # a deployment run inherits
+    inputs = prepare_session(config, config.data.as_of, fetch(config.data, config.home))
     require_windows(config, inputs)  # nothing to predict: train nothing, register nothing
-    session = forecast_session(config, inputs, "nightly", register=True, from_registry=True)
+    uri, data, as_of = config.mlflow_uri, inputs.dataset, inputs.prices.as_of
+    with session_run(config, "nightly", inputs) as run:  # a failed step rolls back the version
+        trained = train_model(data, config.lstm, config.train)
+        evaluation = evaluate_model(trained.forecaster, data.test)
+        log_run(uri, config.prices_dir, run, trained, evaluation, inputs.validated)
+        new = register_model(
+            config.registry, run, trained.forecaster, evaluation, data, inputs.latest
+        )
+        served = load_version(uri, new.predicting_version)  # the champion when `new` lost
+        predictions = predict_next(served, inputs.latest)
+        report = session_report(
+            config.data.tickers, inputs, predictions, new.predicting_version, run
+        )
+        require_predictions(report, config.reports_dir)  # none: `new` is rolled back
+        promote_model(uri, new)
+        name_run(uri, run, "nightly", as_of, new.version, new.decision)
+        live = update_scorecard(config.reports_dir, inputs.validated.frames, as_of, uri, run)
+        links, champion = MlflowLinks(uri, run, version=new.version), new.champion_comparison
+        path = publish_report(
+            report, config.reports_dir, evaluation.metrics, new.decision.line, live, champion, links
+        )
+    emit_report_health(report, path)  # > 20% of tickers not ok: an alert, never a failure
     return NightlyResult(
-        session.report_path,
-        session.run_id,
-        session.model.version,
-        session.predicting_version,
-        session.promotion,
-        session.model.metrics,
+        path, run, new.version, new.predicting_version, new.decision.tag, evaluation.metrics
     )

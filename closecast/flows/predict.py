@@ -5,25 +5,17 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from closecast.core.config import MODEL_NAME, PipelineConfig
-from closecast.core.statuses import merge_issues
+from closecast.core.config import PipelineConfig
 from closecast.flows.deployment import served_config
 from closecast.flows.fetch import fetch
-from closecast.flows.session import name_flow_run, run_name
-from closecast.tasks.data.store import load_prices
-from closecast.tasks.data.validate import validate_prices
+from closecast.flows.naming import name_flow_run, run_name
+from closecast.flows.steps import prediction_inputs, session_report
+from closecast.tasks.data.steps import load_prices
 from closecast.tasks.mlflow.connection import tracking_run
-from closecast.tasks.modeling.prediction import latest_inputs
-from closecast.tasks.registry.champion import load_champion
-from closecast.tasks.registry.register import predict_next
-from closecast.tasks.reporting.report import (
-    ReportContext,
-    build_report,
-    publish_report,
-    report_path,
-    require_predictions,
-    trained_report_run,
-)
+from closecast.tasks.modeling.steps import predict_next
+from closecast.tasks.registry.steps import find_champion, load_version
+from closecast.tasks.reporting.report import report_path, require_predictions, trained_report_run
+from closecast.tasks.reporting.steps import publish_report
 
 
 @dataclass(frozen=True)
@@ -48,7 +40,7 @@ def predict(config: PipelineConfig) -> PredictResult:
         config: the pipeline's settings (home, data, model); e.g. set data.as_of or data.tickers.
     """
     config = served_config(config)  # a deployment run inherits what its config leaves out
-    champion = load_champion(config.mlflow_uri)
+    champion = find_champion(config.mlflow_uri)
     fetched = fetch(config.data, config.home)
     prices = load_prices(config.prices_dir, config.data.tickers, config.data.as_of)
     name_flow_run(prices.as_of)
@@ -56,23 +48,13 @@ def predict(config: PipelineConfig) -> PredictResult:
     if kept := trained_report_run(existing, config.mlflow_uri):
         get_run_logger().warning("kept %s: written by run %s, which trained", existing, kept)
         return PredictResult(existing, "", champion.version, kept_run_id=kept)
-    validated = validate_prices(prices.frames)
-    latest = latest_inputs(validated.frames, config.data.tickers, prices.as_of, champion.window)
-    issues = merge_issues(
-        fetched.issues(prices.frames), prices.issues, validated.issues, latest.issues
-    )
+    inputs = prediction_inputs(prices, fetched, config.data.tickers, champion.window)
     tags = {"as_of": prices.as_of.isoformat(), "model_version": champion.version, "kind": "predict"}
     # A reader (READ on the experiment) predicts too: without a run when it may not log one.
     with tracking_run(config, f"predict {prices.as_of}", tags, required=False) as run_id:
-        predictions = predict_next(config.mlflow_uri, champion.version, latest.rows)
-        context = ReportContext(
-            prices.as_of, prices.target_date, MODEL_NAME, champion.version, run_id
-        )
-        report = build_report(
-            config.data.tickers, context, validated.last_closes(), predictions, issues
-        )
+        predictions = predict_next(load_version(config.mlflow_uri, champion.version), inputs.latest)
+        report = session_report(config.data.tickers, inputs, predictions, champion.version, run_id)
         require_predictions(report, config.reports_dir)
-        path = publish_report(
-            report, config.reports_dir, champion.metrics, f"champion v{champion.version}"
-        )
+        decision = f"champion v{champion.version}"
+        path = publish_report(report, config.reports_dir, champion.metrics, decision)
     return PredictResult(path, run_id, champion.version)

@@ -15,10 +15,10 @@ from closecast.core.config import DataConfig, WindowConfig
 from closecast.core.errors import PipelineError
 from closecast.core.statuses import FETCH_FAILED, INSUFFICIENT_HISTORY, STALE_DATA, merge_issues
 from closecast.flows.fetch import fetch
-from closecast.tasks.data.store import load_point_in_time, read_prices, store_lock, write_prices
-from closecast.tasks.data.validate import validate_all
+from closecast.tasks.data.store import load_prices, read_prices, store_lock, write_prices
+from closecast.tasks.data.validate import validate_prices
 from closecast.tasks.modeling.features import build_features
-from closecast.tasks.modeling.windows import build_dataset
+from closecast.tasks.modeling.windows import build_windows
 from tests.conftest import read_report, write_ticker_csvs
 from tests.fakes import FakeYahoo, yahoo_frame
 
@@ -196,7 +196,7 @@ def test_failures_stay_with_their_chunk_or_ticker(tmp_path: Path, yahoo: FakeYah
     data = _data(["AAA", "BBB", "CCC", "NOPE"], DAY_100, chunk_size=2, fetch_retries=1)
 
     result = fetch(data, tmp_path)
-    loaded = load_point_in_time(tmp_path / "prices", data.tickers, DAY_100)
+    loaded = load_prices(tmp_path / "prices", data.tickers, DAY_100)
     issues = result.issues(loaded.frames)
 
     assert sorted(d[0] for d in yahoo.downloads) == [
@@ -217,10 +217,10 @@ def test_failed_fetch_falls_back_to_the_store_as_stale(tmp_path: Path, yahoo: Fa
     del yahoo.history["AAA"]  # Yahoo stops knowing AAA
 
     result = fetch(_data(["AAA", "BBB"], DAY_200), tmp_path)
-    loaded = load_point_in_time(tmp_path / "prices", ["AAA", "BBB"], DAY_200)
-    validated = validate_all(loaded.frames)
-    features = build_features.fn(validated.frames, ["close", "volume", "open", "high", "low"])
-    dataset = build_dataset(features, WindowConfig(), loaded.as_of)
+    loaded = load_prices(tmp_path / "prices", ["AAA", "BBB"], DAY_200)
+    validated = validate_prices(loaded.frames)
+    features = build_features(validated.frames, ["close", "volume", "open", "high", "low"])
+    dataset = build_windows(features, WindowConfig(), loaded.as_of)
     issues = merge_issues(result.issues(loaded.frames), loaded.issues, dataset.issues)
 
     assert set(result.failures) == {"AAA"}
@@ -242,7 +242,7 @@ def test_broken_csv_fails_its_ticker_and_the_others_are_stored(tmp_path: Path) -
     home = tmp_path / "home"
 
     result = fetch(DataConfig(source=f"csv:{folder}", tickers=["AAA", "BBB"]), home)
-    issues = result.issues(load_point_in_time(home / "prices", ["AAA", "BBB"], None).frames)
+    issues = result.issues(load_prices(home / "prices", ["AAA", "BBB"], None).frames)
 
     assert issues == {"AAA": (FETCH_FAILED, f"AAA: {folder / 'AAA.csv'} lacks column(s) volume")}
     assert [p.name for p in (home / "prices").iterdir()] == ["BBB.parquet"]
@@ -363,10 +363,10 @@ def test_sp500_slice_says_why_each_ticker_is_unusable(
     data = DataConfig(source=f"csv:{slice_path}", tickers=["ABT", "APTV", "DHR", "LNT"])
 
     result = fetch(data, tmp_path / "home")
-    loaded = load_point_in_time(tmp_path / "home" / "prices", data.tickers, None)
-    validated = validate_all(loaded.frames)
-    features = build_features.fn(validated.frames, ["close", "volume", "open", "high", "low"])
-    dataset = build_dataset(features, WindowConfig(), loaded.as_of)
+    loaded = load_prices(tmp_path / "home" / "prices", data.tickers, None)
+    validated = validate_prices(loaded.frames)
+    features = build_features(validated.frames, ["close", "volume", "open", "high", "low"])
+    dataset = build_windows(features, WindowConfig(), loaded.as_of)
     issues = merge_issues(result.issues(loaded.frames), loaded.issues, dataset.issues)
 
     assert loaded.as_of == date(2018, 2, 7)

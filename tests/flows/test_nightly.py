@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 import mlflow
 import numpy as np
 import pytest
+from closecast.flows.naming import schedule_slot, slot_as_of
 from prefect import flow
 from prefect.client.orchestration import get_client
 
@@ -15,10 +16,9 @@ from closecast.core.calendar import NEW_YORK
 from closecast.core.config import MODEL_NAME
 from closecast.core.errors import PipelineError
 from closecast.flows.nightly import nightly
-from closecast.flows.session import schedule_slot, slot_as_of
 from closecast.models.forecaster import OUTPUT_COLUMNS
-from closecast.tasks.data.store import load_point_in_time
-from closecast.tasks.data.validate import validate_all
+from closecast.tasks.data.store import load_prices
+from closecast.tasks.data.validate import validate_prices
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.modeling.features import latest_rows
 from closecast.tasks.reporting.report import REPORT_COLUMNS
@@ -105,8 +105,8 @@ def test_nightly_end_to_end(mlflow_home: Path, csv_folder: Path) -> None:
     )
     [data] = run.inputs.dataset_inputs
     assert [t.value for t in data.tags] == ["training"]
-    prices = load_point_in_time(config.prices_dir, ["AAA", "BBB", "SHORT"], None)
-    assert data.dataset.digest == table_digest(prices_table(validate_all(prices.frames).frames))
+    prices = load_prices(config.prices_dir, ["AAA", "BBB", "SHORT"], None)
+    assert data.dataset.digest == table_digest(prices_table(validate_prices(prices.frames).frames))
     assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [1, 2]
     plots = sorted(p.name for p in (Path(artifacts) / "plots").iterdir())
     assert plots == [
@@ -142,7 +142,7 @@ def test_second_run_is_a_challenger_and_report_matches_pyfunc(
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     assert model.metadata.signature is not None
     assert model.metadata.saved_input_example_info is not None
-    prices = load_point_in_time(config.prices_dir, ["AAA", "BBB"], None)
+    prices = load_prices(config.prices_dir, ["AAA", "BBB"], None)
     predicted = model.predict(latest_rows(prices.frames, ["AAA", "BBB"], 10))
     assert list(predicted.columns) == list(OUTPUT_COLUMNS)
     assert set(predicted["status"]) == {"ok"}
@@ -182,7 +182,7 @@ def test_a_champion_without_intervals_is_judged_on_test_rmse(
     test_rmse only; the challenger's reason says so and names both scores."""
     config = tiny_config(mlflow_home, f"csv:{csv_folder}", ["AAA", "BBB"])
     with monkeypatch.context() as patch:
-        patch.setattr("closecast.tasks.modeling.training.train_forecaster", point_only_training())
+        patch.setattr("closecast.tasks.modeling.training.train_model", point_only_training())
         old = nightly(config)
     old_report = read_report(old.report_path)
     assert list(old_report["status"]) == ["ok", "ok"]

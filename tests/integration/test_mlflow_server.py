@@ -9,7 +9,7 @@ import pytest
 
 from closecast.cli.app import main
 from closecast.core.config import MODEL_NAME
-from closecast.tasks.data.store import load_point_in_time
+from closecast.tasks.data.store import load_prices
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.modeling.features import latest_rows
 from closecast.tasks.registry.aliases import alias_history, current_aliases
@@ -63,7 +63,7 @@ def test_nightly_promote_and_load_against_a_tracking_server(
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
-    prices = load_point_in_time(home / "prices", ["AAA", "BBB"], None)
+    prices = load_prices(home / "prices", ["AAA", "BBB"], None)
     predicted = model.predict(latest_rows(prices.frames, ["AAA", "BBB"], 10))
     np.testing.assert_allclose(predicted["predicted_close"], report["predicted_close"], rtol=1e-6)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from closecast.core.errors import PipelineError
-from closecast.tasks.reporting.backfill import make_plan, plan_sessions, waiting_message
+from closecast.tasks.reporting.backfill import plan_backfill, plan_sessions, waiting_message
 
 DAYS = [date(2024, 1, d) for d in (2, 3, 4, 5, 8)]
 
@@ -51,7 +51,7 @@ def test_make_plan_counts_only_complete_reports_as_done(tmp_path: Path) -> None:
         "2024-01-05,2024-01-08,BBB,1,,,m,1,r,stale_data,old\n"
     )
     end = date(2024, 1, 5)
-    plan = make_plan(tmp_path, ["AAA", "BBB"], date(2024, 1, 1), end, 1, last_stored=end)
+    plan = plan_backfill(tmp_path, ["AAA", "BBB"], date(2024, 1, 1), end, 1, last_stored=end)
     assert plan.done == [date(2024, 1, 2)]
     assert [s.as_of for s in plan.sessions] == [date(2024, 1, d) for d in (3, 4, 5)]
     assert plan.waiting == []
@@ -60,7 +60,7 @@ def test_make_plan_counts_only_complete_reports_as_done(tmp_path: Path) -> None:
 
 def test_make_plan_leaves_sessions_after_the_last_stored_date_waiting(tmp_path: Path) -> None:
     """Sessions after the store's last date are not run, and the message names them."""
-    plan = make_plan(tmp_path, ["AAA"], date(2024, 1, 2), date(2024, 1, 8), 2, date(2024, 1, 3))
+    plan = plan_backfill(tmp_path, ["AAA"], date(2024, 1, 2), date(2024, 1, 8), 2, date(2024, 1, 3))
     assert [(s.as_of, s.retrain) for s in plan.sessions] == [(DAYS[0], True), (DAYS[1], False)]
     assert plan.waiting == DAYS[2:]
     assert waiting_message(plan) == (
@@ -81,7 +81,7 @@ def test_make_plan_fails_when_no_session_has_data(
 ) -> None:
     """A range wholly after the store's last date fails in one line naming that date."""
     with pytest.raises(PipelineError, match=message):
-        make_plan(tmp_path, ["AAA"], date(2024, 1, 2), date(2024, 1, 8), 1, last_stored)
+        plan_backfill(tmp_path, ["AAA"], date(2024, 1, 2), date(2024, 1, 8), 1, last_stored)
 
 
 @pytest.mark.parametrize(
@@ -96,4 +96,4 @@ def test_make_plan_rejects_empty_ranges(
 ) -> None:
     """A reversed range, or one without a session, is a clear error."""
     with pytest.raises(ValueError, match=message):
-        make_plan(tmp_path, ["AAA"], start, end, 1, last_stored=end)
+        plan_backfill(tmp_path, ["AAA"], start, end, 1, last_stored=end)

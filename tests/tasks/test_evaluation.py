@@ -9,7 +9,7 @@ from closecast.models.encoding import Encoding
 from closecast.models.forecaster import Forecaster
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
 from closecast.tasks.modeling.evaluation import (
-    evaluate_forecaster,
+    evaluate_model,
     per_ticker_metrics,
     score_forecasts,
 )
@@ -100,7 +100,7 @@ def test_evaluate_forecaster_scores_the_model_and_naive_on_the_same_windows() ->
         target_dates=np.array(["2024-01-02", "2024-01-02"], dtype="datetime64[ns]"),
         baseline_sigma=np.array([0.01, 0.02]),
     )
-    evaluation = evaluate_forecaster(forecaster, test)
+    evaluation = evaluate_model(forecaster, test)
     np.testing.assert_allclose(evaluation.predictions["predicted_close"], [12.0, 18.0])
     assert evaluation.metrics["skill"] == pytest.approx(0.0)
     assert evaluation.metrics["naive_rmse"] == pytest.approx(np.sqrt((0.5 / 12) ** 2 / 2))

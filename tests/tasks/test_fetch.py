@@ -8,15 +8,8 @@ from yfinance.exceptions import YFRateLimitError
 
 from closecast.core.config import DataConfig
 from closecast.core.errors import InputError
-from closecast.tasks.data.fetch import (
-    RETRY_JITTER,
-    FetchPlan,
-    download_all,
-    download_task,
-    fetch_end,
-    plan_fetches,
-    refetch_rebased,
-)
+from closecast.tasks.data.fetch import RETRY_JITTER, FetchPlan, fetch_end, plan_fetches
+from closecast.tasks.data.steps import download_all, download_task, refetch_rebased
 from closecast.tasks.data.sources import (
     FetchResult,
     SampleSource,

@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from prefect.logging import disable_run_logger
 
 from closecast.models.encoding import Encoding
 from closecast.models.forecaster import Forecaster
@@ -89,13 +88,17 @@ def _test_windows(days: int, columns: int) -> WindowSet:
 
 def test_rescore_champion_reads_its_own_columns_of_the_challengers_windows() -> None:
     """A close-only champion scores longer windows holding more columns: its last 10 days of
-    close; a champion lacking a column, or windows too short, get no metrics."""
-    with disable_run_logger():
-        metrics = rescore_champion("1", _champion(("close",)), _test_windows(12, 2), COLUMNS)
-        assert math.isfinite(metrics["test_rmse"]) and "test_interval_score" in metrics
-        wider = _champion(("close", "volume"))
-        assert rescore_champion("2", wider, _test_windows(12, 1), COLUMNS[:1]) == {}
-        assert rescore_champion("3", _champion(("close",)), _test_windows(5, 2), COLUMNS) == {}
+    close; a champion lacking a column, or windows too short, get no metrics and the reason."""
+    metrics, problem = rescore_champion("1", _champion(("close",)), _test_windows(12, 2), COLUMNS)
+    assert math.isfinite(metrics["test_rmse"]) and "test_interval_score" in metrics
+    assert problem == ""
+    wider = _champion(("close", "volume"))
+    assert rescore_champion("2", wider, _test_windows(12, 1), COLUMNS[:1]) == (
+        {},
+        "champion v2 cannot be re-scored: the test windows lack its column(s) volume",
+    )
+    metrics, problem = rescore_champion("3", _champion(("close",)), _test_windows(5, 2), COLUMNS)
+    assert metrics == {} and problem.startswith("champion v3 cannot be re-scored: its window is")
 
 
 @pytest.mark.parametrize(

@@ -177,14 +177,14 @@ def test_git_commit_is_none_outside_a_git_checkout(tmp_path: Path) -> None:
     assert git_commit(tmp_path) is None
 
 
-def test_the_registry_inference_and_scorecard_need_no_training_code() -> None:
+def test_the_registry_and_the_champion_lookup_need_no_training_code() -> None:
     """They reach MLflow through the connection module alone: importing one of them
     imports neither training, validation, run logging nor plots."""
     graph = grimp.build_graph("closecast")
     for module in (
         "closecast.tasks.registry.register",
-        "closecast.tasks.modeling.prediction",
-        "closecast.tasks.reporting.scorecard",
+        "closecast.tasks.registry.champion",
+        "closecast.tasks.registry.aliases",
     ):
         imported = graph.find_upstream_modules(module)
         assert "closecast.tasks.mlflow.connection" in imported

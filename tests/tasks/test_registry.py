@@ -19,18 +19,18 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import closecast.tasks.registry.register
-import closecast.tasks.reporting.report
+import closecast.tasks.reporting.steps
 from closecast.core.config import MODEL_NAME, PipelineConfig
 from closecast.flows.nightly import NightlyResult, nightly
 from closecast.models.encoding import Encoding
 from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
-from closecast.tasks.data.store import load_point_in_time
-from closecast.tasks.data.validate import validate_all
+from closecast.tasks.data.store import load_prices
+from closecast.tasks.data.validate import validate_prices
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.modeling.evaluation import Evaluation, score_distribution
 from closecast.tasks.modeling.features import compute_features
-from closecast.tasks.modeling.windows import WindowSet, build_dataset, window_columns
+from closecast.tasks.modeling.windows import WindowSet, build_windows, window_columns
 from closecast.tasks.registry.aliases import (
     AliasMove,
     alias_history,
@@ -44,11 +44,11 @@ from closecast.tasks.registry.register import (
     load_forecaster,
     load_pyfunc,
     log_forecaster,
-    predict_next,
-    register_forecaster,
+    register_model,
     run_url,
     signature,
 )
+from closecast.tasks.modeling.prediction import predict_next
 from tests.conftest import write_ticker_csvs
 from tests.mlflow_fixtures import new_home, spoil_training
 
@@ -63,7 +63,7 @@ def test_register_refuses_nan_metrics_before_touching_mlflow(tmp_path: Path) -> 
     metrics = {"test_interval_score": 0.02, "test_rmse": float("nan"), "naive_rmse": 0.01}
     evaluation = Evaluation(metrics, pd.DataFrame(), pd.DataFrame())
     with pytest.raises(ValueError, match="test_rmse is nan"):
-        register_forecaster(config, "0" * 32, forecaster, evaluation, None, pd.DataFrame())  # type: ignore[arg-type]
+        register_model(config.registry, "0" * 32, forecaster, evaluation, None, pd.DataFrame())  # type: ignore[arg-type]
     assert not config.home.exists()
 
 
@@ -104,8 +104,8 @@ def test_example_input_is_one_tickers_rows_in_the_models_columns() -> None:
 
 
 def test_predict_next_on_no_rows_returns_every_output_column() -> None:
-    """No ticker to predict: an empty table with the same columns, registry untouched."""
-    empty = predict_next.fn("sqlite:///unused.db", "1", pd.DataFrame())
+    """No ticker to predict: an empty table with the same columns, the model untouched."""
+    empty = predict_next(None, pd.DataFrame())  # type: ignore[arg-type]
     assert empty.empty
     assert list(empty.columns) == list(OUTPUT_COLUMNS)
 
@@ -156,14 +156,14 @@ def scenario(
     client = configure_mlflow(config.mlflow_uri)  # tracking and registry both
     with pytest.MonkeyPatch.context() as patch:
         first = nightly(early)
-        patch.setattr("closecast.tasks.modeling.training.train_forecaster", spoil_training(0.5))
+        patch.setattr("closecast.tasks.modeling.training.train_model", spoil_training(0.5))
         worse = nightly(config)
     worse_report = pd.read_csv(worse.report_path)
     manual = nightly(config.model_copy(update={"promotion": "manual"}))
     report_before_failure = manual.report_path.read_bytes()
     before = (current_aliases(client), alias_history(client))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(closecast.tasks.reporting.report, "write_report", _disk_full)
+        patch.setattr(closecast.tasks.reporting.steps, "write_report", _disk_full)
         with pytest.raises(OSError) as failure:
             nightly(config)
     after = (current_aliases(client), alias_history(client))
@@ -242,13 +242,13 @@ def test_every_version_carries_a_model_card(scenario: Scenario) -> None:
 
 def _latest_test_windows(config: PipelineConfig) -> WindowSet:
     """The test windows of a run on the latest data, rebuilt from the store."""
-    prices = load_point_in_time(config.prices_dir, TICKERS, None)
-    validated = validate_all(prices.frames)
+    prices = load_prices(config.prices_dir, TICKERS, None)
+    validated = validate_prices(prices.frames)
     features = {
         t: compute_features(f, window_columns(config.windows.features))
         for t, f in validated.frames.items()
     }
-    return build_dataset(features, config.windows, prices.as_of).test
+    return build_windows(features, config.windows, prices.as_of).test
 
 
 def test_champion_is_rescored_on_the_challengers_test_windows(scenario: Scenario) -> None:

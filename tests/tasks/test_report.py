@@ -15,10 +15,10 @@ from closecast.tasks.reporting.report import (
     REPORT_COLUMNS,
     ReportContext,
     build_report,
-    publish_report,
     report_path,
     require_predictions,
 )
+from closecast.tasks.reporting.steps import publish_report
 from closecast.tasks.reporting.summary import MlflowLinks
 from tests.conftest import read_report
 

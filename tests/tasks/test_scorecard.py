@@ -10,8 +10,8 @@ from closecast.tasks.reporting.scorecard import (
     SCORECARD_COLUMNS,
     live_metrics,
     read_scorecard,
-    refresh_scorecard,
     score_predictions,
+    update_scorecard,
 )
 
 
@@ -77,13 +77,13 @@ def test_score_predictions_computes_errors_against_naive() -> None:
 def test_refresh_scores_only_ok_rows_with_a_close_and_is_idempotent(reports_dir: Path) -> None:
     """Rows whose target_date has a close are scored once; re-scoring adds no duplicate."""
     frames = {"AAA": _prices({"2024-01-03": 101.0}), "BBB": _prices({"2024-01-03": 51.0})}
-    table, added = refresh_scorecard(reports_dir, frames, date(2024, 1, 3))
+    table, added = update_scorecard(reports_dir, frames, date(2024, 1, 3))
     assert added == 1
     assert list(table["as_of"]) == ["2024-01-02"]  # BBB was stale_data: not scored
 
     later = {"AAA": _prices({"2024-01-03": 101.0, "2024-01-04": 99.0})}
-    assert refresh_scorecard(reports_dir, later, date(2024, 1, 4))[1] == 1
-    again, added = refresh_scorecard(reports_dir, later, date(2024, 1, 4))
+    assert update_scorecard(reports_dir, later, date(2024, 1, 4))[1] == 1
+    again, added = update_scorecard(reports_dir, later, date(2024, 1, 4))
     assert added == 0
     on_disk = read_scorecard(reports_dir / "scorecard.csv")
     assert len(on_disk) == len(again) == 2
@@ -95,7 +95,7 @@ def test_refresh_scores_only_ok_rows_with_a_close_and_is_idempotent(reports_dir:
 def test_refresh_ignores_reports_whose_target_is_after_as_of(reports_dir: Path) -> None:
     """A point-in-time run for 01-03 does not score the 01-04 target, even with its close."""
     frames = {"AAA": _prices({"2024-01-03": 101.0, "2024-01-04": 99.0})}
-    table, _ = refresh_scorecard(reports_dir, frames, date(2024, 1, 3))
+    table, _ = update_scorecard(reports_dir, frames, date(2024, 1, 3))
     assert list(table["target_date"]) == ["2024-01-03"]
 
 
@@ -197,7 +197,7 @@ def test_old_reports_without_interval_columns_are_scored_with_empty_hits(tmp_pat
     new.to_csv(folder / "predictions_2024-01-03.csv", index=False)
     frames = {"AAA": _prices({"2024-01-03": 101.0, "2024-01-04": 98.5})}
 
-    _, added = refresh_scorecard(folder, frames, date(2024, 1, 4))
+    _, added = update_scorecard(folder, frames, date(2024, 1, 4))
 
     assert added == 2
     raw = pd.read_csv(folder / "scorecard.csv", dtype=str, keep_default_na=False)
@@ -219,7 +219,7 @@ def test_a_scorecard_with_the_old_columns_is_extended(reports_dir: Path) -> None
     assert list(read_scorecard(reports_dir / "scorecard.csv").columns) == SCORECARD_COLUMNS
 
     frames = {"AAA": _prices({"2024-01-02": 100.0, "2024-01-03": 101.0})}
-    _, added = refresh_scorecard(reports_dir, frames, date(2024, 1, 3))
+    _, added = update_scorecard(reports_dir, frames, date(2024, 1, 3))
 
     assert added == 1
     on_disk = read_scorecard(reports_dir / "scorecard.csv")

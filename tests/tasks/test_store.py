@@ -14,12 +14,12 @@ from closecast.core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA
 from closecast.tasks.data.store import (
     PRICE_COLUMNS,
     CorruptStoreFile,
-    load_point_in_time,
+    load_prices,
     merge_prices,
     normalize_prices,
     price_path,
     read_prices,
-    save_fetched,
+    save_prices,
     store_lock,
     write_atomic,
     write_prices,
@@ -134,7 +134,7 @@ def test_save_fetched_writes_only_what_changed(tmp_path: Path) -> None:
     (tmp_path / "NEW.parquet").unlink()
     same_mtime = (tmp_path / "SAME.parquet").stat().st_mtime_ns
     rebased = full.iloc[15:].assign(adj_close=full["adj_close"].iloc[15:] * 0.9)
-    update = save_fetched(
+    update = save_prices(
         tmp_path,
         {"NEW": None, "SAME": full.iloc[:20], "REBASED": full.iloc[:20]},
         {"NEW": full, "SAME": full.iloc[15:20], "REBASED": rebased},
@@ -143,7 +143,7 @@ def test_save_fetched_writes_only_what_changed(tmp_path: Path) -> None:
     assert update.rebased == ["REBASED"]
     assert (tmp_path / "SAME.parquet").stat().st_mtime_ns == same_mtime
     assert len(read_prices(tmp_path, "REBASED")) == 20
-    replaced = save_fetched(tmp_path, {"REBASED": None}, {"REBASED": rebased}, replace=True)
+    replaced = save_prices(tmp_path, {"REBASED": None}, {"REBASED": rebased}, replace=True)
     assert replaced.added == {"REBASED": 15}
     pd.testing.assert_frame_equal(read_prices(tmp_path, "REBASED"), rebased, check_freq=False)
 
@@ -194,14 +194,14 @@ def test_point_in_time_uses_sessions(
     store_2018: Path, as_of: date, session: date, target: date
 ) -> None:
     """as_of is the last XNYS session on or before D; target_date the next session."""
-    loaded = load_point_in_time(store_2018, ["AAA"], as_of)
+    loaded = load_prices(store_2018, ["AAA"], as_of)
     assert (loaded.as_of, loaded.target_date) == (session, target)
     assert loaded.frames["AAA"].index[-1] == pd.Timestamp(session)
 
 
 def test_point_in_time_drops_rows_after_as_of(store_2018: Path) -> None:
     """Rows dated after as_of are never returned, whatever the store holds."""
-    loaded = load_point_in_time(store_2018, ["AAA", "OLD"], date(2018, 7, 20))
+    loaded = load_prices(store_2018, ["AAA", "OLD"], date(2018, 7, 20))
     assert loaded.frames["AAA"].index.max() == pd.Timestamp("2018-07-20")
     assert loaded.frames["OLD"].index.max() == pd.Timestamp("2018-06-29")
     full = read_prices(store_2018, "AAA")
@@ -210,20 +210,20 @@ def test_point_in_time_drops_rows_after_as_of(store_2018: Path) -> None:
 
 def test_point_in_time_without_as_of_uses_the_last_stored_date(store_2018: Path) -> None:
     """No as_of: the last date any ticker has."""
-    loaded = load_point_in_time(store_2018, ["AAA", "OLD"], None)
+    loaded = load_prices(store_2018, ["AAA", "OLD"], None)
     assert loaded.as_of == read_prices(store_2018, "AAA").index[-1].date()
 
 
 def test_point_in_time_says_why_a_ticker_has_no_rows(store_2018: Path) -> None:
     """Nothing stored or nothing before as_of: insufficient_history; unreadable: invalid_data."""
-    loaded = load_point_in_time(store_2018, ["AAA", "CUT", "NONE", "OLD"], date(2018, 6, 15))
+    loaded = load_prices(store_2018, ["AAA", "CUT", "NONE", "OLD"], date(2018, 6, 15))
     assert set(loaded.frames) == {"AAA", "OLD"}
     issues = loaded.issues
     assert set(issues) == {"CUT", "NONE"}
     assert issues["NONE"] == (INSUFFICIENT_HISTORY, "no stored price on or before 2018-06-15")
     assert issues["CUT"][0] == INVALID_DATA and "CUT.parquet" in issues["CUT"][1]
 
-    before_any = load_point_in_time(store_2018, ["AAA"], date(2018, 5, 1))
+    before_any = load_prices(store_2018, ["AAA"], date(2018, 5, 1))
     assert before_any.frames == {}
     assert before_any.issues["AAA"][0] == INSUFFICIENT_HISTORY
 
@@ -231,4 +231,4 @@ def test_point_in_time_says_why_a_ticker_has_no_rows(store_2018: Path) -> None:
 def test_point_in_time_with_nothing_stored_fails(tmp_path: Path) -> None:
     """No stored prices for any ticker is a PipelineError naming them."""
     with pytest.raises(PipelineError, match="AAA"):
-        load_point_in_time(tmp_path, ["AAA"], None)
+        load_prices(tmp_path, ["AAA"], None)

@@ -75,7 +75,7 @@ def test_name_run_renames_the_run_and_describes_it(mlflow_home: Path) -> None:
     with tracking_run(config, "nightly 2018-12-31", {"tickers": "AAA,BBB"}) as run_id:
         log_metrics(client, run_id, {"skill": -0.5, "interval_skill_95": 0.25})
         decision = Decision(True, "champion", "first version")
-        name_run.fn(config.mlflow_uri, run_id, "nightly", date(2018, 12, 31), "1", decision)
+        name_run(config.mlflow_uri, run_id, "nightly", date(2018, 12, 31), "1", decision)
     run = client.get_run(run_id)
     assert run.info.run_name == "nightly 2018-12-31 · v1 champion"
     note = run.data.tags["mlflow.note.content"]

@@ -14,8 +14,8 @@ from closecast.core.config import TrainConfig, WindowConfig
 from closecast.models.encoding import Encoding
 from closecast.models.lstm import LSTMConfig
 from closecast.tasks.modeling import training as training_module
-from closecast.tasks.modeling.training import encode_split, resolve_device, train_forecaster
-from closecast.tasks.modeling.windows import Dataset, build_dataset
+from closecast.tasks.modeling.training import encode_split, resolve_device, train_model
+from closecast.tasks.modeling.windows import Dataset, build_windows
 
 
 def _frames(n: int = 120) -> dict[str, pd.DataFrame]:
@@ -42,7 +42,7 @@ def _frames(n: int = 120) -> dict[str, pd.DataFrame]:
 @pytest.fixture
 def dataset() -> Dataset:
     frames = _frames()
-    return build_dataset(frames, WindowConfig(), frames["AAA"].index[-1].date())
+    return build_windows(frames, WindowConfig(), frames["AAA"].index[-1].date())
 
 
 def test_same_seed_gives_identical_predictions(dataset: Dataset) -> None:
@@ -51,7 +51,7 @@ def test_same_seed_gives_identical_predictions(dataset: Dataset) -> None:
     predictions = []
     for seed in (3, 3, 4):
         config = TrainConfig(epochs=2, seed=seed, device="cpu", shrink_output=False)
-        trained = train_forecaster(dataset, lstm, config)
+        trained = train_model(dataset, lstm, config)
         predictions.append(
             trained.forecaster.predict_windows(dataset.test.windows, dataset.test.tickers)
         )
@@ -68,12 +68,10 @@ def test_many_windows_train_with_larger_steps_and_less_patience(dataset: Dataset
     windows = len(dataset.train)  # 2 tickers x ~80 training windows
     lstm = LSTMConfig(hidden_size=8)
     base = TrainConfig(epochs=1, batch_size=4, learning_rate=0.01, patience=5, device="cpu")
-    grown = train_forecaster(
-        dataset, lstm, base.model_copy(update={"growth_windows": windows // 5})
-    )
+    grown = train_model(dataset, lstm, base.model_copy(update={"growth_windows": windows // 5}))
     assert (grown.fit.batch_size, grown.fit.patience) == (16, 2)
     assert grown.fit.learning_rate == pytest.approx(0.02)
-    kept = train_forecaster(dataset, lstm, base.model_copy(update={"growth_windows": None}))
+    kept = train_model(dataset, lstm, base.model_copy(update={"growth_windows": None}))
     assert (kept.fit.batch_size, kept.fit.learning_rate, kept.fit.patience) == (4, 0.01, 5)
 
 
@@ -81,7 +79,7 @@ def test_a_split_encoded_in_chunks_equals_one_encoding(
     dataset: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """encode_split, 7 windows at a time into float32 arrays, equals encoding them at once."""
-    forecaster = train_forecaster(dataset, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
+    forecaster = train_model(dataset, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
     forecaster = forecaster.forecaster
     monkeypatch.setattr(training_module, "ENCODE_CHUNK", 7)
     inputs, targets = encode_split(forecaster, dataset.train, torch.device("cpu"))
@@ -97,7 +95,7 @@ def test_a_split_encoded_in_chunks_equals_one_encoding(
 def test_one_model_serves_every_ticker(dataset: Dataset) -> None:
     """The global model was trained on both tickers' windows and predicts both."""
     assert set(dataset.train.tickers) == {"AAA", "BBB"}
-    trained = train_forecaster(dataset, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
+    trained = train_model(dataset, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
     latest = trained.forecaster.predict_windows(dataset.latest.windows, dataset.latest.tickers)
     assert list(dataset.latest.tickers) == ["AAA", "BBB"]
     assert latest.shape == (2,)
@@ -111,7 +109,7 @@ def test_predicted_returns_are_shrunk_by_the_validation_factor(dataset: Dataset)
     encoded = []
     for shrink in (False, True):
         config = TrainConfig(epochs=2, seed=5, shrink_output=shrink)
-        trained = train_forecaster(dataset, lstm, config)
+        trained = train_model(dataset, lstm, config)
         inputs = trained.forecaster.encoding.inputs(dataset.test.windows)
         encoded.append(trained.forecaster.predict_encoded(inputs))
     factor = trained.fit.output_scale
@@ -122,10 +120,10 @@ def test_predicted_returns_are_shrunk_by_the_validation_factor(dataset: Dataset)
 def test_the_minmax_target_is_never_shrunk() -> None:
     """Shrinking toward zero only means "no change" for returns; minmax_close keeps scale 1."""
     frames = _frames()
-    data = build_dataset(
+    data = build_windows(
         frames, WindowConfig(target="minmax_close"), frames["AAA"].index[-1].date()
     )
-    trained = train_forecaster(data, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
+    trained = train_model(data, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
     assert trained.fit.output_scale == 1.0
 
 
@@ -173,11 +171,11 @@ def test_diverging_training_exits_1_and_registers_nothing(
 def test_training_needs_validation_windows() -> None:
     """A dataset whose validation span is empty cannot train: the error says so."""
     frames = _frames()
-    data = build_dataset(frames, WindowConfig(), date(2021, 6, 30))
+    data = build_windows(frames, WindowConfig(), date(2021, 6, 30))
     empty = data.validation.select(np.zeros(len(data.validation), dtype=bool))
     broken = Dataset(**{**data.__dict__, "validation": empty})
     with pytest.raises(ValueError, match="validation windows"):
-        train_forecaster(broken, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
+        train_model(broken, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
 
 
 def test_intervals_are_ordered_and_never_zero_width_on_real_data(
@@ -186,23 +184,23 @@ def test_intervals_are_ordered_and_never_zero_width_on_real_data(
     """On real S&P 500 prices every forecast is ordered
     lower_95 ≤ lower_80 ≤ predicted ≤ upper_80 ≤ upper_95, with positive width, for every
     ticker of the file, whether the model trained on it or not."""
-    from closecast.tasks.data.validate import validate_all
+    from closecast.tasks.data.validate import validate_prices
     from closecast.tasks.modeling.features import compute_features
     from closecast.tasks.modeling.windows import window_columns
 
-    validated = validate_all(sp500_frames).frames
+    validated = validate_prices(sp500_frames).frames
     config = WindowConfig()
     columns = window_columns(config.features)
     trained_on = {t: compute_features(validated[t], columns) for t in ("AAPL", "XOM", "GE", "F")}
     as_of = max(f.index[-1] for f in trained_on.values()).date()
-    data = build_dataset(trained_on, config, as_of)
-    forecaster = train_forecaster(
+    data = build_windows(trained_on, config, as_of)
+    forecaster = train_model(
         data, LSTMConfig(hidden_size=8), TrainConfig(epochs=2, device="cpu")
     ).forecaster
     assert forecaster.intervals is not None and forecaster.intervals.calibration.n > 1000
 
     everyone = {t: compute_features(f, columns) for t, f in validated.items() if len(f) > 20}
-    latest = build_dataset(everyone, config, as_of).latest
+    latest = build_windows(everyone, config, as_of).latest
     forecast = forecaster.predict_distribution(latest.windows, latest.tickers)
     ordered = np.stack(
         [forecast[c] for c in ("lower_95", "lower_80", "predicted_close", "upper_80", "upper_95")]
@@ -215,8 +213,8 @@ def test_intervals_are_ordered_and_never_zero_width_on_real_data(
 def test_a_flat_window_gets_the_volatility_floor_not_a_zero_width_interval() -> None:
     """A halted series (every price equal, high = low) still gets an interval of positive width."""
     frames = _frames()
-    data = build_dataset(frames, WindowConfig(), frames["AAA"].index[-1].date())
-    forecaster = train_forecaster(
+    data = build_windows(frames, WindowConfig(), frames["AAA"].index[-1].date())
+    forecaster = train_model(
         data, LSTMConfig(hidden_size=8), TrainConfig(epochs=1, device="cpu")
     ).forecaster
     flat = np.full((1, 10, len(data.columns)), 50.0)  # (1, T, C): close, volume, open, high, low

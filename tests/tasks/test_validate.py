@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from closecast.core.statuses import INVALID_DATA
-from closecast.tasks.data.validate import REASONS, bad_row_reasons, validate_all, validate_frame
+from closecast.tasks.data.validate import REASONS, bad_row_reasons, validate_frame, validate_prices
 
 
 def _clean(n: int = 8) -> pd.DataFrame:
@@ -87,7 +87,7 @@ def test_validate_all_tables_counts_and_flags_empty_tickers() -> None:
     good, bad = _clean(), _clean(3)
     good.loc[good.index[[1, 2]], "close"] = np.nan
     bad["volume"] = -1.0
-    result = validate_all({"GOOD": good, "BAD": bad})
+    result = validate_prices({"GOOD": good, "BAD": bad})
     assert result.rows_dropped == 5
     table = result.dropped.set_index(["ticker", "reason"])["rows"].to_dict()
     assert table == {("GOOD", "non_finite_price"): 2, ("BAD", "bad_volume"): 3}
@@ -98,13 +98,13 @@ def test_validate_all_tables_counts_and_flags_empty_tickers() -> None:
 
 def test_clean_data_drops_nothing() -> None:
     """Good data passes whole, with an empty count table."""
-    result = validate_all({"A": _clean()})
+    result = validate_prices({"A": _clean()})
     assert result.rows_dropped == 0 and len(result.frames["A"]) == 8
 
 
 def test_sp500_faults_are_counted_by_reason(sp500_frames: dict[str, pd.DataFrame]) -> None:
     """The shared S&P file's faults: NaN opens, a next-day copy, a bad tick, a wrong bar."""
-    result = validate_all({t: sp500_frames[t] for t in ["DHR", "LNT", "NWL", "ABT"]})
+    result = validate_prices({t: sp500_frames[t] for t in ["DHR", "LNT", "NWL", "ABT"]})
     table = result.dropped.set_index(["ticker", "reason"])["rows"].to_dict()
     assert table[("DHR", "non_finite_price")] == 2  # 2015-07-17 and 2016-01-12, volume 0
     assert table[("LNT", "inconsistent_ohlc")] == 1  # 2016-05-19 close 17.87, open 35.19

@@ -8,7 +8,7 @@ import pytest
 from closecast.core.config import WindowConfig
 from closecast.core.errors import PipelineError
 from closecast.core.statuses import INSUFFICIENT_HISTORY, STALE_DATA
-from closecast.tasks.modeling.windows import build_dataset, make_windows, split_boundaries
+from closecast.tasks.modeling.windows import build_windows, make_windows, split_boundaries
 
 
 def test_make_windows_on_arange() -> None:
@@ -56,7 +56,7 @@ def test_dataset_splits_every_ticker_at_the_same_dates() -> None:
     """Windows are assigned to train/val/test by the date of the close they predict."""
     features = {"A": _frame(100), "B": _frame(100, offset=50)}
     config = WindowConfig(window=5, features=["close", "volume"])
-    dataset = build_dataset(features, config, as_of=date(2020, 5, 19))
+    dataset = build_windows(features, config, as_of=date(2020, 5, 19))
     assert np.all(dataset.train.target_dates < np.datetime64(dataset.val_start))
     assert np.all(dataset.validation.target_dates >= np.datetime64(dataset.val_start))
     assert np.all(dataset.validation.target_dates < np.datetime64(dataset.test_start))
@@ -72,7 +72,7 @@ def test_dataset_flags_short_and_stale_tickers() -> None:
     """A short ticker is insufficient_history; one ending before as_of is stale_data."""
     features = {"A": _frame(100), "OLD": _frame(90), "TINY": _frame(8, start="2020-05-01")}
     config = WindowConfig(window=5, features=["close", "volume"])
-    dataset = build_dataset(features, config, as_of=date(2020, 5, 19))
+    dataset = build_windows(features, config, as_of=date(2020, 5, 19))
     assert dataset.issues["TINY"][0] == INSUFFICIENT_HISTORY
     assert dataset.issues["OLD"][0] == STALE_DATA
     assert "OLD" in dataset.train.tickers  # a stale ticker still trains
@@ -93,7 +93,7 @@ def test_insufficient_history_counts_what_it_needs(rows: int, start: str, messag
     model needs 35")."""
     features = {"A": _frame(300), "LATE": _frame(rows, start=start)}
     config = WindowConfig(window=5, features=["close", "volume"])
-    dataset = build_dataset(features, config, as_of=date(2021, 2, 23))
+    dataset = build_windows(features, config, as_of=date(2021, 2, 23))
     assert dataset.issues["LATE"] == (INSUFFICIENT_HISTORY, message)
     assert "LATE" not in dataset.tickers
 
@@ -101,10 +101,10 @@ def test_insufficient_history_counts_what_it_needs(rows: int, start: str, messag
 def test_training_inputs_ignore_values_after_the_boundary() -> None:
     """A huge value planted after the train boundary leaves the training windows unchanged."""
     config = WindowConfig(window=5, features=["close", "volume"], target="minmax_close")
-    clean = build_dataset({"A": _frame(100)}, config, as_of=date(2020, 5, 19))
+    clean = build_windows({"A": _frame(100)}, config, as_of=date(2020, 5, 19))
     planted = _frame(100)
     planted.loc[planted.index >= clean.val_start, "close"] = 1e9
-    dirty = build_dataset({"A": planted}, config, as_of=date(2020, 5, 19))
+    dirty = build_windows({"A": planted}, config, as_of=date(2020, 5, 19))
     np.testing.assert_array_equal(clean.train.windows, dirty.train.windows)
     np.testing.assert_array_equal(clean.train.next_close, dirty.train.next_close)
     assert clean.bounds == dirty.bounds  # MinMax fitted on the training span only
@@ -116,7 +116,7 @@ def test_the_splits_are_copied_once_from_the_tickers_values() -> None:
     features = {f"T{i:02}": _frame(400, offset=i) for i in range(30)}
     config = WindowConfig(window=10, features=["close", "volume"])
     tracemalloc.start()
-    dataset = build_dataset(features, config, as_of=date(2021, 7, 30))
+    dataset = build_windows(features, config, as_of=date(2021, 7, 30))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     splits = (dataset.train, dataset.validation, dataset.test)

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from filelock import FileLock
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from closecast.core.calendar import next_session, session_on_or_before
 from closecast.core.errors import PipelineError
@@ -180,7 +178,7 @@ class LoadedPrices:
         return issues
 
 
-def scan_store(
+def read_store(
     prices_dir: Path, tickers: list[str]
 ) -> tuple[dict[str, pd.DataFrame | None], dict[str, str]]:
     """Each ticker's stored frame (None: nothing usable), and why each unreadable file is so.
@@ -199,7 +197,7 @@ def scan_store(
     return stored, unreadable
 
 
-def save_fetched(
+def save_prices(
     prices_dir: Path,
     stored: dict[str, pd.DataFrame | None],
     fetched: dict[str, pd.DataFrame],
@@ -227,18 +225,18 @@ def save_fetched(
 
 def last_stored_date(prices_dir: Path, tickers: list[str]) -> date | None:
     """The last date any of `tickers` has a stored price for; None when none has one."""
-    stored, _ = scan_store(prices_dir, tickers)
+    stored, _ = read_store(prices_dir, tickers)
     ends = [f.index[-1].date() for f in stored.values() if f is not None and len(f)]
     return max(ends, default=None)
 
 
-def load_point_in_time(prices_dir: Path, tickers: list[str], as_of: date | None) -> LoadedPrices:
+def load_prices(prices_dir: Path, tickers: list[str], as_of: date | None) -> LoadedPrices:
     """Stored rows dated <= the as_of session, whatever the store holds beyond it.
 
     With no as_of, the last date with data among the tickers is used. A date
     that is not an XNYS session means the last session before it.
     """
-    stored, unreadable = scan_store(prices_dir, tickers)
+    stored, unreadable = read_store(prices_dir, tickers)
     frames = {t: f for t, f in stored.items() if f is not None}
     missing = sorted(set(tickers) - set(frames))
     if not frames:
@@ -255,42 +253,3 @@ def load_point_in_time(prices_dir: Path, tickers: list[str], as_of: date | None)
         missing=sorted(missing),
         unreadable=unreadable,
     )
-
-
-@task(name="read-store", cache_policy=NO_CACHE)
-def read_store(prices_dir: Path, tickers: list[str]) -> dict[str, pd.DataFrame | None]:
-    """The stored frames of `tickers` (None where nothing usable is stored).
-
-    An unreadable file is reported by name and read as None, so its ticker's
-    whole history is fetched again and the file replaced.
-    """
-    stored, unreadable = scan_store(prices_dir, tickers)
-    for message in unreadable.values():
-        get_run_logger().warning("%s; fetching its whole history again", message)
-    return stored
-
-
-@task(name="save-prices", cache_policy=NO_CACHE)
-def save_prices(
-    prices_dir: Path,
-    stored: dict[str, pd.DataFrame | None],
-    fetched: dict[str, pd.DataFrame],
-    replace: bool = False,
-) -> StoreUpdate:
-    """Merge and atomically write fetched prices."""
-    update = save_fetched(prices_dir, stored, fetched, replace)
-    log = get_run_logger()
-    log.info("stored %d new rows for %d tickers", sum(update.added.values()), len(update.added))
-    if update.rebased:
-        log.warning("source re-based history of %s: re-fetching in full", ", ".join(update.rebased))
-    return update
-
-
-@task(name="load-prices", cache_policy=NO_CACHE)
-def load_prices(prices_dir: Path, tickers: list[str], as_of: date | None) -> LoadedPrices:
-    """Point-in-time read of the store."""
-    loaded = load_point_in_time(prices_dir, tickers, as_of)
-    get_run_logger().info(
-        "as_of %s -> target %s; %d tickers", loaded.as_of, loaded.target_date, len(loaded.frames)
-    )
-    return loaded

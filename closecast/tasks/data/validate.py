@@ -5,8 +5,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from closecast.core.statuses import INVALID_DATA, Issues
 
@@ -93,7 +91,7 @@ def validate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return clean, {REASONS[i]: int(n) for i, n in enumerate(counts) if n}
 
 
-def validate_all(frames: dict[str, pd.DataFrame]) -> ValidatedPrices:
+def validate_prices(frames: dict[str, pd.DataFrame]) -> ValidatedPrices:
     """Validate every ticker; one with no row left gets status invalid_data."""
     result = ValidatedPrices()
     records = []
@@ -112,14 +110,4 @@ def validate_all(frames: dict[str, pd.DataFrame]) -> ValidatedPrices:
             result.frames[ticker] = clean
     if records:
         result.dropped = pd.DataFrame(records, columns=["ticker", "reason", "rows"])
-    return result
-
-
-@task(name="validate-prices", cache_policy=NO_CACHE)
-def validate_prices(frames: dict[str, pd.DataFrame]) -> ValidatedPrices:
-    """Apply the validation rules and log how many rows each rule dropped."""
-    result = validate_all(frames)
-    if result.rows_dropped:
-        by_reason = result.dropped.groupby("reason")["rows"].sum().to_dict()
-        get_run_logger().warning("dropped %d invalid rows: %s", result.rows_dropped, by_reason)
     return result

@@ -1,1 +1,1 @@
-"""TODO"""
+"""The MLflow tracking server: connecting (fast refusal, damaged stores) and its permissions."""

@@ -49,7 +49,7 @@ PID_TAG = "closecast.pid"
 HOST_TAG = "closecast.host"
 KILLED_TAG = "closecast.killed_reason"
 _OPEN_RUNS: set[str] = set()  # runs open in this process
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # a git checkout when not installed
+PROJECT_ROOT = Path(__file__).resolve().parents[3]  # a git checkout when not installed
 
 
 def configure_mlflow(tracking_uri: str) -> MlflowClient:

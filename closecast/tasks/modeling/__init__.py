@@ -1,1 +1,1 @@
-"""TODO"""
+"""From prices to a model: features, windows, training, evaluation and prediction."""

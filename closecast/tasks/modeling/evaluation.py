@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from pandas.core.groupby import DataFrameGroupBy
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from scipy.stats import binomtest, norm
 from sklearn.metrics import (
     mean_absolute_error,
@@ -184,7 +182,7 @@ def per_ticker_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def evaluate_forecaster(forecaster: Forecaster, test: WindowSet) -> Evaluation:
+def evaluate_model(forecaster: Forecaster, test: WindowSet) -> Evaluation:
     """Predict every test window and score the point forecast and its intervals."""
     forecast = forecaster.predict_distribution(test.windows, test.tickers)
     predictions = pd.DataFrame(
@@ -200,24 +198,3 @@ def evaluate_forecaster(forecaster: Forecaster, test: WindowSet) -> Evaluation:
     return Evaluation(
         metrics=metrics, per_ticker=per_ticker_metrics(predictions), predictions=predictions
     )
-
-
-@task(name="evaluate-model", cache_policy=NO_CACHE)
-def evaluate_model(forecaster: Forecaster, test: WindowSet) -> Evaluation:
-    """Score the model and the naive forecast on the test span."""
-    evaluation = evaluate_forecaster(forecaster, test)
-    m = evaluation.metrics
-    get_run_logger().info(
-        "test rmse %.5f vs naive %.5f (skill %+.4f, p %.2f), directional accuracy %.3f; "
-        "coverage 80%% %.1f%%, 95%% %.1f%%; interval score 95%% %.5f vs EWMA %.5f",
-        m["test_rmse"],
-        m["naive_rmse"],
-        m["skill"],
-        m["skill_pvalue"],
-        m["test_directional_accuracy"],
-        100 * m["coverage_80"],
-        100 * m["coverage_95"],
-        m["interval_score_95"],
-        m["baseline_interval_score_95"],
-    )
-    return evaluation

@@ -21,8 +21,9 @@ import pandas as pd
 from prefect import Task, unmapped
 
 from closecast.core.statuses import ticker_label
-from closecast.tasks.data.validate import ValidatedPrices, validate_prices
-from closecast.tasks.modeling.features import build_features
+from closecast.tasks.data.steps import validate_prices
+from closecast.tasks.data.validate import ValidatedPrices
+from closecast.tasks.modeling.steps import build_features
 
 R = TypeVar("R")
 MAX_PARTS = 16

@@ -1,8 +1,6 @@
 """Features: the model's columns, on a split- and dividend-adjusted basis."""
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 
 def compute_features(prices: pd.DataFrame, features: list[str]) -> pd.DataFrame:
@@ -36,12 +34,6 @@ def compute_features(prices: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     return pd.DataFrame({name: adjusted[name] for name in features}, index=prices.index)
 
 
-@task(name="build-features", cache_policy=NO_CACHE)
-def build_features(frames: dict[str, pd.DataFrame], features: list[str]) -> dict[str, pd.DataFrame]:
-    """Feature frames for every ticker."""
-    return {ticker: compute_features(frame, features) for ticker, frame in frames.items()}
-
-
 def latest_rows(frames: dict[str, pd.DataFrame], tickers: list[str], window: int) -> pd.DataFrame:
     """The last `window` rows of each ticker as the pyfunc takes them.
 
@@ -56,3 +48,8 @@ def latest_rows(frames: dict[str, pd.DataFrame], tickers: list[str], window: int
     if not parts:
         return pd.DataFrame(columns=columns)
     return pd.concat(parts, ignore_index=True)[columns]
+
+
+def build_features(frames: dict[str, pd.DataFrame], features: list[str]) -> dict[str, pd.DataFrame]:
+    """Feature frames for every ticker."""
+    return {ticker: compute_features(frame, features) for ticker, frame in frames.items()}

@@ -1,15 +1,43 @@
-"""Prediction without training: the champion from the registry, or a model held in memory."""
+"""Prediction: the rows a model predicts from, and tomorrow's closes from a model.
+
+The one way to predict. The model is a forecaster held in memory (a
+backfill between retrainings) or a registered version loaded as the pyfunc
+MLflow serves (the nightly, `predict`); both run `Forecaster.predict_frame`.
+"""
 
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 from closecast.core.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
 from closecast.models.forecaster import Forecaster, prediction_table
 from closecast.tasks.modeling.features import latest_rows
+
+if TYPE_CHECKING:
+    from mlflow.pyfunc import PyFuncModel
+
+
+class ModelInUse(BaseModel):
+    """The model a session predicts with, held in memory: the one it trained, or the one a
+    backfill carries between retrainings.
+
+    Passed from one session's flow run to the next; Prefect records only its
+    label, never the weights.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    forecaster: Forecaster
+    version: str  # registry version, or run:<mlflow run id> when nothing is registered
+    metrics: dict[str, float]
+    decision: str  # "tag: reason" of the gate, or "not registered"
+
+    @model_serializer
+    def _label(self) -> dict[str, Any]:
+        return {"version": self.version, "decision": self.decision}
 
 
 @dataclass
@@ -20,7 +48,7 @@ class LatestInputs:
     issues: Issues
 
 
-def select_latest(
+def latest_inputs(
     frames: dict[str, pd.DataFrame], tickers: list[str], as_of: date, window: int
 ) -> LatestInputs:
     """Pyfunc input rows for tickers with `window` rows ending on `as_of`.
@@ -46,25 +74,17 @@ def select_latest(
     return LatestInputs(rows=latest_rows(frames, ready, window), issues=issues)
 
 
-def predict_frame(forecaster: Forecaster, rows: pd.DataFrame) -> pd.DataFrame:
-    """Next closes from a forecaster held in memory (the same code the pyfunc runs).
+def predict_next(model: "Forecaster | PyFuncModel", rows: pd.DataFrame) -> pd.DataFrame:
+    """Tomorrow's closes from `rows` (`latest_inputs`), one row per ticker.
 
-    One row per ticker: ticker, predicted_close, status, message.
+    Columns: ticker, predicted_close, the interval bounds, status, message (a
+    version logged before statuses existed returns the first two only). A
+    pyfunc gets only the columns its signature lists, so MLflow has no unused
+    column to warn about.
     """
     if rows.empty:
         return prediction_table({}, {})
-    return forecaster.predict_frame(rows)
-
-
-@task(name="latest-inputs", cache_policy=NO_CACHE, task_run_name="latest-inputs as_of={as_of}")
-def latest_inputs(
-    frames: dict[str, pd.DataFrame], tickers: list[str], as_of: date, window: int
-) -> LatestInputs:
-    """The rows the model predicts from, one window per ready ticker."""
-    return select_latest(frames, tickers, as_of, window)
-
-
-@task(name="predict-in-memory", cache_policy=NO_CACHE)
-def predict_in_memory(forecaster: Forecaster, rows: pd.DataFrame) -> pd.DataFrame:
-    """Tomorrow's closes from the model this run trained last (nothing registered)."""
-    return predict_frame(forecaster, rows)
+    if isinstance(model, Forecaster):
+        return model.predict_frame(rows)
+    listed = set(model.metadata.get_input_schema().input_names())
+    return model.predict(rows.loc[:, [c for c in rows.columns if c in listed]])

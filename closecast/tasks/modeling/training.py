@@ -1,15 +1,11 @@
 """Training: encode the windows once, fit one global LSTM across all tickers."""
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from closecast.core.config import TrainConfig
-from closecast.core.errors import PipelineError
 from closecast.models.encoding import Encoding
 from closecast.models.forecaster import ENCODE_CHUNK, Forecaster, Intervals, window_scale_inputs
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
@@ -17,7 +13,6 @@ from closecast.models.training import (
     EpochCallback,
     FitResult,
     FitSettings,
-    TrainingDiverged,
     fit,
     fit_output_scale,
     scale_output,
@@ -72,7 +67,7 @@ def encode_split(
     return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
 
 
-def train_forecaster(
+def train_model(
     dataset: Dataset,
     lstm: LSTMConfig,
     config: TrainConfig,
@@ -149,46 +144,3 @@ def fit_intervals(forecaster: Forecaster, dataset: Dataset) -> Intervals:
     if len(z) < min_calibration_size():
         return Intervals(scale, normal_calibration())
     return Intervals(scale, fit_conformal(z))
-
-
-def _epoch_logger(epochs: int) -> Callable[[int, dict[str, float]], None]:
-    logger = get_run_logger()
-
-    def log(epoch: int, metrics: dict[str, float]) -> None:
-        logger.info(
-            "epoch %d/%d  train_loss %.5f  val_loss %.5f",
-            epoch,
-            epochs,
-            metrics["train_loss"],
-            metrics["val_loss"],
-        )
-
-    return log
-
-
-@task(name="train-model", cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
-def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> TrainedModel:
-    """Train the global LSTM, one log line per epoch.
-
-    Raises:
-        PipelineError: when the loss diverges; nothing is trained, so nothing is registered.
-    """
-    try:
-        trained = train_forecaster(dataset, lstm, config, _epoch_logger(config.epochs))
-    except TrainingDiverged as exc:
-        raise PipelineError(f"training diverged: {exc}") from exc
-    get_run_logger().info(
-        "trained %d epochs on %d windows (%s, batch %d, learning rate %.2g, patience %s) "
-        "in %.1fs; best val loss %.5f at epoch %d; output scale %.3f",
-        trained.fit.epochs_trained,
-        len(dataset.train),
-        trained.device,
-        trained.fit.batch_size,
-        trained.fit.learning_rate,
-        trained.fit.patience,
-        trained.fit.train_seconds,
-        trained.fit.best_val_loss,
-        trained.fit.best_epoch,
-        trained.fit.output_scale,
-    )
-    return trained

@@ -9,8 +9,6 @@ from datetime import date
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from closecast.core.config import WindowConfig
 from closecast.core.errors import PipelineError
@@ -195,7 +193,7 @@ def _ticker_windows(ticker: str, frame: pd.DataFrame, window: int) -> WindowSet:
     )
 
 
-def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of: date) -> Dataset:
+def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of: date) -> Dataset:
     """Cut every ticker's windows and split them by target date.
 
     Every ticker shares the same boundary dates. A ticker with fewer rows
@@ -304,9 +302,3 @@ def build_dataset(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
         bounds=bounds,
         issues=issues,
     )
-
-
-@task(name="build-windows", cache_policy=NO_CACHE)
-def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of: date) -> Dataset:
-    """Windows for training, evaluation and tomorrow's prediction."""
-    return build_dataset(features, config, as_of)

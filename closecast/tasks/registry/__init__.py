@@ -1,1 +1,1 @@
-"""TODO"""
+"""The model registry: the champion, the promotion gate, registration, aliases, model cards."""

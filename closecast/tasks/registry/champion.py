@@ -4,8 +4,6 @@ from dataclasses import dataclass
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from closecast.core.config import MODEL_NAME
 from closecast.core.errors import PipelineError
@@ -57,17 +55,3 @@ def find_champion(tracking_uri: str) -> Champion:
         run_id=str(version.run_id or ""),
         metrics={k: float(v) for k, v in version.tags.items() if k in _VERSION_METRICS},
     )
-
-
-@task(name="find-champion", cache_policy=NO_CACHE)
-def load_champion(tracking_uri: str) -> Champion:
-    """Look up the champion; a clear error when there is none."""
-    champion = find_champion(tracking_uri)
-    get_run_logger().info(
-        "champion is %s v%s (window %d, features %s)",
-        MODEL_NAME,
-        champion.version,
-        champion.window,
-        ",".join(champion.features),
-    )
-    return champion

@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from prefect import get_run_logger
 
 from closecast.models.forecaster import Forecaster
 from closecast.tasks.modeling.evaluation import score_distribution
@@ -26,6 +25,11 @@ class Decision:
     reason: str
     champion: str | None = None  # the champion version it was compared with, if any
     compared: str = ""  # the metric that decided (`test_interval_score`, `test_rmse`), if any
+
+    @property
+    def line(self) -> str:
+        """`rejected: <reason>`, as the summary and the backfill's model label read it."""
+        return f"{self.tag}: {self.reason}"
 
 
 def _scores(metrics: dict[str, float]) -> str:
@@ -101,8 +105,9 @@ def check_metrics(metrics: dict[str, float], intervals: bool = True) -> None:
 
 def rescore_champion(
     version: str, champion: Forecaster, test: WindowSet, columns: tuple[str, ...]
-) -> dict[str, float]:
-    """The champion's metrics on the challenger's test windows (empty if it cannot score them).
+) -> tuple[dict[str, float], str]:
+    """The champion's metrics on the challenger's test windows, and '' (or no metrics and
+    why, when it cannot score them).
 
     The windows hold `columns`; the champion (registry version `version`,
     loaded) reads the ones it was trained on. A champion that cannot read
@@ -117,7 +122,6 @@ def rescore_champion(
         if windows.shape[1] != champion.window:
             raise ValueError(f"its window is {champion.window} days, these hold {windows.shape[1]}")
         forecast = champion.predict_distribution(windows, test.tickers)
-        return score_distribution(forecast, test)
+        return score_distribution(forecast, test), ""
     except (ValueError, RuntimeError) as exc:
-        get_run_logger().warning("champion v%s cannot be re-scored: %s", version, exc)
-        return {}
+        return {}, f"champion v{version} cannot be re-scored: {exc}"

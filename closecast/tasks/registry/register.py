@@ -1,9 +1,9 @@
 """The model registry: log the pyfunc, register a version, move the aliases, predict.
 
 A nightly run registers in two steps so that a failure leaves the registry as
-it found it: `register_forecaster` re-scores the champion, decides (the gate,
+it found it: `register_model` re-scores the champion, decides (the gate,
 `closecast.tasks.registry.gate`), and creates the version with its tags (no alias moves);
-`apply_promotion` moves `challenger` (and `champion` when the gate said so) as
+`promote_model` moves `challenger` (and `champion` when the gate said so) as
 the run's last registry write. Each version's description is its model card
 (`closecast.tasks.registry.model_card`: the decision, both versions side by side on the same
 windows, the data, links); the registered model's says how the gate works.
@@ -33,15 +33,13 @@ from mlflow.pyfunc import PyFuncModel
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import AnyType
 from packaging.requirements import InvalidRequirement, Requirement
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.utilities.urls import url_for
 
 import closecast
 import closecast.core
 import closecast.models
-from closecast.core.config import MODEL_NAME, PipelineConfig
-from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster, prediction_table
+from closecast.core.config import MODEL_NAME, RegistryConfig
+from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster
 from closecast.models.pyfunc import CloseForecastModel, accepted_names
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.modeling.evaluation import Evaluation
@@ -83,6 +81,14 @@ class RegisteredVersion:
     run_id: str
     # the champion's metrics re-scored on this version's test windows (empty: none, or unscorable)
     champion_metrics: dict[str, float] = field(default_factory=dict)
+    rescore_problem: str = ""  # why the champion could not be re-scored, when it could not
+
+    @property
+    def champion_comparison(self) -> tuple[str, dict[str, float]] | None:
+        """(champion version, its re-scored metrics) for the summary, when there are both."""
+        if self.previous_champion and self.champion_metrics:
+            return self.previous_champion, self.champion_metrics
+        return None
 
 
 def signature(forecaster: Forecaster) -> ModelSignature:
@@ -142,7 +148,7 @@ def model_code(folder: Path) -> Path:
     package.mkdir(parents=True)
     shutil.copy(Path(closecast.__path__[0]) / "__init__.py", package / "__init__.py")
     for part in (closecast.models, closecast.core):
-        source = Path(part.__file__).parent
+        source = Path(part.__path__[0])
         shutil.copytree(source, package / source.name, ignore=shutil.ignore_patterns("__pycache__"))
     return package
 
@@ -220,6 +226,12 @@ def load_forecaster(model_uri: str) -> Forecaster:
     return python_model.forecaster
 
 
+def load_version(tracking_uri: str, version: str) -> PyFuncModel:
+    """Registry version `version` of the model, loaded as the pyfunc MLflow serves."""
+    configure_mlflow(tracking_uri)
+    return load_pyfunc(f"models:/{MODEL_NAME}/{version}")
+
+
 def list_tickers(tickers: list[str], limit: int = 40) -> str:
     """Tickers for a description, cut after `limit` (MySQL/Postgres stores cap it at 5000 chars)."""
     shown = ", ".join(tickers[:limit])
@@ -261,8 +273,8 @@ def card_links(client: MlflowClient, tracking_uri: str, run_id: str) -> CardLink
     return CardLinks(run_url(tracking_uri, experiment, run_id), run_id, flow_run, plots)
 
 
-def register_forecaster(
-    config: PipelineConfig,
+def register_model(
+    registry: RegistryConfig,
     run_id: str,
     forecaster: Forecaster,
     evaluation: Evaluation,
@@ -276,14 +288,16 @@ def register_forecaster(
     """
     metrics = evaluation.metrics
     check_metrics(metrics, intervals=forecaster.intervals is not None)
-    client = configure_mlflow(config.mlflow_uri)
+    tracking_uri = registry.tracking_uri
+    client = configure_mlflow(tracking_uri)
     current = alias_version(client, CHAMPION)
-    champion = None
+    champion, problem = None, ""
     if current is not None:  # a champion that cannot be loaded fails the run, not the gate
         loaded = load_forecaster(f"models:/{MODEL_NAME}/{current}")
-        champion = (current, rescore_champion(current, loaded, dataset.test, dataset.columns))
+        rescored, problem = rescore_champion(current, loaded, dataset.test, dataset.columns)
+        champion = (current, rescored)
     held = champion[1] if champion else {}
-    decision = decide_promotion(metrics, champion, config.promotion)
+    decision = decide_promotion(metrics, champion, registry.promotion)
     model_uri = log_forecaster(forecaster, run_id, example)
     tags = {
         "promotion": decision.tag,
@@ -293,15 +307,15 @@ def register_forecaster(
     }
     version = str(mlflow.register_model(model_uri, MODEL_NAME, tags=tags).version)
     client.update_registered_model(MODEL_NAME, description=GATE_DESCRIPTION)
-    data = data_lines(dataset, config.data.source, list_tickers(dataset.tickers))
-    links = card_links(client, config.mlflow_uri, run_id)
+    data = data_lines(dataset, registry.source, list_tickers(dataset.tickers))
+    links = card_links(client, tracking_uri, run_id)
     card = describe_version(version, metrics, decision, held, len(dataset.test), data, links)
     client.update_model_version(MODEL_NAME, version, description=card)
     predicting = version if decision.promote or current is None else current
-    return RegisteredVersion(version, decision, predicting, current, run_id, held)
+    return RegisteredVersion(version, decision, predicting, current, run_id, held, problem)
 
 
-def apply_promotion(tracking_uri: str, registered: RegisteredVersion) -> list[AliasMove]:
+def promote_model(tracking_uri: str, registered: RegisteredVersion) -> list[AliasMove]:
     """Move `challenger` to the new version, and `champion` when the gate promoted it."""
     client = configure_mlflow(tracking_uri)
     by = f"nightly run {registered.run_id}"
@@ -311,55 +325,3 @@ def apply_promotion(tracking_uri: str, registered: RegisteredVersion) -> list[Al
             move_alias(client, CHAMPION, registered.version, by, registered.decision.reason)
         )
     return moves
-
-
-@task(name="register-model", cache_policy=NO_CACHE)
-def register_model(
-    config: PipelineConfig,
-    run_id: str,
-    forecaster: Forecaster,
-    evaluation: Evaluation,
-    dataset: Dataset,
-    example: pd.DataFrame,
-) -> RegisteredVersion:
-    """Register the new version and decide its promotion (aliases move at the end of the run)."""
-    registered = register_forecaster(config, run_id, forecaster, evaluation, dataset, example)
-    get_run_logger().info(
-        "registered %s v%s: %s (%s)",
-        MODEL_NAME,
-        registered.version,
-        registered.decision.tag,
-        registered.decision.reason,
-    )
-    return registered
-
-
-@task(name="promote-model", cache_policy=NO_CACHE)
-def promote_model(tracking_uri: str, registered: RegisteredVersion) -> None:
-    """Move the aliases as the gate decided, recording each move."""
-    for move in apply_promotion(tracking_uri, registered):
-        get_run_logger().info(
-            "%s: v%s -> v%s", move.alias, move.previous or "-", move.version or "-"
-        )
-
-
-def predict_with_version(tracking_uri: str, version: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """Load registry version `version` as a pyfunc and predict from raw OHLCV rows.
-
-    Only the columns its signature lists are passed, so MLflow has no unused
-    column to warn about. Returns one row per ticker: ticker, predicted_close,
-    status, message (a version logged before statuses existed returns the
-    first two only).
-    """
-    configure_mlflow(tracking_uri)
-    model = load_pyfunc(f"models:/{MODEL_NAME}/{version}")
-    listed = set(model.metadata.get_input_schema().input_names())
-    return model.predict(frame.loc[:, [c for c in frame.columns if c in listed]])
-
-
-@task(name="predict-next", cache_policy=NO_CACHE)
-def predict_next(tracking_uri: str, version: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """Tomorrow's closes from the registered version that predicts, with a status per ticker."""
-    if frame.empty:
-        return prediction_table({}, {})
-    return predict_with_version(tracking_uri, version, frame)

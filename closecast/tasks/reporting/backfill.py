@@ -3,16 +3,9 @@
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
-
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, model_serializer
 
 from closecast.core.calendar import sessions_between
 from closecast.core.errors import PipelineError
-from closecast.models.forecaster import Forecaster
-from closecast.tasks.data.store import last_stored_date
 from closecast.tasks.reporting.report import is_complete_report, report_path
 
 
@@ -32,25 +25,6 @@ class BackfillPlan:
     done: list[date]
     waiting: list[date] = field(default_factory=list)  # after the last stored date: not run
     last_stored: date | None = None
-
-
-class ModelInUse(BaseModel):
-    """The model a backfill predicts with until it retrains, held in memory.
-
-    Passed from one session's flow run to the next; Prefect records only its
-    label, never the weights.
-    """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
-
-    forecaster: Forecaster
-    version: str  # registry version, or run:<mlflow run id> when nothing is registered
-    metrics: dict[str, float]
-    decision: str
-
-    @model_serializer
-    def _label(self) -> dict[str, Any]:
-        return {"version": self.version, "decision": self.decision}
 
 
 def plan_sessions(
@@ -75,7 +49,7 @@ def plan_sessions(
     return planned
 
 
-def make_plan(
+def plan_backfill(
     reports_dir: Path,
     tickers: list[str],
     start: date,
@@ -120,28 +94,3 @@ def waiting_message(plan: BackfillPlan) -> str:
         f"no data after {plan.last_stored.isoformat()} yet, not run: {days}; "
         "rerun the backfill when the data has arrived"
     )
-
-
-@task(name="plan-backfill", cache_policy=NO_CACHE, task_run_name="plan-backfill {start}..{end}")
-def plan_backfill(
-    reports_dir: Path,
-    prices_dir: Path,
-    tickers: list[str],
-    start: date,
-    end: date,
-    retrain_every: int,
-) -> BackfillPlan:
-    """Plan the backfill; sessions already reported, or with no data yet, are not run."""
-    plan = make_plan(
-        reports_dir, tickers, start, end, retrain_every, last_stored_date(prices_dir, tickers)
-    )
-    logger = get_run_logger()
-    logger.info(
-        "%d sessions to run (%d retrain), %d already reported",
-        len(plan.sessions),
-        sum(s.retrain for s in plan.sessions),
-        len(plan.done),
-    )
-    if plan.waiting:
-        logger.warning(waiting_message(plan))
-    return plan

@@ -7,16 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from closecast.core.errors import PipelineError
 from closecast.core.statuses import INVALID_DATA, OK, STALE_DATA, Issues
 from closecast.models.forecaster import INTERVAL_COLUMNS
 from closecast.tasks.data.store import write_atomic
 from closecast.tasks.mlflow.connection import connect_mlflow
-from closecast.tasks.reporting.summary import MlflowLinks, summary_markdown
 
 REPORT_COLUMNS = [
     "as_of",
@@ -171,52 +167,6 @@ def table_records(report: pd.DataFrame) -> list[dict[str, object]]:
         table.astype(object).where(table.notna(), None).to_dict(orient="records")
     )
     return records
-
-
-@task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report(
-    report: pd.DataFrame,
-    reports_dir: Path,
-    metrics: dict[str, float],
-    decision: str,
-    live: dict[str, float] | None = None,
-    champion: tuple[str, dict[str, float]] | None = None,
-    links: MlflowLinks | None = None,
-) -> Path:
-    """Write the CSV and publish it as a Prefect table artifact with a markdown summary.
-
-    Args:
-        report: the report's rows.
-        reports_dir: where the CSV goes.
-        metrics: the test metrics of the model this run trained or carried.
-        decision: the promotion decision and its reason ("tag: reason").
-        live: the scorecard's live metrics, when the flow scored before publishing;
-            adds last month's realised RMSE and coverage to the summary.
-        champion: (version, its metrics re-scored on the same test windows), shown
-            beside `metrics` in the summary.
-        links: the run and its version in MLflow, linked from the summary.
-    """
-    as_of = date.fromisoformat(report["as_of"].iloc[0])
-    path = write_report(report, reports_dir, as_of)
-    create_table_artifact(
-        table=table_records(report),
-        key="predictions",
-        description=f"Predictions from {as_of} for {report['target_date'].iloc[0]}: "
-        "closes to the cent, predicted_return_bp in basis points",
-    )
-    create_markdown_artifact(
-        markdown=summary_markdown(report, metrics, decision, live, champion, links),
-        key="nightly-summary",
-    )
-    not_ok = report[report["status"] != OK]
-    if len(not_ok):
-        get_run_logger().warning(
-            "%d ticker(s) not ok: %s",
-            len(not_ok),
-            ", ".join(f"{r.ticker} ({r.status})" for r in not_ok.itertuples()),
-        )
-    get_run_logger().info("report written to %s", path)
-    return path
 
 
 def is_complete_report(path: Path, tickers: list[str], as_of: date) -> bool:

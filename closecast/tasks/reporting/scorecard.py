@@ -17,13 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from filelock import FileLock
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from closecast.core.statuses import OK
 from closecast.models.forecaster import INTERVAL_COLUMNS
 from closecast.tasks.data.store import write_atomic
-from closecast.tasks.mlflow.connection import configure_mlflow, log_metrics
 from closecast.tasks.modeling.evaluation import LEVELS
 
 logger = logging.getLogger(__name__)
@@ -236,7 +233,7 @@ def read_scorecard(path: Path) -> pd.DataFrame:
     return conform_scorecard(pd.read_csv(path, dtype=text))
 
 
-def refresh_scorecard(
+def update_scorecard(
     reports_dir: Path, frames: dict[str, pd.DataFrame], as_of: date
 ) -> tuple[pd.DataFrame, int]:
     """Score reports against `frames`' closes, merge into scorecard.csv (atomically).
@@ -254,43 +251,3 @@ def refresh_scorecard(
         if len(scored):
             write_atomic(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
     return table, len(table) - len(existing)
-
-
-@task(name="update-scorecard", cache_policy=NO_CACHE, timeout_seconds=600)
-def update_scorecard(
-    reports_dir: Path,
-    frames: dict[str, pd.DataFrame],
-    as_of: date,
-    tracking_uri: str,
-    run_id: str,
-) -> dict[str, float]:
-    """Score earlier reports whose target_date has a close; log the rolling live metrics.
-
-    Returns:
-        The live metrics logged (`live_rmse_20d`, `live_coverage_80_20d`, ...),
-        for the run summary; empty when nothing is scored yet.
-    """
-    table, added = refresh_scorecard(reports_dir, frames, as_of)
-    metrics = live_metrics(table, as_of)
-    log = get_run_logger()
-    if metrics:
-        log_metrics(configure_mlflow(tracking_uri), run_id, metrics)
-        suffix = f"{LIVE_SESSIONS}d"
-        coverage = ""
-        if f"live_coverage_80_{suffix}" in metrics:
-            coverage = "; coverage 80% {:.1%}, 95% {:.1%} of {:d} closes".format(
-                metrics[f"live_coverage_80_{suffix}"],
-                metrics[f"live_coverage_95_{suffix}"],
-                int(metrics[f"live_interval_rows_{suffix}"]),
-            )
-        log.info(
-            "%d predictions newly scored; last %d sessions: live rmse %.5f vs naive %.5f%s",
-            added,
-            int(metrics[f"live_sessions_{suffix}"]),
-            metrics[f"live_rmse_{suffix}"],
-            metrics[f"live_naive_rmse_{suffix}"],
-            coverage,
-        )
-    else:
-        log.info("no earlier prediction has a close yet: nothing to score")
-    return metrics

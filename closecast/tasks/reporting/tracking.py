@@ -7,6 +7,7 @@ import math
 import time
 import warnings
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -17,10 +18,8 @@ from mlflow.entities import DatasetInput, InputTag, Metric
 from mlflow.models import infer_signature
 from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from closecast.core.config import PipelineConfig
+from closecast.core.config import DataConfig
 from closecast.tasks.data.store import LoadedPrices
 from closecast.tasks.data.validate import ValidatedPrices
 from closecast.tasks.mlflow.connection import (
@@ -115,43 +114,6 @@ def log_training_data(
     return dataset.digest
 
 
-@task(name="log-run", cache_policy=NO_CACHE)
-def log_run(
-    config: PipelineConfig,
-    run_id: str,
-    trained: TrainedModel,
-    evaluation: Evaluation,
-    validated: ValidatedPrices,
-) -> None:
-    """Log metrics, loss curves, the training data, review tables and plots to the run.
-
-    The plots: each plotted ticker's fan chart over its errors against naive,
-    and `plots/loss_curves.png`.
-    """
-    client = configure_mlflow(config.mlflow_uri)
-    log_metrics(client, run_id, run_metrics(evaluation, trained, validated))
-    now = int(time.time() * 1000)
-    curves = [
-        Metric(name, float(h[name]), now, int(h["epoch"]))
-        for h in trained.fit.history
-        for name in ("train_loss", "val_loss")
-    ]
-    for start in range(0, len(curves), 1000):
-        client.log_batch(run_id, metrics=curves[start : start + 1000])
-    for name, table in run_tables(evaluation, validated, trained).items():
-        if len(table):
-            log_table(client, run_id, table, name)
-    log_training_data(client, run_id, validated.frames, str(config.prices_dir))
-    for ticker in plot_tickers(evaluation.per_ticker):
-        client.log_figure(
-            run_id, plot_predictions(evaluation.predictions, ticker), plot_name(ticker)
-        )
-    if trained.fit.history:
-        target = trained.forecaster.encoding.target
-        curves_figure = plot_loss_curves(trained.fit.history, trained.fit.best_epoch, target)
-        client.log_figure(run_id, curves_figure, LOSS_CURVES_PLOT)
-
-
 def run_title(kind: str, as_of: date, version: str, decision_tag: str) -> str:
     """`nightly 2018-12-31 · v4 rejected`: the run's name once its version is registered."""
     return f"{kind} {as_of.isoformat()} · v{version} {decision_tag}"
@@ -191,33 +153,17 @@ def run_note(
     )
 
 
-@task(name="name-run", cache_policy=NO_CACHE)
-def name_run(
-    tracking_uri: str, run_id: str, kind: str, as_of: date, version: str, decision: Decision
-) -> None:
-    """Rename the run after the version it registered and describe it (`mlflow.note.content`).
-
-    The description reads the run's own `tickers` tag and metrics.
-    """
-    client = configure_mlflow(tracking_uri)
-    run = client.get_run(run_id)
-    tickers = [t for t in run.data.tags.get("tickers", "").split(",") if t]
-    note = run_note(kind, as_of, tickers, run.data.metrics, version, decision)
-    client.update_run(run_id, name=run_title(kind, as_of, version, decision.tag))
-    set_tags(client, run_id, {MLFLOW_RUN_NOTE: note})
-
-
-def run_tags(config: PipelineConfig, prices: LoadedPrices, dataset: Dataset) -> dict[str, str]:
-    """The tags every pipeline run carries."""
-    from prefect.runtime import flow_run
-
+def run_tags(
+    data: DataConfig, prices: LoadedPrices, dataset: Dataset, flow_run_id: str
+) -> dict[str, str]:
+    """The tags every pipeline run carries; `flow_run_id` links the run to Prefect ('' if none)."""
     return {
         "as_of": prices.as_of.isoformat(),
         "target_date": prices.target_date.isoformat(),
-        "tickers": ",".join(config.data.tickers)[:MAX_PARAM_LENGTH],
-        "source": config.data.source,
+        "tickers": ",".join(data.tickers)[:MAX_PARAM_LENGTH],
+        "source": data.source,
         "data_sha256": dataset.data_sha256,
-        "flow_run_id": str(flow_run.id or ""),
+        "flow_run_id": flow_run_id,
     }
 
 
@@ -248,3 +194,55 @@ def run_tables(
         "rows_dropped": validated.dropped,
         "loss_curves": pd.DataFrame(trained.fit.history),
     }
+
+
+def log_run(
+    tracking_uri: str,
+    prices_dir: Path,
+    run_id: str,
+    trained: TrainedModel,
+    evaluation: Evaluation,
+    validated: ValidatedPrices,
+) -> None:
+    """Log metrics, loss curves, the training data, review tables and plots to the run.
+
+    The plots: each plotted ticker's fan chart over its errors against naive,
+    and `plots/loss_curves.png`.
+    """
+    client = configure_mlflow(tracking_uri)
+    log_metrics(client, run_id, run_metrics(evaluation, trained, validated))
+    now = int(time.time() * 1000)
+    curves = [
+        Metric(name, float(h[name]), now, int(h["epoch"]))
+        for h in trained.fit.history
+        for name in ("train_loss", "val_loss")
+    ]
+    for start in range(0, len(curves), 1000):
+        client.log_batch(run_id, metrics=curves[start : start + 1000])
+    for name, table in run_tables(evaluation, validated, trained).items():
+        if len(table):
+            log_table(client, run_id, table, name)
+    log_training_data(client, run_id, validated.frames, str(prices_dir))
+    for ticker in plot_tickers(evaluation.per_ticker):
+        client.log_figure(
+            run_id, plot_predictions(evaluation.predictions, ticker), plot_name(ticker)
+        )
+    if trained.fit.history:
+        target = trained.forecaster.encoding.target
+        curves_figure = plot_loss_curves(trained.fit.history, trained.fit.best_epoch, target)
+        client.log_figure(run_id, curves_figure, LOSS_CURVES_PLOT)
+
+
+def name_run(
+    tracking_uri: str, run_id: str, kind: str, as_of: date, version: str, decision: Decision
+) -> None:
+    """Rename the run after the version it registered and describe it (`mlflow.note.content`).
+
+    The description reads the run's own `tickers` tag and metrics.
+    """
+    client = configure_mlflow(tracking_uri)
+    run = client.get_run(run_id)
+    tickers = [t for t in run.data.tags.get("tickers", "").split(",") if t]
+    note = run_note(kind, as_of, tickers, run.data.metrics, version, decision)
+    client.update_run(run_id, name=run_title(kind, as_of, version, decision.tag))
+    set_tags(client, run_id, {MLFLOW_RUN_NOTE: note})

@@ -10,7 +10,7 @@ from closecast.tasks.data.sources import CsvSource
 from closecast.tasks.data.sources import csv as csv_source
 from closecast.tasks.data.sources.csv import parse_dates
 from closecast.tasks.data.store import PRICE_COLUMNS
-from closecast.tasks.data.validate import validate_all
+from closecast.tasks.data.validate import validate_prices
 from tests.fakes import yahoo_frame
 
 
@@ -128,7 +128,7 @@ def test_csv_cells_that_are_not_numbers_cost_only_their_rows(
         pd.concat(parts).to_csv(path, index=False)
 
     result = CsvSource(path).download(["AAA", "BBB"], None, None)
-    validated = validate_all(result.frames)
+    validated = validate_prices(result.frames)
 
     assert result.failures == {}
     assert result.frames["AAA"]["close"].isna().sum() == 1
