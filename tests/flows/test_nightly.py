@@ -8,13 +8,13 @@ from uuid import UUID, uuid4
 import mlflow
 import numpy as np
 import pytest
-from closecast.flows.naming import schedule_slot, slot_as_of
 from prefect import flow
 from prefect.client.orchestration import get_client
 
 from closecast.core.calendar import NEW_YORK
 from closecast.core.config import MODEL_NAME
 from closecast.core.errors import PipelineError
+from closecast.flows.naming import schedule_slot, slot_as_of
 from closecast.flows.nightly import nightly
 from closecast.models.forecaster import OUTPUT_COLUMNS
 from closecast.tasks.data.store import load_prices

@@ -9,13 +9,13 @@ from yfinance.exceptions import YFRateLimitError
 from closecast.core.config import DataConfig
 from closecast.core.errors import InputError
 from closecast.tasks.data.fetch import RETRY_JITTER, FetchPlan, fetch_end, plan_fetches
-from closecast.tasks.data.steps import download_all, download_task, refetch_rebased
 from closecast.tasks.data.sources import (
     FetchResult,
     SampleSource,
     TransientFetchError,
     YFinanceSource,
 )
+from closecast.tasks.data.steps import download_all, download_task, refetch_rebased
 from closecast.tasks.data.store import normalize_prices, read_prices, write_prices
 from tests.fakes import FlakySource, yahoo_frame
 

@@ -30,6 +30,7 @@ from closecast.tasks.data.validate import validate_prices
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.modeling.evaluation import Evaluation, score_distribution
 from closecast.tasks.modeling.features import compute_features
+from closecast.tasks.modeling.prediction import predict_next
 from closecast.tasks.modeling.windows import WindowSet, build_windows, window_columns
 from closecast.tasks.registry.aliases import (
     AliasMove,
@@ -48,7 +49,6 @@ from closecast.tasks.registry.register import (
     run_url,
     signature,
 )
-from closecast.tasks.modeling.prediction import predict_next
 from tests.conftest import write_ticker_csvs
 from tests.mlflow_fixtures import new_home, spoil_training
 
