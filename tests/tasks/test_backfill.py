@@ -5,6 +5,7 @@ import pytest
 
 from closecast.core.errors import PipelineError
 from closecast.tasks.reporting.backfill import plan_backfill, plan_sessions, waiting_message
+from closecast.tasks.reporting.report import POINT_ONLY_COLUMNS, REPORT_COLUMNS
 
 DAYS = [date(2024, 1, d) for d in (2, 3, 4, 5, 8)]
 
@@ -56,6 +57,36 @@ def test_make_plan_counts_only_complete_reports_as_done(tmp_path: Path) -> None:
     assert [s.as_of for s in plan.sessions] == [date(2024, 1, d) for d in (3, 4, 5)]
     assert plan.waiting == []
     assert waiting_message(plan) == ""
+
+
+def test_a_report_with_a_column_added_later_or_none_of_the_intervals_stays_done(
+    tmp_path: Path,
+) -> None:
+    """Readers match columns by name: a report written by an older version (no interval
+    columns) or a newer one (a column added, in any position) is done; one that lacks a
+    column every report has had is not a report."""
+    rows = {
+        "as_of": "2024-01-02", "target_date": "2024-01-03", "last_close": "1",
+        "predicted_close": "1", "predicted_return": "0", "lower_80": "0.9", "upper_80": "1.1",
+        "lower_95": "0.8", "upper_95": "1.2", "model_name": "m", "model_version": "1",
+        "run_id": "r", "status": "ok", "message": "",
+    }  # fmt: skip
+
+    def write(day: int, columns: list[str]) -> None:
+        lines = [",".join(columns)]
+        for ticker in ("AAA", "BBB"):
+            values = rows | {"ticker": ticker, "as_of": f"2024-01-0{day}", "new_score": "0.5"}
+            lines.append(",".join(values[c] for c in columns))
+        (tmp_path / f"predictions_2024-01-0{day}.csv").write_text("\n".join(lines) + "\n")
+
+    write(2, REPORT_COLUMNS)  # today's
+    write(3, POINT_ONLY_COLUMNS)  # before the intervals
+    write(4, [*REPORT_COLUMNS[:5], "new_score", *REPORT_COLUMNS[5:]])  # a column added
+    write(5, [c for c in REPORT_COLUMNS if c != "message"])  # not a report
+    end = date(2024, 1, 5)
+    plan = plan_backfill(tmp_path, ["AAA", "BBB"], date(2024, 1, 1), end, 1, last_stored=end)
+    assert plan.done == [date(2024, 1, d) for d in (2, 3, 4)]
+    assert [s.as_of for s in plan.sessions] == [end]
 
 
 def test_make_plan_leaves_sessions_after_the_last_stored_date_waiting(tmp_path: Path) -> None:

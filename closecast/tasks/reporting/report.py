@@ -173,8 +173,12 @@ def is_complete_report(path: Path, tickers: list[str], as_of: date) -> bool:
     """True when `path` is a readable report for `as_of` with one row per ticker.
 
     Reports are written atomically, so a file that exists is whole; this also
-    refuses one written for another ticker list or with other columns, and one
-    whose rows are all stale_data (written before the session's prices arrived).
+    refuses one written for another ticker list, one that lacks a column every
+    report has had (`POINT_ONLY_COLUMNS`: not a report), and one whose rows are
+    all stale_data (written before the session's prices arrived). Columns are
+    matched by name, as the contract asks of readers: a report from before the
+    intervals, or one with a column added since, is as complete as today's,
+    so adding a column never makes a backfill recompute the reports it wrote.
     """
     if not path.is_file():
         return False
@@ -185,7 +189,7 @@ def is_complete_report(path: Path, tickers: list[str], as_of: date) -> bool:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
         return False
     return (
-        header in (REPORT_COLUMNS, POINT_ONLY_COLUMNS)
+        set(POINT_ONLY_COLUMNS) <= set(header)
         and set(report["as_of"]) == {as_of.isoformat()}
         and sorted(report["ticker"]) == sorted(tickers)
         and not (report["status"] == STALE_DATA).all()
