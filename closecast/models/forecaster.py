@@ -16,20 +16,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from closecast.core.config import PRICE_FEATURES
+from closecast.core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA, OK, Issues, Status
 from closecast.models.calibration import INTERVAL_COLUMNS, LEVELS, bound_columns
-from closecast.models.encoding import PRICE_FEATURES, Bounds, Encoding
+from closecast.models.encoding import Bounds, Encoding
 from closecast.models.intervals import SCALE_COLUMNS, Intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
 
 # 2: intervals (scale + calibration) and the window's columns; 1 (point only) still loads.
 SPEC_VERSION = 2
 READABLE_SPECS = (1, 2)
-
-# The report's statuses (closecast.core.statuses): models/ travels inside the logged
-# model as code, so it imports nothing from closecast and repeats the strings.
-OK, INSUFFICIENT_HISTORY, INVALID_DATA = "ok", "insufficient_history", "invalid_data"
-# ticker -> (status, one-line reason) for the tickers that get no prediction.
-Issues = dict[str, tuple[str, str]]
 # What `predict_frame` (and so the pyfunc) returns, column -> MLflow type.
 OUTPUT_COLUMNS = {
     "ticker": "string",
@@ -71,7 +67,7 @@ def prediction_table(forecasts: dict[str, dict[str, float]], issues: Issues) -> 
     return table.astype({c: "float64" for c in FORECAST_COLUMNS} | {"ticker": str})
 
 
-def _check_forecast(values: dict[str, float]) -> tuple[str, str]:
+def _check_forecast(values: dict[str, float]) -> tuple[Status, str]:
     """(ok, "") for a finite, positive, ordered forecast; else invalid_data and why."""
     point = values["predicted_close"]
     if not (np.isfinite(point) and point > 0):
@@ -205,7 +201,7 @@ class Forecaster:
         rows_out = {t: {c: float(v[i]) for c, v in forecast.items()} for i, t in enumerate(tickers)}
         return prediction_table(rows_out, issues)
 
-    def window_issue(self, ticker: str, rows: pd.DataFrame) -> tuple[str, str] | None:
+    def window_issue(self, ticker: str, rows: pd.DataFrame) -> tuple[Status, str] | None:
         """Why one ticker's rows (sorted by date) cannot be predicted, or None.
 
         Prices must be finite and > 0 and other features finite and >= 0 (the
