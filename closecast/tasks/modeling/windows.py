@@ -147,7 +147,7 @@ def split_boundaries(
     """First validation date and first test date, from the sorted unique target dates.
 
     Raises:
-        ValueError: when there are too few dates for three non-empty spans.
+        PipelineError: when there are too few dates for three non-empty spans.
     """
     dates = np.unique(target_dates)
     n = len(dates)
