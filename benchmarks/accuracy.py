@@ -86,7 +86,7 @@ from closecast.models.lstm import LSTMConfig  # noqa: E402
 from closecast.models.training import SHRINK_Z, fit_output_scale, scale_output  # noqa: E402
 from closecast.tasks.data.sources import CsvSource, SampleSource  # noqa: E402
 from closecast.tasks.data.validate import validate_prices  # noqa: E402
-from closecast.tasks.modeling.evaluation import evaluate_model  # noqa: E402
+from closecast.tasks.modeling.evaluation import LEVELS, evaluate_model  # noqa: E402
 from closecast.tasks.modeling.features import compute_features  # noqa: E402
 from closecast.tasks.modeling.training import encode_split, train_model  # noqa: E402
 from closecast.tasks.modeling.windows import Dataset, build_windows, window_columns  # noqa: E402
@@ -139,7 +139,6 @@ RECIPES = {
 }
 DEFAULT = "vol_return, close,volume,open"  # closecast.core.config's WindowConfig()
 MODEL = "lstm+intervals"  # the product's intervals in the interval tables
-LEVELS = (80, 95)
 
 
 @dataclass(frozen=True)

@@ -78,20 +78,22 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from accuracy import SHARED, Universe, describe_universes, load_universes  # noqa: E402
 
 from closecast.core.config import WindowConfig  # noqa: E402
+from closecast.models.calibration import (  # noqa: E402
+    LEVELS,
+    Calibration,
+    fit_conformal,
+    normal_calibration,
+)
 from closecast.models.interval_scores import (  # noqa: E402
     christoffersen_pvalue,
     coverage,
     interval_score,
     kupiec_pvalue,
 )
-from closecast.models.uncertainty import (  # noqa: E402
-    LEVELS,
+from closecast.models.scale import (  # noqa: E402
     SIGMA_FLOOR,
-    Calibration,
     ewma_sigma,
-    fit_conformal,
     fit_scale,
-    normal_calibration,
     predict_scale,
     scale_features,
     scale_history,

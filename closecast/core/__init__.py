@@ -1,4 +1,5 @@
-"""The foundation every layer may use: configuration, the XNYS calendar, errors, statuses.
+"""The foundation every layer may use: configuration (with the feature and target names),
+the XNYS calendar, errors, statuses.
 
-It imports nothing from closecast, flows, tasks or models.
+It imports nothing else of closecast: not closecast.models, tasks, flows or the command line.
 """

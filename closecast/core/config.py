@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,7 +18,15 @@ TICKER_PATTERN = re.compile(r"^[A-Za-z0-9.^=_-]{1,20}$")
 SOURCE_PATTERN = r"^(yfinance|sample|csv:.+)$"
 SAMPLE_TICKERS = ("^GSPC", "^IXIC")
 FeatureName = Literal["close", "volume", "open", "high", "low"]
+# The one list of feature names (a window's columns: adjusted prices and volume) and of
+# target names (what the network predicts, models/encoding.py); the rest read these.
+FEATURES: tuple[FeatureName, ...] = get_args(FeatureName)
+# Prices: split- and dividend-adjusted, > 0; volume is the one feature that is not a price.
+PRICE_FEATURES: frozenset[FeatureName] = frozenset(f for f in FEATURES if f != "volume")
 DEFAULT_FEATURES: tuple[FeatureName, ...] = ("close", "volume", "open")
+TargetName = Literal["vol_return", "log_return", "minmax_close"]
+TARGETS: tuple[TargetName, ...] = get_args(TargetName)
+DEFAULT_TARGET: TargetName = "vol_return"
 EXPERIMENT = "closecast"
 BACKFILL_EXPERIMENT = "closecast-backfill"
 MODEL_NAME = "closecast-lstm"
@@ -155,11 +163,11 @@ class WindowConfig(_Strict):
     )
     features: list[FeatureName] = Field(
         default_factory=lambda: list(DEFAULT_FEATURES),
-        description="Input columns per day, close first, of close, volume, open, high, low; "
-        "e.g. close, volume, open.",
+        description=f"Input columns per day, close first, of {', '.join(FEATURES)}; "
+        f"e.g. {', '.join(DEFAULT_FEATURES)}.",
     )
-    target: Literal["vol_return", "log_return", "minmax_close"] = Field(
-        default="vol_return",
+    target: TargetName = Field(
+        default=DEFAULT_TARGET,
         description="vol_return: next-day log return in units of the window's own volatility; "
         "log_return: next-day log return, inputs normalised inside each window; "
         "minmax_close: the reference design's MinMax-scaled close, fitted per ticker on train.",

@@ -1,4 +1,8 @@
-"""Per-ticker statuses that end up in the report's `status` column."""
+"""Per-ticker statuses that end up in the report's `status` column.
+
+The one list of them: the pipeline's steps and the model's own output
+(closecast.models.forecaster, the pyfunc's `status` column) both use these.
+"""
 
 from typing import Literal
 

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PRICE_FEATURES = frozenset({"close", "open", "high", "low"})
-TARGETS = ("vol_return", "log_return", "minmax_close")
-RETURN_TARGETS = frozenset({"vol_return", "log_return"})
+from closecast.core.config import DEFAULT_TARGET, PRICE_FEATURES, TARGETS, TargetName
+
+# The targets whose encoded 0 is "no move"; the names are closecast.core.config's.
+RETURN_TARGETS: frozenset[TargetName] = frozenset({"vol_return", "log_return"})
 # Percent. A window with (almost) no movement, e.g. a halted or flat series,
 # would otherwise divide by zero; real daily volatility is rarely below 0.2%.
 VOL_FLOOR = 0.1
@@ -49,7 +50,7 @@ class Encoding:
     """A target representation over an ordered tuple of feature names."""
 
     features: tuple[str, ...]
-    target: str = "vol_return"
+    target: str = DEFAULT_TARGET  # one of TARGETS
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:

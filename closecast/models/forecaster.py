@@ -1,6 +1,6 @@
 """A trained LSTM together with everything needed to use it: encoding, window,
 bounds, and the interval scale and calibration that make its point forecast a
-distribution.
+distribution (models/intervals.py).
 
 Saved as two files that need no pickle: the weights as a torch `state_dict`
 (loaded with ``weights_only=True``) and the spec as JSON.
@@ -16,28 +16,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from closecast.models.encoding import PRICE_FEATURES, Bounds, Encoding
+from closecast.core.config import PRICE_FEATURES
+from closecast.core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA, OK, Issues, Status
+from closecast.models.calibration import INTERVAL_COLUMNS, LEVELS, bound_columns
+from closecast.models.encoding import Bounds, Encoding
+from closecast.models.intervals import SCALE_COLUMNS, Intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
-from closecast.models.uncertainty import (
-    Calibration,
-    ScaleModel,
-    close_intervals,
-    last_scale_features,
-    predict_scale,
-)
 
 # 2: intervals (scale + calibration) and the window's columns; 1 (point only) still loads.
 SPEC_VERSION = 2
 READABLE_SPECS = (1, 2)
-# Columns a window must hold for the interval scale, beyond the network's features.
-SCALE_COLUMNS = ("high", "low")
-INTERVAL_COLUMNS = ("lower_80", "upper_80", "lower_95", "upper_95")
-
-# The report's statuses (closecast.core.statuses): models/ travels inside the logged
-# model as code, so it imports nothing from closecast and repeats the strings.
-OK, INSUFFICIENT_HISTORY, INVALID_DATA = "ok", "insufficient_history", "invalid_data"
-# ticker -> (status, one-line reason) for the tickers that get no prediction.
-Issues = dict[str, tuple[str, str]]
 # What `predict_frame` (and so the pyfunc) returns, column -> MLflow type.
 OUTPUT_COLUMNS = {
     "ticker": "string",
@@ -79,7 +67,7 @@ def prediction_table(forecasts: dict[str, dict[str, float]], issues: Issues) -> 
     return table.astype({c: "float64" for c in FORECAST_COLUMNS} | {"ticker": str})
 
 
-def _check_forecast(values: dict[str, float]) -> tuple[str, str]:
+def _check_forecast(values: dict[str, float]) -> tuple[Status, str]:
     """(ok, "") for a finite, positive, ordered forecast; else invalid_data and why."""
     point = values["predicted_close"]
     if not (np.isfinite(point) and point > 0):
@@ -87,34 +75,12 @@ def _check_forecast(values: dict[str, float]) -> tuple[str, str]:
     bounds = [values[c] for c in INTERVAL_COLUMNS]
     if all(np.isnan(b) for b in bounds):
         return OK, ""  # a model without intervals (spec version 1)
-    order = [values["lower_95"], values["lower_80"], point, values["upper_80"], values["upper_95"]]
+    lowers = [values[bound_columns(level)[0]] for level in reversed(LEVELS)]  # widest first
+    uppers = [values[bound_columns(level)[1]] for level in LEVELS]
+    order = [*lowers, point, *uppers]
     if not (all(np.isfinite(order)) and all(a <= b for a, b in pairwise(order))):
         return INVALID_DATA, "the model returned intervals that are not finite or cross"
     return OK, ""
-
-
-def window_scale_inputs(
-    windows: np.ndarray, columns: tuple[str, ...], spans: tuple[int, ...]
-) -> np.ndarray:
-    """HAR regressors at each window's last day, (N, T, C) -> (N, 2·len(spans))."""
-    close, high, low = (windows[:, :, columns.index(c)] for c in ("close", "high", "low"))
-    return last_scale_features(close, high, low, spans)  # (N, T) each -> (N, 2S)
-
-
-@dataclass(frozen=True)
-class Intervals:
-    """How a point forecast becomes 80% and 95% intervals: a HAR-style scale σ̂ of the next
-    log return and conformal quantiles of (r − centre) / σ̂ (models/uncertainty.py)."""
-
-    scale: ScaleModel
-    calibration: Calibration
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale.to_dict(), "calibration": self.calibration.to_dict()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Intervals":
-        return cls(ScaleModel.from_dict(data["scale"]), Calibration.from_dict(data["calibration"]))
 
 
 @dataclass
@@ -142,12 +108,6 @@ class Forecaster:
     def input_columns(self) -> tuple[str, ...]:
         """The columns `predict_frame` reads: ticker, date and the window's columns."""
         return ("ticker", "date", *self.columns)
-
-    def scale_inputs(self, windows: np.ndarray) -> np.ndarray:
-        """The scale's regressors at each window's last day, (N, T, C) -> (N, 2·spans)."""
-        if self.intervals is None:
-            raise ValueError("this model has no interval scale")
-        return window_scale_inputs(windows, self.columns, self.intervals.scale.spans)
 
     def window_bounds(self, tickers: np.ndarray) -> Bounds | None:
         """Stack each window's ticker bounds, (N,) -> Bounds of (N, F); None if not needed."""
@@ -200,10 +160,7 @@ class Forecaster:
         if self.intervals is None:
             nan = np.full(len(point), np.nan)
             return {"predicted_close": point, **{c: nan.copy() for c in INTERVAL_COLUMNS}}
-        last_close = windows[:, -1, self.columns.index("close")]  # (N, T, C) -> (N,)
-        sigma = predict_scale(self.intervals.scale, self.scale_inputs(windows))  # (N,)
-        center = np.log(point / last_close)  # the point forecast as a log return
-        bounds = close_intervals(last_close, center, sigma, self.intervals.calibration)
+        bounds = self.intervals.around(point, windows, self.columns)
         return {"predicted_close": point, **{c: bounds[c] for c in INTERVAL_COLUMNS}}
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -244,7 +201,7 @@ class Forecaster:
         rows_out = {t: {c: float(v[i]) for c, v in forecast.items()} for i, t in enumerate(tickers)}
         return prediction_table(rows_out, issues)
 
-    def window_issue(self, ticker: str, rows: pd.DataFrame) -> tuple[str, str] | None:
+    def window_issue(self, ticker: str, rows: pd.DataFrame) -> tuple[Status, str] | None:
         """Why one ticker's rows (sorted by date) cannot be predicted, or None.
 
         Prices must be finite and > 0 and other features finite and >= 0 (the

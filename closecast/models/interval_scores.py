@@ -4,7 +4,7 @@
 - `kupiec_pvalue` and `christoffersen_pvalue` test whether the misses are as
   rare (and as scattered) as the nominal level says.
 
-The intervals themselves come from models/uncertainty.py.
+The intervals themselves come from models/intervals.py.
 """
 
 import math

@@ -8,8 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-from closecast.core import statuses
-from closecast.models import forecaster as forecaster_module
 from closecast.models.encoding import Encoding
 from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
@@ -55,13 +53,6 @@ def test_windows_predicted_in_chunks_equal_all_at_once(target: str) -> None:
     chunked = forecaster.predict_windows(windows, tickers, chunk=3)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
     assert whole.shape == (10,) and np.isfinite(whole).all()
-
-
-def test_statuses_are_the_reports_statuses() -> None:
-    """models/ cannot import closecast, so its status strings must match closecast.core.statuses."""
-    assert forecaster_module.OK == statuses.OK
-    assert forecaster_module.INSUFFICIENT_HISTORY == statuses.INSUFFICIENT_HISTORY
-    assert forecaster_module.INVALID_DATA == statuses.INVALID_DATA
 
 
 @pytest.mark.parametrize(

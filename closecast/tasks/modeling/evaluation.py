@@ -20,12 +20,14 @@ from sklearn.metrics import (
     root_mean_squared_error,
 )
 
+from closecast.models.calibration import LEVEL_PERCENTS, close_intervals, normal_calibration
 from closecast.models.forecaster import INTERVAL_COLUMNS, Forecaster
 from closecast.models.interval_scores import coverage, interval_score
-from closecast.models.uncertainty import close_intervals, normal_calibration
 from closecast.tasks.modeling.windows import WindowSet
 
-LEVELS = (80, 95)  # percent, as in the column names
+# (80, 95): the interval levels (closecast.models.calibration.LEVELS) in percent, as the
+# column and metric names write them.
+LEVELS = LEVEL_PERCENTS
 
 
 @dataclass

@@ -2,6 +2,11 @@
 
 import pandas as pd
 
+from closecast.core.config import FEATURES, PRICE_FEATURES, FeatureName
+
+# The pyfunc's input rows: every feature, in the OHLCV order people keep prices in.
+ROW_FEATURES: tuple[FeatureName, ...] = ("open", "high", "low", "close", "volume")
+
 
 def compute_features(prices: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     """Select and adjust the feature columns of one ticker's validated prices.
@@ -14,24 +19,20 @@ def compute_features(prices: pd.DataFrame, features: list[str]) -> pd.DataFrame:
 
     Args:
         prices: one ticker's validated price frame, date index.
-        features: names from close, volume, open, high, low.
+        features: names from FEATURES (closecast.core.config).
 
     Returns:
         Frame with exactly `features` as columns, same index.
     """
-    unknown = [f for f in features if f not in {"close", "volume", "open", "high", "low"}]
+    unknown = [f for f in features if f not in FEATURES]
     if unknown:
         raise ValueError(f"unknown feature(s) {', '.join(unknown)}")
     factor = prices["adj_close"] / prices["close"]
     factor = factor / factor.iloc[-1] if len(factor) else factor
     adjusted = {
-        "close": prices["close"] * factor,
-        "open": prices["open"] * factor,
-        "high": prices["high"] * factor,
-        "low": prices["low"] * factor,
-        "volume": prices["volume"],
+        name: prices[name] * factor if name in PRICE_FEATURES else prices[name] for name in features
     }
-    return pd.DataFrame({name: adjusted[name] for name in features}, index=prices.index)
+    return pd.DataFrame(adjusted, index=prices.index)
 
 
 def latest_rows(frames: dict[str, pd.DataFrame], tickers: list[str], window: int) -> pd.DataFrame:
@@ -41,10 +42,10 @@ def latest_rows(frames: dict[str, pd.DataFrame], tickers: list[str], window: int
     """
     parts = []
     for ticker in sorted(tickers):
-        rows = compute_features(frames[ticker], ["open", "high", "low", "close", "volume"])
+        rows = compute_features(frames[ticker], list(ROW_FEATURES))
         rows = rows.iloc[-window:].rename_axis("date").reset_index()
         parts.append(rows.assign(ticker=ticker))
-    columns = ["ticker", "date", "open", "high", "low", "close", "volume"]
+    columns = ["ticker", "date", *ROW_FEATURES]
     if not parts:
         return pd.DataFrame(columns=columns)
     return pd.concat(parts, ignore_index=True)[columns]

@@ -7,7 +7,8 @@ import torch
 
 from closecast.core.config import TrainConfig
 from closecast.models.encoding import Encoding
-from closecast.models.forecaster import ENCODE_CHUNK, Forecaster, Intervals, window_scale_inputs
+from closecast.models.forecaster import ENCODE_CHUNK, Forecaster
+from closecast.models.intervals import fit_intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
 from closecast.models.training import (
     EpochCallback,
@@ -18,14 +19,6 @@ from closecast.models.training import (
     scale_output,
     scale_to_windows,
     seed_everything,
-)
-from closecast.models.uncertainty import (
-    fit_conformal,
-    fit_scale,
-    min_calibration_size,
-    normal_calibration,
-    predict_scale,
-    spans_for_window,
 )
 from closecast.tasks.modeling.windows import Dataset, WindowSet
 
@@ -99,48 +92,7 @@ def train_model(
         result.output_scale = fit_output_scale(forecaster.module, *validation)
         scale_output(forecaster.module, result.output_scale)
     forecaster.module.cpu()
-    forecaster.intervals = fit_intervals(forecaster, dataset)
-    return TrainedModel(forecaster=forecaster, fit=result, device=str(device))
-
-
-def fit_intervals(forecaster: Forecaster, dataset: Dataset) -> Intervals:
-    """The scale and calibration that turn the trained point forecast into intervals.
-
-    The HAR-style scale is fitted on the training windows; the conformal
-    quantiles of (r − centre) / σ̂, centred on the model's own point forecast,
-    on the training and validation windows (ten times the residuals of the
-    validation span alone, which steadies the 95% quantiles:
-    benchmarks/README.md). Nothing is fitted on the test span. Too few
-    windows to calibrate on fall back on normal quantiles.
-    """
-    columns = (*dataset.features, *[c for c in dataset.columns if c not in dataset.features])
-    if columns != dataset.columns:
-        raise ValueError(f"windows hold {dataset.columns}, expected the features first: {columns}")
-    spans = spans_for_window(dataset.window)
-
-    def log_returns(windows: WindowSet) -> np.ndarray:
-        return np.log(windows.next_close / windows.last_close)  # (N,)
-
-    def inputs(windows: WindowSet) -> np.ndarray:
-        return window_scale_inputs(windows.windows, dataset.columns, spans)  # (N, 2·spans)
-
-    train_inputs = inputs(dataset.train)  # once: the scale's fit and its residuals use them
-    scale = fit_scale(train_inputs, log_returns(dataset.train), spans)
-
-    def residuals(windows: WindowSet, scale_inputs: np.ndarray) -> np.ndarray:  # (N,)
-        """z = (r − centre) / σ̂."""
-        point = forecaster.predict_windows(windows.windows, windows.tickers)
-        centre = np.log(point / windows.last_close)
-        return (log_returns(windows) - centre) / predict_scale(scale, scale_inputs)
-
-    # Split by split rather than one concatenated copy: windows are the run's largest arrays.
-    z = np.concatenate(
-        [
-            residuals(dataset.train, train_inputs),
-            residuals(dataset.validation, inputs(dataset.validation)),
-        ]
+    forecaster.intervals = fit_intervals(
+        forecaster, dataset.columns, dataset.train, dataset.validation
     )
-    z = z[np.isfinite(z)]
-    if len(z) < min_calibration_size():
-        return Intervals(scale, normal_calibration())
-    return Intervals(scale, fit_conformal(z))
+    return TrainedModel(forecaster=forecaster, fit=result, device=str(device))

@@ -15,13 +15,13 @@ from closecast.core.errors import PipelineError
 from closecast.core.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
 from closecast.models.encoding import fit_bounds
 from closecast.models.forecaster import SCALE_COLUMNS
-from closecast.models.uncertainty import ewma_sigma
+from closecast.models.scale import ewma_sigma
 
 
 def window_columns(features: Sequence[str]) -> list[str]:
     """Each window's columns: close, the other features, then any scale column not among them.
 
-    The interval scale reads each window's high-low ranges (models/uncertainty.py),
+    The interval scale reads each window's high-low ranges (models/intervals.py),
     whatever the network reads; `Forecaster.columns` is the same order.
     """
     order = ["close", *[f for f in features if f != "close"]]
@@ -145,7 +145,7 @@ def split_boundaries(
     """First validation date and first test date, from the sorted unique target dates.
 
     Raises:
-        ValueError: when there are too few dates for three non-empty spans.
+        PipelineError: when there are too few dates for three non-empty spans.
     """
     dates = np.unique(target_dates)
     n = len(dates)

@@ -1,4 +1,4 @@
-"""Prediction intervals: EWMA and HAR scales, conformal calibration, interval closes."""
+"""The interval scale σ̂: EWMA and HAR scales, their features and spans."""
 
 import json
 import math
@@ -7,19 +7,12 @@ import numpy as np
 import pytest
 
 from closecast.models.encoding import Encoding
-from closecast.models.interval_scores import coverage, interval_score
-from closecast.models.uncertainty import (
-    MIN_QUANTILE,
+from closecast.models.scale import (
     SIGMA_FLOOR,
-    Calibration,
     ScaleModel,
-    close_intervals,
     ewma_sigma,
-    fit_conformal,
     fit_scale,
     last_scale_features,
-    min_calibration_size,
-    normal_calibration,
     predict_scale,
     scale_features,
     scale_history,
@@ -169,140 +162,6 @@ def test_window_sigma_is_the_encodings_volatility_as_a_fraction() -> None:
     np.testing.assert_allclose(window_sigma(np.diff(np.log(CLOSE))), expected[0])
     with pytest.raises(ValueError, match=r"non-finite"):
         window_sigma(np.array([0.01, np.inf]))
-
-
-# --- calibration ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("n", "lower", "upper"),
-    [
-        (39, (-16.0, -19.0), (16.0, 19.0)),  # ranks 4, 1 and 36, 39: the least n for 95%
-        (49, (-20.0, -24.0), (20.0, 24.0)),  # 50·0.025 = 1.25 -> rank 1; 50·0.975 -> rank 49
-    ],
-)
-def test_fit_conformal_takes_the_finite_sample_ranks(
-    n: int, lower: tuple[float, float], upper: tuple[float, float]
-) -> None:
-    """Ranks ⌊(n + 1)·α/2⌋ and ⌈(n + 1)·(1 − α/2)⌉ of z = −(n − 1)/2 .. (n − 1)/2."""
-    calibration = fit_conformal(np.arange(float(n)) - (n - 1) / 2)
-    assert calibration.lower == lower and calibration.upper == upper
-    assert calibration.n == n
-    assert min_calibration_size((0.8, 0.95)) == 39
-
-
-def test_fit_conformal_reaches_nominal_coverage_on_normal_draws() -> None:
-    """Calibrated on 2,000 iid N(0, 1) draws, it covers fresh draws at 80% / 95% ± 2 points."""
-    rng = np.random.default_rng(3)
-    calibration = fit_conformal(rng.standard_normal(2000))
-    fresh = rng.standard_normal(20000)
-    for level, lo, hi in zip(calibration.levels, calibration.lower, calibration.upper, strict=True):
-        assert coverage(np.full(20000, lo), np.full(20000, hi), fresh) == pytest.approx(
-            level, abs=0.02
-        )
-    np.testing.assert_allclose(calibration.upper, [1.28, 1.96], atol=0.12)
-
-
-@pytest.mark.parametrize(
-    "z",
-    [
-        np.zeros(100),  # degenerate: every residual on the centre
-        np.random.default_rng(4).exponential(1.0, 100),  # all above the centre
-        -np.random.default_rng(5).exponential(1.0, 100),  # all below
-        np.random.default_rng(6).standard_t(3, 50),
-    ],
-)
-def test_calibrated_intervals_never_cross_and_never_have_zero_width(z: np.ndarray) -> None:
-    """lower_95 ≤ lower_80 ≤ point ≤ upper_80 ≤ upper_95, strictly apart, whatever the residuals."""
-    calibration = fit_conformal(z)
-    lo80, lo95 = calibration.lower
-    hi80, hi95 = calibration.upper
-    assert lo95 <= lo80 <= -MIN_QUANTILE < 0 < MIN_QUANTILE <= hi80 <= hi95
-    rng = np.random.default_rng(7)
-    last = rng.uniform(1, 500, 200)
-    center = rng.normal(0, 0.01, 200)
-    sigma = np.maximum(rng.exponential(0.01, 200), SIGMA_FLOOR)
-    bounds = close_intervals(last, center, sigma, calibration)
-    point = last * np.exp(center)
-    assert (bounds["lower_95"] <= bounds["lower_80"]).all()
-    assert (bounds["lower_80"] < point).all() and (point < bounds["upper_80"]).all()
-    assert (bounds["upper_80"] <= bounds["upper_95"]).all()
-
-
-def test_fit_conformal_rejects_too_few_or_non_finite_residuals() -> None:
-    """38 residuals cannot give a 95% quantile; a NaN residual is named."""
-    with pytest.raises(ValueError, match=r"only 38 calibration residuals; .* at least 39"):
-        fit_conformal(np.zeros(38))
-    with pytest.raises(ValueError, match=r"z has a non-finite value"):
-        fit_conformal(np.append(np.zeros(50), np.nan))
-    with pytest.raises(ValueError, match=r"levels must be distinct central coverages"):
-        fit_conformal(np.zeros(50), (0.8, 80))
-
-
-def test_a_calibration_round_trips_through_json_and_refuses_crossing_quantiles() -> None:
-    """to_dict/from_dict keep every float; quantiles that do not widen are a ValueError."""
-    calibration = fit_conformal(np.random.default_rng(8).standard_normal(500))
-    assert Calibration.from_dict(json.loads(json.dumps(calibration.to_dict()))) == calibration
-    assert calibration.quantiles(0.95) == (calibration.lower[1], calibration.upper[1])
-    with pytest.raises(ValueError, match=r"must widen with the level"):
-        Calibration((0.8, 0.95), (-1.3, -1.0), (1.3, 2.0))
-    with pytest.raises(ValueError, match=r"level 0.9 is not calibrated"):
-        calibration.quantiles(0.9)
-
-
-def test_normal_calibration_is_the_riskmetrics_interval() -> None:
-    """±1.2816 and ±1.9600: EWMA σ̂ with these quantiles is the baseline."""
-    calibration = normal_calibration()
-    np.testing.assert_allclose(calibration.upper, [1.28155, 1.95996], atol=1e-5)
-    np.testing.assert_allclose(calibration.lower, [-1.28155, -1.95996], atol=1e-5)
-
-
-def test_close_intervals_scale_with_the_last_close_and_reject_a_zero_sigma() -> None:
-    """Bounds are last · exp(center + q·σ̂); σ̂ = 0 is an error, not a zero-width interval."""
-    calibration = Calibration((0.8, 0.95), (-1.0, -2.0), (1.5, 3.0))
-    out = close_intervals(np.array([100.0]), np.array([0.0]), np.array([0.01]), calibration)
-    assert out["lower_80"][0] == pytest.approx(100 * math.exp(-0.01))
-    assert out["upper_95"][0] == pytest.approx(100 * math.exp(0.03))
-    assert list(out) == ["lower_80", "upper_80", "lower_95", "upper_95"]
-    with pytest.raises(ValueError, match=r"sigma must be > 0, got 0.0"):
-        close_intervals(np.array([100.0]), np.array([0.0]), np.array([0.0]), calibration)
-
-
-def test_the_recommended_recipe_is_calibrated_on_real_index_data() -> None:
-    """har10 + conformal on ^GSPC (arch's offline sample): fit on 2,000 days, test the next 500.
-
-    Coverage lands within sampling error of nominal, and its 95% interval
-    score is no worse than RiskMetrics EWMA's on the same days.
-    """
-    from arch.data import sp500
-
-    prices = sp500.load().iloc[:3000]
-    close, high, low = (prices[c].to_numpy() for c in ("Close", "High", "Low"))
-    spans = (1, 5, 9)
-    x = scale_features(close, high, low, spans)[:-1]  # (2999, 6): row t forecasts t + 1
-    r = np.diff(np.log(close))  # (2999,): r[t] is the return after row t
-    fit, test = slice(0, 2500), slice(2500, 2999)
-    model = fit_scale(x[fit], r[fit], spans)
-    sigma = predict_scale(model, x)
-    calibration = fit_conformal((r / sigma)[fit][scale_history(spans) :])
-    y = np.expm1(r[test])
-    ewma = ewma_sigma(r)[:-1]  # [t] forecasts r[t + 1]
-    scores = {}
-    for name, s, cal in (
-        ("har10", sigma[test], calibration),
-        ("ewma", np.append(np.nan, ewma)[test], normal_calibration()),
-    ):
-        bounds = close_intervals(np.ones(len(y)), np.zeros(len(y)), s, cal)
-        relative = {k: v - 1 for k, v in bounds.items()}
-        scores[name] = interval_score(relative["lower_95"], relative["upper_95"], y, 0.05).mean()
-        if name == "har10":
-            assert coverage(relative["lower_80"], relative["upper_80"], y) == pytest.approx(
-                0.8, abs=0.06
-            )
-            assert coverage(relative["lower_95"], relative["upper_95"], y) == pytest.approx(
-                0.95, abs=0.03
-            )
-    assert scores["har10"] <= scores["ewma"]
 
 
 @pytest.mark.parametrize(

@@ -1,39 +1,20 @@
-"""Prediction intervals for the next close: scales and calibration.
+"""The scale σ̂ of the next log return: how wide tomorrow's move is likely to be.
 
 Everything here works on log returns as fractions (0.01 = 1%), not percent:
 
-- a *scale* σ̂ forecasts the spread of the next log return from data up to
-  today: `ewma_sigma` (RiskMetrics, nothing fitted) or `predict_scale`, a
-  HAR-style regression (Corsi 2009) of the next absolute return on the mean
-  absolute return and mean high-low log range over 1, 5 and 9 days (all a
-  10-row window holds; Corsi's 22 days score the same), fitted by
-  `fit_scale` on training rows only: six JSON-able floats;
-- a *calibration* turns σ̂ into intervals: `fit_conformal` takes the
-  standardized residuals z = (r − centre) / σ̂ of windows not in the test
-  span and returns finite-sample corrected empirical quantiles of z for each
-  central level (split conformal prediction): four JSON-able floats;
-  `normal_calibration` gives the ±Φ⁻¹ quantiles of the EWMA baseline;
-- `close_intervals` combines a centre, a scale and a calibration into
-  `lower_80, upper_80, lower_95, upper_95` closes that never cross.
+- `ewma_sigma`: the RiskMetrics forecast, nothing fitted (the baseline the
+  intervals are scored against);
+- `predict_scale`: a HAR-style regression (Corsi 2009) of the next absolute
+  return on the mean absolute return and mean high-low log range over 1, 5
+  and 9 days (all a 10-row window holds; Corsi's 22 days score the same),
+  fitted by `fit_scale` on training rows only: six JSON-able floats;
+- `window_sigma`: each window's own volatility, as the encoding computes it.
 
-models/interval_scores.py scores the intervals (interval score, coverage tests).
-
-benchmarks/intervals.py measures which scale and calibration to use. Its
-recommended recipe, per run:
-
-    spans = HAR_SPANS                                    # needs scale_history(spans) = 10 rows
-    x = last_scale_features(close, high, low, spans)     # (N, T) windows -> (N, 6)
-    model = fit_scale(x_train, r_train, spans)           # training windows, all tickers
-    z = (r - centre) / predict_scale(model, x)           # training + validation windows
-    calibration = fit_conformal(z)
-    bounds = close_intervals(last_close, centre, predict_scale(model, x_latest), calibration)
+models/intervals.py is the interval method that uses the scale.
 """
 
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from itertools import pairwise
-from statistics import NormalDist
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import nnls
@@ -41,21 +22,17 @@ from scipy.signal import lfilter
 
 from closecast.models.encoding import VOL_FLOOR
 
-LEVELS = (0.8, 0.95)
 # Log-return units: the encoding's volatility floor (0.1%/day). A flat window
 # would otherwise get σ̂ = 0 and a zero-width interval.
 SIGMA_FLOOR = VOL_FLOOR / 100.0
 # Days the HAR scale averages over: the 9 returns and 10 ranges of a 10-row window.
 HAR_SPANS = (1, 5, 9)
-# Standardized units. Calibrated quantiles are at least this far from the
-# centre, so degenerate calibration data (every residual 0) cannot give a
-# zero-width interval; real data's 80% quantiles are near ±1.3.
-MIN_QUANTILE = 0.05
 # The RiskMetrics decay for daily data.
 EWMA_LAMBDA = 0.94
 
 
-def _finite(name: str, values: np.ndarray) -> np.ndarray:
+def finite_values(name: str, values: np.ndarray) -> np.ndarray:
+    """`values` as float64, refusing an empty last axis or a non-finite value, naming it."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 0 or values.shape[-1] == 0:
         raise ValueError(f"{name} needs at least 1 value along its last axis, got {values.shape}")
@@ -88,7 +65,7 @@ def ewma_sigma(log_returns: np.ndarray, lam: float = EWMA_LAMBDA) -> np.ndarray:
     """
     if not 0.0 < lam < 1.0:
         raise ValueError(f"lam must be in (0, 1), got {lam}")
-    returns = _finite("log_returns", log_returns)
+    returns = finite_values("log_returns", log_returns)
     # s_t = λ s_{t−1} + x_t as one linear filter along the last axis (a Python loop over
     # a 20-year history costs seconds per universe).
     weighted = lfilter([1.0], [1.0, -lam], returns**2, axis=-1)  # (..., n) Σ λ^(t−i) r_i²
@@ -128,7 +105,9 @@ def _checked_prices(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not spans or min(spans) < 1:
         raise ValueError(f"spans must be positive day counts, got {tuple(spans)}")
-    close, high, low = (_finite(n, v) for n, v in (("close", close), ("high", high), ("low", low)))
+    close, high, low = (
+        finite_values(n, v) for n, v in (("close", close), ("high", high), ("low", low))
+    )
     if np.any(close <= 0) or np.any(low <= 0) or np.any(high < low):
         raise ValueError("prices must be positive with high >= low")
     return close, high, low
@@ -250,157 +229,5 @@ def predict_scale(model: ScaleModel, features: np.ndarray) -> np.ndarray:
 
 def window_sigma(log_returns: np.ndarray) -> np.ndarray:
     """Each window's own volatility (as `closecast.models.encoding`), (..., n) -> (...), ≥ SIGMA_FLOOR."""
-    returns = _finite("log_returns", log_returns)
+    returns = finite_values("log_returns", log_returns)
     return np.maximum(returns.std(axis=-1), SIGMA_FLOOR)
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Quantiles of standardized residuals z for central intervals, lowest level first.
-
-    For each level: lower ≤ −MIN_QUANTILE < 0 < MIN_QUANTILE ≤ upper, and a
-    wider level's quantiles lie outside a narrower one's, so intervals built
-    from them never cross and never have zero width.
-    """
-
-    levels: tuple[float, ...]  # e.g. (0.8, 0.95)
-    lower: tuple[float, ...]  # (L,) z quantile at (1 − level) / 2
-    upper: tuple[float, ...]  # (L,) z quantile at (1 + level) / 2
-    n: int = 0  # residuals calibrated on (0: not fitted, e.g. normal quantiles)
-
-    def __post_init__(self) -> None:
-        ok = (
-            len(self.levels) == len(self.lower) == len(self.upper) > 0
-            and self.levels[0] > 0
-            and self.levels[-1] < 1
-            and all(a < b for a, b in pairwise(self.levels))
-            and all(lo < 0 < hi for lo, hi in zip(self.lower, self.upper, strict=True))
-            and all(a >= b for a, b in pairwise(self.lower))
-            and all(a <= b for a, b in pairwise(self.upper))
-        )
-        if not ok:
-            raise ValueError(
-                f"calibration quantiles must widen with the level around 0: levels "
-                f"{self.levels}, lower {self.lower}, upper {self.upper}"
-            )
-
-    def quantiles(self, level: float) -> tuple[float, float]:
-        """(lower, upper) z quantiles of one of `levels`."""
-        if level not in self.levels:
-            raise ValueError(f"level {level} is not calibrated; levels are {self.levels}")
-        i = self.levels.index(level)
-        return self.lower[i], self.upper[i]
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> "Calibration":
-        return cls(
-            levels=tuple(float(v) for v in data["levels"]),  # type: ignore[attr-defined]
-            lower=tuple(float(v) for v in data["lower"]),  # type: ignore[attr-defined]
-            upper=tuple(float(v) for v in data["upper"]),  # type: ignore[attr-defined]
-            n=int(data.get("n", 0)),  # type: ignore[call-overload]
-        )
-
-
-def _check_levels(levels: Sequence[float]) -> tuple[float, ...]:
-    levels = tuple(sorted(float(v) for v in levels))
-    if not levels or not all(0.0 < v < 1.0 for v in levels) or len(set(levels)) < len(levels):
-        raise ValueError(f"levels must be distinct central coverages in (0, 1), got {levels}")
-    return levels
-
-
-def _nested(
-    levels: tuple[float, ...], lower: list[float], upper: list[float], n: int
-) -> Calibration:
-    """Clamp quantiles so each level's interval contains the narrower ones and the centre."""
-    lower = [min(q, -MIN_QUANTILE) for q in lower]
-    upper = [max(q, MIN_QUANTILE) for q in upper]
-    lower = np.minimum.accumulate(lower).tolist()
-    upper = np.maximum.accumulate(upper).tolist()
-    return Calibration(levels, tuple(lower), tuple(upper), n)
-
-
-def min_calibration_size(levels: Sequence[float] = LEVELS) -> int:
-    """Residuals `fit_conformal` needs: (n + 1)·(1 − level)/2 ≥ 1 for the widest level."""
-    alpha = 1.0 - max(_check_levels(levels))
-    return math.ceil(round(2.0 / alpha, 9)) - 1
-
-
-def fit_conformal(z: np.ndarray, levels: Sequence[float] = LEVELS) -> Calibration:
-    """Split-conformal quantiles of standardized residuals, one pair per central level.
-
-    For a level 1 − α the upper quantile is the ⌈(n + 1)(1 − α/2)⌉-th smallest
-    z and the lower the ⌊(n + 1)·α/2⌋-th: with residuals exchangeable with
-    tomorrow's, each tail is missed with probability at most α/2, so the
-    interval covers at least 1 − α (and at most about 1 − α + 2/(n + 1)).
-    Tails are fitted separately, so a skewed z gives an asymmetric interval.
-
-    Args:
-        z: (n,) standardized residuals (r − centre) / σ̂, e.g. of the
-            validation windows (split conformal proper) or of training +
-            validation: a six-coefficient scale hardly overfits, and ten
-            times the residuals steady the 95% quantiles (the benchmark's
-            default; never the test windows).
-        levels: central coverages, e.g. (0.8, 0.95).
-
-    Returns:
-        Calibration with lower ≤ 0 ≤ upper quantiles, nested across levels.
-    """
-    levels = _check_levels(levels)
-    values = np.sort(_finite("z", np.asarray(z, dtype=np.float64).ravel()))  # (n,)
-    n, need = len(values), min_calibration_size(levels)
-    if n < need:
-        raise ValueError(
-            f"only {n} calibration residuals; a {max(levels):.0%} interval needs at least {need}"
-        )
-    lower, upper = [], []
-    for level in levels:
-        tail = (1.0 - level) / 2.0
-        k_lo = math.floor(round((n + 1) * tail, 9))  # 1-based ranks
-        k_hi = math.ceil(round((n + 1) * (1.0 - tail), 9))
-        lower.append(float(values[k_lo - 1]))
-        upper.append(float(values[k_hi - 1]))
-    return _nested(levels, lower, upper, n)
-
-
-def normal_calibration(levels: Sequence[float] = LEVELS) -> Calibration:
-    """±Φ⁻¹((1 + level) / 2) for each level: normal intervals, as RiskMetrics draws them."""
-    levels = _check_levels(levels)
-    upper = [NormalDist().inv_cdf((1.0 + level) / 2.0) for level in levels]
-    return _nested(levels, [-q for q in upper], upper, 0)
-
-
-def close_intervals(
-    last_close: np.ndarray,
-    center: np.ndarray,
-    sigma: np.ndarray,
-    calibration: Calibration,
-) -> dict[str, np.ndarray]:
-    """Interval closes lower_80, upper_80, lower_95, upper_95 (one pair per calibrated level).
-
-    bound = last_close · exp(center + q · σ̂): the point forecast
-    last_close · exp(center) lies inside every interval and a wider level's
-    interval contains a narrower one's.
-
-    Args:
-        last_close: (N,) today's closes.
-        center: (N,) the point forecast as a log return (0 for the naive one).
-        sigma: (N,) scale σ̂ > 0 of tomorrow's log return.
-        calibration: quantiles of z = (r − center) / σ̂.
-
-    Returns:
-        {f"lower_{pct}": (N,), f"upper_{pct}": (N,)} for each level, e.g. pct 80.
-    """
-    last_close, center, sigma = (
-        np.asarray(a, dtype=np.float64) for a in (last_close, center, sigma)
-    )
-    if np.any(sigma <= 0):
-        raise ValueError(f"sigma must be > 0, got {float(np.min(sigma))}")
-    out = {}
-    for level, lo, hi in zip(calibration.levels, calibration.lower, calibration.upper, strict=True):
-        pct = f"{round(100 * level):d}"
-        out[f"lower_{pct}"] = last_close * np.exp(center + lo * sigma)
-        out[f"upper_{pct}"] = last_close * np.exp(center + hi * sigma)
-    return out

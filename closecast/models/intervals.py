@@ -1,0 +1,154 @@
+"""The interval method: how the point forecast of the next close becomes 80% and 95% intervals.
+
+The one module to open to change the method. It picks the pieces and fits them:
+
+- the scale σ̂ of tomorrow's log return (models/scale.py): a HAR-style
+  regression on each window's absolute returns and high-low ranges over
+  `spans_for_window(window)` days, fitted on the training windows;
+- the calibration (models/calibration.py, which also holds the levels):
+  split-conformal quantiles of z = (r − centre) / σ̂, centred on the model's
+  own point forecast, fitted on the training and validation windows (ten
+  times the residuals of the validation span alone, which steadies the 95%
+  quantiles: benchmarks/README.md). Nothing is fitted on the test span; too
+  few windows to calibrate on fall back on normal quantiles;
+- `Intervals.around` draws the bounds of new windows from the fitted pair.
+
+models/interval_scores.py scores intervals. benchmarks/intervals.py measures
+which scale and calibration to use; its recommended recipe, which
+`fit_intervals` runs:
+
+    spans = spans_for_window(window)                     # HAR_SPANS for 10 rows
+    x = last_scale_features(close, high, low, spans)     # (N, T) windows -> (N, 6)
+    model = fit_scale(x_train, r_train, spans)           # training windows, all tickers
+    z = (r - centre) / predict_scale(model, x)           # training + validation windows
+    calibration = fit_conformal(z)
+    bounds = close_intervals(last_close, centre, predict_scale(model, x_latest), calibration)
+"""
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from closecast.models.calibration import (
+    Calibration,
+    close_intervals,
+    fit_conformal,
+    min_calibration_size,
+    normal_calibration,
+)
+from closecast.models.scale import (
+    ScaleModel,
+    fit_scale,
+    last_scale_features,
+    predict_scale,
+    spans_for_window,
+)
+
+# Columns a window must hold for the interval scale, beyond the network's features.
+SCALE_COLUMNS = ("high", "low")
+
+
+class Windows(Protocol):
+    """Raw windows and the close after each (tasks' `WindowSet` is one)."""
+
+    @property
+    def windows(self) -> np.ndarray: ...  # (N, T, C)
+
+    @property
+    def tickers(self) -> np.ndarray: ...  # (N,)
+
+    @property
+    def next_close(self) -> np.ndarray: ...  # (N,)
+
+    @property
+    def last_close(self) -> np.ndarray: ...  # (N,)
+
+
+class PointForecaster(Protocol):
+    """What the fit reads of a trained model (`Forecaster` is one)."""
+
+    @property
+    def features(self) -> tuple[str, ...]: ...
+
+    @property
+    def window(self) -> int: ...
+
+    def predict_windows(self, windows: np.ndarray, tickers: np.ndarray) -> np.ndarray: ...
+
+
+def window_scale_inputs(
+    windows: np.ndarray, columns: tuple[str, ...], spans: tuple[int, ...]
+) -> np.ndarray:
+    """HAR regressors at each window's last day, (N, T, C) -> (N, 2·len(spans))."""
+    close, high, low = (windows[:, :, columns.index(c)] for c in ("close", "high", "low"))
+    return last_scale_features(close, high, low, spans)  # (N, T) each -> (N, 2S)
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """A fitted interval method: a HAR-style scale σ̂ of the next log return and
+    conformal quantiles of (r − centre) / σ̂."""
+
+    scale: ScaleModel
+    calibration: Calibration
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale.to_dict(), "calibration": self.calibration.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Intervals":
+        return cls(ScaleModel.from_dict(data["scale"]), Calibration.from_dict(data["calibration"]))
+
+    def around(
+        self, point: np.ndarray, windows: np.ndarray, columns: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        """Interval closes around the point forecasts (N,) of raw windows (N, T, C).
+
+        Returns:
+            {column: closes (N,)} for each calibrated level (`close_intervals`).
+        """
+        last_close = windows[:, -1, columns.index("close")]  # (N, T, C) -> (N,)
+        sigma = predict_scale(self.scale, window_scale_inputs(windows, columns, self.scale.spans))
+        center = np.log(point / last_close)  # the point forecast as a log return
+        return close_intervals(last_close, center, sigma, self.calibration)
+
+
+def fit_intervals(
+    forecaster: PointForecaster, columns: tuple[str, ...], train: Windows, validation: Windows
+) -> Intervals:
+    """The scale and calibration that turn a trained point forecast into intervals.
+
+    Args:
+        forecaster: the trained model, whose point forecast the intervals centre on.
+        columns: what each raw window holds: the forecaster's features, then SCALE_COLUMNS.
+        train: the training windows (the scale's fit and part of the calibration).
+        validation: the validation windows (the rest of the calibration).
+    """
+    features = forecaster.features
+    expected = (*features, *[c for c in columns if c not in features])
+    if columns != expected:
+        raise ValueError(f"windows hold {columns}, expected the features first: {expected}")
+    spans = spans_for_window(forecaster.window)
+
+    def log_returns(windows: Windows) -> np.ndarray:
+        return np.log(windows.next_close / windows.last_close)  # (N,)
+
+    def inputs(windows: Windows) -> np.ndarray:
+        return window_scale_inputs(windows.windows, columns, spans)  # (N, 2·spans)
+
+    train_inputs = inputs(train)  # once: the scale's fit and its residuals use them
+    scale = fit_scale(train_inputs, log_returns(train), spans)
+
+    def residuals(windows: Windows, scale_inputs: np.ndarray) -> np.ndarray:  # (N,)
+        """z = (r − centre) / σ̂."""
+        point = forecaster.predict_windows(windows.windows, windows.tickers)
+        centre = np.log(point / windows.last_close)
+        return (log_returns(windows) - centre) / predict_scale(scale, scale_inputs)
+
+    # Split by split rather than one concatenated copy: windows are the run's largest arrays.
+    z = np.concatenate([residuals(train, train_inputs), residuals(validation, inputs(validation))])
+    z = z[np.isfinite(z)]
+    if len(z) < min_calibration_size():
+        return Intervals(scale, normal_calibration())
+    return Intervals(scale, fit_conformal(z))
