@@ -8,9 +8,10 @@ run and the plots. The registered model's description says how the gate
 works. Pure text: `closecast.tasks.registry.register` gathers what goes in.
 """
 
-import math
 from dataclasses import dataclass, field
 
+from closecast.core.formatting import distinct, finite, significant
+from closecast.core.formatting import percent as as_percent
 from closecast.tasks.modeling.windows import Dataset, WindowSet
 from closecast.tasks.registry.gate import Decision
 
@@ -63,19 +64,6 @@ class CardLinks:
     plots: dict[str, str] = field(default_factory=dict)  # artifact path -> its page
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def distinct(a: float, b: float) -> tuple[str, str]:
-    """`a` and `b` with the fewest significant digits (3 or more) that tell them apart."""
-    for digits in range(3, 13):
-        shown = f"{a:.{digits}g}", f"{b:.{digits}g}"
-        if shown[0] != shown[1]:
-            return shown
-    return f"{a:.4g}", f"{b:.4g}"
-
-
 def headline(
     decision: Decision, metrics: dict[str, float], champion: dict[str, float], windows: int
 ) -> str:
@@ -101,16 +89,13 @@ def headline(
 
 
 def _cell(value: float | None, percent: bool) -> str:
-    if not _finite(value):
-        return "—"
-    assert value is not None
-    return f"{100 * value:.1f}%" if percent else f"{value:.6g}"
+    return as_percent(value, missing="—") if percent else significant(value, missing="—")
 
 
 def _difference(mine: float | None, theirs: float | None, percent: bool) -> str:
-    if not (_finite(mine) and _finite(theirs)):
+    mine, theirs = finite(mine), finite(theirs)
+    if mine is None or theirs is None:
         return "—"
-    assert mine is not None and theirs is not None
     if mine == theirs:
         return "0 (tie)"
     return f"{100 * (mine - theirs):+.1f} pp" if percent else f"{mine - theirs:+.3g}"

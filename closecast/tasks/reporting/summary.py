@@ -6,52 +6,21 @@ from dataclasses import dataclass
 import pandas as pd
 
 from closecast.core.config import MODEL_NAME
+from closecast.core.formatting import NA, basis_points, metric, percent, plural, pvalue
 from closecast.core.statuses import OK
 from closecast.tasks.modeling.evaluation import LEVELS
 from closecast.tasks.reporting.scorecard import LIVE_SESSIONS
 
 
-def _number(metrics: dict[str, float] | None, key: str) -> float | None:
-    """`metrics[key]` when it is there and finite, else None."""
-    value = (metrics or {}).get(key)
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
-def _pct(value: float | None, digits: int = 1, sign: bool = False) -> str:
-    return "n/a" if value is None else f"{value * 100:{'+' if sign else ''}.{digits}f}%"
-
-
-def _bp(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 1e4:.0f} bp"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _pvalue(value: float | None) -> str:
-    return "n/a" if value is None else "< 0.01" if value < 0.01 else f"{value:.2f}"
-
-
 def _close(value: float) -> str:
     """A close to the cent, or n/a."""
-    return f"{value:,.2f}" if math.isfinite(value) else "n/a"
-
-
-def _move(value: float) -> str:
-    """A return in % with its sign, to the basis point."""
-    return f"{value * 100:+.2f}%" if math.isfinite(value) else "n/a"
-
-
-def _score_bp(value: float | None) -> str:
-    """A score relative to the last close, in bp to a tenth."""
-    return "n/a" if value is None else f"{value * 1e4:.1f} bp"
+    return f"{value:,.2f}" if math.isfinite(value) else NA
 
 
 def _difference_bp(mine: float | None, theirs: float | None) -> str:
     """Challenger minus champion in bp, with digits enough to tell a tie from a near tie."""
     if mine is None or theirs is None:
-        return "n/a"
+        return NA
     if mine == theirs:
         return "0 (tie)"
     diff = (mine - theirs) * 1e4
@@ -123,9 +92,9 @@ def _champion_lines(
         "|---|---|---|---|",
     ]
     for label, key in rows:
-        mine, theirs = _number(metrics, key), _number(held, key)
+        mine, theirs = metric(metrics, key), metric(held, key)
         lines.append(
-            f"| {label} | {_score_bp(mine)} | {_score_bp(theirs)} | {_difference_bp(mine, theirs)} |"
+            f"| {label} | {basis_points(mine, 1)} | {basis_points(theirs, 1)} | {_difference_bp(mine, theirs)} |"
         )
     return lines
 
@@ -135,7 +104,7 @@ def _interval(row: pd.Series, level: int) -> str:
     if not (math.isfinite(low) and math.isfinite(high)):
         return "n/a"
     close = row["last_close"]
-    return f"{_move(low / close - 1)} to {_move(high / close - 1)}"
+    return f"{percent(low / close - 1, 2, sign=True)} to {percent(high / close - 1, 2, sign=True)}"
 
 
 def _moves_lines(ok: pd.DataFrame) -> list[str]:
@@ -169,7 +138,7 @@ def _moves_lines(ok: pd.DataFrame) -> list[str]:
             str(r["ticker"]),
             _close(r["last_close"]),
             _close(r["predicted_close"]),
-            _move(r["predicted_return"]),
+            percent(r["predicted_return"], 2, sign=True),
             *(_interval(r, lv) for lv in levels),
         ]
         return "| " + " | ".join(cells) + " |"
@@ -215,7 +184,7 @@ def _coverage_cell(observed: float | None, level: int, closes: float | None) -> 
     session move together, so the tolerance keeps one market-wide day from
     flagging a month of otherwise honest intervals.
     """
-    text = _pct(observed)
+    text = percent(observed)
     if observed is None or not closes:
         return text
     nominal = level / 100
@@ -231,32 +200,32 @@ def _test_span_lines(metrics: dict[str, float]) -> list[str]:
     """Point forecast against naive, direction, and the 95% interval score against EWMA."""
 
     def m(key: str) -> float | None:
-        return _number(metrics, key)
+        return metric(metrics, key)
 
     lines = [
-        f"- point forecast: RMSE {_pct(m('test_rmse'), 2)} of the last close vs naive "
-        f"{_pct(m('naive_rmse'), 2)}, skill {_pct(m('skill'), 2, sign=True)} "
-        f"(p = {_pvalue(m('skill_pvalue'))}, Diebold–Mariano against naive)"
+        f"- point forecast: RMSE {percent(m('test_rmse'), 2)} of the last close vs naive "
+        f"{percent(m('naive_rmse'), 2)}, skill {percent(m('skill'), 2, sign=True)} "
+        f"(p = {pvalue(m('skill_pvalue'))}, Diebold–Mariano against naive)"
     ]
     low, high = m("test_directional_accuracy_low"), m("test_directional_accuracy_high")
     if m("test_directional_accuracy") is not None:
-        ci = "" if low is None else f" (95% CI {low * 100:.1f}–{_pct(high)})"
-        lines.append(f"- direction right: {_pct(m('test_directional_accuracy'))}{ci}")
+        ci = "" if low is None else f" (95% CI {low * 100:.1f}–{percent(high)})"
+        lines.append(f"- direction right: {percent(m('test_directional_accuracy'))}{ci}")
     if m("coverage_80") is None and m("coverage_95") is None:
         return [*lines, "- intervals: the model gives no intervals"]
     return [
         *lines,
-        f"- 95% interval score {_bp(m('interval_score_95'))} of the last close vs EWMA "
-        f"{_bp(m('baseline_interval_score_95'))}, interval skill "
-        f"{_pct(m('interval_skill_95'), sign=True)} (a lower score is better)",
+        f"- 95% interval score {basis_points(m('interval_score_95'))} of the last close vs EWMA "
+        f"{basis_points(m('baseline_interval_score_95'))}, interval skill "
+        f"{percent(m('interval_skill_95'), sign=True)} (a lower score is better)",
     ]
 
 
 def _coverage_lines(metrics: dict[str, float], live: dict[str, float] | None) -> list[str]:
     """Coverage at 80% and 95%: nominal, on the test span, and live when scored."""
     suffix = f"{LIVE_SESSIONS}d"
-    tested = [_number(metrics, f"coverage_{level}") for level in LEVELS]
-    realised = [_number(live, f"live_coverage_{level}_{suffix}") for level in LEVELS]
+    tested = [metric(metrics, f"coverage_{level}") for level in LEVELS]
+    realised = [metric(live, f"live_coverage_{level}_{suffix}") for level in LEVELS]
     if all(c is None for c in tested + realised):
         return []
     lines = [
@@ -268,16 +237,16 @@ def _coverage_lines(metrics: dict[str, float], live: dict[str, float] | None) ->
         "| nominal | 80% | 95% |",
     ]
     if any(c is not None for c in tested):
-        lines.append(f"| test span | {_pct(tested[0])} | {_pct(tested[1])} |")
+        lines.append(f"| test span | {percent(tested[0])} | {percent(tested[1])} |")
     if any(c is not None for c in realised):
-        sessions = int(_number(live, f"live_sessions_{suffix}") or LIVE_SESSIONS)
-        closes = _number(live, f"live_interval_rows_{suffix}")
+        sessions = int(metric(live, f"live_sessions_{suffix}") or LIVE_SESSIONS)
+        closes = metric(live, f"live_interval_rows_{suffix}")
         cells = [
             _coverage_cell(c, level, closes) for c, level in zip(realised, LEVELS, strict=True)
         ]
-        span = f"live, last {_count(sessions, 'session')}"
+        span = f"live, last {plural(sessions, 'session')}"
         if closes:
-            span += f" ({_count(int(closes), 'close')})"
+            span += f" ({plural(int(closes), 'close')})"
         lines.append(f"| {span} | {cells[0]} | {cells[1]} |")
     return lines
 
@@ -285,20 +254,20 @@ def _coverage_lines(metrics: dict[str, float], live: dict[str, float] | None) ->
 def _live_lines(live: dict[str, float] | None) -> list[str]:
     """Realised RMSE of the scored predictions against naive's, when there are any."""
     suffix = f"{LIVE_SESSIONS}d"
-    rmse = _number(live, f"live_rmse_{suffix}")
+    rmse = metric(live, f"live_rmse_{suffix}")
     if rmse is None:
         return []
-    sessions = int(_number(live, f"live_sessions_{suffix}") or LIVE_SESSIONS)
-    naive = _number(live, f"live_naive_rmse_{suffix}")
+    sessions = int(metric(live, f"live_sessions_{suffix}") or LIVE_SESSIONS)
+    naive = metric(live, f"live_naive_rmse_{suffix}")
     verdict = ""
     if naive:
         gain = 1 - rmse / naive
         verdict = f", {abs(gain) * 100:.1f}% {'better' if gain >= 0 else 'worse'} than naive"
     return [
         "",
-        f"## Live, last {_count(sessions, 'scored session')}",
+        f"## Live, last {plural(sessions, 'scored session')}",
         "",
-        f"- RMSE {_pct(rmse, 2)} vs naive {_pct(naive, 2)} of the last close{verdict} "
+        f"- RMSE {percent(rmse, 2)} vs naive {percent(naive, 2)} of the last close{verdict} "
         f"(`live_rmse_{suffix}` vs `live_naive_rmse_{suffix}`)",
     ]
 
@@ -330,7 +299,7 @@ def summary_markdown(
         f"# closecast {report['as_of'].iloc[0]} → {report['target_date'].iloc[0]}",
         "",
         f"- model: **{report['model_name'].iloc[0]} v{predicting}**, "
-        f"predicted {len(ok)} of {_count(len(report), 'ticker')}",
+        f"predicted {len(ok)} of {plural(len(report), 'ticker')}",
         f"- promotion: **{decision}**",
     ]
     if links is not None:

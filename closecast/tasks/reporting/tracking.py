@@ -3,7 +3,6 @@ and the name and description it gets once its version is registered."""
 
 import hashlib
 import json
-import math
 import time
 import warnings
 from datetime import date
@@ -20,6 +19,7 @@ from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 from closecast.core.config import DataConfig
+from closecast.core.formatting import metric, percent, signed
 from closecast.tasks.data.store import LoadedPrices
 from closecast.tasks.data.validate import ValidatedPrices
 from closecast.tasks.mlflow.connection import (
@@ -119,16 +119,6 @@ def run_title(kind: str, as_of: date, version: str, decision_tag: str) -> str:
     return f"{kind} {as_of.isoformat()} · v{version} {decision_tag}"
 
 
-def _signed(metrics: dict[str, float], name: str) -> str:
-    value = metrics.get(name, math.nan)
-    return "n/a" if not math.isfinite(value) else f"{value:+.4f}"
-
-
-def _percent(metrics: dict[str, float], name: str) -> str:
-    value = metrics.get(name, math.nan)
-    return "n/a" if not math.isfinite(value) else f"{value:.4%}"
-
-
 def run_note(
     kind: str,
     as_of: date,
@@ -146,9 +136,9 @@ def run_note(
     return (
         f"{kind.capitalize()} run for as_of {as_of.isoformat()} on {len(tickers)} tickers "
         f"({shown}). On its test span the model's skill against the naive forecast is "
-        f"{_signed(metrics, 'skill')} (test_rmse {_percent(metrics, 'test_rmse')} vs "
-        f"naive_rmse {_percent(metrics, 'naive_rmse')} of the last close) and its "
-        f"interval_skill_95 against EWMA intervals is {_signed(metrics, 'interval_skill_95')}. "
+        f"{signed(metric(metrics, 'skill'))} (test_rmse {percent(metric(metrics, 'test_rmse'), 4)} vs "
+        f"naive_rmse {percent(metric(metrics, 'naive_rmse'), 4)} of the last close) and its "
+        f"interval_skill_95 against EWMA intervals is {signed(metric(metrics, 'interval_skill_95'))}. "
         f"Registered as v{version}: {decision.tag} — {decision.reason.rstrip('.')}."
     )
 
