@@ -11,7 +11,7 @@ from closecast.flows.fetch import fetch
 from closecast.flows.naming import name_flow_run, run_name
 from closecast.flows.steps import prediction_inputs, session_report
 from closecast.tasks.data.steps import load_prices
-from closecast.tasks.mlflow.connection import tracking_run
+from closecast.tasks.mlflow.runs import tracking_run
 from closecast.tasks.modeling.steps import predict_next
 from closecast.tasks.registry.steps import find_champion, load_version
 from closecast.tasks.reporting.report import report_path, require_predictions, trained_report_run

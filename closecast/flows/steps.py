@@ -21,7 +21,7 @@ from closecast.tasks.data.sources import FetchResult
 from closecast.tasks.data.steps import load_prices, validate_prices
 from closecast.tasks.data.store import LoadedPrices
 from closecast.tasks.data.validate import ValidatedPrices
-from closecast.tasks.mlflow.connection import tracking_run
+from closecast.tasks.mlflow.runs import tracking_run
 from closecast.tasks.modeling.evaluation import Evaluation
 from closecast.tasks.modeling.fanout import features_each, validate_each
 from closecast.tasks.modeling.features import latest_rows

@@ -13,15 +13,12 @@ from mlflow.exceptions import MlflowException
 from closecast.core.config import PipelineConfig
 from closecast.core.errors import PipelineError
 from closecast.tasks.mlflow.connection import (
-    artifact_location,
     configure_mlflow,
     connect_mlflow,
     ensure_experiment,
-    flatten_params,
-    git_commit,
-    tracking_run,
     unreachable,
 )
+from closecast.tasks.mlflow.runs import artifact_location, flatten_params, git_commit, tracking_run
 from tests.mlflow_fixtures import free_port
 
 REFUSED = (

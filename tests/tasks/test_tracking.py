@@ -10,7 +10,8 @@ from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.data.pandas_dataset import from_pandas
 
 from closecast.core.config import PipelineConfig
-from closecast.tasks.mlflow.connection import configure_mlflow, log_metrics, tracking_run
+from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.mlflow.runs import log_metrics, tracking_run
 from closecast.tasks.registry.gate import Decision
 from closecast.tasks.reporting.tracking import (
     SCHEMA_SAMPLE_ROWS,

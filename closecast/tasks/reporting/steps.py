@@ -19,7 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from closecast.core.statuses import OK
 from closecast.tasks.data.store import last_stored_date
 from closecast.tasks.data.validate import ValidatedPrices
-from closecast.tasks.mlflow.connection import configure_mlflow, log_metrics
+from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.mlflow.runs import log_metrics
 from closecast.tasks.modeling.evaluation import Evaluation
 from closecast.tasks.modeling.training import TrainedModel
 from closecast.tasks.registry.gate import Decision

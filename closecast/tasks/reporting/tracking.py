@@ -22,12 +22,8 @@ from closecast.core.config import DataConfig
 from closecast.core.formatting import metric, percent, signed
 from closecast.tasks.data.store import LoadedPrices
 from closecast.tasks.data.validate import ValidatedPrices
-from closecast.tasks.mlflow.connection import (
-    MAX_PARAM_LENGTH,
-    configure_mlflow,
-    log_metrics,
-    set_tags,
-)
+from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.mlflow.runs import MAX_PARAM_LENGTH, log_metrics, set_tags
 from closecast.tasks.modeling.evaluation import Evaluation
 from closecast.tasks.modeling.training import TrainedModel
 from closecast.tasks.modeling.windows import Dataset
