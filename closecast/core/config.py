@@ -30,6 +30,9 @@ DEFAULT_TARGET: TargetName = "vol_return"
 EXPERIMENT = "closecast"
 BACKFILL_EXPERIMENT = "closecast-backfill"
 MODEL_NAME = "closecast-lstm"
+# The registry aliases: the version that serves, and the one trained last (the gate's
+# "champion" decision is named after the alias it moves).
+CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def check_ticker(ticker: str) -> str:

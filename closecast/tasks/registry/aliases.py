@@ -24,11 +24,10 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from closecast.core.config import MODEL_NAME
+from closecast.core.config import CHALLENGER, CHAMPION, MODEL_NAME
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.registry.gate import GATED_METRICS
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 ALIASES = (CHAMPION, CHALLENGER)
 LEGACY_PREFIX = "alias_move."  # one tag per move, as registries before the capped history hold
 MAX_TAG_VALUE = 5000  # registered_model_tags.value is VARCHAR(5000) in MLflow's SQL stores

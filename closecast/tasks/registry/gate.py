@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from closecast.core.config import CHAMPION
 from closecast.models.forecaster import Forecaster
 from closecast.tasks.modeling.evaluation import score_distribution
 from closecast.tasks.modeling.windows import WindowSet
@@ -60,12 +61,12 @@ def decide_promotion(
         reason = "promotion is manual: review and run `closecast promote`"
         return Decision(False, "manual", reason, champion=against)
     if champion is None:
-        return Decision(True, "champion", f"first version ({_scores(challenger)})")
+        return Decision(True, CHAMPION, f"first version ({_scores(challenger)})")
     version, held = champion
     if not np.isfinite(held.get("test_rmse", np.nan)):
         return Decision(
             True,
-            "champion",
+            CHAMPION,
             f"champion v{version} cannot score these test windows ({_scores(challenger)})",
             champion=version,
         )
@@ -79,7 +80,7 @@ def decide_promotion(
     if mine < theirs:
         verdict = f"{note}{name} {mine:.6f} beats champion v{version}'s {theirs:.6f}"
         reason = f"{verdict} on the same test windows ({both})"
-        return Decision(True, "champion", reason, champion=version, compared=metric)
+        return Decision(True, CHAMPION, reason, champion=version, compared=metric)
     beaten = "ties" if mine == theirs else "does not beat"
     verdict = f"{note}{name} {mine:.6f} {beaten} champion v{version}'s {theirs:.6f}"
     reason = f"{verdict} on the same test windows ({both})"
