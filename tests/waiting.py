@@ -18,7 +18,8 @@ import pytest
 
 T = TypeVar("T")
 
-HANG_S = 600.0  # the slowest wait here (three catch-up runs) takes ~100 s with 2 cores loaded 4x
+# The whole catch-up test, its three waits and more, took 126 s at load 6-8 on 2 cores.
+HANG_S = 600.0
 
 
 def always() -> bool:
