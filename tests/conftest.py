@@ -28,6 +28,19 @@ from tests.fakes import fake_yahoo, yahoo_frame  # noqa: F401
 from tests.mlflow_fixtures import mlflow_home, mlflow_template  # noqa: F401
 from tests.prefect_server import prefect_server, serve_api  # noqa: F401
 
+# A test that needs one of these fixtures is `slow` without saying so: the first three start
+# a Prefect API (flows run on it), the last reads the whole S&P 500 file. `make test-fast`
+# (`pytest -m "not slow"`) leaves slow tests out; `make test` runs them all.
+SLOW_FIXTURES = frozenset({"prefect_harness", "prefect_server", "serve_api", "sp500_frames"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test that uses a slow fixture, directly or through another fixture."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 _SHARED_FILE = Path("shared") / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
 
 

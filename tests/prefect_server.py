@@ -21,6 +21,7 @@ import pytest
 from closecast.cli.local_server import _healthy, server_environment, stop_process_group
 from closecast.core.config import PipelineConfig
 from tests.mlflow_fixtures import free_port
+from tests.waiting import fail_unstarted, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
@@ -43,12 +44,11 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     api_url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _healthy(api_url):
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            assert server.poll() is None, f"the Prefect server exited: {tail}"
-            assert time.monotonic() < deadline, f"no Prefect server in {START_TIMEOUT_S}s: {tail}"
-            time.sleep(0.5)
+        up = wait_for(
+            lambda: _healthy(api_url), alive=lambda: server.poll() is None, hang_s=START_TIMEOUT_S
+        )
+        if not up:
+            fail_unstarted("the Prefect server", server, START_TIMEOUT_S, log_path)
         yield api_url
     finally:
         stop_process_group(server, grace_s=5.0)

@@ -41,6 +41,7 @@ from closecast.flows.nightly import nightly
 from closecast.tasks.reporting.events import UNHEALTHY_EVENT, emit_report_health
 from tests.conftest import tiny_config, write_ticker_csvs
 from tests.mlflow_fixtures import free_port
+from tests.waiting import wait_for
 
 BAD_URLS = [
     "ftp://example.com/hook",
@@ -50,7 +51,6 @@ BAD_URLS = [
     "http://example.com:99999/hook",
 ]
 TEST_WITHIN = timedelta(seconds=10)  # Prefect's least `within` for a proactive trigger
-WAIT_S = 60.0
 MISS = "All connection attempts failed"  # httpx, in the server's log, for a closed port
 PREFECT_TIMEOUT_S = 10.0  # CustomWebhookNotificationBlock's default timeout
 SLOW_S = PREFECT_TIMEOUT_S + 1  # a receiver past Prefect's default, well inside ours
@@ -84,11 +84,8 @@ class Receiver:
         return [p for p in self.posts if text in p.get("body", "")]
 
     def wait_for(self, found: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        """What `found` returns once it is not empty, waiting up to WAIT_S."""
-        deadline = time.monotonic() + WAIT_S
-        while not (posts := found()) and time.monotonic() < deadline:
-            time.sleep(0.25)
-        return posts
+        """What `found` returns once it is not empty (tests.waiting.wait_for)."""
+        return wait_for(found, every_s=0.25)
 
 
 @contextmanager
@@ -352,10 +349,12 @@ def test_an_endpoint_that_is_down_fails_no_flow_and_the_server_logs_the_miss(
     alerts.runs.append(state.state_details.flow_run_id)
     assert state.is_completed() and state.result() is True
 
-    deadline = time.monotonic() + WAIT_S
-    while server_log.read_text(errors="replace").count(MISS) == misses_before:
-        assert time.monotonic() < deadline, f"no {MISS!r} in {server_log}"
-        time.sleep(0.25)
+    misses = wait_for(
+        lambda: server_log.read_text(errors="replace").count(MISS),
+        lambda count: count > misses_before,
+        every_s=0.25,
+    )
+    assert misses > misses_before, f"no {MISS!r} in {server_log}"
 
 
 def test_the_alerts_command_installs_through_a_named_block(

@@ -285,6 +285,7 @@ main()
 """
 
 
+@pytest.mark.slow  # a subprocess
 @pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["run", "--bogus-flag"], 2)])
 def test_the_program_ends_without_freeing_each_module(
     tmp_path: Path, args: list[str], code: int
@@ -316,6 +317,7 @@ print(code, ",".join(heavy) or "-", len(started))
 """
 
 
+@pytest.mark.slow  # subprocesses
 @pytest.mark.parametrize(
     ("args", "code", "err"),
     [

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from contextlib import closing
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from closecast.cli.prefect_api import runs_a_flow, temporary_api
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PROC = Path("/proc")
@@ -47,7 +47,7 @@ def _servers_of(parent: int) -> list[int]:
     return [
         int(p.name)
         for p in PROC.glob("[0-9]*")
-        if re.search(rf"closecast\.prefect_api \d+ {parent} ", _cmdline(int(p.name)))
+        if re.search(rf"closecast\.cli\.prefect_api \d+ {parent} ", _cmdline(int(p.name)))
     ]
 
 
@@ -68,16 +68,20 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _server_of(pid: int, timeout_s: float) -> tuple[int, int]:
-    """The pid and port of the API server `pid` started, once it answers."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for child in _children(pid):
-            port = re.search(r"--port (\d+)", _cmdline(child))
-            if port and _healthy(int(port.group(1))):
-                return child, int(port.group(1))
-        time.sleep(0.2)
-    raise AssertionError(f"no Prefect API server under pid {pid} within {timeout_s:.0f} s")
+def _answering_server_of(pid: int) -> tuple[int, int] | None:
+    """The pid and port of the API server `pid` started, if it answers yet."""
+    for child in _children(pid):
+        port = re.search(r"--port (\d+)", _cmdline(child))
+        if port and _healthy(int(port.group(1))):
+            return child, int(port.group(1))
+    return None
+
+
+def _server_of(pid: int) -> tuple[int, int]:
+    """The pid and port of the API server `pid` started, once it answers (`pid` running)."""
+    found = wait_for(lambda: _answering_server_of(pid), alive=lambda: _running(pid), every_s=0.2)
+    assert found is not None, f"no Prefect API server under pid {pid}"
+    return found
 
 
 @pytest.mark.slow
@@ -94,13 +98,11 @@ def test_the_temporary_api_dies_with_a_killed_command(tmp_path: Path) -> None:
     )
     server = None
     try:
-        server, _ = _server_of(cli.pid, timeout_s=120)
+        server, _ = _server_of(cli.pid)
         cli.send_signal(signal.SIGKILL)
         cli.wait(timeout=10)
-        deadline = time.monotonic() + 15
-        while _running(server) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _running(server), f"the API server {server} outlived its command"
+        gone = wait_for(lambda: not _running(server), every_s=0.2)
+        assert gone, f"the API server {server} outlived its command"
     finally:
         if cli.poll() is None:
             cli.kill()
@@ -197,6 +199,7 @@ with temporary_api(["fetch"]) as url:
 """
 
 
+@pytest.mark.slow  # a subprocess
 def test_flow_runs_under_the_temporary_api_send_no_heartbeats(tmp_path: Path) -> None:
     """Its flow runs get its URL, no UI link and no heartbeat: nothing outlives the command to
     hear one, and a flow run's heartbeat thread holds up the run's end by up to a second."""
@@ -226,13 +229,13 @@ def _mlflow_statuses(db: Path) -> list[str]:
         return []
 
 
-def _wait_for_training(cli: subprocess.Popen[bytes], db: Path, timeout_s: float) -> None:
+def _wait_for_training(cli: subprocess.Popen[bytes], db: Path) -> None:
     """Until the command's MLflow run is RUNNING: it trains from then on, for long."""
-    deadline = time.monotonic() + timeout_s
-    while _mlflow_statuses(db) != ["RUNNING"]:
-        assert cli.poll() is None, f"the command ended with {cli.returncode} before training"
-        assert time.monotonic() < deadline, f"no RUNNING MLflow run in {timeout_s:.0f} s"
-        time.sleep(0.5)
+    statuses = wait_for(
+        lambda: _mlflow_statuses(db), lambda s: s == ["RUNNING"], alive=lambda: cli.poll() is None
+    )
+    assert cli.poll() is None, f"the command ended with {cli.returncode} before training"
+    assert statuses == ["RUNNING"]
 
 
 @pytest.mark.slow
@@ -261,7 +264,7 @@ def test_ctrl_c_stops_a_run_in_one_line_with_its_mlflow_run_killed(tmp_path: Pat
         )
     servers: list[int] = []
     try:
-        _wait_for_training(cli, home / "mlflow.db", timeout_s=300)
+        _wait_for_training(cli, home / "mlflow.db")
         servers = _servers_of(cli.pid)
         printed = err_path.stat().st_size  # before the interrupt (MLflow's notes on its tables)
         os.killpg(cli.pid, signal.SIGINT)
@@ -277,10 +280,8 @@ def test_ctrl_c_stops_a_run_in_one_line_with_its_mlflow_run_killed(tmp_path: Pat
     assert not list(home.glob("reports/predictions_*.csv"))
     assert not [p for p in home.rglob("*") if p.name.endswith(".tmp")]
     assert len(servers) == 1
-    deadline = time.monotonic() + 15
-    while _running(servers[0]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _running(servers[0]), "the Prefect API outlived the interrupted command"
+    gone = wait_for(lambda: not _running(servers[0]), every_s=0.2)
+    assert gone, "the Prefect API outlived the interrupted command"
 
 
 _FLOW_FROM_PYTHON = """

@@ -4,8 +4,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from closecast.cli.alerts import FAILED, LATE, UNHEALTHY
 from closecast.cli.local_server import server_environment
 from tests.conftest import tiny_config
 from tests.prefect_server import api_post, serve_process
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,11 +106,15 @@ def _serve_cli(
     )
 
 
+def _serve_running(serve: subprocess.Popen[Any]) -> Callable[[], bool]:
+    return lambda: serve.poll() is None
+
+
 def _wait_for_nightly(api: str, serve: subprocess.Popen[str]) -> dict:
-    deadline = time.monotonic() + 120
-    while "nightly" not in (found := _deployments(api)):
-        assert serve.poll() is None and time.monotonic() < deadline, serve.poll()
-        time.sleep(1)
+    found = wait_for(
+        lambda: _deployments(api), lambda d: "nightly" in d, alive=_serve_running(serve)
+    )
+    assert "nightly" in found, serve.poll()
     return found["nightly"]
 
 
@@ -132,10 +137,9 @@ def test_each_home_owns_its_prefect_server_serves_it_alone_and_takes_it_along_on
         alerts = ("--notify-url", "http://127.0.0.1:9/alerts")
         serve_b = _serve_cli(home_b, port_b, "sample", prefect_home, *alerts)
         _wait_for_nightly(api_b, serve_b)
-        deadline, found = time.monotonic() + 120, {}
-        while time.monotonic() < deadline and len(found) < 3 and serve_b.poll() is None:
-            time.sleep(1)
-            found = _deployments(api_b)
+        found = wait_for(
+            lambda: _deployments(api_b), lambda d: len(d) >= 3, alive=_serve_running(serve_b)
+        )
         assert set(found) == {"nightly", "predict", "backfill"}, serve_b.poll()
         (schedule,) = found["nightly"]["schedules"]
         assert schedule["schedule"]["cron"] == "30 18 * * 1-5"
@@ -171,10 +175,7 @@ def test_each_home_owns_its_prefect_server_serves_it_alone_and_takes_it_along_on
 
         serve_a.kill()  # kill -9: no cleanup of its own
         serve_a.wait(timeout=10)
-        deadline = time.monotonic() + 30
-        while _port_open(port_a) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not _port_open(port_a)  # its server went with it
+        assert wait_for(lambda: not _port_open(port_a))  # its server went with it
 
         serve_b.send_signal(signal.SIGINT)
         output, _ = serve_b.communicate(timeout=60)
@@ -200,14 +201,14 @@ def _port_open(port: int) -> bool:
 def _run_deployment(api: str, deployment_id: str, config: dict[str, Any]) -> dict[str, Any]:
     """`prefect deployment run -p config=...`: a manual run with these parameters, once ended."""
     body = {"parameters": {"config": config}}
-    run = api_post(api, f"/deployments/{deployment_id}/create_flow_run", body)
-    deadline = time.monotonic() + 240
-    while run["state_type"] not in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-        assert time.monotonic() < deadline, run["state_type"]
-        time.sleep(1)
-        with urllib.request.urlopen(f"{api}/flow_runs/{run['id']}", timeout=10) as response:
-            run = json.load(response)
-    return dict(run)
+    created = api_post(api, f"/deployments/{deployment_id}/create_flow_run", body)
+
+    def read() -> dict[str, Any]:
+        with urllib.request.urlopen(f"{api}/flow_runs/{created['id']}", timeout=10) as response:
+            return dict(json.load(response))
+
+    ended = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+    return wait_for(read, lambda run: run["state_type"] in ended, every_s=1)
 
 
 @pytest.mark.slow
@@ -222,10 +223,11 @@ def test_a_manual_run_with_a_partial_config_runs_on_the_served_home_and_fails_in
     log_path = tmp_path / "serve.log"
     serve = serve_process(config, serve_api, log_path, CLOSECAST_HOME=str(stray))
     try:
-        deadline = time.monotonic() + 240
-        while set(found := _deployments(serve_api)) != {"nightly", "predict", "backfill"}:
-            assert serve.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.5)
+        names = {"nightly", "predict", "backfill"}
+        found = wait_for(
+            lambda: _deployments(serve_api), lambda d: set(d) == names, alive=_serve_running(serve)
+        )
+        assert set(found) == names and serve.poll() is None, log_path.read_text()
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
         command = [sys.executable, "-m", "closecast.cli.app", "serve", "--source", "sample"]

@@ -4,7 +4,6 @@ oldest first, each computing the session of its own slot (point-in-time)."""
 import json
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from datetime import date, datetime
@@ -18,9 +17,9 @@ from closecast.core.calendar import NEW_YORK, next_session
 from tests.conftest import read_report, tiny_config, write_ticker_csvs
 from tests.prefect_server import api_post as _api
 from tests.prefect_server import serve_process
+from tests.waiting import wait_for
 
 SESSIONS = [date(2021, 3, 8), date(2021, 3, 9), date(2021, 3, 10)]  # the data runs to 03-11
-WAIT_S = 240.0  # ~40 s on an idle machine, ~100 s with 2 cores loaded 4x
 ENDED = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -57,26 +56,34 @@ def _state_names(api: str, flow_run_id: str) -> list[str]:
         return [state["name"] for state in json.load(response)]
 
 
+def _running(serve: subprocess.Popen[bytes]) -> bool:
+    return serve.poll() is None
+
+
 def _wait_for_nightly(api: str, home: Path, serve: subprocess.Popen[bytes], log: Path) -> dict:
     """The served nightly of `home`, once serve has deployed it (serve still running)."""
-    deadline = time.monotonic() + WAIT_S
-    while (deployment := _served_nightly(api, home)) is None:
-        assert serve.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
+    deployment = wait_for(lambda: _served_nightly(api, home), alive=lambda: _running(serve))
+    assert deployment is not None and _running(serve), log.read_text()[-3000:]
     return deployment
 
 
-def _wait_for_runs(api: str, deployment_id: str, count: int, log: Path) -> list[dict[str, Any]]:
-    """The slot runs once `count` of them have ended (or none is left running), oldest first."""
-    deadline = time.monotonic() + WAIT_S
-    runs = _slot_runs(api, deployment_id)
-    while time.monotonic() < deadline and not (
-        len(runs) >= count and all(r["state_type"] in ENDED for r in runs)
-    ):
-        if any(r["state_type"] in {"FAILED", "CRASHED"} for r in runs):
-            break
-        time.sleep(1)
-        runs = _slot_runs(api, deployment_id)
+def _all_ended_or_one_failed(runs: list[dict[str, Any]], count: int) -> bool:
+    states = {r["state_type"] for r in runs}
+    all_ended = len(runs) >= count and states <= ENDED
+    return all_ended or bool(states & {"FAILED", "CRASHED"})
+
+
+def _wait_for_runs(
+    api: str, deployment_id: str, count: int, serve: subprocess.Popen[bytes], log: Path
+) -> list[dict[str, Any]]:
+    """The slot runs, oldest first, once `count` of them have ended (or one has failed, or
+    serve has exited); `count` of them, all COMPLETED."""
+    runs = wait_for(
+        lambda: _slot_runs(api, deployment_id),
+        lambda runs: _all_ended_or_one_failed(runs, count),
+        alive=lambda: _running(serve),
+        every_s=1,
+    )
     states = [r["state_type"] for r in runs]
     assert states == ["COMPLETED"] * count, log.read_text()[-3000:]
     return runs
@@ -106,12 +113,14 @@ def test_a_clean_stop_keeps_the_schedule_and_missed_slots_run_oldest_first_point
         assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
         # Stopped once the scheduler has placed the coming slots and serve's runner is
         # polling (a runner not yet started exits at once, pausing nothing).
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline and not (
-            _deployment_runs(api, deployment["id"])
-            and _served_nightly(api, mlflow_home)["status"] == "READY"
-        ):
-            time.sleep(0.5)
+        ready = wait_for(
+            lambda: (
+                bool(_deployment_runs(api, deployment["id"]))
+                and _served_nightly(api, mlflow_home)["status"] == "READY"
+            ),
+            alive=lambda: _running(serve),
+        )
+        assert ready and _running(serve), log_path.read_text()[-3000:]
     finally:
         _stop(serve)
 
@@ -133,7 +142,7 @@ def test_a_clean_stop_keeps_the_schedule_and_missed_slots_run_oldest_first_point
 
     serve = serve_process(config, api, log_path)
     try:
-        runs = _wait_for_runs(api, deployment["id"], 3, log_path)
+        runs = _wait_for_runs(api, deployment["id"], 3, serve, log_path)
     finally:
         _stop(serve)
 

@@ -21,6 +21,7 @@ from closecast.core.config import EXPERIMENT, MODEL_NAME
 from closecast.tasks.registry.aliases import alias_history, current_aliases
 from tests.conftest import read_report
 from tests.mlflow_fixtures import running_mlflow_server
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -263,9 +264,8 @@ def test_refused_credentials_are_one_line_without_retries(
         last_error(capsys, caplog)
         == f"closecast: pipeline failed: MLflow at {at_server.url} {line}"
     )
-    deadline = time.monotonic() + 5  # the access log line follows the response
-    while at_server.refused_logins() == refused and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # the access log line follows the response
+    wait_for(at_server.refused_logins, lambda count: count > refused, every_s=0.05)
     time.sleep(0.3)  # a retry, had there been one, would be logged by now
     assert at_server.refused_logins() == refused + 1
     assert re.search(r"/experiments/search HTTP/1.1\" 401", at_server.log.read_text())

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 def mlflow_server(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[str, Path]]:
-    """A tracking server on a free loopback port; skipped if it is not up within 60 s."""
+    """A tracking server on a free loopback port (the test fails if it does not start)."""
     root = tmp_path_factory.mktemp("mlflow-server")
     with running_mlflow_server(root, request.getfixturevalue("mlflow_template")) as url:
         yield url, root / "artifacts"
@@ -78,3 +78,27 @@ def test_nightly_promote_and_load_against_a_tracking_server(
     assert [line.split()[:2] for line in out[-2:]] == [["2", "challenger"], ["1", "champion"]]
     moves = [(m.alias, m.previous, m.version) for m in alias_history(client)]
     assert moves[-2:] == [("champion", "1", "2"), ("champion", "2", "1")]
+
+
+@pytest.mark.parametrize(
+    ("options", "start_timeout_s", "says"),
+    [
+        (["--no-such-option"], 180, r"mlflow server exited with code 2 before answering"),
+        ([], 0, r"mlflow server did not answer within 0 s"),
+    ],
+    ids=["exits", "slow"],
+)
+def test_a_server_that_does_not_start_fails_the_test_rather_than_skipping_it(
+    tmp_path: Path,
+    mlflow_template: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    options: list[str],
+    start_timeout_s: int,
+    says: str,
+) -> None:
+    """A server that exits, or is not up in time, fails the test naming its log."""
+    monkeypatch.setattr("tests.mlflow_fixtures.SERVER_START_TIMEOUT_S", start_timeout_s)
+    starting = running_mlflow_server(tmp_path, mlflow_template, *options)
+    with pytest.raises(pytest.fail.Exception, match=says) as failed, starting:
+        pass
+    assert str(tmp_path / "server.log") in str(failed.value)

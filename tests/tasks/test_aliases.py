@@ -55,6 +55,7 @@ def _legacy_tag(client: MlflowClient, move: AliasMove) -> None:
     client.set_registered_model_tag(MODEL_NAME, key, move.to_json())
 
 
+@pytest.mark.slow  # 200 registry writes
 def test_history_of_many_moves_stays_bounded_and_readable(mlflow_home: Path) -> None:
     """200 moves with long reasons: a fixed set of tags, each within MLflow's 5000-char column,
     the newest moves kept as JSON, and the latest move spelled out in plain tags."""

@@ -93,6 +93,7 @@ def test_connect_mlflow_reports_a_refused_connection_without_mlflows_retries(
     )
 
 
+@pytest.mark.slow  # waits out MLflow's 7 retries
 def test_connect_mlflow_keeps_mlflow_retries_for_a_server_that_accepts_but_is_silent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -11,7 +11,7 @@ from closecast.models.forecaster import Forecaster
 from closecast.tasks.mlflow.auth import refused_request
 from closecast.tasks.mlflow.connection import connect_mlflow
 from closecast.tasks.registry.aliases import CHAMPION
-from closecast.tasks.registry.register import load_pyfunc
+from closecast.tasks.registry.register import load_forecaster
 
 _VERSION_METRICS = ("test_rmse", "naive_rmse", "skill")
 
@@ -44,10 +44,10 @@ def require_champion(tracking_uri: str) -> ModelVersion:
 
 
 def find_champion(tracking_uri: str) -> Champion:
-    """The champion version and its input spec (see `require_champion`)."""
+    """The champion version and its input spec (see `require_champion`); a version
+    logged by an earlier closecast too (`load_forecaster`)."""
     version = require_champion(tracking_uri)
-    model = load_pyfunc(f"models:/{MODEL_NAME}/{version.version}")
-    forecaster: Forecaster = model.unwrap_python_model().forecaster
+    forecaster: Forecaster = load_forecaster(f"models:/{MODEL_NAME}/{version.version}")
     return Champion(
         version=str(version.version),
         window=forecaster.window,

@@ -219,11 +219,21 @@ def load_pyfunc(model_uri: str) -> PyFuncModel:
 
 
 def load_forecaster(model_uri: str) -> Forecaster:
-    """Load a registered pyfunc and return the forecaster inside it."""
-    python_model = load_pyfunc(model_uri).unwrap_python_model()
-    if not isinstance(python_model, CloseForecastModel):
+    """Load a registered pyfunc and return the forecaster inside it.
+
+    A model logged before closecast was one package carries its code as top-level
+    `models/` and `core/`, so it loads as its own copy of CloseForecastModel; its
+    forecaster is rebuilt from the model's `weights` and `spec` artifacts with this code.
+    """
+    model = load_pyfunc(model_uri)
+    python_model = model.unwrap_python_model()
+    if isinstance(python_model, CloseForecastModel):
+        return python_model.forecaster
+    artifacts = model.metadata.flavors.get("python_function", {}).get("artifacts", {})
+    if not {"weights", "spec"} <= artifacts.keys():
         raise TypeError(f"{model_uri} is not a closecast model")
-    return python_model.forecaster
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    return Forecaster.load(local / artifacts["weights"]["path"], local / artifacts["spec"]["path"])
 
 
 def load_version(tracking_uri: str, version: str) -> PyFuncModel:
