@@ -47,7 +47,7 @@ def _servers_of(parent: int) -> list[int]:
     return [
         int(p.name)
         for p in PROC.glob("[0-9]*")
-        if re.search(rf"closecast\.prefect_api \d+ {parent} ", _cmdline(int(p.name)))
+        if re.search(rf"closecast\.cli\.prefect_api \d+ {parent} ", _cmdline(int(p.name)))
     ]
 
 

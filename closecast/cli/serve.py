@@ -11,12 +11,12 @@ place, so the nights missed while stopped run when serve is back.
 import fcntl
 import logging
 import os
-import signal
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from closecast.cli.exits import interrupt_on_signals
 from closecast.cli.local_server import _healthy as _healthy
 from closecast.cli.local_server import local_server, require_api
 from closecast.cli.local_server import server_environment as server_environment
@@ -135,10 +135,6 @@ def _called_from_sync(result: T | Coroutine[Any, Any, T]) -> T:
     return result
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def serve_deployments(
     config: PipelineConfig,
     port: int,
@@ -156,9 +152,7 @@ def serve_deployments(
         if api_url:
             require_api(api_url)
             refuse_another_homes_deployment(config, api_url)
-        # Ctrl-C must reach us even when started in the background, where SIGINT is ignored.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _interrupt)  # stop what we started on SIGTERM too
+        interrupt_on_signals()  # Ctrl-C, even in the background, and SIGTERM stop what we start
         if api_url:
             print(f"serving on the Prefect API at {api_url}", flush=True)
             _serve(config, task_runner, alerts)
