@@ -186,6 +186,16 @@ def test_the_production_late_alert_is_proactive_with_a_3h30_window() -> None:
     assert trigger.for_each == {"prefect.resource.id"}
 
 
+def test_the_descriptions_count_from_the_nightly_slot_and_name_the_unhealthy_share() -> None:
+    """The late alert's time is the nightly slot plus its window, the unhealthy alert's
+    share is the one the report event uses: computed, not typed again."""
+    _, late, unhealthy = alert_automations(uuid4())
+    assert late.description.endswith("Running: 22:00 New York for the 18:30 slot.")
+    assert unhealthy.description == "More than 20% of the tickers of a nightly's report are not ok."
+    _, sooner, _ = alert_automations(uuid4(), late_within=timedelta(minutes=45))
+    assert sooner.description.endswith("Running: 19:15 New York for the 18:30 slot.")
+
+
 def test_install_reads_back_three_automations_and_reinstalling_updates_them(
     alerts: Alerts, prefect_server: str
 ) -> None:

@@ -5,6 +5,7 @@ import yaml
 from prefect.flows import load_flow_from_entrypoint
 
 from closecast.core.config import PipelineConfig
+from closecast.core.schedule import NIGHTLY_SLOT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,11 +21,19 @@ def test_prefect_yaml_declares_the_three_deployments_on_a_process_pool(
 ) -> None:
     """nightly on the weeknight New York cron; predict and backfill manual; one work pool."""
     assert set(deployments) == {"nightly", "predict", "backfill"}
-    (schedule,) = deployments["nightly"]["schedules"]
-    assert schedule["cron"] == "30 18 * * 1-5"
-    assert schedule["timezone"] == "America/New_York"
     assert "schedules" not in deployments["predict"] and "schedules" not in deployments["backfill"]
     assert {d["work_pool"]["name"] for d in deployments.values()} == {"closecast"}
+
+
+def test_prefect_yaml_schedules_nightly_on_the_slot_the_code_uses(
+    deployments: dict[str, dict],
+) -> None:
+    """prefect.yaml's nightly schedule is NIGHTLY_SLOT (core/schedule.py), the one `serve`,
+    `status` and the late alert use, and its description names that slot."""
+    (schedule,) = deployments["nightly"]["schedules"]
+    assert (schedule["cron"], schedule["timezone"]) == (NIGHTLY_SLOT.cron, NIGHTLY_SLOT.timezone)
+    assert schedule["active"] is True
+    assert f"({NIGHTLY_SLOT.at()})" in deployments["nightly"]["description"]
 
 
 @pytest.mark.parametrize(

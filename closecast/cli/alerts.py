@@ -3,14 +3,16 @@
 - **nightly failed**: a `nightly` flow run ends Failed, Crashed or TimedOut.
 - **nightly late**: a `nightly` flow run that went Late, Pending or Running
   (the first of these starts the clock) reaches no final state (Completed,
-  Failed, Crashed, TimedOut) within 3 h 30 min. The 18:30 New York slot
-  starts the clock at 18:30 (its run goes Pending, or Late when nothing picks
-  it up), so the alert comes at 22:00 New York. Failed runs are alerted once,
-  by the rule above, not again here. The trigger is a proactive `EventTrigger`
-  evaluated by the Prefect server: it needs the server up at 22:00, and the
-  scheduler to have created the run (`closecast status` covers the rest).
+  Failed, Crashed, TimedOut) within LATE_WITHIN (3 h 30 min). The nightly
+  slot (closecast/core/schedule.py, 18:30 New York) starts the clock (its run
+  goes Pending, or Late when nothing picks it up), so the alert comes at
+  22:00 New York. Failed runs are alerted once, by the rule above, not again
+  here. The trigger is a proactive `EventTrigger` evaluated by the Prefect
+  server: it needs the server up then, and the scheduler to have created the
+  run (`closecast status` covers the rest).
 - **report unhealthy**: the `closecast.report.unhealthy` event of a
-  `nightly` run (tasks/events.py: more than 20% of its tickers not ok).
+  `nightly` run (closecast/tasks/reporting/events.py: more than
+  UNHEALTHY_SHARE, 20%, of its tickers not ok).
 
 Automations run on the Prefect server, so a notification endpoint that is
 down never touches the nightly; the server logs the miss and records a
@@ -30,11 +32,15 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from closecast.core.errors import InputError
-from closecast.tasks.reporting.events import UNHEALTHY_EVENT
+from closecast.core.schedule import NIGHTLY_SLOT
+from closecast.tasks.reporting.events import UNHEALTHY_EVENT, UNHEALTHY_SHARE
+
+if TYPE_CHECKING:
+    from prefect.events.schemas.automations import AutomationCore
 
 BLOCK_NAME = "closecast-alerts"  # the custom-webhook block --notify-url saves
 WEBHOOK_SLUG = "custom-webhook"
@@ -107,7 +113,7 @@ def notify_target(url: str | None, block: str | None) -> NotifyTarget | None:
 
 def alert_automations(
     block_id: UUID, late_within: timedelta = LATE_WITHIN, webhook: bool = False
-) -> list[Any]:
+) -> list["AutomationCore"]:
     """The three automations (Prefect `AutomationCore`s), notifying through `block_id`.
 
     Args:
@@ -118,15 +124,18 @@ def alert_automations(
     """
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
 
-    nightly = {"prefect.resource.role": "flow", "prefect.resource.name": NIGHTLY_FLOW}
-    a_flow_run = {"prefect.resource.id": "prefect.flow-run.*"}
+    nightly = ResourceSpecification(
+        {"prefect.resource.role": "flow", "prefect.resource.name": NIGHTLY_FLOW}
+    )
+    a_flow_run = ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"})
     late_text = _duration(late_within)
 
-    def notify(subject: str, body: str) -> list[SendNotification]:
+    def notify(subject: str, body: str) -> SendNotification:
         if webhook:
             body = webhook_json(subject, body)
-        return [SendNotification(block_document_id=block_id, subject=subject, body=body)]
+        return SendNotification(block_document_id=block_id, subject=subject, body=body)
 
     failed = AutomationCore(
         name=FAILED,
@@ -140,18 +149,21 @@ def alert_automations(
             threshold=1,
             within=timedelta(0),
         ),
-        actions=notify(
-            # The run's name starts with the flow's ("nightly AAPL +2 as_of=..."): not twice.
-            "closecast nightly failed: {{ flow_run.name }}",
-            f"The nightly {_RUN} ended {{{{ flow_run.state.name }}}}: "
-            "{{ flow_run.state.message }}",
-        ),
+        actions=[
+            notify(
+                # The run's name starts with the flow's ("nightly AAPL +2 as_of=..."): not twice.
+                "closecast nightly failed: {{ flow_run.name }}",
+                f"The nightly {_RUN} ended {{{{ flow_run.state.name }}}}: "
+                "{{ flow_run.state.message }}",
+            )
+        ],
     )
     late = AutomationCore(
         name=LATE,
         description=(
             f"A nightly flow run reached no final state within {late_text} of going "
-            "Late, Pending or Running: 22:00 New York for the 18:30 slot."
+            f"Late, Pending or Running: {NIGHTLY_SLOT.at(after=late_within)} for the "
+            f"{NIGHTLY_SLOT.time:%H:%M} slot."
         ),
         trigger=EventTrigger(
             match=a_flow_run,
@@ -163,17 +175,21 @@ def alert_automations(
             threshold=1,
             within=late_within,
         ),
-        actions=notify(
-            f"closecast: no nightly completed within {late_text}",
-            f"The nightly {_RUN}, due {{{{ flow_run.expected_start_time }}}}, has not "
-            f"completed {late_text} after it went "
-            "{{ event.event|replace('prefect.flow-run.', '') }}; it is "
-            "{{ flow_run.state.name }}. No report for this session yet.",
-        ),
+        actions=[
+            notify(
+                f"closecast: no nightly completed within {late_text}",
+                f"The nightly {_RUN}, due {{{{ flow_run.expected_start_time }}}}, has not "
+                f"completed {late_text} after it went "
+                "{{ event.event|replace('prefect.flow-run.', '') }}; it is "
+                "{{ flow_run.state.name }}. No report for this session yet.",
+            )
+        ],
     )
     unhealthy = AutomationCore(
         name=UNHEALTHY,
-        description="More than 20% of the tickers of a nightly's report are not ok.",
+        description=(
+            f"More than {UNHEALTHY_SHARE:.0%} of the tickers of a nightly's report are not ok."
+        ),
         trigger=EventTrigger(
             match={"prefect.resource.id": "closecast.report.*"},
             match_related=nightly,
@@ -183,14 +199,16 @@ def alert_automations(
             threshold=1,
             within=timedelta(0),
         ),
-        actions=notify(
-            "closecast: {{ event.payload.not_ok }} of {{ event.payload.tickers }} tickers not ok",
-            f"The report as_of {{{{ event.payload.as_of }}}} of the nightly {_RUN}: "
-            "{{ event.payload.not_ok }} of {{ event.payload.tickers }} tickers "
-            "({{ event.payload.share_pct }}%) not ok: {% for ticker, status in "
-            "event.payload.statuses.items() %}{{ ticker }} ({{ status }}){% if not loop.last %}, "
-            "{% endif %}{% endfor %}. {{ event.payload.report }}",
-        ),
+        actions=[
+            notify(
+                "closecast: {{ event.payload.not_ok }} of {{ event.payload.tickers }} tickers not ok",
+                f"The report as_of {{{{ event.payload.as_of }}}} of the nightly {_RUN}: "
+                "{{ event.payload.not_ok }} of {{ event.payload.tickers }} tickers "
+                "({{ event.payload.share_pct }}%) not ok: {% for ticker, status in "
+                "event.payload.statuses.items() %}{{ ticker }} ({{ status }}){% if not loop.last %}, "
+                "{% endif %}{% endfor %}. {{ event.payload.report }}",
+            )
+        ],
     )
     return [failed, late, unhealthy]
 
@@ -231,9 +249,15 @@ def notification_block_id(client: Any, target: NotifyTarget) -> UUID:
             method="POST",
             form_data="{{body}}",  # a string: sent as it is, the JSON of webhook_json
             headers={"Content-Type": "application/json"},
+            # None is the field's default; given here because Prefect declares it as
+            # `Field(None, ...)`, a positional default that type checkers read as required.
+            cookies=None,
             timeout=DELIVERY_TIMEOUT_S,
         )
-        return webhook.save(BLOCK_NAME, overwrite=True)
+        saved = webhook.save(BLOCK_NAME, overwrite=True)
+        # `save` returns a coroutine only when called from async code; this is sync.
+        assert isinstance(saved, UUID)
+        return saved
     from prefect.exceptions import ObjectNotFound
 
     assert target.block is not None

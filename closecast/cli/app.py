@@ -5,21 +5,18 @@ pipeline_commands.py, those of the model registry in registry_commands.py;
 their options come from the config models through options.py.
 """
 
-import atexit
-import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import metadata
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from typer.exceptions import TyperException
 
 from closecast import __version__
+from closecast.cli.exits import INTERRUPTED, exit_now, quiet_interrupts
 from closecast.cli.pipeline_commands import alerts, backfill, fetch, predict, run, serve
 from closecast.cli.registry_commands import models, promote, status
 from closecast.core.errors import (
@@ -128,73 +125,12 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """The first Ctrl-C: unwind as KeyboardInterrupt, quietly; a second one ends it at once.
-
-    The unwinding marks the MLflow run KILLED, rolls back what the run
-    registered and tells Prefect the flow run crashed; closecast's one line
-    says it was interrupted, so the loggers (Prefect's "Crash detected!"
-    and the task still running in a worker thread) stay quiet from here on.
-    """
-    signal.signal(signal.SIGINT, _interrupt_again)
-    logging.disable(logging.CRITICAL)
-    raise KeyboardInterrupt
-
-
-def _interrupt_again(signum: int, frame: object) -> None:
-    print("closecast: interrupted", file=sys.stderr, flush=True)
-    os._exit(INTERRUPTED)
-
-
-@contextlib.contextmanager
-def _quiet_interrupts() -> Iterator[None]:
-    """Ctrl-C handled by `_interrupt` inside the block, when Python's own handler is in place
-    (not when SIGINT is ignored, as for a command started in the background)."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield
-        return
-    signal.signal(signal.SIGINT, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        logging.disable(logging.NOTSET)
-
-
-def exit_now(code: int) -> NoReturn:
-    """End this process with `code` the way Python ends it, minus freeing every module.
-
-    Python's own exit waits for the threads that are not daemons, runs the
-    atexit handlers (Prefect sends its last logs and events, MLflow ends
-    its runs, logging flushes), flushes stdout and stderr, and then frees
-    every module and object one by one: 2.5-3 s with torch, MLflow, Prefect
-    and pandas loaded, for memory the process is about to hand back anyway.
-    This does the first part and skips the last. An interrupted command
-    (`INTERRUPTED`) skips the first part too: it does not wait for a task
-    still running in a worker thread (a training), nor send the logs and
-    events that task made since to its stopped Prefect API.
-    """
-    if code != INTERRUPTED:
-        threading._shutdown()  # type: ignore[attr-defined]  # joins non-daemon threads
-        atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
-            stream.flush()
-    os._exit(code)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 success, 1 pipeline failure, 2 bad usage or input.
 
     With no `argv` this is the program itself (the `closecast` script,
     `python -m closecast.cli.app`): it reads sys.argv and ends the process
-    (`exit_now`). Given `argv`, it returns the exit code to its caller.
+    (`exits.exit_now`). Given `argv`, it returns the exit code to its caller.
     """
     code = run_command(argv)
     if argv is None:
@@ -211,7 +147,7 @@ def run_command(argv: list[str] | None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     try:
-        with _quiet_interrupts():
+        with quiet_interrupts():
             check_usage(args)
             with temporary_api(args):  # dies with us, even on kill -9
                 code = app(args=argv, standalone_mode=False)  # click returns a typer.Exit's code

@@ -5,14 +5,13 @@ logic lives here as plain functions so that tests pass an explicit `now`.
 A session is covered by a nightly that did not fail and whose report is
 there to read: a nightly killed with `kill -9` leaves its MLflow run RUNNING
 and no report, which counts as running for the late window the alerts use
-(closecast/alerts.py LATE_WITHIN), and as killed after it.
+(closecast/cli/alerts.py LATE_WITHIN), and as killed after it.
 """
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -22,14 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from closecast.core.calendar import session_on_or_before
 from closecast.core.config import EXPERIMENT, MODEL_NAME
 from closecast.core.errors import PipelineError
+from closecast.core.schedule import NIGHTLY_SLOT
 from closecast.tasks.mlflow.auth import refusals_as_errors
 from closecast.tasks.mlflow.connection import connect_mlflow, unreadable_store
 from closecast.tasks.registry.aliases import CHAMPION, alias_history, current_aliases
 from closecast.tasks.reporting.report import report_path
 from closecast.tasks.reporting.scorecard import UnreadableReport, read_report
 
-NEW_YORK = ZoneInfo("America/New_York")
-NIGHTLY_SLOT = time(18, 30)  # the nightly deployment's schedule, New York time
 LIVE_METRICS = (
     "live_rmse_20d",
     "live_naive_rmse_20d",
@@ -79,10 +77,11 @@ class Health:
 
 
 def expected_session(now: datetime) -> date:
-    """The last XNYS session whose 18:30 New York slot has passed at `now` (naive = UTC)."""
-    local = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(NEW_YORK)
+    """The last XNYS session whose nightly slot (18:30 New York) has passed at `now`
+    (naive = UTC)."""
+    local = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(NIGHTLY_SLOT.zone)
     session = session_on_or_before(local.date())
-    if session == local.date() and local.time() < NIGHTLY_SLOT:
+    if session == local.date() and local.time() < NIGHTLY_SLOT.time:
         session = session_on_or_before(local.date() - timedelta(days=1))
     return session
 
@@ -273,7 +272,7 @@ def render(health: Health) -> str:
     else:
         lines.append(f"last nightly: as_of {n.as_of or '?'}  {n.status}  run {n.run_id}")
         lines.append(f"  started {n.started}  ({n.name})")
-    lines.append(f"expected session: {health.expected_session} (18:30 New York slot passed)")
+    lines.append(f"expected session: {health.expected_session} ({NIGHTLY_SLOT.at()} slot passed)")
     if health.champion_version is None:
         lines.append(f"champion: none ({MODEL_NAME})")
     else:

@@ -148,7 +148,7 @@ def local_server(
 
 
 if __name__ == "__main__":
-    from closecast.cli.prefect_api import watch_parent
+    from closecast.cli.exits import watch_parent
 
     watch_parent(int(sys.argv[1]))  # SIGTERM (uvicorn's graceful stop) once serve is gone
     sys.argv = ["prefect", *sys.argv[2:]]

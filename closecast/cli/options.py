@@ -23,14 +23,9 @@ import typer
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from closecast.core.config import (
-    DataConfig,
-    PipelineConfig,
-    check_source,
-    check_ticker,
-    check_tracking_uri,
-)
+from closecast.core.config import DataConfig, PipelineConfig, check_ticker, check_tracking_uri
 from closecast.core.errors import InputError
+from closecast.core.sources import SOURCE_HELP, check_source
 
 TickersOpt = Annotated[
     str | None, typer.Option("--tickers", help="Comma-separated tickers, e.g. AAPL,MSFT.")
@@ -38,9 +33,7 @@ TickersOpt = Annotated[
 TickersFileOpt = Annotated[
     Path | None, typer.Option("--tickers-file", help="One ticker per line; # starts a comment.")
 ]
-SourceOpt = Annotated[
-    str, typer.Option("--source", help="yfinance, sample, or csv:PATH (folder or long file).")
-]
+SourceOpt = Annotated[str, typer.Option("--source", help=f"{SOURCE_HELP}.")]
 DEFAULT_SOURCE: str = DataConfig.model_fields["source"].default
 AsOfOpt = Annotated[
     str | None, typer.Option("--as-of", help="YYYY-MM-DD; default: the last date with data.")

@@ -18,21 +18,18 @@ module is that child.
 import asyncio
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from closecast.cli.exits import watch_parent
 from closecast.cli.imports import heavy_imports
 
 FLOW_COMMANDS = frozenset({"run", "predict", "backfill", "fetch"})
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 5.0
-WATCH_INTERVAL_S = 0.5
 RECORDER_LOGGER = "prefect.server.services.task_run_recorder"
 NO_BLOCK_REGISTRATION = (
     "PREFECT_SERVER_REGISTER_BLOCKS_ON_START",
@@ -153,19 +150,6 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
         server.wait()
 
 
-def watch_parent(parent: int) -> None:
-    """SIGTERM this process once `parent` is gone (the child is then re-parented)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(WATCH_INTERVAL_S)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(STOP_TIMEOUT_S)
-        os._exit(1)  # the graceful shutdown hung
-
-    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
-
-
 class _DropCancelledFlush(logging.Filter):
     """The task-run recorder's flush cancelled by the server's own shutdown.
 
@@ -198,7 +182,7 @@ def serve(fd: int, parent: int) -> None:
     two processes share the cores. PREFECT_SERVER_REGISTER_BLOCKS_ON_START in
     the environment still wins.
     """
-    watch_parent(parent)
+    watch_parent(parent)  # SIGTERM (uvicorn's graceful stop) once the command is gone
     for name in NO_BLOCK_REGISTRATION:
         os.environ.setdefault(name, "false")
     with heavy_imports():

@@ -11,30 +11,33 @@ place, so the nights missed while stopped run when serve is back.
 import fcntl
 import logging
 import os
-import signal
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from closecast.cli.exits import interrupt_on_signals
 from closecast.cli.local_server import _healthy as _healthy
 from closecast.cli.local_server import local_server, require_api
 from closecast.cli.local_server import server_environment as server_environment
 from closecast.cli.local_server import stop_process_group as stop_process_group
 from closecast.core.config import PipelineConfig
 from closecast.core.errors import InputError
+from closecast.core.schedule import NIGHTLY_SLOT
 
 if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
+
     from closecast.cli.alerts import NotifyTarget
 
 logger = logging.getLogger(__name__)
 
-NIGHTLY_CRON = "30 18 * * 1-5"
-NIGHTLY_TIMEZONE = "America/New_York"
 # Flow runs the runner starts at a time. One: it takes due runs oldest slot first, so late
 # nightlies catch up in order (the deployment limit alone lets them race for the slot).
 RUNNER_LIMIT = 1
 LOCK_NAME = "serve.lock"
+T = TypeVar("T")
 
 
 @contextmanager
@@ -78,7 +81,9 @@ def refuse_another_homes_deployment(config: PipelineConfig, api_url: str) -> Non
         )
 
 
-def build_deployments(config: PipelineConfig, task_runner: Any | None = None) -> list[Any]:
+def build_deployments(
+    config: PipelineConfig, task_runner: Any | None = None
+) -> list["RunnerDeployment"]:
     """`nightly` on its weeknight cron, `predict` and `backfill` for manual runs.
 
     `nightly` allows one run at a time and queues the others (ENQUEUE, never
@@ -91,15 +96,15 @@ def build_deployments(config: PipelineConfig, task_runner: Any | None = None) ->
     from closecast.flows.nightly import nightly
     from closecast.flows.predict import predict
 
-    flows = [nightly, predict, backfill]
+    flows: list[Flow[..., Any]] = [nightly, predict, backfill]
     if task_runner is not None:
         flows = [f.with_options(task_runner=task_runner) for f in flows]
     parameters = {"config": config.model_dump(mode="json")}
     nightly_flow, predict_flow, backfill_flow = flows
-    return [
+    deployments = [
         nightly_flow.to_deployment(
             "nightly",
-            schedule=Cron(NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE),
+            schedule=Cron(NIGHTLY_SLOT.cron, timezone=NIGHTLY_SLOT.timezone),
             concurrency_limit=ConcurrencyLimitConfig(
                 limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
             ),
@@ -120,10 +125,14 @@ def build_deployments(config: PipelineConfig, task_runner: Any | None = None) ->
             description="Point-in-time runs for each session in [start, end].",
         ),
     ]
+    return [_called_from_sync(d) for d in deployments]
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _called_from_sync(result: T | Coroutine[Any, Any, T]) -> T:
+    """What a Prefect method that dispatches on the caller (`to_deployment`) returns here:
+    called from sync code, never the coroutine of its async twin."""
+    assert not isinstance(result, Coroutine)
+    return result
 
 
 def serve_deployments(
@@ -143,9 +152,7 @@ def serve_deployments(
         if api_url:
             require_api(api_url)
             refuse_another_homes_deployment(config, api_url)
-        # Ctrl-C must reach us even when started in the background, where SIGINT is ignored.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _interrupt)  # stop what we started on SIGTERM too
+        interrupt_on_signals()  # Ctrl-C, even in the background, and SIGTERM stop what we start
         if api_url:
             print(f"serving on the Prefect API at {api_url}", flush=True)
             _serve(config, task_runner, alerts)
@@ -177,13 +184,14 @@ def _serve(
 
 
 def _install_alerts(target: "NotifyTarget | None") -> None:
-    from closecast.cli.alerts import install_alerts
+    from closecast.cli.alerts import LATE_WITHIN, install_alerts
 
     if target is None:
         print("alerts: left as they are (--notify-url or --notify-block sets them)", flush=True)
         return
     install_alerts(target)
+    late = NIGHTLY_SLOT.at(after=LATE_WITHIN)
     print(
-        f"alerts: nightly failed, late (22:00 New York), report unhealthy -> {target.describe()}",
+        f"alerts: nightly failed, late ({late}), report unhealthy -> {target.describe()}",
         flush=True,
     )

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from closecast.core.sources import SOURCE_HELP, SOURCE_PATTERN, check_source
+
 TICKER_PATTERN = re.compile(r"^[A-Za-z0-9.^=_-]{1,20}$")
-# The same rule as `check_source`, as a JSON-schema pattern: Prefect's run form refuses a typo.
-SOURCE_PATTERN = r"^(yfinance|sample|csv:.+)$"
 SAMPLE_TICKERS = ("^GSPC", "^IXIC")
 FeatureName = Literal["close", "volume", "open", "high", "low"]
 # The one list of feature names (a window's columns: adjusted prices and volume) and of
@@ -44,15 +44,6 @@ def check_ticker(ticker: str) -> str:
 
 
 Ticker = Annotated[str, AfterValidator(check_ticker)]
-
-
-def check_source(source: str) -> str:
-    """Validate a source spec: `yfinance`, `sample` or `csv:PATH`."""
-    if source in {"yfinance", "sample"}:
-        return source
-    if source.startswith("csv:") and len(source) > len("csv:"):
-        return source
-    raise ValueError(f"invalid source {source!r}: expected yfinance, sample or csv:PATH")
 
 
 def check_home(home: Path) -> Path:
@@ -119,8 +110,7 @@ class DataConfig(_Strict):
     source: Annotated[str, AfterValidator(check_source)] = Field(
         default="yfinance",
         pattern=SOURCE_PATTERN,
-        description="Where prices come from: yfinance, sample (offline ^GSPC/^IXIC), or "
-        "csv:PATH (a folder of TICKER.csv files or one long file), e.g. csv:/data/prices.",
+        description=f"Where prices come from: {SOURCE_HELP}, e.g. csv:/data/prices.",
     )
     tickers: list[Ticker] = Field(
         default_factory=list,
