@@ -27,12 +27,13 @@ from closecast.models.forecaster import Forecaster
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
 from closecast.models.pyfunc import read_input
 from closecast.tasks.mlflow.connection import configure_mlflow
+from closecast.tasks.modeling.prediction import predict_next
 from closecast.tasks.registry.champion import find_champion
 from closecast.tasks.registry.register import (
     load_forecaster,
+    load_version,
     log_forecaster,
     model_requirements,
-    predict_with_version,
     signature,
 )
 from tests.fakes import yahoo_frame
@@ -138,7 +139,10 @@ mlflow.pyfunc.load_model(model_uri).predict(pd.read_parquet(rows)).to_parquet(ou
 found = {"models": models.OWNER, "core": core.OWNER}
 if tasks_after == "yes":
     import closecast.tasks.registry.register as register
+    import closecast.core.config, closecast.models.pyfunc
     found["tasks"] = register.__file__
+    found["core_file"] = closecast.core.config.__file__
+    found["pyfunc_file"] = closecast.models.pyfunc.__file__
     found["window"] = register.load_forecaster(model_uri).window
 found["now_models"] = sys.modules["models"].OWNER
 found["now_core"] = sys.modules["core"].OWNER
@@ -178,7 +182,10 @@ def test_a_logged_model_loads_beside_another_projects_models_and_core(
     pd.testing.assert_frame_equal(pd.read_parquet(out), here)
     if tasks_after == "yes":
         assert found["window"] == current.forecaster.window
-        assert "/code/closecast/" not in found["tasks"]  # the installed package's, not the model's
+        # one closecast, the installed one: never the model's core beside another version's tasks
+        assert not [
+            k for k in ("tasks", "core_file", "pyfunc_file") if "/code/closecast/" in found[k]
+        ]
 
 
 def old_layout(folder: Path) -> tuple[Path, list[Path]]:
@@ -237,7 +244,8 @@ def test_mlflow_loads_and_runs_a_model_logged_by_an_earlier_version(loading_old:
     assert type(model.unwrap_python_model()).__module__ == "models.pyfunc"  # its own copy
     predicted = model.predict(_rows())
     pd.testing.assert_frame_equal(predicted, _expected(loading_old.forecaster, _rows()))
-    pd.testing.assert_frame_equal(predict_with_version(loading_old.uri, "1", _rows()), predicted)
+    served = load_version(loading_old.uri, "1")
+    pd.testing.assert_frame_equal(predict_next(served, _rows()), predicted)
 
 
 def test_closecast_rebuilds_the_forecaster_of_an_earlier_version_with_its_own_code(

@@ -137,16 +137,54 @@ def model_requirements() -> list[str]:
     ]
 
 
+LOGGED_INIT = '''"""closecast.models and closecast.core, as a logged closecast model carries them.
+
+MLflow puts this folder first on sys.path when it loads the model. Where
+closecast is installed, the installed package comes first in `__path__`: a
+process that loads the model and then imports closecast.tasks runs one
+closecast, the installed one (which reads the model's weights and spec).
+Where none is installed, this copy runs the model.
+"""
+
+import json
+from importlib import metadata
+from pathlib import Path
+from pkgutil import extend_path
+from urllib.parse import unquote, urlsplit
+
+__path__ = extend_path(__path__, __name__)
+__version__ = "{version}"  # of the closecast that logged the model
+
+
+def _installed() -> list[str]:
+    try:
+        dist = metadata.distribution("closecast")
+    except metadata.PackageNotFoundError:
+        return []
+    url = json.loads(dist.read_text("direct_url.json") or "{{}}")
+    if url.get("dir_info", {{}}).get("editable"):  # pip install -e: the checkout
+        root = Path(unquote(urlsplit(url["url"]).path))
+    else:
+        root = Path(str(dist.locate_file("")))
+    package = root / "closecast"
+    return [str(package)] if (package / "__init__.py").is_file() else []
+
+
+__path__ = [*_installed(), *(p for p in __path__ if p not in _installed())]
+'''
+
+
 def model_code(folder: Path) -> Path:
     """A `closecast` package holding only what a logged model runs: models/ and core/.
 
-    Logged as the model's code (no pickle). Its `__init__` extends `__path__`
-    like the installed package's, so a process that loads the model first and
-    imports `closecast.tasks` afterwards finds both.
+    Logged as the model's code (no pickle). Its `__init__` (`LOGGED_INIT`)
+    puts an installed closecast first, so a process that loads the model and
+    imports `closecast.tasks` afterwards never mixes the model's copy of
+    closecast.core with another version's tasks.
     """
     package = folder / "code" / "closecast"
     package.mkdir(parents=True)
-    shutil.copy(Path(closecast.__path__[0]) / "__init__.py", package / "__init__.py")
+    (package / "__init__.py").write_text(LOGGED_INIT.format(version=closecast.__version__))
     for part in (closecast.models, closecast.core):
         source = Path(part.__path__[0])
         shutil.copytree(source, package / source.name, ignore=shutil.ignore_patterns("__pycache__"))
