@@ -29,7 +29,7 @@ from closecast.models.pyfunc import read_input
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.modeling.prediction import predict_next
 from closecast.tasks.registry.champion import find_champion
-from closecast.tasks.registry.register import (
+from closecast.tasks.registry.logged_model import (
     load_forecaster,
     load_version,
     log_forecaster,

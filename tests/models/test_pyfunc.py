@@ -18,7 +18,7 @@ from closecast.models.encoding import Encoding
 from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
 from closecast.tasks.mlflow.connection import configure_mlflow
-from closecast.tasks.registry.register import log_forecaster
+from closecast.tasks.registry.logged_model import log_forecaster
 from tests.fakes import FakeYahoo, yahoo_frame
 from tests.mlflow_fixtures import new_home
 

@@ -181,6 +181,7 @@ def test_the_registry_and_the_champion_lookup_need_no_training_code() -> None:
     graph = grimp.build_graph("closecast")
     for module in (
         "closecast.tasks.registry.register",
+        "closecast.tasks.registry.logged_model",
         "closecast.tasks.registry.champion",
         "closecast.tasks.registry.aliases",
     ):

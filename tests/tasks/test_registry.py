@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-import closecast.tasks.registry.register
+import closecast.tasks.registry.logged_model
 import closecast.tasks.reporting.steps
 from closecast.core.config import MODEL_NAME, PipelineConfig
 from closecast.flows.nightly import NightlyResult, nightly
@@ -38,17 +38,15 @@ from closecast.tasks.registry.aliases import (
     current_aliases,
     discard_run_versions,
 )
-from closecast.tasks.registry.register import (
+from closecast.tasks.registry.logged_model import (
     environment_mismatches,
     example_input,
-    list_tickers,
     load_forecaster,
     load_pyfunc,
     log_forecaster,
-    register_model,
-    run_url,
     signature,
 )
+from closecast.tasks.registry.register import list_tickers, register_model, run_url
 from tests.conftest import write_ticker_csvs
 from tests.mlflow_fixtures import new_home, spoil_training
 
@@ -351,7 +349,7 @@ def test_a_version_pins_every_distribution_its_code_imports(scenario: Scenario) 
     configure_mlflow(scenario.config.mlflow_uri)
     pinned = {canonicalize_name(r.name): r for r in _requirements(f"models:/{MODEL_NAME}/1")}
     distributions = packages_distributions()
-    for module in sorted(_imports_of(Path(closecast.tasks.registry.register.MODEL_CODE))):
+    for module in sorted(_imports_of(Path(closecast.tasks.registry.logged_model.MODEL_CODE))):
         names = {canonicalize_name(d) for d in distributions.get(module, [module])}
         assert names & pinned.keys(), f"{module} ({', '.join(names)}) is not in {sorted(pinned)}"
     for name, requirement in pinned.items():
@@ -385,10 +383,10 @@ def test_a_model_logged_for_another_environment_loads_with_one_warning(
     requirements = Path(urlsplit(stored).path) / "requirements.txt"
     torch_pin = f"torch=={version('torch').split('+')[0]}"
     requirements.write_text(requirements.read_text().replace(torch_pin, "torch==1.0.0"))
-    with caplog.at_level(logging.WARNING, logger="closecast.tasks.registry.register"):
+    with caplog.at_level(logging.WARNING, logger="closecast.tasks.registry.logged_model"):
         load_pyfunc(uri)
     warnings = [
-        r.getMessage() for r in caplog.records if r.name == "closecast.tasks.registry.register"
+        r.getMessage() for r in caplog.records if r.name == "closecast.tasks.registry.logged_model"
     ]
     assert warnings == [
         f"{uri} was logged for another environment: torch==1.0.0 (installed {version('torch')})"

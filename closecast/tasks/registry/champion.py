@@ -11,7 +11,7 @@ from closecast.models.forecaster import Forecaster
 from closecast.tasks.mlflow.auth import refused_request
 from closecast.tasks.mlflow.connection import connect_mlflow
 from closecast.tasks.registry.aliases import CHAMPION
-from closecast.tasks.registry.register import load_forecaster
+from closecast.tasks.registry.logged_model import load_forecaster
 
 _VERSION_METRICS = ("test_rmse", "naive_rmse", "skill")
 

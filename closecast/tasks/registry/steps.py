@@ -16,7 +16,7 @@ from closecast.models.forecaster import Forecaster
 from closecast.tasks.modeling.evaluation import Evaluation
 from closecast.tasks.modeling.windows import Dataset
 from closecast.tasks.registry import champion as champion_module
-from closecast.tasks.registry import register
+from closecast.tasks.registry import logged_model, register
 from closecast.tasks.registry.champion import Champion
 from closecast.tasks.registry.register import RegisteredVersion
 
@@ -70,4 +70,4 @@ def promote_model(tracking_uri: str, registered: RegisteredVersion) -> None:
 @task(name="load-version", cache_policy=NO_CACHE, task_run_name="load-version v{version}")
 def load_version(tracking_uri: str, version: str) -> PyFuncModel:
     """Registry version `version` as the pyfunc MLflow serves (the model that predicts)."""
-    return register.load_version(tracking_uri, version)
+    return logged_model.load_version(tracking_uri, version)
