@@ -4,15 +4,15 @@
 - **nightly late**: a `nightly` flow run that went Late, Pending or Running
   (the first of these starts the clock) reaches no final state (Completed,
   Failed, Crashed, TimedOut) within LATE_WITHIN (3 h 30 min). The nightly
-  slot (closecast/core/schedule.py, 18:30 New York) starts the clock (its run
-  goes Pending, or Late when nothing picks it up), so the alert comes at
-  22:00 New York. Failed runs are alerted once, by the rule above, not again
+  slot (closecast/core/schedule.py) starts the clock (its run
+  goes Pending, or Late when nothing picks it up), so the alert comes
+  LATE_WITHIN after the slot. Failed runs are alerted once, by the rule above, not again
   here. The trigger is a proactive `EventTrigger` evaluated by the Prefect
   server: it needs the server up then, and the scheduler to have created the
   run (`closecast status` covers the rest).
 - **report unhealthy**: the `closecast.report.unhealthy` event of a
   `nightly` run (closecast/tasks/reporting/events.py: more than
-  UNHEALTHY_SHARE, 20%, of its tickers not ok).
+  UNHEALTHY_SHARE of its tickers not ok).
 
 Automations run on the Prefect server, so a notification endpoint that is
 down never touches the nightly; the server logs the miss and records a

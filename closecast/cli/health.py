@@ -77,7 +77,7 @@ class Health:
 
 
 def expected_session(now: datetime) -> date:
-    """The last XNYS session whose nightly slot (18:30 New York) has passed at `now`
+    """The last XNYS session whose nightly slot (core/schedule.py) has passed at `now`
     (naive = UTC)."""
     local = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(NIGHTLY_SLOT.zone)
     session = session_on_or_before(local.date())

@@ -25,6 +25,7 @@ from closecast.cli.options import (
     with_model_options,
 )
 from closecast.core.errors import InputError
+from closecast.core.schedule import NIGHTLY_SLOT
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -261,8 +262,7 @@ def serve(
     notify_url: NotifyUrlOpt = None,
     notify_block: NotifyBlockOpt = None,
 ) -> None:
-    """Serve nightly (weeknights 18:30 New York), predict and backfill until Ctrl-C; with
-    --notify-url or --notify-block, first install the alerts."""
+    # The docstring is the command's help; the slot in it is set from NIGHTLY_SLOT below.
     if not 1 <= port <= 65535:
         raise InputError(f"invalid --port {port}: expected 1-65535")
     from closecast.cli.alerts import notify_target
@@ -274,6 +274,12 @@ def serve(
         from closecast.cli.serve import serve_deployments
 
     serve_deployments(config, port, flow_runner, alerts=target, host=parse_host(host))
+
+
+serve.__doc__ = (
+    f"Serve nightly ({NIGHTLY_SLOT.at()}, cron `{NIGHTLY_SLOT.cron}`), predict and backfill "
+    "until Ctrl-C; with --notify-url or --notify-block, first install the alerts."
+)
 
 
 def alerts(notify_url: NotifyUrlOpt = None, notify_block: NotifyBlockOpt = None) -> None:

@@ -135,5 +135,5 @@ def backfill_session(
         path = publish_report(
             report, config.reports_dir, model.metrics, model.decision, live, champion, links
         )
-    emit_report_health(report, path)  # > 20% of tickers not ok: an alert, never a failure
+    emit_report_health(report, path)  # too many tickers not ok: an alert, never a failure
     return path, model

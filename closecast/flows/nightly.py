@@ -64,7 +64,7 @@ def nightly(config: PipelineConfig) -> NightlyResult:
         path = publish_report(
             report, config.reports_dir, evaluation.metrics, new.decision.line, live, champion, links
         )
-    emit_report_health(report, path)  # > 20% of tickers not ok: an alert, never a failure
+    emit_report_health(report, path)  # too many tickers not ok: an alert, never a failure
     return NightlyResult(
         path, run, new.version, new.predicting_version, new.decision.tag, evaluation.metrics
     )

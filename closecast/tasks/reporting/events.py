@@ -1,6 +1,6 @@
 """The report's health as a Prefect event, for the automation that alerts on it.
 
-When more than 20% of a report's tickers are not `ok`, the flow emits
+When more than UNHEALTHY_SHARE of a report's tickers are not `ok`, the flow emits
 `closecast.report.unhealthy` (resource `closecast.report.<as_of>`; Prefect
 adds the flow run, flow and deployment as related resources) with the
 counts in its payload. An automation on that event sends the notification
@@ -37,7 +37,7 @@ class ReportHealth:
 
     @property
     def unhealthy(self) -> bool:
-        """More than 20% of the tickers are not ok."""
+        """More than UNHEALTHY_SHARE of the tickers are not ok."""
         return self.share > UNHEALTHY_SHARE
 
 
@@ -50,7 +50,7 @@ def report_health(report: pd.DataFrame) -> ReportHealth:
 
 
 def emit_report_health(report: pd.DataFrame, path: Path | None = None) -> bool:
-    """Emit `closecast.report.unhealthy` when more than 20% of the tickers are not ok.
+    """Emit `closecast.report.unhealthy` when more than UNHEALTHY_SHARE of the tickers are not ok.
 
     Never raises: a report that cannot be announced is logged, and the flow goes on.
 
