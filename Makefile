@@ -21,7 +21,7 @@ test: install
 	$(BIN)/python -m pytest
 
 # The pure tests, without the `slow` ones (servers, flow runs, subprocesses): the loop
-# while editing, ~570 tests in ~80 s on 2 cores (one process: workers would each import
+# while editing, ~610 tests in ~40 s (under a minute with start-up) on 2 cores (one process: workers would each import
 # torch, MLflow and Prefect again). `make test` still runs everything.
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" -n 0
