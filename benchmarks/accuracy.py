@@ -350,6 +350,32 @@ def _seed_mean(rows: list[dict[str, float]], key: str) -> float:
     return statistics.fmean(float(r[key]) for r in rows)
 
 
+# issue 20's risk scores (benchmarks/strong_har.py), kept beside score()'s in every row
+RISK_KEYS = (
+    "qlike_gk",
+    "qlike_gk_overnight",
+    "pinball_2.5",
+    "pinball_10",
+    "kupiec_pass_80",
+    "christoffersen_pass_80",
+    "kupiec_pass_95",
+    "christoffersen_pass_95",
+)
+
+
+def _scores(iv: ModuleType, parts: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """intervals.score and strong_har.risk_scores of the same test windows."""
+    from strong_har import risk_scores
+
+    return dict(iv.score(parts) | risk_scores(parts))
+
+
+def with_proxies(model: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> None:
+    """The baselines' variance proxies on the model's part (aligned: same rows, same order)."""
+    for key in ("proxy_gk", "proxy_gk_overnight"):
+        model[key] = base[key]
+
+
 def interval_period_rows(
     universe: str,
     as_of: str,
@@ -358,7 +384,7 @@ def interval_period_rows(
 ) -> dict[str, Any]:
     """One period: the model per seed and its mean, each baseline, the 95% score ratios."""
     iv = _intervals()
-    seeds = {seed: iv.score([m["part"]]) for seed, m in model.items()}
+    seeds = {seed: _scores(iv, [m["part"]]) for seed, m in model.items()}
     mine = list(seeds.values())
     row: dict[str, Any] = {"universe": universe, "as_of": as_of}
     for level in LEVELS:
@@ -379,7 +405,7 @@ def interval_period_rows(
         }
         for seed, scored in seeds.items()
     }
-    row["baselines"] = {name: iv.score([part]) for name, part in bases.items()}
+    row["baselines"] = {name: _scores(iv, [part]) for name, part in bases.items()}
     for name, scored in row["baselines"].items():
         row[f"ratio_95_vs_{name}"] = row["interval_score_95"] / scored["interval_score_95"]
     return row
@@ -396,12 +422,16 @@ def interval_pooled(
     mine = [r for r in periods if scope in ("all", r["universe"])]
     keys = [(r["universe"], r["as_of"]) for r in mine]
     out: dict[str, Any] = {"scope": scope, "periods": len(mine)}
-    per_seed = {s: iv.score([parts[k][s]["part"] for k in keys]) for s in seeds}
+    per_seed = {s: _scores(iv, [parts[k][s]["part"] for k in keys]) for s in seeds}
     out["seeds"] = {str(s): v for s, v in per_seed.items()}
     for level in LEVELS:
         for key in (f"coverage_{level}", f"interval_score_{level}", f"width_{level}"):
             out[key] = _seed_mean(list(per_seed.values()), key)
-    out["baselines"] = {name: iv.score([parts[k][name] for k in keys]) for name in baseline_rows()}
+    for key in RISK_KEYS:
+        out[key] = _seed_mean(list(per_seed.values()), key)
+    out["baselines"] = {
+        name: _scores(iv, [parts[k][name] for k in keys]) for name in baseline_rows()
+    }
     for name, scored in out["baselines"].items():
         ratios = [float(r[f"ratio_95_vs_{name}"]) for r in mine]
         out[f"ratio_95_vs_{name}"] = out["interval_score_95"] / scored["interval_score_95"]
@@ -415,6 +445,8 @@ def interval_pooled(
             )
             for s in seeds
         }
+        for key in ("qlike_gk", "qlike_gk_overnight", "pinball_2.5", "pinball_10"):
+            out[f"{key}_ratio_vs_{name}"] = out[key] / scored[key]
         theirs = iv._daily_scores([parts[k][name] for k in keys])
         out[f"dm_pvalue_95_vs_{name}"] = {
             str(s): iv.diebold_mariano_pvalue(
@@ -512,6 +544,39 @@ def print_intervals(pooled: list[dict[str, Any]], periods: list[dict[str, Any]])
     print(
         "IS: mean interval score, bp of the last close; /x: 95% score over x's; kup/chr: Kupiec / "
         f"Christoffersen p-values; {names[-1]}: benchmarks/intervals.py's recipe centred on naive"
+    )
+
+
+def print_risk(pooled: list[dict[str, Any]]) -> None:
+    """Issue 20's table: the model (seed mean) and each baseline, pooled per scope."""
+    against = ("har_strong", "garch_t", "ewma", _intervals().RECOMMENDED)
+    print(
+        f"\n{'scope':7} {'row':26} {'cov80':>6} {'cov95':>6} {'IS95':>6} {'QL-gk':>7} "
+        f"{'QL-gk+on':>8} {'pin2.5':>7} {'pin10':>7} {'kup80':>5} {'chr80':>5} {'kup95':>5} "
+        f"{'chr95':>5}  95% score / QLIKE(gk+on) ratio, DM p: " + ", ".join(a[:10] for a in against)
+    )
+    for p in pooled:
+        for label, r in [(f"{MODEL} mean", p), *p["baselines"].items()]:
+            ratios = ""
+            if label.startswith(MODEL):
+                ratios = "  " + ", ".join(
+                    f"{p[f'ratio_95_vs_{a}']:.3f} / {p[f'qlike_gk_overnight_ratio_vs_{a}']:.3f}"
+                    f" p " + "/".join(f"{v:.3f}" for v in p[f"dm_pvalue_95_vs_{a}"].values())
+                    for a in against
+                )
+            print(
+                f"{p['scope']:7} {label[:26]:26} {r['coverage_80']:6.1%} {r['coverage_95']:6.1%} "
+                f"{1e4 * r['interval_score_95']:6.1f} {r['qlike_gk']:7.4f} "
+                f"{r['qlike_gk_overnight']:8.4f} {1e4 * r['pinball_2.5']:7.2f} "
+                f"{1e4 * r['pinball_10']:7.2f} {r['kupiec_pass_80']:5.0%} "
+                f"{r['christoffersen_pass_80']:5.0%} {r['kupiec_pass_95']:5.0%} "
+                f"{r['christoffersen_pass_95']:5.0%}{ratios}"
+            )
+    print(
+        "QL: mean QLIKE of ((upper_95 − lower_95) / (2·1.96))² against the target day's "
+        "Garman–Klass variance (gk) and GK + overnight gap² (gk+on); pin: pinball loss, bp, of "
+        "the 95% / 80% lower bounds at 2.5% / 10%; kup/chr: share of ticker-periods whose "
+        "p-value ≥ 0.05"
     )
 
 
@@ -701,6 +766,7 @@ def main() -> None:
                     if key not in parts:
                         parts[key] = baseline_parts(universe, as_of)
                     check_aligned(distribution["part"], parts[key]["ewma"], str(key))
+                    with_proxies(distribution["part"], parts[key]["ewma"])
                     parts[key][seed] = distribution
     table = summarise(rows)
     names = [u.name for u in universes]
@@ -729,6 +795,7 @@ def main() -> None:
         )
     if interval_periods:
         print_intervals(pooled, interval_periods)
+        print_risk(pooled)
     speed = training_time()
     if speed is not None:
         print(

@@ -60,7 +60,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from statistics import NormalDist
@@ -76,6 +76,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from accuracy import SHARED, Universe, describe_universes, load_universes  # noqa: E402
+from strong_har import strong_har_sigma, variance_proxy  # noqa: E402
 
 from closecast.core.config import WindowConfig  # noqa: E402
 from closecast.models.calibration import (  # noqa: E402
@@ -103,7 +104,7 @@ from closecast.tasks.modeling.features import compute_features  # noqa: E402
 from closecast.tasks.modeling.windows import build_windows, window_columns  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "intervals.json"
-BASELINES = ("ewma", "garch", "garch_t", "har")
+BASELINES = ("ewma", "garch", "garch_t", "har", "har_strong")
 TRAIN, VALIDATION, TEST, NONE = 0, 1, 2, -1
 
 
@@ -117,13 +118,17 @@ class Panel:
     next_return: np.ndarray  # (N,) log(next close / close); NaN on a ticker's last row
     frames: dict[str, pd.DataFrame]  # per ticker: adjusted close, open, high, low, volume
     rows: dict[str, slice]  # per ticker: its rows in the panel, in date order
+    # per ticker: adjusted close, open, high, low of every session up to as_of (har_strong)
+    visible: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def build_panel(universe: Universe, as_of: date, window: int) -> Panel:
     """Visible rows of each ticker split by build_windows's dates; its test windows, checked."""
-    frames, features = {}, {}
+    frames, features, every = {}, {}, {}
     for ticker, frame in universe.frames.items():
-        visible = frame[frame.index <= pd.Timestamp(as_of)].iloc[-universe.history :]
+        upto = frame[frame.index <= pd.Timestamp(as_of)]
+        every[ticker] = compute_features(upto, ["close", "open", "high", "low"])
+        visible = upto.iloc[-universe.history :]
         frames[ticker] = compute_features(visible, ["close", "open", "high", "low", "volume"])
         features[ticker] = frames[ticker][window_columns(WindowConfig().features)]
     dataset = build_windows(features, WindowConfig(window=window), as_of)
@@ -151,7 +156,7 @@ def build_panel(universe: Universe, as_of: date, window: int) -> Panel:
         zip(dataset.test.tickers, dataset.test.target_dates, strict=True)
     ):
         raise RuntimeError(f"{as_of}: the test rows differ from build_windows's test windows")
-    return Panel(tickers, dates, split, returns, frames, rows)
+    return Panel(tickers, dates, split, returns, frames, rows, every)
 
 
 # --- scales: σ̂ per panel row, (N,) -------------------------------------------------------
@@ -239,6 +244,17 @@ def classic_har_scale(panel: Panel) -> np.ndarray:
     return out
 
 
+def strong_har_scale(panel: Panel) -> np.ndarray:
+    """`strong_har_sigma` per ticker, fitted on the last 1,000 sessions before the test span."""
+    origin = panel.dates[panel.split == TEST].min()
+
+    def one(ticker: str) -> np.ndarray:
+        sigma = strong_har_sigma(panel.visible[ticker], origin)
+        return sigma.reindex(panel.frames[ticker].index).to_numpy()
+
+    return np.concatenate([one(t) for t in panel.rows])
+
+
 def garch_scale(panel: Panel, dist: Literal["normal", "t"]) -> tuple[np.ndarray, np.ndarray]:
     """GARCH(1,1) σ̂ per ticker fitted on training returns, filtered forward with fixed params.
 
@@ -268,6 +284,7 @@ SCALES: dict[str, Callable[[Panel], np.ndarray]] = {
     "ewma10": lambda p: ewma_scale(p, 9),
     "win10": lambda p: window_scale(p, 10),
     "har": classic_har_scale,
+    "har_strong": strong_har_scale,
     "har22": lambda p: pooled_har_scale(p, (1, 5, 22)),
     "har10": lambda p: pooled_har_scale(p, (1, 5, 9)),
     "har22+volume": lambda p: pooled_har_scale(p, (1, 5, 22), volume=True),
@@ -302,6 +319,7 @@ def _recipes() -> dict[str, Recipe]:
         Recipe("garch", "garch", "normal", 0),
         Recipe("garch_t", "garch_t", "student_t", 0),
         Recipe("har", "har", "empirical_train", scale_history((1, 5, 22))),
+        Recipe("har_strong", "har_strong", "conformal_trainval", 0),
     ]
     conformal = [
         ("ewma", 0, ("val", "trainval")),
@@ -390,10 +408,14 @@ def held_out_intervals(
     if not np.isfinite(sigma).all():
         raise RuntimeError(f"{recipe.name}: a test row has no scale")
     cals = calibrations(recipe, panel, scales)[test]
+    proxies = [variance_proxy(panel.frames[t]) for t in panel.rows]
     out = {
         "y": np.expm1(panel.next_return[test]),  # (close − last) / last
         "tickers": panel.tickers[test],
         "dates": panel.dates[test],
+        # the target day's Garman–Klass variance, and with the overnight gap (risk_scores)
+        "proxy_gk": np.concatenate([p[0] for p in proxies])[test],
+        "proxy_gk_overnight": np.concatenate([p[1] for p in proxies])[test],
     }
     for i, level in enumerate(LEVELS):
         lower = np.array([c.lower[i] for c in cals])
