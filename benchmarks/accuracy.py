@@ -37,6 +37,13 @@ Scores are relative to the last close: coverage, mean Gneiting–Raftery
 interval score, Kupiec and Christoffersen p-values (models/interval_scores.py),
 the 95% score against each baseline pooled and per period, and the issue's
 targets. The model's numbers are the mean over seeds; p-values per seed.
+Issue 20 adds the strong HAR (`har_strong`, benchmarks/strong_har.py) to the
+baselines, and to every row (model and baselines) QLIKE of the variance its
+95% interval implies, ((upper − lower) / (2·1.96))², against the target
+day's Garman–Klass variance (and GK + the squared overnight gap), pinball
+loss of the 95% / 80% lower bounds at 2.5% / 10%, and the share of
+ticker-periods whose Kupiec / Christoffersen p-values are ≥ 5%; the DM
+p-values of the 95% score run against every baseline.
 
 Growth (`--growth`, issue 14): the default recipe trained as the pipeline
 trains it on every ticker of ../shared/data (the S&P 500, ~440k training

@@ -19,7 +19,12 @@ Baselines:
   validation and test with the parameters fixed;
 - `har`: Corsi's HAR per ticker: OLS with intercept of |r(t+1)| on the mean
   |r| and mean log(high / low) over 1, 5 and 22 days, fitted on the training
-  span, with the empirical quantiles of its training residuals z.
+  span, with the empirical quantiles of its training residuals z;
+- `har_strong` (issue 20): Corsi's 1/5/22 days on the log high-low range in
+  Clements-Preve's log form, per ticker, fitted on the last 1,000 sessions
+  before the test span from the whole history up to as_of, mapped to a
+  return scale on the same rows (benchmarks/strong_har.py), with conformal
+  quantiles on training + validation.
 Candidates, all with split-conformal quantiles (`fit_conformal`: finite-sample
 corrected quantiles of z pooled over tickers) on the validation windows
 (`_val`) or on training + validation (`_trainval`):
