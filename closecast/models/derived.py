@@ -55,6 +55,8 @@ def trailing_mean(values: np.ndarray, rows: int) -> np.ndarray:
 
 def derive(frame: pd.DataFrame, name: str) -> np.ndarray:
     """One derived feature of a frame of raw rows in date order, (n,)."""
+    if name not in LOOKBACK:
+        raise ValueError(f"{name!r} is not a derived feature; expected one of {sorted(LOOKBACK)}")
     rows = LOOKBACK[name]  # type: ignore[index]
     if name in RANGE_FEATURES:
         high = frame["high"].to_numpy(np.float64)
@@ -65,7 +67,7 @@ def derive(frame: pd.DataFrame, name: str) -> np.ndarray:
         mean = trailing_mean(volume, rows)
         ratio = np.divide(volume, mean, out=np.ones(len(volume)), where=mean > 0)
         return np.where(np.isnan(mean), np.nan, ratio)
-    raise ValueError(f"{name!r} is not a derived feature; expected one of {sorted(LOOKBACK)}")
+    raise AssertionError(f"no rule derives {name!r}")  # LOOKBACK names a feature without one
 
 
 def with_derived(frame: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
