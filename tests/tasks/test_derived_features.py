@@ -1,6 +1,5 @@
 """The opt-in scale features reach back further than the window, never forward."""
 
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,5 +113,3 @@ def test_bad_feature_name_is_one_line_listing_the_valid_ones() -> None:
         WindowConfig(features=["close", "range23"])  # type: ignore[list-item]
     text = str(error.value)
     assert "range23" in text and "range22" in text and "volume60" in text
-
-
