@@ -17,12 +17,15 @@ from closecast.core.sources import SOURCE_HELP, SOURCE_PATTERN, check_source
 
 TICKER_PATTERN = re.compile(r"^[A-Za-z0-9.^=_-]{1,20}$")
 SAMPLE_TICKERS = ("^GSPC", "^IXIC")
-FeatureName = Literal["close", "volume", "open", "high", "low"]
+FeatureName = Literal["close", "volume", "open", "high", "low", "range22", "range66", "volume60"]
 # The one list of feature names (a window's columns: adjusted prices and volume) and of
 # target names (what the network predicts, models/encoding.py); the rest read these.
 FEATURES: tuple[FeatureName, ...] = get_args(FeatureName)
-# Prices: split- and dividend-adjusted, > 0; volume is the one feature that is not a price.
-PRICE_FEATURES: frozenset[FeatureName] = frozenset(f for f in FEATURES if f != "volume")
+# Prices: split- and dividend-adjusted, > 0.
+PRICE_FEATURES: frozenset[FeatureName] = frozenset({"close", "open", "high", "low"})
+# Opt-in scale features that reach further back than the window (models/derived.py): the
+# rows, up to and including its own, that each row's value reads.
+LOOKBACK: dict[FeatureName, int] = {"range22": 22, "range66": 66, "volume60": 60}
 DEFAULT_FEATURES: tuple[FeatureName, ...] = ("close", "volume", "open")
 TargetName = Literal["vol_return", "log_return", "minmax_close"]
 TARGETS: tuple[TargetName, ...] = get_args(TargetName)

@@ -10,6 +10,7 @@ from closecast.flows.deployment import served_config
 from closecast.flows.fetch import fetch
 from closecast.flows.naming import name_flow_run, run_name
 from closecast.flows.steps import prediction_inputs, session_report
+from closecast.models.derived import extra_rows
 from closecast.tasks.data.steps import load_prices
 from closecast.tasks.mlflow.runs import tracking_run
 from closecast.tasks.modeling.steps import predict_next
@@ -48,7 +49,8 @@ def predict(config: PipelineConfig) -> PredictResult:
     if kept := trained_report_run(existing, config.mlflow_uri):
         get_run_logger().warning("kept %s: written by run %s, which trained", existing, kept)
         return PredictResult(existing, "", champion.version, kept_run_id=kept)
-    inputs = prediction_inputs(prices, fetched, config.data.tickers, champion.window)
+    rows = champion.window + extra_rows(champion.features)  # the champion's `input_rows`
+    inputs = prediction_inputs(prices, fetched, config.data.tickers, rows)
     tags = {"as_of": prices.as_of.isoformat(), "model_version": champion.version, "kind": "predict"}
     # A reader (READ on the experiment) predicts too: without a run when it may not log one.
     with tracking_run(config, f"predict {prices.as_of}", tags, required=False) as run_id:

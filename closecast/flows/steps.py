@@ -17,6 +17,7 @@ import pandas as pd
 from closecast.core.config import MODEL_NAME, PipelineConfig
 from closecast.core.statuses import Issues, merge_issues
 from closecast.flows.naming import flow_run_id, name_flow_run
+from closecast.models.derived import extra_rows
 from closecast.tasks.data.sources import FetchResult
 from closecast.tasks.data.steps import load_prices, validate_prices
 from closecast.tasks.data.store import LoadedPrices
@@ -65,7 +66,8 @@ def prepare_session(
     issues = merge_issues(
         fetched.issues(prices.frames), prices.issues, validated.issues, dataset.issues
     )
-    latest = latest_rows(validated.frames, dataset.latest.tickers.tolist(), dataset.window)
+    rows = dataset.window + extra_rows(dataset.features)  # a model's `input_rows`
+    latest = latest_rows(validated.frames, dataset.latest.tickers.tolist(), rows)
     return SessionInputs(prices, validated, latest, issues, dataset)
 
 

@@ -18,7 +18,13 @@ Three representations:
 
 For both return targets volume becomes ``log1p(v)`` minus its window mean;
 each window is normalised by its own values only: nothing is fitted, nothing
-can leak, and a ticker never seen in training can be predicted. An encoded
+can leak, and a ticker never seen in training can be predicted. The opt-in
+features that reach further back (models/derived.py) keep their level, which
+is what they add to the window: a Parkinson σ (range22, range66) becomes
+``log(100·σ_P / unit)``, σ_P in percent at least ``VOL_FLOOR``, per unit of the
+window's σ for ``vol_return`` (0: the longer span was as volatile as the
+window), in log-percent for ``log_return``; a volume ratio (volume60) becomes
+``log1p(r) - log 2`` (0: a usual day's volume; defined at r = 0). An encoded
 prediction of 0 is the naive forecast (tomorrow's close = today's).
 
 Predictions always come back as closes.
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from closecast.core.config import DEFAULT_TARGET, PRICE_FEATURES, TARGETS, TargetName
+from closecast.models.derived import RANGE_FEATURES, VOLUME_RATIO_FEATURES
 
 # The targets whose encoded 0 is "no move"; the names are closecast.core.config's.
 RETURN_TARGETS: frozenset[TargetName] = frozenset({"vol_return", "log_return"})
@@ -106,6 +113,10 @@ class Encoding:
             values = windows[:, :, j]  # (N, T, F) -> (N, T)
             if name in PRICE_FEATURES:
                 columns.append(100.0 * np.log(values / last_close) / unit)
+            elif name in RANGE_FEATURES:
+                columns.append(np.log(np.maximum(100.0 * values, VOL_FLOOR) / unit))
+            elif name in VOLUME_RATIO_FEATURES:
+                columns.append(np.log1p(values) - np.log(2.0))
             else:
                 logged = np.log1p(values)
                 columns.append(logged - logged.mean(axis=1, keepdims=True))

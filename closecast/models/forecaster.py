@@ -19,6 +19,7 @@ import torch
 from closecast.core.config import PRICE_FEATURES
 from closecast.core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA, OK, Issues, Status
 from closecast.models.calibration import INTERVAL_COLUMNS, LEVELS, bound_columns
+from closecast.models.derived import extra_rows, source_columns, with_derived
 from closecast.models.encoding import Bounds, Encoding
 from closecast.models.intervals import SCALE_COLUMNS, Intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
@@ -105,9 +106,24 @@ class Forecaster:
         return (*self.features, *[c for c in SCALE_COLUMNS if c not in self.features])
 
     @property
+    def raw_columns(self) -> tuple[str, ...]:
+        """The window's columns as rows carry them: a derived feature's sources in its place."""
+        return source_columns(self.columns)
+
+    @property
     def input_columns(self) -> tuple[str, ...]:
-        """The columns `predict_frame` reads: ticker, date and the window's columns."""
-        return ("ticker", "date", *self.columns)
+        """The columns `predict_frame` reads: ticker, date and the window's raw columns."""
+        return ("ticker", "date", *self.raw_columns)
+
+    @property
+    def input_rows(self) -> int:
+        """Rows a ticker needs: the window, and those its derived features read before it."""
+        return self.window + extra_rows(self.features)
+
+    def window_values(self, rows: pd.DataFrame) -> np.ndarray:
+        """The last window of one ticker's raw rows (sorted by date), (n, ·) -> (T, C)."""
+        rows = with_derived(rows.iloc[-self.input_rows :], self.features)
+        return rows[list(self.columns)].to_numpy(np.float64)[-self.window :]
 
     def window_bounds(self, tickers: np.ndarray) -> Bounds | None:
         """Stack each window's ticker bounds, (N,) -> Bounds of (N, F); None if not needed."""
@@ -192,8 +208,7 @@ class Forecaster:
                 issues[ticker] = issue
                 continue
             tickers.append(ticker)
-            values = rows[list(self.columns)].to_numpy(np.float64)  # (n, C)
-            windows.append(values[-self.window :])  # (n, C) -> (T, C)
+            windows.append(self.window_values(rows))  # (T, C)
         if not windows:
             return prediction_table({}, issues)
         stacked = np.stack(windows)  # T×C per ticker -> (N, T, C)
@@ -205,22 +220,27 @@ class Forecaster:
         """Why one ticker's rows (sorted by date) cannot be predicted, or None.
 
         Prices must be finite and > 0 and other features finite and >= 0 (the
-        encoding takes their logs), over the last `window` rows only.
+        encoding takes their logs), over the last `input_rows` rows only: the
+        window, and the rows before it that derived features read.
         """
         if self.encoding.needs_bounds and ticker not in self.bounds:
             reason = "no MinMax bounds for this ticker: the model was not trained on it"
             return INSUFFICIENT_HISTORY, reason
-        if len(rows) < self.window:
-            return INSUFFICIENT_HISTORY, f"{len(rows)} rows; the model's window needs {self.window}"
-        last = rows.iloc[-self.window :]
+        needed = self.input_rows
+        if len(rows) < needed:
+            why = f"the model's window needs {self.window}"
+            if needed > self.window:
+                why += f" and its features {needed - self.window} rows before it"
+            return INSUFFICIENT_HISTORY, f"{len(rows)} rows; {why}"
+        last = rows.iloc[-needed:]
         dates = last["date"]
         if dates.isna().any():
-            return INVALID_DATA, f"a date in the last {self.window} rows is missing or not a date"
+            return INVALID_DATA, f"a date in the last {needed} rows is missing or not a date"
         repeated = dates[dates.duplicated()]
         if len(repeated):
             day = repeated.iloc[0].date().isoformat()
             return INVALID_DATA, f"date {day} appears more than once"
-        for name in self.columns:
+        for name in self.raw_columns:
             values = last[name].to_numpy(np.float64)  # (T,)
             valid = values > 0 if name in PRICE_FEATURES else values >= 0
             bad = ~(np.isfinite(values) & valid)

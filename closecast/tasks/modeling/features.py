@@ -3,6 +3,7 @@
 import pandas as pd
 
 from closecast.core.config import FEATURES, PRICE_FEATURES, FeatureName
+from closecast.models.derived import extra_rows, source_columns, with_derived
 
 # The pyfunc's input rows: every feature, in the OHLCV order people keep prices in.
 ROW_FEATURES: tuple[FeatureName, ...] = ("open", "high", "low", "close", "volume")
@@ -17,12 +18,18 @@ def compute_features(prices: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     point-in-time read independent of dividends paid after it. Volume stays
     as reported.
 
+    The derived features (range22, range66, volume60: models/derived.py)
+    read each row and the rows before it only; the first rows, which have too
+    few before them, are dropped, so a ticker with too little history has too
+    few rows (insufficient_history) rather than NaN inputs.
+
     Args:
         prices: one ticker's validated price frame, date index.
         features: names from FEATURES (closecast.core.config).
 
     Returns:
-        Frame with exactly `features` as columns, same index.
+        Frame with exactly `features` as columns, same index (less the warm-up
+        rows of derived features).
     """
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
@@ -30,13 +37,18 @@ def compute_features(prices: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     factor = prices["adj_close"] / prices["close"]
     factor = factor / factor.iloc[-1] if len(factor) else factor
     adjusted = {
-        name: prices[name] * factor if name in PRICE_FEATURES else prices[name] for name in features
+        name: prices[name] * factor if name in PRICE_FEATURES else prices[name]
+        for name in source_columns(features)
     }
-    return pd.DataFrame(adjusted, index=prices.index)
+    frame = with_derived(pd.DataFrame(adjusted, index=prices.index), features)[list(features)]
+    return frame.iloc[extra_rows(features) :]
 
 
 def latest_rows(frames: dict[str, pd.DataFrame], tickers: list[str], window: int) -> pd.DataFrame:
     """The last `window` rows of each ticker as the pyfunc takes them.
+
+    A model with derived features needs `Forecaster.input_rows` rows (its
+    window and the rows its features read before it): pass that as `window`.
 
     Columns: ticker, date, open, high, low, close, volume (adjusted basis).
     """
