@@ -30,6 +30,11 @@ DEFAULT_FEATURES: tuple[FeatureName, ...] = ("close", "volume", "open")
 TargetName = Literal["vol_return", "log_return", "minmax_close"]
 TARGETS: tuple[TargetName, ...] = get_args(TargetName)
 DEFAULT_TARGET: TargetName = "vol_return"
+# What the dense head predicts (models/distribution.py): the next log return's
+# distribution around the HAR scale, or ("none", the reference design) one number by MSE.
+DistributionName = Literal["student_t", "normal", "none"]
+DISTRIBUTIONS: tuple[DistributionName, ...] = get_args(DistributionName)
+DEFAULT_DISTRIBUTION: DistributionName = "student_t"
 EXPERIMENT = "closecast"
 BACKFILL_EXPERIMENT = "closecast-backfill"
 MODEL_NAME = "closecast-lstm"
@@ -95,12 +100,24 @@ class LSTMConfig:
     dropout: Annotated[
         float, Field(ge=0, lt=1, description="Dropout before the dense head, e.g. 0.2.")
     ] = 0.2
+    # A distributional head needs a return target (the HAR scale is a return's scale).
+    distribution: Annotated[
+        DistributionName,
+        Field(
+            description="What the head predicts: student_t or normal (the next log return's "
+            "distribution around the HAR scale, trained by likelihood) or none (one number, MSE)."
+        ),
+    ] = DEFAULT_DISTRIBUTION
 
     def __post_init__(self) -> None:
         if self.hidden_size < 1 or self.num_layers < 1:
             raise ValueError(f"hidden_size and num_layers must be >= 1, got {self}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                f"unknown distribution {self.distribution!r}; expected one of {DISTRIBUTIONS}"
+            )
 
 
 class _Strict(BaseModel):

@@ -1,6 +1,18 @@
 """A trained LSTM together with everything needed to use it: encoding, window,
-bounds, and the interval scale and calibration that make its point forecast a
+bounds, and the interval scale and calibration that make its forecast a
 distribution (models/intervals.py).
+
+Two kinds of network head (models/distribution.py):
+
+- a point head (`distribution="none"`, spec versions 1-2): the network
+  predicts the encoded next close; the intervals are the HAR scale σ̂ around
+  it, calibrated;
+- a distributional head (spec version 3): the network predicts a location μ
+  and a multiplier m of z = r / σ̂. The point forecast is the median,
+  last close · exp(μ·σ̂); the intervals are calibrated quantiles of σ·z
+  around it, with σ = σ̂·m when the run chose the `lstm` head and σ = σ̂
+  when it chose `har` (models/heads.py: the one that scored better on
+  validation).
 
 Saved as two files that need no pickle: the weights as a torch `state_dict`
 (loaded with ``weights_only=True``) and the spec as JSON.
@@ -19,14 +31,20 @@ import torch
 from closecast.core.config import PRICE_FEATURES
 from closecast.core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA, OK, Issues, Status
 from closecast.models.calibration import INTERVAL_COLUMNS, LEVELS, bound_columns
+from closecast.models.calibration import close_intervals
 from closecast.models.derived import extra_rows, source_columns, with_derived
+from closecast.models.distribution import parameters
 from closecast.models.encoding import Bounds, Encoding
 from closecast.models.intervals import SCALE_COLUMNS, Intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.models.scale import SIGMA_FLOOR
 
-# 2: intervals (scale + calibration) and the window's columns; 1 (point only) still loads.
-SPEC_VERSION = 2
-READABLE_SPECS = (1, 2)
+# 3: a distributional head and the head the run chose; 2: intervals (scale + calibration)
+# and the window's columns; 1: point only. All three load and predict.
+SPEC_VERSION = 3
+READABLE_SPECS = (1, 2, 3)
+# The heads a distributional network's intervals can use (models/heads.py).
+HEADS = ("lstm", "har")
 # What `predict_frame` (and so the pyfunc) returns, column -> MLflow type.
 OUTPUT_COLUMNS = {
     "ticker": "string",
@@ -93,6 +111,14 @@ class Forecaster:
     window: int
     bounds: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     intervals: Intervals | None = None  # None: point forecasts only (a spec-1 model)
+    head: str | None = None  # a distributional network's chosen head, one of HEADS
+    # Each head's validation interval score (models/heads.py), the reason for `head`.
+    head_scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def distributional(self) -> bool:
+        """Whether the network predicts a distribution around the HAR scale (spec 3)."""
+        return self.module.outputs > 1
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -137,31 +163,72 @@ class Forecaster:
         return Bounds(lo=lo, hi=hi)
 
     def predict_encoded(self, inputs: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-        """Run the network on encoded inputs, (N, T, F) -> (N,), on the CPU in eval mode."""
+        """Run the network on encoded inputs, (N, T, F) -> (N,) or (N, K), on the CPU in
+        eval mode."""
         self.module.eval()
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(inputs), batch_size):
                 batch = torch.from_numpy(inputs[start : start + batch_size])  # (b, T, F)
                 outputs.append(self.module(batch).numpy())  # (b,)
-        return np.concatenate(outputs) if outputs else np.empty(0, dtype=np.float32)
+        if not outputs:
+            shape = (0, self.module.outputs) if self.distributional else (0,)
+            return np.empty(shape, dtype=np.float32)
+        return np.concatenate(outputs)
 
-    def predict_windows(
+    def predict_outputs(
         self, windows: np.ndarray, tickers: np.ndarray, chunk: int = ENCODE_CHUNK
     ) -> np.ndarray:
-        """Predict the next close of raw windows (N, T, C) of tickers (N,) -> closes (N,).
+        """The network's outputs for raw windows (N, T, C) of tickers (N,): (N,) or (N, K).
 
         `chunk` windows at a time: encoding works in float64 on every window
         at once, a few hundred MB for a universe's training windows.
         """
-        closes = np.empty(len(windows))
+        parts = []
         for start in range(0, len(windows), chunk):
             rows = slice(start, start + chunk)
             features = windows[rows, :, : len(self.features)]  # (n, T, C) -> (n, T, F)
             bounds = self.window_bounds(tickers[rows])
-            encoded = self.predict_encoded(self.encoding.inputs(features, bounds))
-            closes[rows] = self.encoding.decode(encoded, features, bounds)
-        return closes
+            parts.append(self.predict_encoded(self.encoding.inputs(features, bounds)))
+        if not parts:
+            return self.predict_encoded(np.empty((0, self.window, len(self.features)), np.float32))
+        return np.concatenate(parts)
+
+    def distribution_parts(
+        self, windows: np.ndarray, tickers: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A distributional network's centre μ·σ̂ (log return), HAR scale σ̂ and
+        multiplier m for raw windows (N, T, C) of tickers (N,): three (N,) arrays."""
+        if not self.distributional or self.intervals is None:
+            raise ValueError("only a distributional network with a HAR scale has these parts")
+        found = parameters(self.module.config.distribution, self.predict_outputs(windows, tickers))
+        sigma_hat = self.intervals.base_scale(windows, self.columns)  # (N,)
+        return found.location * sigma_hat, sigma_hat, found.multiplier
+
+    def encode_targets(
+        self, windows: np.ndarray, next_close: np.ndarray, bounds: Bounds | None
+    ) -> np.ndarray:
+        """What the network learns for raw windows (N, T, C): the encoded next close of a
+        point head; z = r / σ̂, the next log return in HAR-scale units, of a
+        distributional one. (N,) float32."""
+        if not self.distributional:
+            return self.encoding.targets(next_close, windows[:, :, : len(self.features)], bounds)
+        if self.intervals is None:
+            raise ValueError("a distributional network's targets need the HAR scale")
+        last_close = windows[:, -1, self.columns.index("close")]  # (N, T, C) -> (N,)
+        z = np.log(next_close / last_close) / self.intervals.base_scale(windows, self.columns)
+        return z.astype(np.float32)
+
+    def predict_windows(self, windows: np.ndarray, tickers: np.ndarray) -> np.ndarray:
+        """Predict the next close of raw windows (N, T, C) of tickers (N,) -> closes (N,):
+        a point head's decoded output, a distributional head's median."""
+        last_close = windows[:, -1, self.columns.index("close")]  # (N, T, C) -> (N,)
+        if self.distributional:
+            centre, _, _ = self.distribution_parts(windows, tickers)
+            return last_close * np.exp(centre)
+        features = windows[:, :, : len(self.features)]  # (N, T, C) -> (N, T, F)
+        bounds = self.window_bounds(tickers)
+        return self.encoding.decode(self.predict_outputs(windows, tickers), features, bounds)
 
     def predict_distribution(
         self, windows: np.ndarray, tickers: np.ndarray
@@ -172,6 +239,13 @@ class Forecaster:
             {column of FORECAST_COLUMNS: closes (N,)}; interval columns are NaN for a
             model without intervals.
         """
+        if self.distributional and self.intervals is not None:
+            last_close = windows[:, -1, self.columns.index("close")]  # (N, T, C) -> (N,)
+            centre, sigma_hat, multiplier = self.distribution_parts(windows, tickers)
+            sigma = head_sigma(self.head, sigma_hat, multiplier)
+            bounds = close_intervals(last_close, centre, sigma, self.intervals.calibration)
+            point = last_close * np.exp(centre)
+            return {"predicted_close": point, **{c: bounds[c] for c in INTERVAL_COLUMNS}}
         point = self.predict_windows(windows, tickers)  # (N,)
         if self.intervals is None:
             nan = np.full(len(point), np.nan)
@@ -266,6 +340,8 @@ class Forecaster:
             "window": self.window,
             "bounds": {t: [lo, hi] for t, (lo, hi) in self.bounds.items()},
             "intervals": self.intervals.to_dict() if self.intervals else None,
+            "head": self.head,
+            "head_scores": self.head_scores,
         }
 
     def save(self, directory: Path) -> tuple[Path, Path]:
@@ -283,7 +359,9 @@ class Forecaster:
         data = json.loads(Path(spec).read_text())
         if data.get("spec_version") not in READABLE_SPECS:
             raise ValueError(f"unsupported model spec version {data.get('spec_version')!r}")
-        module = LSTMForecaster(LSTMConfig(**data["lstm"]), n_features=data["n_features"])
+        # Versions 1-2 predate distributional heads: their one output is a point.
+        lstm = LSTMConfig(**{"distribution": "none", **data["lstm"]})
+        module = LSTMForecaster(lstm, n_features=data["n_features"])
         module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         module.eval()
         return cls(
@@ -292,4 +370,14 @@ class Forecaster:
             window=int(data["window"]),
             bounds={t: (b[0], b[1]) for t, b in data["bounds"].items()},
             intervals=Intervals.from_dict(data["intervals"]) if data.get("intervals") else None,
+            head=data.get("head"),
+            head_scores={k: float(v) for k, v in (data.get("head_scores") or {}).items()},
         )
+
+
+def head_sigma(head: str | None, sigma_hat: np.ndarray, multiplier: np.ndarray) -> np.ndarray:
+    """The scale a head's intervals use: σ̂·m for `lstm`, σ̂ for `har`, at least SIGMA_FLOOR."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
+    sigma = sigma_hat * multiplier if head == "lstm" else sigma_hat
+    return np.maximum(sigma, SIGMA_FLOOR)

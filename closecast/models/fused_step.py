@@ -35,6 +35,7 @@ import math
 import numpy as np
 import torch
 
+from closecast.models.distribution import nll_numpy
 from closecast.models.lstm import LSTMForecaster
 
 # NumPy's functions bound once and handed `out` by position: ~70 ns a call less than
@@ -54,7 +55,7 @@ class _Buffers:
     the time loops use is cut once here rather than on every step.
     """
 
-    def __init__(self, batch: int, steps: int, features: int, hidden: int) -> None:
+    def __init__(self, batch: int, steps: int, features: int, hidden: int, outputs: int) -> None:
         def new(*shape: int) -> np.ndarray:
             return np.zeros(shape, dtype=np.float32)
 
@@ -78,8 +79,8 @@ class _Buffers:
         self.slope = new(steps, 4 * h, batch)  # (T, 4H, B) σ' of every gate
         self.square = new(steps, h, batch)  # (T, H, B)
         self.per_step_grads = new(steps, 4 * h, k)  # (T, 4H, F + 1 + H)
-        self.prediction = new(1, batch)  # (1, B)
-        self.d_out = new(1, batch)  # (1, B)
+        self.prediction = new(outputs, batch)  # (K, B)
+        self.d_out = new(outputs, batch)  # (K, B)
         # nn.Dropout's mask comes from torch's RNG: drawn (B, H) into a tensor this array shares.
         self.mask_tensor = torch.zeros(batch, h)  # (B, H)
         self.mask = self.mask_tensor.numpy().T  # (B, H) -> (H, B) view
@@ -113,7 +114,9 @@ class _Buffers:
 
 
 class FusedLSTMStep:
-    """Adam steps on MSE for a one-layer `LSTMForecaster` on the CPU, by hand.
+    """Adam steps for a one-layer `LSTMForecaster` on the CPU, by hand: on MSE for a
+    one-output head, on the negative log-likelihood of models/distribution.py for a
+    distributional one.
 
     The module's parameters become views of one flat buffer for as long as
     this object trains them; `release()` gives them their own storage back.
@@ -137,6 +140,8 @@ class FusedLSTMStep:
         self.model = model
         self.hidden_size = h = model.config.hidden_size
         self.dropout = model.config.dropout
+        self.distribution = model.config.distribution
+        self.outputs = model.outputs
         self.learning_rate = learning_rate
         self.grad_clip = grad_clip
         with torch.no_grad():
@@ -173,11 +178,11 @@ class FusedLSTMStep:
     def _buffers_for(self, batch: int, steps: int, features: int) -> _Buffers:
         key = (batch, steps, features)
         if key not in self._buffers:
-            self._buffers[key] = _Buffers(batch, steps, features, self.hidden_size)
+            self._buffers[key] = _Buffers(batch, steps, features, self.hidden_size, self.outputs)
         return self._buffers[key]
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        """One Adam step on a batch; returns the batch's summed squared error.
+        """One Adam step on a batch; returns the batch's summed loss (squared error or NLL).
 
         Args:
             inputs: windows, shape (B, T, F).
@@ -216,11 +221,17 @@ class FusedLSTMStep:
             buf.mask_tensor.bernoulli_(1 - self.dropout).div_(1 - self.dropout)
             mask = buf.mask
             last = _mul(last, mask, buf.dropped)
-        _matmul(w_head, last, buf.prediction)  # (1, H) @ (H, B) -> (1, B)
-        error = buf.prediction[0]  # (B,), in place
-        error += b_head
-        error -= y
-        d_out = _mul(buf.prediction, 2.0 / batch, buf.d_out)  # d mean(error²), (1, B)
+        _matmul(w_head, last, buf.prediction)  # (K, H) @ (H, B) -> (K, B)
+        if self.outputs == 1:
+            error = buf.prediction[0]  # (B,), in place
+            error += b_head
+            error -= y
+            d_out = _mul(buf.prediction, 2.0 / batch, buf.d_out)  # d mean(error²), (1, B)
+            loss = float(np.dot(error, error))
+        else:
+            _add(buf.prediction, b_head[:, None], buf.prediction)  # (K, B) + (K, 1)
+            d_out = buf.d_out
+            loss = nll_numpy(self.distribution, buf.prediction, y, d_out)  # writes d_out
 
         # Local derivatives of every step at once.
         i, g, o, tanh_c, square = buf.i, buf.g, buf.o, buf.tanh_cells, buf.square
@@ -238,10 +249,13 @@ class FusedLSTMStep:
 
         # Backward through time.
         g_ih, g_hh, g_bih, g_bhh, g_head, g_bhead = self.grads
-        _matmul(d_out, last.T, g_head)  # (1, B) @ (B, H) -> (1, H)
-        g_bhead[0] = d_out.sum()
+        _matmul(d_out, last.T, g_head)  # (K, B) @ (B, H) -> (K, H)
+        np.sum(d_out, axis=1, out=g_bhead)  # (K, B) -> (K,)
         d_hidden, d_cell = buf.d_hidden, buf.d_cell
-        _mul(w_head.T, d_out, d_hidden)  # (H, 1) × (1, B) -> (H, B)
+        if self.outputs == 1:
+            _mul(w_head.T, d_out, d_hidden)  # (H, 1) × (1, B) -> (H, B)
+        else:
+            _matmul(w_head.T, d_out, d_hidden)  # (H, K) @ (K, B) -> (H, B)
         if mask is not None:
             _mul(d_hidden, mask, d_hidden)
         d_cell.fill(0.0)
@@ -263,7 +277,7 @@ class FusedLSTMStep:
         np.copyto(g_hh, total[:, features + 1 :])
 
         self._clip_and_update()
-        return float(np.dot(error, error))
+        return loss
 
     def _clip_and_update(self) -> None:
         """clip_grad_norm_ then Adam, the arithmetic of torch's own, on the flat buffer."""

@@ -100,6 +100,10 @@ class Intervals:
     def from_dict(cls, data: dict[str, Any]) -> "Intervals":
         return cls(ScaleModel.from_dict(data["scale"]), Calibration.from_dict(data["calibration"]))
 
+    def base_scale(self, windows: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
+        """The HAR scale σ̂ of each raw window's next log return, (N, T, C) -> (N,)."""
+        return predict_scale(self.scale, window_scale_inputs(windows, columns, self.scale.spans))
+
     def around(
         self, point: np.ndarray, windows: np.ndarray, columns: tuple[str, ...]
     ) -> dict[str, np.ndarray]:
@@ -109,9 +113,31 @@ class Intervals:
             {column: closes (N,)} for each calibrated level (`close_intervals`).
         """
         last_close = windows[:, -1, columns.index("close")]  # (N, T, C) -> (N,)
-        sigma = predict_scale(self.scale, window_scale_inputs(windows, columns, self.scale.spans))
         center = np.log(point / last_close)  # the point forecast as a log return
-        return close_intervals(last_close, center, sigma, self.calibration)
+        return close_intervals(
+            last_close, center, self.base_scale(windows, columns), self.calibration
+        )
+
+
+def log_returns(windows: Windows) -> np.ndarray:
+    """The next log return after each window, (N,)."""
+    return np.log(windows.next_close / windows.last_close)
+
+
+def fit_base_scale(window: int, columns: tuple[str, ...], train: Windows) -> ScaleModel:
+    """The HAR scale, fitted on the training windows (all tickers): the first piece of
+    the interval method, and what a distributional head's multiplier multiplies."""
+    spans = spans_for_window(window)
+    return fit_scale(window_scale_inputs(train.windows, columns, spans), log_returns(train), spans)
+
+
+def calibrate(z: np.ndarray) -> Calibration:
+    """Conformal quantiles of standardised residuals (N,) (non-finite ones dropped), or
+    normal quantiles when there are too few to calibrate on."""
+    z = z[np.isfinite(z)]
+    if len(z) < min_calibration_size():
+        return normal_calibration()
+    return fit_conformal(z)
 
 
 def fit_intervals(
@@ -125,30 +151,22 @@ def fit_intervals(
         train: the training windows (the scale's fit and part of the calibration).
         validation: the validation windows (the rest of the calibration).
     """
-    features = forecaster.features
-    expected = (*features, *[c for c in columns if c not in features])
-    if columns != expected:
-        raise ValueError(f"windows hold {columns}, expected the features first: {expected}")
-    spans = spans_for_window(forecaster.window)
+    check_columns(forecaster.features, columns)
+    scale = fit_base_scale(forecaster.window, columns, train)
+    uncalibrated = Intervals(scale, normal_calibration())
 
-    def log_returns(windows: Windows) -> np.ndarray:
-        return np.log(windows.next_close / windows.last_close)  # (N,)
-
-    def inputs(windows: Windows) -> np.ndarray:
-        return window_scale_inputs(windows.windows, columns, spans)  # (N, 2·spans)
-
-    train_inputs = inputs(train)  # once: the scale's fit and its residuals use them
-    scale = fit_scale(train_inputs, log_returns(train), spans)
-
-    def residuals(windows: Windows, scale_inputs: np.ndarray) -> np.ndarray:  # (N,)
+    def residuals(windows: Windows) -> np.ndarray:  # (N,)
         """z = (r − centre) / σ̂."""
         point = forecaster.predict_windows(windows.windows, windows.tickers)
         centre = np.log(point / windows.last_close)
-        return (log_returns(windows) - centre) / predict_scale(scale, scale_inputs)
+        return (log_returns(windows) - centre) / uncalibrated.base_scale(windows.windows, columns)
 
     # Split by split rather than one concatenated copy: windows are the run's largest arrays.
-    z = np.concatenate([residuals(train, train_inputs), residuals(validation, inputs(validation))])
-    z = z[np.isfinite(z)]
-    if len(z) < min_calibration_size():
-        return Intervals(scale, normal_calibration())
-    return Intervals(scale, fit_conformal(z))
+    return Intervals(scale, calibrate(np.concatenate([residuals(train), residuals(validation)])))
+
+
+def check_columns(features: tuple[str, ...], columns: tuple[str, ...]) -> None:
+    """Raise unless raw windows' `columns` are the features, then SCALE_COLUMNS."""
+    expected = (*features, *[c for c in columns if c not in features])
+    if columns != expected:
+        raise ValueError(f"windows hold {columns}, expected the features first: {expected}")

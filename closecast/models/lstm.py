@@ -11,7 +11,10 @@ and the input:
     h_t = o_t ⊙ tanh(C_t)
 
 from zero initial states; the last hidden state goes through dropout and a
-dense layer to one output. `torch.nn.LSTM` computes exactly these equations
+dense layer: to one output (`distribution="none"`, the reference design), or
+to the parameters of the next return's distribution (models/distribution.py),
+a head that starts at zero so that the untrained network predicts location 0
+and multiplier 1: the HAR-scale recipe it grows from. `torch.nn.LSTM` computes exactly these equations
 (tests/models/test_lstm.py checks it against NumPy), with its fused kernels.
 """
 
@@ -19,12 +22,14 @@ import torch
 from torch import nn
 
 from closecast.core.config import LSTMConfig
+from closecast.models.distribution import head_outputs
 
 __all__ = ["LSTMConfig", "LSTMForecaster"]
 
 
 class LSTMForecaster(nn.Module):
-    """Window of features -> one scalar (the encoded next-day target)."""
+    """Window of features -> one scalar (the encoded next-day target), or K distribution
+    parameters."""
 
     def __init__(self, config: LSTMConfig, n_features: int) -> None:
         super().__init__()
@@ -40,7 +45,11 @@ class LSTMForecaster(nn.Module):
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden_size, 1)
+        self.outputs = head_outputs(config.distribution)
+        self.head = nn.Linear(config.hidden_size, self.outputs)
+        if self.outputs > 1:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map windows to predictions.
@@ -49,8 +58,9 @@ class LSTMForecaster(nn.Module):
             x: windows, shape (B, T, F).
 
         Returns:
-            One prediction per window, shape (B,).
+            One prediction per window, (B,), or K parameters per window, (B, K).
         """
         out, _ = self.lstm(x)  # (B, T, F) -> (B, T, H); zero initial (h, C)
         last = out[:, -1, :]  # (B, T, H) -> (B, H)
-        return self.head(self.dropout(last)).squeeze(-1)  # (B, H) -> (B, 1) -> (B,)
+        y = self.head(self.dropout(last))  # (B, H) -> (B, K)
+        return y.squeeze(-1) if self.outputs == 1 else y  # (B, 1) -> (B,)

@@ -15,9 +15,9 @@ from typing import Protocol
 import torch
 from threadpoolctl import ThreadpoolController
 from torch import nn
-from torch.nn import functional as F
 
-from closecast.core.config import TrainConfig
+from closecast.core.config import DistributionName, TrainConfig
+from closecast.models.distribution import nll_torch
 from closecast.models.fused_step import FusedLSTMStep
 from closecast.models.lstm import LSTMForecaster
 
@@ -47,7 +47,7 @@ _TRAIN = TrainConfig()  # the defaults come from the pipeline's config, typed on
 
 @dataclass(frozen=True)
 class FitSettings:
-    """How to optimise: Adam on MSE, early stopping on validation loss.
+    """How to optimise: Adam on the head's loss (MSE or NLL), early stopping on validation loss.
 
     The pipeline's `TrainConfig` in the loop's terms (`from_config`), plus the
     two knobs only tests and benchmarks turn: `patience=None` and `fused_step`.
@@ -114,8 +114,18 @@ def scale_to_windows(settings: FitSettings, windows: int, per_batch: int | None)
     )
 
 
+def distribution_of(model: nn.Module) -> DistributionName:
+    """What the model's head predicts: an LSTMForecaster's distribution, else none (MSE)."""
+    return model.config.distribution if isinstance(model, LSTMForecaster) else "none"
+
+
+def window_losses(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each window's loss: squared error of a point head, NLL of a distributional one, (B,)."""
+    return nll_torch(distribution_of(model), model(inputs), targets)  # (b, T, F) -> (b,)
+
+
 class Stepper(Protocol):
-    """One optimiser step on a batch, returning the batch's summed squared error.
+    """One optimiser step on a batch, returning the batch's summed loss.
 
     A tensor where reading the number would wait for the device, else a float.
     """
@@ -126,7 +136,7 @@ class Stepper(Protocol):
 
 
 class AutogradStep:
-    """The textbook step: forward, MSE, backward, gradient clipping, Adam."""
+    """The textbook step: forward, loss (MSE or NLL), backward, gradient clipping, Adam."""
 
     def __init__(self, model: nn.Module, settings: FitSettings) -> None:
         self.model = model
@@ -136,7 +146,7 @@ class AutogradStep:
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.mse_loss(self.model(inputs), targets)  # (b, T, F) -> (b,) -> ()
+        loss = window_losses(self.model, inputs, targets).mean()  # (b, T, F) -> (b,) -> ()
         loss.backward()
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -205,7 +215,7 @@ def train_epoch(
     batch_size: int,
     generator: torch.Generator,
 ) -> float:
-    """One pass over shuffled training windows; returns the mean MSE."""
+    """One pass over shuffled training windows; returns the mean loss."""
     model.train()
     n = len(inputs)
     order = torch.randperm(n, generator=generator).to(inputs.device)
@@ -221,15 +231,20 @@ def train_epoch(
 def evaluate(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 65_536
 ) -> float:
-    """Mean MSE over all windows, in eval mode (no dropout)."""
+    """Mean loss over all windows (MSE or NLL), in eval mode (no dropout)."""
     model.eval()
     total = torch.zeros((), device=inputs.device)
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
             stop = start + batch_size
-            error = model(inputs[start:stop]) - targets[start:stop]  # (b, T, F) -> (b,)
-            total += error.square().sum()
+            total += window_losses(model, inputs[start:stop], targets[start:stop]).sum()
     return float(total) / len(inputs)
+
+
+def predicted_location(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The point the model predicts: its one output, or its distribution's location, (b,)."""
+    out = model(inputs)  # (b, T, F) -> (b,) or (b, K)
+    return out if out.ndim == 1 else out[:, 0]
 
 
 def fit_output_scale(
@@ -253,7 +268,7 @@ def fit_output_scale(
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
             stop = start + batch_size
-            predicted = model(inputs[start:stop]).double()  # (b, T, F) -> (b,)
+            predicted = predicted_location(model, inputs[start:stop]).double()  # (b,)
             actual = targets[start:stop].double()  # (b,)
             sums += torch.stack([predicted @ actual, predicted @ predicted, actual @ actual])
     along, norm, total = sums.tolist()
@@ -266,10 +281,11 @@ def fit_output_scale(
 
 
 def scale_output(model: LSTMForecaster, factor: float) -> None:
-    """Multiply the dense head (weights and bias), hence every output, by `factor`."""
+    """Multiply the dense head's point output (its weights and bias) by `factor`: the one
+    output, or a distribution's location (the multiplier and tail stay)."""
     with torch.no_grad():
-        model.head.weight.mul_(factor)
-        model.head.bias.mul_(factor)
+        model.head.weight[0].mul_(factor)
+        model.head.bias[0].mul_(factor)
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Training: encode the windows once, fit one global LSTM across all tickers."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -8,7 +8,9 @@ import torch
 from closecast.core.config import TrainConfig
 from closecast.models.encoding import Encoding
 from closecast.models.forecaster import ENCODE_CHUNK, Forecaster
-from closecast.models.intervals import fit_intervals
+from closecast.models.calibration import normal_calibration
+from closecast.models.heads import choose_head
+from closecast.models.intervals import Intervals, fit_base_scale, fit_intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
 from closecast.models.training import (
     EpochCallback,
@@ -56,7 +58,7 @@ def encode_split(
         rows = slice(start, start + ENCODE_CHUNK)
         raw, bounds = windows.windows[rows], forecaster.window_bounds(windows.tickers[rows])
         inputs[rows] = forecaster.encoding.inputs(raw, bounds)
-        targets[rows] = forecaster.encoding.targets(windows.next_close[rows], raw, bounds)
+        targets[rows] = forecaster.encode_targets(raw, windows.next_close[rows], bounds)
     return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
 
 
@@ -68,19 +70,33 @@ def train_model(
 ) -> TrainedModel:
     """Fit one LSTM on every ticker's training windows, early-stopped on validation.
 
+    A distributional head (`lstm.distribution`, a return target) learns the
+    next return's distribution around the HAR scale, which is fitted on the
+    training windows first; then the run calibrates both its heads and keeps
+    the one that scores better on validation (models/heads.py). The
+    reference target (minmax_close) predicts a close, not a return: it trains
+    a point head whatever `lstm.distribution` says.
+
     With a return target and `config.shrink_output`, the predicted returns
-    are then shrunk toward zero (the naive forecast) by the factor that the
-    validation windows support (`closecast.models.training.fit_output_scale`); the
-    factor is baked into the dense head, so a saved model predicts with it.
+    (a distribution's location) are then shrunk toward zero (the naive
+    forecast) by the factor that the validation windows support
+    (`closecast.models.training.fit_output_scale`); the factor is baked into
+    the dense head, so a saved model predicts with it.
     """
     device = resolve_device(config.device)
+    encoding = Encoding(features=dataset.features, target=dataset.target)
+    if not encoding.predicts_return:
+        lstm = replace(lstm, distribution="none")
     seed_everything(config.seed)  # before the module exists: its initial weights are seeded
     forecaster = Forecaster(
         module=LSTMForecaster(lstm, n_features=len(dataset.features)),
-        encoding=Encoding(features=dataset.features, target=dataset.target),
+        encoding=encoding,
         window=dataset.window,
         bounds=dataset.bounds,
     )
+    if forecaster.distributional:
+        scale = fit_base_scale(dataset.window, dataset.columns, dataset.train)
+        forecaster.intervals = Intervals(scale, normal_calibration())
     train = encode_split(forecaster, dataset.train, device)
     validation = encode_split(forecaster, dataset.validation, device)
     settings = scale_to_windows(
@@ -92,7 +108,10 @@ def train_model(
         result.output_scale = fit_output_scale(forecaster.module, *validation)
         scale_output(forecaster.module, result.output_scale)
     forecaster.module.cpu()
-    forecaster.intervals = fit_intervals(
-        forecaster, dataset.columns, dataset.train, dataset.validation
-    )
+    if forecaster.distributional:
+        choose_head(forecaster, scale, dataset.train, dataset.validation)
+    else:
+        forecaster.intervals = fit_intervals(
+            forecaster, dataset.columns, dataset.train, dataset.validation
+        )
     return TrainedModel(forecaster=forecaster, fit=result, device=str(device))
