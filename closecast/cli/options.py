@@ -157,6 +157,7 @@ MODEL_OPTIONS = (
     ConfigOption("--target", "windows", "target"),
     ConfigOption("--hidden", "lstm", "hidden_size"),
     ConfigOption("--dropout", "lstm", "dropout"),
+    ConfigOption("--distribution", "lstm", "distribution"),
     ConfigOption("--batch-size", "train", "batch_size"),
     ConfigOption("--learning-rate", "train", "learning_rate"),
     ConfigOption("--patience", "train", "patience"),

@@ -25,6 +25,7 @@ from closecast.cli.options import (
     with_model_options,
 )
 from closecast.core.errors import InputError
+from closecast.core.formatting import head_summary
 from closecast.core.schedule import NIGHTLY_SLOT
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ def run(
         f"predictions by v{result.predicting_version}"
     )
     typer.echo(f"skill vs naive: {result.metrics['skill']:+.4f}")
+    typer.echo(head_summary(result.head, result.metrics))
 
 
 @with_data_options()

@@ -63,3 +63,22 @@ def distinct(a: float, b: float) -> tuple[str, str]:
         if shown[0] != shown[1]:
             return shown
     return f"{a:.4g}", f"{b:.4g}"
+
+
+def head_comparison(metrics: dict[str, float]) -> str | None:
+    """The two heads' validation scores (`val_interval_score_lstm`, `_har`) in a phrase,
+    e.g. "validation interval score 0.0312 (lstm) vs 0.0318 (har), lstm 1.9% lower";
+    None without them (a point network)."""
+    lstm, har = metrics.get("val_interval_score_lstm"), metrics.get("val_interval_score_har")
+    if lstm is None or har is None:
+        return None
+    a, b = distinct(lstm, har)
+    change = lstm / har - 1.0 if har > 0 else 0.0
+    side = "lower" if change < 0 else "higher"
+    return f"validation interval score {a} (lstm) vs {b} (har), lstm {abs(change):.1%} {side}"
+
+
+def head_summary(head: str, metrics: dict[str, float]) -> str:
+    """The run summary's line on the head that won, e.g. "head: lstm (validation ...)"."""
+    comparison = head_comparison(metrics)
+    return f"head: {head}" + (f" ({comparison})" if comparison else " (one-output network)")

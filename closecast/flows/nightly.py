@@ -29,6 +29,7 @@ class NightlyResult:
     predicting_version: str
     promotion: str
     metrics: dict[str, float]
+    head: str  # the trained version's interval head: lstm, har or point
 
 
 @flow(name="nightly", flow_run_name=lambda: run_name("nightly"))
@@ -66,5 +67,11 @@ def nightly(config: PipelineConfig) -> NightlyResult:
         )
     emit_report_health(report, path)  # too many tickers not ok: an alert, never a failure
     return NightlyResult(
-        path, run, new.version, new.predicting_version, new.decision.tag, evaluation.metrics
+        path,
+        run,
+        new.version,
+        new.predicting_version,
+        new.decision.tag,
+        evaluation.metrics,
+        trained.forecaster.head_label,
     )

@@ -21,6 +21,7 @@ each other.
 
 import math
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy.special import digamma, gammaln
@@ -57,8 +58,10 @@ def parameters(distribution: DistributionName, outputs: np.ndarray) -> Parameter
         ValueError: for `none` (a point head has no distribution) or a width that is not K.
     """
     outputs = np.asarray(outputs, dtype=np.float64)
-    if distribution == "none" or outputs.ndim != 2 or outputs.shape[1] != head_outputs(
-        distribution
+    if (
+        distribution == "none"
+        or outputs.ndim != 2
+        or outputs.shape[1] != head_outputs(distribution)
     ):
         raise ValueError(f"a {distribution} head's outputs are not (N, K): {outputs.shape}")
     multiplier = np.exp(np.clip(outputs[:, 1], -LOG_MULTIPLIER_LIMIT, LOG_MULTIPLIER_LIMIT))
@@ -68,7 +71,9 @@ def parameters(distribution: DistributionName, outputs: np.ndarray) -> Parameter
     return Parameters(outputs[:, 0], multiplier, nu)
 
 
-def nll_torch(distribution: DistributionName, outputs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def nll_torch(
+    distribution: DistributionName, outputs: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
     """Per-window loss in torch ops (autograd): (B, K) outputs, (B,) targets -> (B,).
 
     The negative log-density of z; for `none`, the squared error of the one output.
@@ -118,11 +123,7 @@ def nll_numpy(
         ratio = u * u / nu
         log_term = np.log1p(ratio)
         loss = (
-            log_m
-            + half * log_term
-            + gammaln(0.5 * nu)
-            - gammaln(half)
-            + 0.5 * np.log(nu * math.pi)
+            log_m + half * log_term + gammaln(0.5 * nu) - gammaln(half) + 0.5 * np.log(nu * math.pi)
         )
         d_u = (nu + 1.0) * u / (nu + u * u)
         # d loss / d ν, then through ν = 2 + softplus(raw): softplus' = sigmoid

@@ -30,8 +30,7 @@ import torch
 
 from closecast.core.config import PRICE_FEATURES
 from closecast.core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA, OK, Issues, Status
-from closecast.models.calibration import INTERVAL_COLUMNS, LEVELS, bound_columns
-from closecast.models.calibration import close_intervals
+from closecast.models.calibration import INTERVAL_COLUMNS, LEVELS, bound_columns, close_intervals
 from closecast.models.derived import extra_rows, source_columns, with_derived
 from closecast.models.distribution import parameters
 from closecast.models.encoding import Bounds, Encoding
@@ -114,6 +113,11 @@ class Forecaster:
     head: str | None = None  # a distributional network's chosen head, one of HEADS
     # Each head's validation interval score (models/heads.py), the reason for `head`.
     head_scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def head_label(self) -> str:
+        """The `head` tag of its run and version: lstm or har, `point` for a one-output network."""
+        return self.head or "point"
 
     @property
     def distributional(self) -> bool:

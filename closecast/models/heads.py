@@ -22,8 +22,8 @@ import numpy as np
 
 from closecast.models.calibration import LEVELS, Calibration, bound_columns, close_intervals
 from closecast.models.forecaster import HEADS, Forecaster, head_sigma
-from closecast.models.intervals import Intervals, Windows, calibrate, log_returns
 from closecast.models.interval_scores import interval_score
+from closecast.models.intervals import Intervals, Windows, calibrate, log_returns
 from closecast.models.scale import ScaleModel
 
 
@@ -63,6 +63,41 @@ def mean_interval_score(
     return float(np.mean(scores))
 
 
+def fit_heads(
+    forecaster: Forecaster, scale: ScaleModel, train: Windows, validation: Windows
+) -> dict[str, tuple[Calibration, float]]:
+    """Each head's calibration and validation score: {head: (calibration, score)}.
+
+    Leaves `forecaster.intervals` as the scale with the `har` head's calibration.
+    """
+    forecaster.intervals = Intervals(scale, calibrate(np.empty(0)))  # the parts need σ̂
+    parts = [_split(forecaster, train), _split(forecaster, validation)]
+    fitted = {}
+    for head in HEADS:
+        sigmas = [head_sigma(head, p.sigma_hat, p.multiplier) for p in parts]
+        z = np.concatenate(
+            [(p.log_return - p.centre) / s for p, s in zip(parts, sigmas, strict=True)]
+        )
+        calibration, val = calibrate(z), parts[1]
+        score = mean_interval_score(
+            val.last_close, val.next_close, val.centre, sigmas[1], calibration
+        )
+        fitted[head] = (calibration, score)
+    forecaster.intervals = Intervals(scale, fitted["har"][0])
+    return fitted
+
+
+def use_head(
+    forecaster: Forecaster, head: str, fitted: dict[str, tuple[Calibration, float]]
+) -> None:
+    """Give the forecaster `head` with its calibration, and every head's score, in place."""
+    if forecaster.intervals is None:
+        raise ValueError("a head needs the HAR scale: fit_heads first")
+    forecaster.intervals = Intervals(forecaster.intervals.scale, fitted[head][0])
+    forecaster.head = head
+    forecaster.head_scores = {h: score for h, (_, score) in fitted.items()}
+
+
 def choose_head(
     forecaster: Forecaster, scale: ScaleModel, train: Windows, validation: Windows
 ) -> None:
@@ -71,19 +106,5 @@ def choose_head(
     Sets `forecaster.intervals` (the scale and the chosen head's calibration),
     `forecaster.head` and `forecaster.head_scores` ({head: validation score}).
     """
-    forecaster.intervals = Intervals(scale, calibrate(np.empty(0)))  # the parts need σ̂
-    parts = [_split(forecaster, train), _split(forecaster, validation)]
-    calibrations, scores = {}, {}
-    for head in HEADS:
-        sigmas = [head_sigma(head, p.sigma_hat, p.multiplier) for p in parts]
-        z = np.concatenate(
-            [(p.log_return - p.centre) / s for p, s in zip(parts, sigmas, strict=True)]
-        )
-        calibrations[head] = calibrate(z)
-        val = parts[1]
-        scores[head] = mean_interval_score(
-            val.last_close, val.next_close, val.centre, sigmas[1], calibrations[head]
-        )
-    head = "lstm" if scores["lstm"] < scores["har"] else "har"
-    forecaster.intervals = Intervals(scale, calibrations[head])
-    forecaster.head, forecaster.head_scores = head, scores
+    fitted = fit_heads(forecaster, scale, train, validation)
+    use_head(forecaster, "lstm" if fitted["lstm"][1] < fitted["har"][1] else "har", fitted)

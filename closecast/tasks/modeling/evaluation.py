@@ -184,6 +184,12 @@ def per_ticker_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def head_metrics(forecaster: Forecaster) -> dict[str, float]:
+    """A distributional model's validation interval score of each head
+    (`val_interval_score_lstm`, `val_interval_score_har`): why it uses the head it uses."""
+    return {f"val_interval_score_{head}": score for head, score in forecaster.head_scores.items()}
+
+
 def evaluate_model(forecaster: Forecaster, test: WindowSet) -> Evaluation:
     """Predict every test window and score the point forecast and its intervals."""
     forecast = forecaster.predict_distribution(test.windows, test.tickers)
@@ -196,7 +202,7 @@ def evaluate_model(forecaster: Forecaster, test: WindowSet) -> Evaluation:
             **forecast,
         }
     )
-    metrics = score_distribution(forecast, test)
+    metrics = score_distribution(forecast, test) | head_metrics(forecaster)
     return Evaluation(
         metrics=metrics, per_ticker=per_ticker_metrics(predictions), predictions=predictions
     )

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from closecast.core.config import TrainConfig
+from closecast.models.calibration import normal_calibration
 from closecast.models.encoding import Encoding
 from closecast.models.forecaster import ENCODE_CHUNK, Forecaster
-from closecast.models.calibration import normal_calibration
 from closecast.models.heads import choose_head
 from closecast.models.intervals import Intervals, fit_base_scale, fit_intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster

@@ -10,7 +10,7 @@ works. Pure text: `closecast.tasks.registry.register` gathers what goes in.
 
 from dataclasses import dataclass, field
 
-from closecast.core.formatting import distinct, finite, significant
+from closecast.core.formatting import distinct, finite, head_comparison, significant
 from closecast.core.formatting import percent as as_percent
 from closecast.tasks.modeling.windows import Dataset, WindowSet
 from closecast.tasks.registry.gate import Decision
@@ -86,6 +86,17 @@ def headline(
     if mine == theirs:
         return f"Rejected: ties champion v{v} {same} ({label} {mine:.6g} each)."
     return f"Rejected: does not beat champion v{v} {same} ({label} {a} vs {b})."
+
+
+def head_line(head: str | None, metrics: dict[str, float]) -> str:
+    """The line after the headline: which head the version uses, and by how much it won
+    on validation."""
+    comparison = head_comparison(metrics)
+    if head is None or comparison is None:
+        return "**Head:** point: one output trained by MSE, HAR-scale intervals around it."
+    if head == "lstm":
+        return f"**Head:** lstm: the network's own scale, which won on {comparison}."
+    return f"**Head:** har: the HAR scale, as the network's did not beat it on {comparison}."
 
 
 def _cell(value: float | None, percent: bool) -> str:
@@ -174,6 +185,7 @@ def describe_version(
     windows: int,
     data: list[str],
     links: CardLinks,
+    head: str | None = None,
 ) -> str:
     """The model card of registry version `version`: plain first line, then markdown.
 
@@ -182,9 +194,12 @@ def describe_version(
             (empty when there is none, or it could not be scored).
         windows: how many test windows both were scored on.
         data: `data_lines` of the dataset it trained on.
+        head: the interval head a distributional network uses (None: a point network).
     """
     lines = [
         headline(decision, metrics, champion, windows),
+        "",
+        head_line(head, metrics),
         "",
         f"**Decision:** {decision.tag} — {decision.reason}",
         "",

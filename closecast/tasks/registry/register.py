@@ -139,13 +139,16 @@ def register_model(
         "promotion": decision.tag,
         "promotion_reason": decision.reason,
         "run_id": run_id,
+        "head": forecaster.head_label,
         **{k: f"{metrics[k]:.6g}" for k in GATED_METRICS},
     }
     version = str(mlflow.register_model(model_uri, MODEL_NAME, tags=tags).version)
     client.update_registered_model(MODEL_NAME, description=GATE_DESCRIPTION)
     data = data_lines(dataset, registry.source, list_tickers(dataset.tickers))
     links = card_links(client, tracking_uri, run_id)
-    card = describe_version(version, metrics, decision, held, len(dataset.test), data, links)
+    card = describe_version(
+        version, metrics, decision, held, len(dataset.test), data, links, forecaster.head
+    )
     client.update_model_version(MODEL_NAME, version, description=card)
     predicting = version if decision.promote or current is None else current
     return RegisteredVersion(version, decision, predicting, current, run_id, held, problem)

@@ -197,6 +197,7 @@ def log_run(
     """
     client = configure_mlflow(tracking_uri)
     log_metrics(client, run_id, run_metrics(evaluation, trained, validated))
+    set_tags(client, run_id, {"head": trained.forecaster.head_label})
     now = int(time.time() * 1000)
     curves = [
         Metric(name, float(h[name]), now, int(h["epoch"]))
