@@ -55,19 +55,21 @@ class Variant:
     name: str
     features: tuple[str, ...]
     lstm: LSTMConfig = field(default_factory=LSTMConfig)
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields to change
 
 
 FULL = (*CVO, *SCALE_INPUTS)
+NORMAL = LSTMConfig(distribution="normal")
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("default inputs", CVO),
-        Variant("scale inputs", FULL),
-        Variant("scale inputs, no range", tuple(f for f in FULL if "range" not in f)),
-        Variant("scale inputs, no volume", tuple(f for f in FULL if "volume" not in f)),
-        Variant("scale inputs, hidden 16", FULL, LSTMConfig(hidden_size=16)),
-        Variant("scale inputs, hidden 64", FULL, LSTMConfig(hidden_size=64)),
-        Variant("scale inputs, normal", FULL, LSTMConfig(distribution="normal")),
+        Variant("scale inputs, normal", FULL, NORMAL),
+        Variant("no range", tuple(f for f in FULL if "range" not in f), NORMAL),
+        Variant("no volume", tuple(f for f in FULL if "volume" not in f), NORMAL),
+        Variant("hidden 16", FULL, LSTMConfig(hidden_size=16, distribution="normal")),
+        Variant("hidden 64", FULL, LSTMConfig(hidden_size=64, distribution="normal")),
+        Variant("student_t", FULL, LSTMConfig(distribution="student_t")),
+        Variant("default inputs, normal", CVO, NORMAL),
     )
 }
 HEAD_ROWS = ("product", "lstm head", "har head")
@@ -81,7 +83,7 @@ def trained_parts(
     """One training: each head row's test part, the chosen head and the point ratio."""
     recipe = acc.Recipe(variant.name, "vol_return", variant.features)
     dataset = acc.period_dataset(universe, as_of, recipe)
-    train = TrainConfig(epochs=epochs, seed=seed, device="cpu")
+    train = TrainConfig(epochs=epochs, seed=seed, device="cpu", **variant.train)
     trained = train_model(dataset, variant.lstm, train)
     product = trained.forecaster
     evaluation = evaluate_model(product, dataset.test)

@@ -47,6 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from closecast.core.config import DistributionName  # noqa: E402
 from closecast.models.encoding import Bounds, Encoding, fit_bounds  # noqa: E402
 from closecast.models.lstm import LSTMConfig, LSTMForecaster  # noqa: E402
 from closecast.models.training import (  # noqa: E402
@@ -86,13 +87,18 @@ def reference_tensors() -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, .
 Split = tuple[torch.Tensor, torch.Tensor]
 
 
-def time_fit(train: Split, validation: Split, fused_step: bool) -> float:
-    """Wall seconds of one `fit` on the reference scenario, from a freshly seeded model."""
+def time_fit(
+    train: Split, validation: Split, fused_step: bool, distribution: DistributionName = "none"
+) -> float:
+    """Wall seconds of one `fit` on the reference scenario, from a freshly seeded model:
+    the reference's one-output MSE head, or (issue 20) a distributional head on the same
+    windows, whose NLL the fused step computes too."""
     settings = FitSettings(
         epochs=50, batch_size=32, patience=None, grad_clip=1.0, seed=0, fused_step=fused_step
     )
     seed_everything(0)
-    model = LSTMForecaster(LSTMConfig(hidden_size=32, dropout=0.2), n_features=1)
+    lstm = LSTMConfig(hidden_size=32, dropout=0.2, distribution=distribution)
+    model = LSTMForecaster(lstm, n_features=1)
     started = time.perf_counter()
     fit(model, train, validation, settings)
     return time.perf_counter() - started
@@ -172,18 +178,32 @@ def keras_reference(
 
 def time_reference(
     runs: int, keras_python: str | None
-) -> tuple[list[float], list[float], dict[str, object]]:
-    """Seconds of `fit` and of the Keras reference, run after run, interleaved."""
+) -> tuple[list[float], list[float], list[float], dict[str, object]]:
+    """Seconds of `fit` (point head, then student_t head) and of the Keras reference, run
+    after run, interleaved."""
     train, validation = reference_tensors()
     ours: list[float] = []
+    student_t: list[float] = []
     keras: list[float] = []
     with keras_reference(keras_python, train, validation) as reference:
         for _ in range(runs):
             ours.append(time_fit(train, validation, fused_step=True))
+            student_t.append(time_fit(train, validation, True, "student_t"))
             if reference is not None:
                 keras.append(reference.run())
         versions = reference.versions if reference is not None else {}
-    return ours, keras, versions
+    return ours, student_t, keras, versions
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def synthetic_universe(tickers: int, days: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +255,7 @@ def main() -> None:
     args = parser.parse_args()
 
     try:
-        fused, keras, keras_versions = time_reference(args.runs, args.keras_python)
+        fused, student_t, keras, keras_versions = time_reference(args.runs, args.keras_python)
     except (OSError, RuntimeError) as exc:
         sys.exit(f"the Keras reference failed ({args.keras_python}): {exc}")
     train, validation = reference_tensors()
@@ -245,6 +265,8 @@ def main() -> None:
         "hidden 32, 50 epochs, batch 32, no early stopping",
         "median_train_s": round(statistics.median(fused), 3),
         "train_s": [round(t, 3) for t in fused],
+        "student_t_median_train_s": round(statistics.median(student_t), 3),
+        "student_t_train_s": [round(t, 3) for t in student_t],
         "autograd_median_train_s": round(statistics.median(autograd), 3),
         "autograd_train_s": [round(t, 3) for t in autograd],
         "keras_median_train_s": round(statistics.median(keras), 3) if keras else None,
@@ -252,7 +274,11 @@ def main() -> None:
         "speedup_vs_keras": (
             round(statistics.median(keras) / statistics.median(fused), 2) if keras else None
         ),
+        "student_t_speedup_vs_keras": (
+            round(statistics.median(keras) / statistics.median(student_t), 2) if keras else None
+        ),
         "keras_versions": keras_versions,
+        "cpu_model": cpu_model(),
         "threads": training_threads(32, 32),
         "cpu_count": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
@@ -261,6 +287,10 @@ def main() -> None:
     }
     print("reference scenario (median of runs, seconds)")
     print(f"  fused step     {result['median_train_s']:>7.3f}   runs {result['train_s']}")
+    print(
+        f"  fused, student_t head {result['student_t_median_train_s']:>7.3f}   "
+        f"runs {result['student_t_train_s']}"
+    )
     print(
         f"  autograd step  {result['autograd_median_train_s']:>7.3f}   "
         f"runs {result['autograd_train_s']}"
@@ -271,6 +301,7 @@ def main() -> None:
             f"   (interleaved with the fused runs)"
         )
         print(f"  speedup vs keras: {result['speedup_vs_keras']}x (ratio of the medians)")
+        print(f"  student_t head vs keras: {result['student_t_speedup_vs_keras']}x")
     print(f"  load average (1 min): {result['load_average_1m']}")
 
     if not args.skip_universe:

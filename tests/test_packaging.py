@@ -72,9 +72,10 @@ def test_the_wheel_installs_closecast_and_nothing_else_at_the_top(tmp_path: Path
 
 
 def _forecaster(seed: int = 0) -> Forecaster:
-    """An untrained forecaster: enough to compare what two loaders predict."""
+    """An untrained point-head forecaster: enough to compare what two loaders predict."""
     torch.manual_seed(seed)
-    module = LSTMForecaster(LSTMConfig(hidden_size=8), n_features=len(FEATURES))
+    lstm = LSTMConfig(hidden_size=8, distribution="none")
+    module = LSTMForecaster(lstm, n_features=len(FEATURES))
     return Forecaster(module, Encoding(features=FEATURES), 10)
 
 

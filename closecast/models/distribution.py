@@ -6,7 +6,7 @@ the window's HAR scale σ̂ (models/scale.py):
 
 - location μ = out[0] (σ̂ units; the point forecast is the median, μ·σ̂);
 - scale multiplier m = exp(clip(out[1], ±LOG_MULTIPLIER_LIMIT)): σ = σ̂·m;
-- `student_t` only: degrees of freedom ν = 2 + softplus(out[2] + NU_OFFSET) > 2.
+- `student_t` only: degrees of freedom ν = NU_MIN + softplus(out[2] + NU_OFFSET) > 2.
 
 A zero head (the initialisation, `LSTMForecaster.__init__`) gives μ = 0 and
 m = 1 for every window: "tomorrow = today" with the HAR scale, the recipe
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import digamma, gammaln
+from scipy.special import digamma, expit, gammaln
 from torch.nn import functional as F
 
 from closecast.core.config import DistributionName
@@ -32,8 +32,11 @@ from closecast.core.config import DistributionName
 # The multiplier stays within e^±3 ≈ [0.05, 20] of the HAR scale: beyond that a window's
 # σ̂ is wrong by more than any tomorrow can show, and exp() of a wild output overflows.
 LOG_MULTIPLIER_LIMIT = 3.0
-# softplus(NU_OFFSET) = 3: a zero head's ν is 5, the usual fat tail of daily returns.
-NU_OFFSET = math.log(math.expm1(3.0))
+# ν stays above 2 (a finite variance) by a margin that float rounding cannot erase:
+# 2 + softplus(x) is exactly 2.0 in float32 from x ≈ −19 on.
+NU_MIN = 2.01
+# A zero head's ν is 5, the usual fat tail of daily returns.
+NU_OFFSET = math.log(math.expm1(5.0 - NU_MIN))
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -67,7 +70,8 @@ def parameters(distribution: DistributionName, outputs: np.ndarray) -> Parameter
     multiplier = np.exp(np.clip(outputs[:, 1], -LOG_MULTIPLIER_LIMIT, LOG_MULTIPLIER_LIMIT))
     nu = None
     if distribution == "student_t":
-        nu = 2.0 + np.logaddexp(0.0, outputs[:, 2] + NU_OFFSET)  # softplus, overflow-safe
+        with np.errstate(invalid="ignore"):  # a NaN output stays NaN: predict marks it
+            nu = NU_MIN + np.logaddexp(0.0, outputs[:, 2] + NU_OFFSET)  # softplus, no overflow
     return Parameters(outputs[:, 0], multiplier, nu)
 
 
@@ -85,7 +89,7 @@ def nll_torch(
     u = (z - location) * torch.exp(-log_m)  # (B,)
     if distribution == "normal":
         return log_m + 0.5 * u.square() + _HALF_LOG_2PI
-    nu = 2.0 + F.softplus(outputs[:, 2] + NU_OFFSET)
+    nu = NU_MIN + F.softplus(outputs[:, 2] + NU_OFFSET)
     half = 0.5 * (nu + 1.0)
     return (
         log_m
@@ -118,7 +122,7 @@ def nll_numpy(
         d_u = u  # d loss / d u
     else:
         raw_nu = outputs[2] + NU_OFFSET
-        nu = 2.0 + np.logaddexp(0.0, raw_nu)
+        nu = NU_MIN + np.logaddexp(0.0, raw_nu)
         half = 0.5 * (nu + 1.0)
         ratio = u * u / nu
         log_term = np.log1p(ratio)
@@ -126,7 +130,7 @@ def nll_numpy(
             log_m + half * log_term + gammaln(0.5 * nu) - gammaln(half) + 0.5 * np.log(nu * math.pi)
         )
         d_u = (nu + 1.0) * u / (nu + u * u)
-        # d loss / d ν, then through ν = 2 + softplus(raw): softplus' = sigmoid
+        # d loss / d ν, then through ν = NU_MIN + softplus(raw): softplus' = sigmoid
         d_nu = 0.5 * (
             digamma(0.5 * nu)
             - digamma(half)
@@ -134,7 +138,7 @@ def nll_numpy(
             + log_term
             - (nu + 1.0) * ratio / (nu * (1.0 + ratio))
         )
-        grad[2] = d_nu / (1.0 + np.exp(-raw_nu)) / batch
+        grad[2] = d_nu * expit(raw_nu) / batch
     grad[0] = -d_u * inv_m / batch
     grad[1] = np.where(clipped, 0.0, 1.0 - d_u * u) / batch
     return float(loss.sum())

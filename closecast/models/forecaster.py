@@ -114,6 +114,13 @@ class Forecaster:
     # Each head's validation interval score (models/heads.py), the reason for `head`.
     head_scores: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.distributional and self.intervals is None:
+            raise ValueError(
+                "a distributional network needs the HAR scale its head multiplies: "
+                "give it intervals (models/intervals.py fit_base_scale)"
+            )
+
     @property
     def head_label(self) -> str:
         """The `head` tag of its run and version: lstm or har, `point` for a one-output network."""
@@ -174,7 +181,7 @@ class Forecaster:
         with torch.inference_mode():
             for start in range(0, len(inputs), batch_size):
                 batch = torch.from_numpy(inputs[start : start + batch_size])  # (b, T, F)
-                outputs.append(self.module(batch).numpy())  # (b,)
+                outputs.append(self.module(batch).numpy())  # (b,) or (b, K)
         if not outputs:
             shape = (0, self.module.outputs) if self.distributional else (0,)
             return np.empty(shape, dtype=np.float32)

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from closecast.core.config import TrainConfig, WindowConfig
+from closecast.core.config import DistributionName, TrainConfig, WindowConfig
+from closecast.models.calibration import normal_calibration
 from closecast.models.encoding import VOL_FLOOR, Encoding
 from closecast.models.forecaster import FORECAST_COLUMNS, Forecaster
+from closecast.models.intervals import Intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.models.scale import ScaleModel, spans_for_window
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.modeling.features import build_features, latest_rows
 from closecast.tasks.modeling.training import train_model
@@ -35,6 +38,7 @@ def test_range22_model_predicts_through_the_pyfunc_as_in_memory(
         data, LSTMConfig(hidden_size=8), TrainConfig(epochs=2, device="cpu")
     ).forecaster
     assert forecaster.intervals is not None
+    assert forecaster.distributional and forecaster.head in ("lstm", "har")  # spec 3
     assert forecaster.input_columns == ("ticker", "date", "close", "high", "low")
     assert forecaster.input_rows == 10 + 21
     in_memory = forecaster.predict_distribution(data.latest.windows, data.latest.tickers)
@@ -63,11 +67,20 @@ def test_range22_model_predicts_through_the_pyfunc_as_in_memory(
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
 
-def test_the_pyfunc_rejects_a_bad_row_in_the_lookback_not_only_in_the_window() -> None:
-    """A zero low 20 rows before the window's end would poison range22: invalid_data, named."""
+@pytest.mark.parametrize("distribution", ["none", "student_t"])
+def test_the_pyfunc_rejects_a_bad_row_in_the_lookback_not_only_in_the_window(
+    distribution: DistributionName,
+) -> None:
+    """A zero low 20 rows before the window's end would poison range22: invalid_data, named.
+    The same for a point head and a distributional one (which has a HAR scale)."""
     torch.manual_seed(0)
-    module = LSTMForecaster(LSTMConfig(hidden_size=8), n_features=2)
-    forecaster = Forecaster(module, Encoding(features=("close", "range22")), 10)
+    module = LSTMForecaster(LSTMConfig(hidden_size=8, distribution=distribution), n_features=2)
+    intervals, head = None, None
+    if distribution != "none":  # its forecast needs the HAR scale, and a head
+        scale = ScaleModel(spans_for_window(10), (0.2,) * 6)
+        intervals, head = Intervals(scale, normal_calibration()), "har"
+    encoding = Encoding(features=("close", "range22"))
+    forecaster = Forecaster(module, encoding, 10, intervals=intervals, head=head)
     rows = latest_rows({"AAA": _prices(80)}, ["AAA"], forecaster.input_rows)
     assert forecaster.predict_frame(rows)["status"].iloc[0] == "ok"
     rows.loc[rows.index[3], "low"] = 0.0  # in the lookback, before the window
@@ -105,7 +118,7 @@ def test_derived_features_are_encoded_scale_free_and_finite() -> None:
 
 @pytest.mark.parametrize("features", [("close", "volume", "open"), ("close",)])
 def test_default_features_read_and_need_what_they_did(features: tuple[str, ...]) -> None:
-    module = LSTMForecaster(LSTMConfig(hidden_size=8), n_features=len(features))
+    module = LSTMForecaster(LSTMConfig(hidden_size=8, distribution="none"), len(features))
     forecaster = Forecaster(module, Encoding(features=features), 10)
     assert forecaster.input_rows == 10
     assert forecaster.input_columns == ("ticker", "date", *features)

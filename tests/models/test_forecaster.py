@@ -1,6 +1,8 @@
 """Forecaster.predict_frame: one row per ticker with a status, in memory (no MLflow)."""
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -8,21 +10,50 @@ import pandas as pd
 import pytest
 import torch
 
+from closecast.models.calibration import Calibration
 from closecast.models.encoding import Encoding
 from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster
+from closecast.models.intervals import Intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.models.scale import ScaleModel, spans_for_window
 
 FEATURES = ("close", "volume", "open")
+# A HAR scale on a 5-row window's spans (1, 4): |r| terms, then range terms.
+SCALE = ScaleModel(spans_for_window(5), (0.4, 0.2, 0.3, 0.3))
+# Asymmetric quantiles, as conformal ones are: a bound tells which side it came from.
+CALIBRATION = Calibration(levels=(0.8, 0.95), lower=(-1.2, -2.1), upper=(1.3, 2.0), n=200)
 
 
 def _forecaster(target: str = "vol_return") -> Forecaster:
+    """A point head by hand (distribution none, no intervals): a spec-1 model."""
     torch.manual_seed(0)
-    module = LSTMForecaster(LSTMConfig(hidden_size=8), n_features=len(FEATURES))
+    config = LSTMConfig(hidden_size=8, distribution="none")
+    module = LSTMForecaster(config, n_features=len(FEATURES))
     return Forecaster(module, Encoding(features=FEATURES, target=target), window=5)
 
 
+def _distributional(head: str = "lstm") -> Forecaster:
+    """A spec-3 model by hand: the default Student-t head with the HAR scale and a
+    calibration, as train_model leaves one. Its head gets random weights: at its zero
+    initialisation every window would predict location 0 and multiplier 1."""
+    torch.manual_seed(0)
+    module = LSTMForecaster(LSTMConfig(hidden_size=8), n_features=len(FEATURES))
+    with torch.no_grad():
+        module.head.weight.normal_(0, 0.3)
+        module.head.bias.normal_(0, 0.1)
+    return Forecaster(
+        module,
+        Encoding(features=FEATURES),
+        window=5,
+        intervals=Intervals(SCALE, CALIBRATION),
+        head=head,
+        head_scores={"lstm": 0.031, "har": 0.032},
+    )
+
+
 def _rows(tickers: list[str], n: int = 8) -> pd.DataFrame:
-    """n sessions per ticker of smooth positive prices, canonical column names."""
+    """n sessions per ticker of smooth positive prices, canonical column names (the high
+    and low that a model with intervals reads, too)."""
     parts = []
     for i, ticker in enumerate(tickers):
         close = 20.0 + 10 * i + np.sin(np.arange(n))
@@ -34,25 +65,77 @@ def _rows(tickers: list[str], n: int = 8) -> pd.DataFrame:
                     "open": close * 0.99,
                     "close": close,
                     "volume": 1_000_000.0 + 1000 * np.arange(n),
+                    "high": close * (1.01 + 0.002 * np.cos(np.arange(n))),
+                    "low": close * 0.985,
                 }
             )
         )
     return pd.concat(parts, ignore_index=True)
 
 
-@pytest.mark.parametrize("target", ["vol_return", "minmax_close"])
-def test_windows_predicted_in_chunks_equal_all_at_once(target: str) -> None:
-    """Encoding and predicting 3 windows at a time gives the same closes (to float32
-    rounding: the LSTM kernels' sums depend on the batch size; the encoding is per window)."""
-    forecaster = _forecaster(target)
+def _windows(forecaster: Forecaster, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each ticker's last raw window, (N, T, C), and the tickers (N,)."""
+    groups = rows.sort_values("date").groupby("ticker")
+    tickers = np.array([str(t) for t, _ in groups], dtype=object)
+    return np.stack([forecaster.window_values(g) for _, g in groups]), tickers
+
+
+@pytest.mark.parametrize(
+    "build",
+    [partial(_forecaster, "vol_return"), partial(_forecaster, "minmax_close"), _distributional],
+    ids=["vol_return", "minmax_close", "student_t"],
+)
+def test_windows_predicted_in_chunks_equal_all_at_once(
+    build: Callable[[], Forecaster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encoding and predicting 3 windows at a time gives the same outputs and closes (to
+    float32 rounding: the LSTM kernels' sums depend on the batch size; the encoding is per
+    window)."""
+    forecaster = build()
     rng = np.random.default_rng(1)
-    windows = 50 * np.exp(np.cumsum(rng.normal(0, 0.02, (10, 5, 3)), axis=1))  # (N, T, F)
+    prices = 50 * np.exp(np.cumsum(rng.normal(0, 0.02, (10, 5, 3)), axis=1))  # (N, T, F)
+    high_low = prices[:, :, :1] * np.array([1.01, 0.99])  # (N, T, 1) -> (N, T, 2)
+    windows = np.concatenate([prices, high_low], axis=2)[:, :, : len(forecaster.columns)]
     tickers = np.array(["AAA", "BBB"] * 5, dtype=object)
     forecaster.bounds = {"AAA": ([40.0] * 3, [60.0] * 3), "BBB": ([30.0] * 3, [70.0] * 3)}
+    outputs = forecaster.predict_outputs(windows, tickers)
+    np.testing.assert_allclose(
+        forecaster.predict_outputs(windows, tickers, chunk=3), outputs, rtol=1e-6
+    )
     whole = forecaster.predict_windows(windows, tickers)
-    chunked = forecaster.predict_windows(windows, tickers, chunk=3)
+    by_three = partial(Forecaster.predict_outputs, forecaster, chunk=3)
+    monkeypatch.setattr(forecaster, "predict_outputs", by_three)  # what predict_windows calls
+    chunked = forecaster.predict_windows(windows, tickers)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
     assert whole.shape == (10,) and np.isfinite(whole).all()
+    assert outputs.shape == ((10, 3) if forecaster.distributional else (10,))
+
+
+def test_a_distributional_model_predicts_its_median_with_the_chosen_heads_scale() -> None:
+    """Spec 3: the point is the median, last close · exp(μ·σ̂); each bound is
+    point · exp(q·σ), with q the calibrated quantile and σ = σ̂·m (head lstm) or σ̂ (har)."""
+    rows = _rows(["AAA", "BBB"])
+    lstm, har = _distributional("lstm"), _distributional("har")
+    windows, tickers = _windows(lstm, rows)  # (2, 5, 5): close, volume, open, high, low
+    outputs = lstm.predict_outputs(windows, tickers)  # (2, 3): μ, log m, ν's raw output
+    moves = np.abs(np.diff(np.log(windows[:, :, 0]), axis=1))  # (2, 4) |log return|
+    ranges = np.log(windows[:, :, 3] / windows[:, :, 4])  # (2, 5) log(high / low)
+    # The HAR terms of the last row: mean |r| over 1 and 4 days, then mean range over 1 and 4.
+    terms = np.stack([moves[:, -1], moves[:, -4:].mean(1), ranges[:, -1], ranges[:, -4:].mean(1)])
+    sigma_hat = np.array(SCALE.coefficients) @ terms  # (4,) @ (4, 2) -> (2,)
+    multiplier = np.exp(outputs[:, 1])
+    assert np.abs(outputs[:, 1]).min() > 0.01  # the two heads' scales differ
+    point = windows[:, -1, 0] * np.exp(outputs[:, 0] * sigma_hat)
+    for forecaster, sigma in ((lstm, sigma_hat * multiplier), (har, sigma_hat)):
+        table = forecaster.predict_frame(rows).set_index("ticker")
+        assert list(table["status"]) == ["ok", "ok"]
+        np.testing.assert_allclose(table["predicted_close"], point, rtol=1e-6)
+        for column, q in [
+            ("lower_95", -2.1), ("lower_80", -1.2), ("upper_80", 1.3), ("upper_95", 2.0)
+        ]:  # fmt: skip
+            np.testing.assert_allclose(
+                np.log(table[column] / table["predicted_close"]), q * sigma, rtol=1e-5
+            )
 
 
 @pytest.mark.parametrize(
@@ -106,9 +189,11 @@ def test_a_duplicated_date_is_invalid_data() -> None:
     assert predicted["message"][0] == "date 2024-01-09 appears more than once"
 
 
-def test_a_nan_prediction_is_never_ok() -> None:
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN in, NaN out
+@pytest.mark.parametrize("build", [_forecaster, _distributional], ids=["none", "student_t"])
+def test_a_nan_prediction_is_never_ok(build: Callable[[], Forecaster]) -> None:
     """A model whose output is NaN reports invalid_data, not an ok row without a number."""
-    forecaster = _forecaster()
+    forecaster = build()
     with torch.no_grad():
         for parameter in forecaster.module.parameters():
             parameter.fill_(float("nan"))
@@ -151,7 +236,33 @@ def test_save_and_load_round_trip_and_an_unknown_spec_version_is_refused(tmp_pat
     )
 
     data = json.loads(spec.read_text())
+    assert data["spec_version"] == 3 and data["lstm"]["distribution"] == "none"
+    # A version 1-2 spec predates `distribution`: its one output loads as a point head.
+    older = {k: v for k, v in data.items() if k not in ("head", "head_scores")}
+    older["lstm"] = {k: v for k, v in data["lstm"].items() if k != "distribution"}
+    spec.write_text(json.dumps(older | {"spec_version": 2}))
+    loaded = Forecaster.load(weights, spec)
+    assert loaded.module.config.distribution == "none" and not loaded.distributional
+    pd.testing.assert_frame_equal(loaded.predict_frame(rows), original.predict_frame(rows))
+
     spec.write_text(json.dumps(data | {"spec_version": 99}))
     weights.write_bytes(b"not read")
     with pytest.raises(ValueError, match=r"^unsupported model spec version 99$"):
         Forecaster.load(weights, spec)
+
+
+def test_a_distributional_model_round_trips_with_its_head(tmp_path: Path) -> None:
+    """Spec 3 saves the distribution, the chosen head and both heads' scores; what loads
+    back predicts the same bounds."""
+    original = _distributional("har")
+    weights, spec = original.save(tmp_path / "model")
+    data = json.loads(spec.read_text())
+    assert data["spec_version"] == 3 and data["lstm"]["distribution"] == "student_t"
+    assert (data["head"], data["head_scores"]) == ("har", {"lstm": 0.031, "har": 0.032})
+    loaded = Forecaster.load(weights, spec)
+    assert loaded.distributional and loaded.intervals == original.intervals
+    assert (loaded.head, loaded.head_scores) == ("har", original.head_scores)
+    rows = _rows(["AAA", "BBB"])
+    predicted = loaded.predict_frame(rows)
+    assert list(predicted["status"]) == ["ok", "ok"]
+    pd.testing.assert_frame_equal(predicted, original.predict_frame(rows))

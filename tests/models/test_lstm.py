@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from closecast.core.config import DistributionName
+from closecast.models.distribution import head_outputs, parameters
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
 
 
@@ -36,16 +38,21 @@ def lstm_by_hand(state: dict[str, torch.Tensor], x: np.ndarray) -> np.ndarray:
         output = _sigmoid(hx @ w_o.T + b_o)
         c = forget * c + input_ * candidate
         h = output * np.tanh(c)
-    w_head = state["head.weight"].double().numpy()  # (1, H)
-    b_head = state["head.bias"].double().numpy()  # (1,)
-    return (h @ w_head.T + b_head)[:, 0]  # dropout is the identity in eval mode
+    w_head = state["head.weight"].double().numpy()  # (K, H)
+    b_head = state["head.bias"].double().numpy()  # (K,)
+    return h @ w_head.T + b_head  # (B, K); dropout is the identity in eval mode
 
 
+@pytest.mark.parametrize("distribution", ["none", "normal", "student_t"])
 @pytest.mark.parametrize("n_features", [1, 3])
-def test_module_computes_the_design_equations(n_features: int) -> None:
-    """On random weights and inputs, the module's output matches the equations to 1e-5."""
+def test_module_computes_the_design_equations(
+    n_features: int, distribution: DistributionName
+) -> None:
+    """On random weights and inputs, the module's output matches the equations to 1e-5:
+    one number per window for the point head, K for a distributional one."""
     torch.manual_seed(n_features)
-    model = LSTMForecaster(LSTMConfig(hidden_size=8, dropout=0.2), n_features=n_features)
+    config = LSTMConfig(hidden_size=8, dropout=0.2, distribution=distribution)
+    model = LSTMForecaster(config, n_features=n_features)
     with torch.no_grad():  # weights well away from torch's small uniform initialisation
         for p in model.parameters():
             p.normal_(0, 0.5)
@@ -53,16 +60,45 @@ def test_module_computes_the_design_equations(n_features: int) -> None:
     model.eval()
     with torch.no_grad():
         out = model(torch.from_numpy(x)).numpy()
-    expected = lstm_by_hand(model.state_dict(), x.astype(np.float64))
-    assert out.shape == (16,)
+    expected = lstm_by_hand(model.state_dict(), x.astype(np.float64))  # (16, K)
+    k = head_outputs(distribution)
+    if k == 1:
+        assert out.shape == (16,)
+        expected = expected[:, 0]  # (16, 1) -> (16,)
+    else:
+        assert out.shape == (16, k)
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
-    assert np.std(expected) > 0.01  # the check is not passing on a constant output
+    assert np.std(expected, axis=0).min() > 0.01  # not passing on a constant output
 
 
-def test_dropout_acts_in_train_mode_with_one_layer() -> None:
+def test_the_default_head_is_a_zero_student_t_the_har_recipe() -> None:
+    """The default network predicts a Student-t; untrained, every window gets location 0,
+    multiplier 1 and ν = 5 whatever its input, so it starts as the HAR-scale recipe."""
+    torch.manual_seed(0)
+    model = LSTMForecaster(LSTMConfig(hidden_size=8), n_features=2)
+    assert model.config.distribution == "student_t" and model.outputs == 3
+    model.eval()
+    with torch.no_grad():
+        out = model(10 * torch.randn(32, 6, 2)).numpy()  # (32, 3)
+    assert out.shape == (32, 3) and not out.any()
+    found = parameters("student_t", out)
+    np.testing.assert_array_equal(found.location, 0.0)
+    np.testing.assert_array_equal(found.multiplier, 1.0)
+    assert found.nu is not None
+    np.testing.assert_allclose(found.nu, 5.0, rtol=1e-12)
+    point = LSTMForecaster(LSTMConfig(hidden_size=8, distribution="none"), n_features=2)
+    assert point.outputs == 1 and point.head.weight.abs().sum() > 0  # torch's own init
+
+
+@pytest.mark.parametrize("distribution", ["none", "student_t"])
+def test_dropout_acts_in_train_mode_with_one_layer(distribution: DistributionName) -> None:
     """With one layer, dropout still changes training outputs; in eval mode it does not."""
     torch.manual_seed(0)
-    model = LSTMForecaster(LSTMConfig(hidden_size=16, num_layers=1, dropout=0.5), n_features=1)
+    config = LSTMConfig(hidden_size=16, num_layers=1, dropout=0.5, distribution=distribution)
+    model = LSTMForecaster(config, n_features=1)
+    if model.outputs > 1:  # a zero-initialised head would hide dropout: give it weights
+        with torch.no_grad():
+            model.head.weight.normal_(0, 0.5)
     x = torch.randn(64, 5, 1)
     model.eval()
     with torch.no_grad():
@@ -77,9 +113,13 @@ def test_dropout_acts_in_train_mode_with_one_layer() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "named"),
-    [({"hidden_size": 0}, "hidden_size"), ({"dropout": 1.0}, "dropout")],
+    [
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"distribution": "laplace"}, "distribution"),
+    ],
 )
 def test_config_rejects_impossible_values(kwargs: dict[str, float], named: str) -> None:
-    """A zero hidden size or dropout of 1 is refused with a message naming it."""
+    """A zero hidden size, dropout of 1 or an unknown distribution is refused, named."""
     with pytest.raises(ValueError, match=named):
         LSTMConfig(**kwargs)  # type: ignore[arg-type]

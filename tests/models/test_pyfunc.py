@@ -14,9 +14,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 
 from closecast.core.config import MODEL_NAME
+from closecast.models.calibration import Calibration
 from closecast.models.encoding import Encoding
-from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster
+from closecast.models.forecaster import FORECAST_COLUMNS, OUTPUT_COLUMNS, Forecaster
+from closecast.models.intervals import Intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.models.scale import ScaleModel, spans_for_window
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.registry.logged_model import log_forecaster
 from tests.fakes import FakeYahoo, yahoo_frame
@@ -26,10 +29,31 @@ WINDOW = 10
 
 
 def _forecaster(features: tuple[str, ...], seed: int = 0) -> Forecaster:
-    """A randomly initialised (untrained) forecaster: enough to check the plumbing."""
+    """A randomly initialised (untrained) point-head forecaster: enough to check the plumbing."""
+    torch.manual_seed(seed)
+    module = LSTMForecaster(
+        LSTMConfig(hidden_size=8, distribution="none"), n_features=len(features)
+    )
+    return Forecaster(module, Encoding(features=features), WINDOW)
+
+
+def _distributional(features: tuple[str, ...], seed: int = 2) -> Forecaster:
+    """A spec-3 forecaster by hand: the default Student-t head (given random weights: at its
+    zero initialisation it predicts the last close), a HAR scale and a calibration, head lstm."""
     torch.manual_seed(seed)
     module = LSTMForecaster(LSTMConfig(hidden_size=8), n_features=len(features))
-    return Forecaster(module, Encoding(features=features), WINDOW)
+    with torch.no_grad():
+        module.head.weight.normal_(0, 0.3)
+    scale = ScaleModel(spans_for_window(WINDOW), (0.3, 0.2, 0.1, 0.2, 0.1, 0.1))
+    calibration = Calibration(levels=(0.8, 0.95), lower=(-1.2, -2.1), upper=(1.3, 2.0), n=200)
+    return Forecaster(
+        module,
+        Encoding(features=features),
+        WINDOW,
+        intervals=Intervals(scale, calibration),
+        head="lstm",
+        head_scores={"lstm": 0.031, "har": 0.032},
+    )
 
 
 def yahoo_rows(tickers: list[str], n: int = 15) -> pd.DataFrame:
@@ -59,12 +83,15 @@ def expected_closes(forecaster: Forecaster, rows: pd.DataFrame) -> dict[str, flo
 
 @dataclass
 class Logged:
-    """Two logged models (default features, close only) loaded back as pyfuncs."""
+    """Three logged models (default features, close only: point heads; a distributional
+    spec-3 one) loaded back as pyfuncs."""
 
     default: Forecaster
     default_model: PyFuncModel
     close_only: Forecaster
     close_only_model: PyFuncModel
+    distributional: Forecaster
+    distributional_model: PyFuncModel
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +104,8 @@ def logged(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path) -> I
     example = yahoo_rows(["AAA"]).rename(columns=str.lower).astype({"volume": np.float64})
     default_uri = log_forecaster(default, client.create_run(experiment).info.run_id, example)
     close_uri = log_forecaster(close_only, client.create_run(experiment).info.run_id, example)
+    distributional = _distributional(("close", "volume", "open"))
+    spec3_uri = log_forecaster(distributional, client.create_run(experiment).info.run_id, example)
     version = mlflow.register_model(default_uri, MODEL_NAME).version
     client.set_registered_model_alias(MODEL_NAME, "champion", version)
     with pytest.MonkeyPatch.context() as patch:
@@ -86,6 +115,8 @@ def logged(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path) -> I
             mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion"),
             close_only,
             mlflow.pyfunc.load_model(close_uri),
+            distributional,
+            mlflow.pyfunc.load_model(spec3_uri),
         )
     mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
@@ -168,6 +199,34 @@ def test_a_close_only_model_needs_only_ticker_date_close(logged: Logged) -> None
     names = set(logged.close_only_model.metadata.get_input_schema().input_names())
     assert {n.lower() for n in names} >= {"ticker", "date", "close"}
     assert not {n.lower() for n in names} & {"volume", "open", "high", "low"}
+
+
+def test_a_distributional_model_predicts_through_the_pyfunc_as_in_memory(logged: Logged) -> None:
+    """Spec 3 (Student-t head, HAR scale, head lstm): yfinance-named rows through the pyfunc
+    give the in-memory median and intervals of the raw windows; it asks for high and low."""
+    rows = yahoo_rows(["BBB", "AAA"])
+    predicted = logged.distributional_model.predict(rows)
+    forecaster = logged.distributional
+    lower = rows.rename(columns=str.lower).sort_values(["ticker", "date"])
+    windows = np.stack(
+        [
+            g[list(forecaster.columns)].to_numpy(np.float64)[-WINDOW:]
+            for _, g in lower.groupby("ticker")
+        ]
+    )  # (2, T, C): close, volume, open, high, low
+    expected = forecaster.predict_distribution(windows, np.array(["AAA", "BBB"]))
+    assert list(predicted["ticker"]) == ["AAA", "BBB"]
+    assert list(predicted["status"]) == ["ok", "ok"]
+    for column in FORECAST_COLUMNS:
+        np.testing.assert_allclose(predicted[column], expected[column], rtol=1e-9)
+    last_close = windows[:, -1, 0]
+    assert np.abs(predicted["predicted_close"] / last_close - 1).min() > 1e-6  # not naive
+    assert (predicted["lower_95"] < predicted["lower_80"]).all()
+    assert (predicted["upper_80"] < predicted["upper_95"]).all()
+    names = {
+        n.lower() for n in logged.distributional_model.metadata.get_input_schema().input_names()
+    }
+    assert {"high", "low"} <= names
 
 
 def test_a_bad_ticker_gets_a_status_and_never_sinks_the_batch(logged: Logged) -> None:

@@ -8,6 +8,8 @@ import torch
 from threadpoolctl import threadpool_info
 from torch.nn import functional as F
 
+from closecast.core.config import DistributionName
+from closecast.models.distribution import nll_torch
 from closecast.models.fused_step import FusedLSTMStep
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
 from closecast.models.training import (
@@ -25,9 +27,14 @@ from closecast.models.training import (
 )
 
 
-def _model(n_features: int, seed: int = 0, **config: float) -> LSTMForecaster:
+def _model(n_features: int, seed: int = 0, **config: float | str) -> LSTMForecaster:
+    """A hidden-8 network; the default head (student_t) unless `distribution` says otherwise."""
     torch.manual_seed(seed)
     return LSTMForecaster(LSTMConfig(hidden_size=8, **config), n_features=n_features)  # type: ignore[arg-type]
+
+
+# The point head (MSE, the reference design) and the default distributional head (NLL).
+MSE_AND_NLL = ["none", "student_t"]
 
 
 def _data(n: int, n_features: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,9 +56,14 @@ def _autograd_step(
     y: torch.Tensor,
     grad_clip: float | None,
 ) -> float:
-    """The reference step: autograd, clip_grad_norm_, Adam; returns the batch's mean loss."""
+    """The reference step: autograd, clip_grad_norm_, Adam; returns the batch's mean loss
+    (MSE for the point head, the torch NLL of models/distribution.py otherwise)."""
     optimizer.zero_grad()
-    loss = F.mse_loss(model(x), y)
+    distribution = model.config.distribution
+    if distribution == "none":
+        loss = F.mse_loss(model(x), y)
+    else:
+        loss = nll_torch(distribution, model(x), y).mean()
     loss.backward()
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -60,10 +72,20 @@ def _autograd_step(
 
 
 def _step_both_ways(
-    n_features: int, x: torch.Tensor, y: torch.Tensor, batches: list[slice], grad_clip: float | None
+    n_features: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: list[slice],
+    grad_clip: float | None,
+    distribution: DistributionName,
 ) -> None:
-    """One fused and one autograd step per batch, same dropout masks; same losses, weights."""
-    fused_model, reference = _model(n_features), _model(n_features)
+    """One fused and one autograd step per batch, same dropout masks; same losses, weights.
+
+    A distributional head starts at zero, so its first step moves only the head; the
+    LSTM's weights follow from the second step on.
+    """
+    fused_model = _model(n_features, distribution=distribution)
+    reference = _model(n_features, distribution=distribution)
     fused = FusedLSTMStep(fused_model, 1e-2, grad_clip)
     optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2)
     reference.train()
@@ -76,36 +98,44 @@ def _step_both_ways(
     fused.release()
     for name, value in reference.state_dict().items():
         torch.testing.assert_close(fused_model.state_dict()[name], value, atol=1e-6, rtol=1e-5)
-    moved = fused_model.head.weight.detach() - _model(n_features).head.weight.detach()
-    assert float(moved.abs().max()) > 1e-3  # the weights did move
+    initial = _model(n_features, distribution=distribution).state_dict()
+    for name in ("head.weight", "lstm.weight_hh_l0"):
+        moved = fused_model.state_dict()[name] - initial[name]
+        assert float(moved.abs().max()) > 1e-3, name  # the weights did move
 
 
+@pytest.mark.parametrize("distribution", ["none", "normal", "student_t"])
 @pytest.mark.parametrize("n_features", [1, 3])
 @pytest.mark.parametrize("grad_clip", [0.05, None])
-def test_fused_step_matches_autograd_and_adam(n_features: int, grad_clip: float | None) -> None:
-    """Three steps by hand leave the same weights as autograd + clip_grad_norm_ + Adam."""
+def test_fused_step_matches_autograd_and_adam(
+    n_features: int, grad_clip: float | None, distribution: DistributionName
+) -> None:
+    """Three steps by hand leave the same weights as autograd + clip_grad_norm_ + Adam,
+    on MSE (point head) and on each distribution's NLL."""
     x, y = _data(16, n_features)
-    _step_both_ways(n_features, x, y, [slice(None)] * 3, grad_clip)
+    _step_both_ways(n_features, x, y, [slice(None)] * 3, grad_clip, distribution)
 
 
+@pytest.mark.parametrize("distribution", ["none", "normal", "student_t"])
 @pytest.mark.parametrize("grad_clip", [0.05, None])
 def test_fused_step_matches_autograd_and_adam_on_a_partial_last_batch(
-    grad_clip: float | None,
+    grad_clip: float | None, distribution: DistributionName
 ) -> None:
     """21 windows in batches of 8, 8 and 5, twice over: the short last batch (its own
     buffers, its own mean) and the full batches after it match autograd + Adam."""
     x, y = _data(21, 3)
     epoch = [slice(0, 8), slice(8, 16), slice(16, 21)]
-    _step_both_ways(3, x, y, epoch * 2, grad_clip)
+    _step_both_ways(3, x, y, epoch * 2, grad_clip, distribution)
 
 
+@pytest.mark.parametrize("distribution", MSE_AND_NLL)
 @pytest.mark.parametrize("fused_step", [True, False])
-def test_gradients_are_clipped_to_the_norm(fused_step: bool) -> None:
+def test_gradients_are_clipped_to_the_norm(fused_step: bool, distribution: str) -> None:
     """After a step the applied gradient's norm is the clip; without clipping it is larger."""
     x, y = _data(32, 2)
     norms = {}
     for clip in (0.01, None):
-        model = _model(2)
+        model = _model(2, distribution=distribution)
         stepper = make_stepper(model, FitSettings(grad_clip=clip, fused_step=fused_step))
         stepper.step(x, y)
         if isinstance(stepper, FusedLSTMStep):
@@ -116,12 +146,13 @@ def test_gradients_are_clipped_to_the_norm(fused_step: bool) -> None:
     assert norms[None] > 0.05
 
 
-def test_fused_and_autograd_fits_agree() -> None:
+@pytest.mark.parametrize("distribution", MSE_AND_NLL)
+def test_fused_and_autograd_fits_agree(distribution: str) -> None:
     """A whole fit with the fused step follows the autograd fit epoch by epoch."""
     train, validation = _data(96, 3), _data(32, 3, seed=2)
     results, states = [], []
     for fused_step in (True, False):
-        model = _model(3)
+        model = _model(3, distribution=distribution)
         settings = FitSettings(epochs=4, batch_size=16, patience=None, fused_step=fused_step)
         results.append(fit(model, train, validation, settings))
         states.append(model.state_dict())
@@ -132,25 +163,32 @@ def test_fused_and_autograd_fits_agree() -> None:
         torch.testing.assert_close(states[0][name], value, atol=1e-5, rtol=1e-4)
 
 
-def test_fit_learns_and_releases_the_flat_buffer() -> None:
-    """Training lowers the validation loss; afterwards each parameter owns its storage."""
-    model = _model(1)
+@pytest.mark.parametrize("distribution", MSE_AND_NLL)
+def test_fit_learns_and_releases_the_flat_buffer(distribution: str) -> None:
+    """Training lowers the validation loss (MSE halves; the NLL, which can go below zero,
+    falls by more than a nat); afterwards each parameter owns its storage."""
+    model = _model(1, distribution=distribution)
     result = fit(
         model,
         _data(128, 1),
         _data(64, 1, seed=2),
         FitSettings(epochs=8, batch_size=16, learning_rate=1e-2),
     )
-    assert result.history[-1]["val_loss"] < 0.5 * result.history[0]["val_loss"]
+    first, last = result.history[0]["val_loss"], result.history[-1]["val_loss"]
+    if distribution == "none":
+        assert last < 0.5 * first
+    else:
+        assert last < first - 1.0
     for p in model.parameters():
         assert p.untyped_storage().nbytes() == p.numel() * p.element_size()
 
 
-def test_early_stopping_restores_the_best_weights() -> None:
+@pytest.mark.parametrize("distribution", MSE_AND_NLL)
+def test_early_stopping_restores_the_best_weights(distribution: str) -> None:
     """When validation loss only rises, training stops after `patience` and keeps epoch 1."""
     x, y = _data(64, 1)
     validation = (x, -y)  # the opposite of what training teaches: val loss keeps rising
-    model = _model(1)
+    model = _model(1, distribution=distribution)
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
     def remember(epoch: int, metrics: dict[str, float]) -> None:
@@ -166,14 +204,15 @@ def test_early_stopping_restores_the_best_weights() -> None:
     assert not torch.equal(model.head.weight, snapshots[4]["head.weight"])
 
 
+@pytest.mark.parametrize("distribution", MSE_AND_NLL)
 @pytest.mark.parametrize("fused_step", [True, False])
-def test_a_non_finite_loss_raises_training_diverged(fused_step: bool) -> None:
+def test_a_non_finite_loss_raises_training_diverged(fused_step: bool, distribution: str) -> None:
     """A NaN in the targets stops training with an error naming the epoch."""
     x, y = _data(32, 1)
     y[5] = float("nan")
     settings = FitSettings(epochs=3, batch_size=8, fused_step=fused_step)
     with pytest.raises(TrainingDiverged, match="non-finite at epoch 1"):
-        fit(_model(1), (x, y), _data(8, 1), settings)
+        fit(_model(1, distribution=distribution), (x, y), _data(8, 1), settings)
 
 
 def test_same_seed_same_weights_other_seed_other_weights() -> None:
@@ -284,12 +323,53 @@ def test_output_scale_is_the_least_squares_shrink_clipped_to_0_1(
 
 
 def test_scale_output_multiplies_every_prediction() -> None:
-    """Scaling the head by 0.25 scales the module's outputs by 0.25."""
-    model, x = _model(2), _data(8, 2)[0]
+    """Scaling the point head by 0.25 scales the module's outputs by 0.25."""
+    model, x = _model(2, distribution="none"), _data(8, 2)[0]
     model.eval()
     before = model(x).detach()
+    assert float(before.abs().min()) > 0  # a zero output would pass whatever the scale
     scale_output(model, 0.25)
     torch.testing.assert_close(model(x).detach(), 0.25 * before)
+
+
+@pytest.mark.parametrize("distribution", ["normal", "student_t"])
+def test_scale_output_scales_only_a_distributions_location(distribution: str) -> None:
+    """On a distributional head, 0.25 scales the location (output 0); the multiplier and
+    tail outputs stay as they were."""
+    model, x = _model(2, distribution=distribution), _data(8, 2)[0]
+    with torch.no_grad():  # the head starts at zero, which any scale keeps: give it weights
+        model.head.weight.normal_(0, 0.5)
+        model.head.bias.normal_(0, 0.5)
+    model.eval()
+    before = model(x).detach()  # (8, K)
+    assert float(before.abs().min()) > 0
+    scale_output(model, 0.25)
+    after = model(x).detach()
+    torch.testing.assert_close(after[:, 0], 0.25 * before[:, 0])
+    torch.testing.assert_close(after[:, 1:], before[:, 1:], rtol=0, atol=0)
+
+
+class _Located(torch.nn.Module):
+    """Outputs K = 3 columns: the location a fixed multiple of the last input step, the
+    others noise that the shrink must not read."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        location = self.factor * x[:, -1, 0]  # (B, T, F) -> (B,)
+        noise = 5.0 * x[:, 0, :1].expand(-1, 2)  # (B, 2), unrelated to the target
+        return torch.cat([location[:, None], noise], dim=1)  # (B, 3)
+
+
+@pytest.mark.parametrize(("factor", "expected"), [(2.0, 0.5), (1.0, 1.0), (-1.0, 0.0)])
+def test_output_scale_of_a_distributional_model_reads_its_location(
+    factor: float, expected: float
+) -> None:
+    """The shrink of a (B, K) model is the least-squares factor of its location column."""
+    x = torch.randn(50, 3, 1)
+    assert fit_output_scale(_Located(factor), x, x[:, -1, 0]) == pytest.approx(expected)
 
 
 def test_output_scale_drops_moves_that_validation_cannot_tell_from_chance() -> None:

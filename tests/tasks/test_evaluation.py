@@ -5,9 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
+from closecast.models.calibration import close_intervals, normal_calibration
 from closecast.models.encoding import Encoding
 from closecast.models.forecaster import Forecaster
+from closecast.models.intervals import Intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.models.scale import ScaleModel, spans_for_window
 from closecast.tasks.modeling.evaluation import (
     evaluate_model,
     per_ticker_metrics,
@@ -87,7 +90,7 @@ def test_per_ticker_metrics_are_in_price_units() -> None:
 def test_evaluate_forecaster_scores_the_model_and_naive_on_the_same_windows() -> None:
     """A model that predicts a zero return is the naive forecast: skill 0, one row per window."""
     torch.manual_seed(0)
-    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=1)
+    module = LSTMForecaster(LSTMConfig(hidden_size=4, distribution="none"), n_features=1)
     with torch.no_grad():  # output exactly 0 = a zero log return = tomorrow's close is today's
         module.head.weight.zero_()
         module.head.bias.zero_()
@@ -105,3 +108,39 @@ def test_evaluate_forecaster_scores_the_model_and_naive_on_the_same_windows() ->
     assert evaluation.metrics["skill"] == pytest.approx(0.0)
     assert evaluation.metrics["naive_rmse"] == pytest.approx(np.sqrt((0.5 / 12) ** 2 / 2))
     assert list(evaluation.per_ticker["ticker"]) == ["A", "B"]
+
+
+def test_an_untrained_distributional_model_is_the_har_recipe() -> None:
+    """The default head at its zero initialisation (location 0, multiplier 1) forecasts
+    tomorrow = today with the HAR scale's intervals: skill 0, the recipe's bounds, and the
+    heads' validation scores among the metrics."""
+    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=1)  # student_t, zero head
+    scale = ScaleModel(spans_for_window(3), (0.5, 0.2, 0.3, 0.1))
+    calibration = normal_calibration()
+    intervals = Intervals(scale, calibration)
+    forecaster = Forecaster(
+        module,
+        Encoding(features=("close",)),
+        window=3,
+        intervals=intervals,
+        head="lstm",
+        head_scores={"lstm": 0.02, "har": 0.021},
+    )
+    closes = np.array([[10.0, 11.0, 12.0], [20.0, 19.0, 18.0]])
+    windows = np.stack([closes, closes * 1.02, closes * 0.97], axis=-1)  # (2, 3, 3)
+    test = WindowSet(
+        windows=windows,  # close, high, low
+        next_close=np.array([12.5, 18.0]),
+        tickers=np.array(["A", "B"], dtype=object),
+        target_dates=np.array(["2024-01-02", "2024-01-02"], dtype="datetime64[ns]"),
+        baseline_sigma=np.array([0.01, 0.02]),
+    )
+    evaluation = evaluate_model(forecaster, test)
+    np.testing.assert_allclose(evaluation.predictions["predicted_close"], [12.0, 18.0])
+    assert evaluation.metrics["skill"] == pytest.approx(0.0)
+    sigma_hat = intervals.base_scale(windows, ("close", "high", "low"))
+    recipe = close_intervals(test.last_close, np.zeros(2), sigma_hat, calibration)
+    for column, bounds in recipe.items():
+        np.testing.assert_allclose(evaluation.predictions[column], bounds, rtol=1e-12)
+    assert evaluation.metrics["val_interval_score_lstm"] == 0.02
+    assert evaluation.metrics["val_interval_score_har"] == 0.021

@@ -3,10 +3,15 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from closecast.models.calibration import normal_calibration
 from closecast.models.encoding import Encoding
 from closecast.models.forecaster import Forecaster
+from closecast.models.intervals import Intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
+from closecast.models.scale import ScaleModel, spans_for_window
+from closecast.tasks.modeling.evaluation import evaluate_model, score_distribution
 from closecast.tasks.modeling.windows import WindowSet
 from closecast.tasks.registry.gate import check_metrics, decide_promotion, rescore_champion
 
@@ -68,8 +73,24 @@ def test_check_metrics_refuses_non_finite(bad: float | None) -> None:
 
 
 def _champion(features: tuple[str, ...]) -> Forecaster:
-    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=len(features))
+    """A point-head champion without intervals: a spec-1 model."""
+    config = LSTMConfig(hidden_size=4, distribution="none")
+    module = LSTMForecaster(config, n_features=len(features))
     return Forecaster(module, Encoding(features=features, target="log_return"), 10)
+
+
+def _spec3(features: tuple[str, ...], head: str, seed: int = 0) -> Forecaster:
+    """A distributional (Student-t) model with the HAR scale and the given head; its dense
+    head gets random weights (at zero, both heads would draw the same intervals)."""
+    torch.manual_seed(seed)
+    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=len(features))
+    with torch.no_grad():
+        module.head.weight.normal_(0, 0.5)
+        module.head.bias.normal_(0, 0.5)
+    scale = ScaleModel(spans_for_window(10), (0.3, 0.2, 0.1, 0.2, 0.1, 0.1))
+    intervals = Intervals(scale, normal_calibration())
+    encoding = Encoding(features=features, target="log_return")
+    return Forecaster(module, encoding, 10, intervals=intervals, head=head)
 
 
 def _test_windows(days: int, columns: int) -> WindowSet:
@@ -84,6 +105,51 @@ def _test_windows(days: int, columns: int) -> WindowSet:
         target_dates=pd.date_range("2024-01-02", periods=4, freq="B").to_numpy(),
         baseline_sigma=np.full(4, 0.01),
     )
+
+
+def _ohlc_windows(days: int) -> tuple[WindowSet, tuple[str, ...]]:
+    """Twelve windows of `days` sessions holding close, volume, high and low: a wavy close,
+    a high and low around it, flat volume."""
+    n = 12 + days
+    close = 100 * np.exp(np.cumsum(0.01 * np.sin(np.arange(n))))
+    rows = np.stack([close, np.full(n, 1e6), close * 1.01, close * 0.985], axis=1)  # (n, 4)
+    windows = np.stack([rows[i : i + days] for i in range(12)])  # (12, T, 4)
+    test = WindowSet(
+        windows=windows,
+        next_close=close[days : days + 12],
+        tickers=np.array(["AAA"] * 12),
+        target_dates=pd.date_range("2024-01-02", periods=12, freq="B").to_numpy(),
+        baseline_sigma=np.full(12, 0.01),
+    )
+    return test, ("close", "volume", "high", "low")
+
+
+def test_a_har_champion_and_an_lstm_challenger_are_scored_alike_on_the_same_windows() -> None:
+    """Spec 3 on both sides: the close-only champion (head har) re-scored on the challenger's
+    12-day windows gets the score of its own forecast of their last 10 days, drawn with its
+    own head; the challenger's (head lstm) evaluation is the same score of the same windows."""
+    test, columns = _ohlc_windows(12)
+    champion = _spec3(("close",), "har")
+    metrics, problem = rescore_champion("4", champion, test, columns)
+    assert problem == "" and math.isfinite(metrics["test_interval_score"])
+    own = test.windows[:, -10:, [0, 2, 3]]  # (12, 12, 4) -> (12, 10, 3): close, high, low
+    assert metrics == score_distribution(champion.predict_distribution(own, test.tickers), test)
+    other_head = _spec3(("close",), "lstm")
+    rescored, _ = rescore_champion("4", other_head, test, columns)
+    assert rescored["test_interval_score"] != metrics["test_interval_score"]
+    assert rescored["test_rmse"] == metrics["test_rmse"]  # the same median, other intervals
+
+    challenger = _spec3(("close", "volume"), "lstm", seed=1)
+    windows = test.windows[:, -10:]  # the challenger reads all four columns
+    challenger_test = WindowSet(**{**test.__dict__, "windows": windows})
+    scored_alike = score_distribution(
+        challenger.predict_distribution(windows, test.tickers), challenger_test
+    )
+    evaluated = evaluate_model(challenger, challenger_test).metrics
+    assert {k: evaluated[k] for k in scored_alike} == scored_alike
+    decision = decide_promotion(evaluated, ("4", metrics), "auto")
+    wins = evaluated["test_interval_score"] < metrics["test_interval_score"]
+    assert (decision.promote, decision.compared) == (wins, "test_interval_score")
 
 
 def test_rescore_champion_reads_its_own_columns_of_the_challengers_windows() -> None:

@@ -56,7 +56,7 @@ TICKERS = ["AAA", "BBB"]
 def test_register_refuses_nan_metrics_before_touching_mlflow(tmp_path: Path) -> None:
     """NaN metrics fail registration before any registry call: nothing is created."""
     config = PipelineConfig(home=tmp_path / "home")
-    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=1)
+    module = LSTMForecaster(LSTMConfig(hidden_size=4, distribution="none"), n_features=1)
     forecaster = Forecaster(module, Encoding(features=("close",), target="log_return"), 10)
     metrics = {"test_interval_score": 0.02, "test_rmse": float("nan"), "naive_rmse": 0.01}
     evaluation = Evaluation(metrics, pd.DataFrame(), pd.DataFrame())
@@ -66,7 +66,7 @@ def test_register_refuses_nan_metrics_before_touching_mlflow(tmp_path: Path) -> 
 
 
 def _forecaster(features: tuple[str, ...]) -> Forecaster:
-    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=len(features))
+    module = LSTMForecaster(LSTMConfig(hidden_size=4, distribution="none"), n_features=len(features))
     return Forecaster(module, Encoding(features=features), 10)
 
 

@@ -10,8 +10,8 @@ import torch
 from mlflow import MlflowClient
 
 from closecast.cli.app import main
-from closecast.core.config import TrainConfig, WindowConfig
-from closecast.models.encoding import Encoding
+from closecast.core.config import DistributionName, TrainConfig, WindowConfig
+from closecast.models.forecaster import Forecaster
 from closecast.models.lstm import LSTMConfig
 from closecast.tasks.modeling import training as training_module
 from closecast.tasks.modeling.training import encode_split, resolve_device, train_model
@@ -75,21 +75,31 @@ def test_many_windows_train_with_larger_steps_and_less_patience(dataset: Dataset
     assert (kept.fit.batch_size, kept.fit.learning_rate, kept.fit.patience) == (4, 0.01, 5)
 
 
+@pytest.mark.parametrize("distribution", ["none", "student_t"])
 def test_a_split_encoded_in_chunks_equals_one_encoding(
-    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch, distribution: DistributionName
 ) -> None:
-    """encode_split, 7 windows at a time into float32 arrays, equals encoding them at once."""
-    forecaster = train_model(dataset, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
-    forecaster = forecaster.forecaster
+    """encode_split, 7 windows at a time into float32 arrays, equals encoding them at once.
+    A point head learns the encoded target; a distributional one z = log(next / last) / σ̂,
+    the next log return in units of the window's HAR scale."""
+    lstm = LSTMConfig(hidden_size=8, distribution=distribution)
+    forecaster = train_model(dataset, lstm, TrainConfig(epochs=1)).forecaster
+    assert forecaster.distributional == (distribution != "none")
     monkeypatch.setattr(training_module, "ENCODE_CHUNK", 7)
     inputs, targets = encode_split(forecaster, dataset.train, torch.device("cpu"))
     split = dataset.train
     expected = forecaster.encoding.inputs(split.windows)
     assert inputs.dtype == torch.float32 and inputs.shape == expected.shape
     np.testing.assert_array_equal(inputs.numpy(), expected)
-    np.testing.assert_array_equal(
-        targets.numpy(), forecaster.encoding.targets(split.next_close, split.windows)
-    )
+    if distribution == "none":
+        expected_targets = forecaster.encoding.targets(split.next_close, split.windows)
+    else:
+        assert forecaster.intervals is not None
+        sigma_hat = forecaster.intervals.base_scale(split.windows, dataset.columns)  # (N,)
+        log_return = np.log(split.next_close / split.last_close)
+        expected_targets = (log_return / sigma_hat).astype(np.float32)
+        assert np.isfinite(expected_targets).all() and (sigma_hat > 0).all()
+    np.testing.assert_array_equal(targets.numpy(), expected_targets)
 
 
 def test_one_model_serves_every_ticker(dataset: Dataset) -> None:
@@ -103,9 +113,20 @@ def test_one_model_serves_every_ticker(dataset: Dataset) -> None:
     assert np.all(np.abs(latest / last_close - 1) < 0.2)  # a close near the last one
 
 
-def test_predicted_returns_are_shrunk_by_the_validation_factor(dataset: Dataset) -> None:
-    """With shrink_output, the model predicts its unshrunk log return times a factor in [0, 1]."""
-    lstm = LSTMConfig(hidden_size=8)
+@pytest.mark.parametrize("forced", [None, 0.4], ids=["validation", "forced_0.4"])
+@pytest.mark.parametrize("distribution", ["none", "student_t"])
+def test_predicted_returns_are_shrunk_by_the_validation_factor(
+    dataset: Dataset,
+    distribution: DistributionName,
+    forced: float | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With shrink_output, the model predicts its unshrunk log return times a factor in [0, 1]:
+    a point head's one output, a distribution's location (its multiplier and tail stay).
+    These tiny fits gate the factor to 0, so a forced 0.4 shows it is a product, not a reset."""
+    if forced is not None:
+        monkeypatch.setattr(training_module, "fit_output_scale", lambda *_: forced)
+    lstm = LSTMConfig(hidden_size=8, distribution=distribution)
     encoded = []
     for shrink in (False, True):
         config = TrainConfig(epochs=2, seed=5, shrink_output=shrink)
@@ -114,7 +135,15 @@ def test_predicted_returns_are_shrunk_by_the_validation_factor(dataset: Dataset)
         encoded.append(trained.forecaster.predict_encoded(inputs))
     factor = trained.fit.output_scale
     assert 0.0 <= factor <= 1.0
-    np.testing.assert_allclose(encoded[1], factor * encoded[0], rtol=1e-5, atol=1e-7)
+    assert forced is None or factor == forced
+    if distribution == "none":
+        np.testing.assert_allclose(encoded[1], factor * encoded[0], rtol=1e-5, atol=1e-7)
+    else:
+        unshrunk, shrunk = encoded  # (N, 3) each: location, log multiplier, ν's raw output
+        assert np.abs(unshrunk[:, 0]).max() > 1e-3  # a location to shrink
+        np.testing.assert_allclose(shrunk[:, 0], factor * unshrunk[:, 0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(shrunk[:, 1:], unshrunk[:, 1:], rtol=1e-5, atol=1e-7)
+        assert np.abs(unshrunk[:, 1:]).max() > 1e-3  # they moved from zero, and stayed
 
 
 def test_the_minmax_target_is_never_shrunk() -> None:
@@ -125,6 +154,20 @@ def test_the_minmax_target_is_never_shrunk() -> None:
     )
     trained = train_model(data, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
     assert trained.fit.output_scale == 1.0
+    # It predicts a close, not a return: a point head, whatever the default distribution.
+    assert trained.forecaster.module.config.distribution == "none"
+    assert not trained.forecaster.distributional and trained.forecaster.head is None
+
+
+def test_a_default_run_keeps_the_head_that_scored_lower_on_validation(dataset: Dataset) -> None:
+    """The default (Student-t) network is calibrated with both heads; the run keeps the one
+    whose validation interval score is lower, and says both scores."""
+    trained = train_model(dataset, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
+    forecaster = trained.forecaster
+    assert forecaster.distributional and forecaster.intervals is not None
+    scores = forecaster.head_scores
+    assert set(scores) == {"lstm", "har"} and all(np.isfinite(list(scores.values())))
+    assert forecaster.head == ("lstm" if scores["lstm"] < scores["har"] else "har")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -143,14 +186,14 @@ def test_diverging_training_exits_1_and_registers_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A NaN loss fails the nightly run (exit 1, one error line), registers nothing, no report."""
-    real_targets = Encoding.targets
+    real_targets = Forecaster.encode_targets  # what the network learns, of any head
 
-    def poisoned(self: Encoding, *args: object, **kwargs: object) -> np.ndarray:
+    def poisoned(self: Forecaster, *args: object, **kwargs: object) -> np.ndarray:
         targets = real_targets(self, *args, **kwargs)  # type: ignore[arg-type]
         targets[0] = np.nan  # one corrupt training target: every loss after it is NaN
         return targets
 
-    monkeypatch.setattr(Encoding, "targets", poisoned)
+    monkeypatch.setattr(Forecaster, "encode_targets", poisoned)
     home = tmp_path / "home"
     code = main(
         ["run", "--source", f"csv:{csv_folder}", "--tickers", "AAA,BBB", "--home", str(home),

@@ -87,16 +87,16 @@ def train_model(
     encoding = Encoding(features=dataset.features, target=dataset.target)
     if not encoding.predicts_return:
         lstm = replace(lstm, distribution="none")
+    scale = fit_base_scale(dataset.window, dataset.columns, dataset.train)
     seed_everything(config.seed)  # before the module exists: its initial weights are seeded
     forecaster = Forecaster(
         module=LSTMForecaster(lstm, n_features=len(dataset.features)),
         encoding=encoding,
         window=dataset.window,
         bounds=dataset.bounds,
+        # a distributional head's targets are in units of the HAR scale: it comes first
+        intervals=Intervals(scale, normal_calibration()) if lstm.distribution != "none" else None,
     )
-    if forecaster.distributional:
-        scale = fit_base_scale(dataset.window, dataset.columns, dataset.train)
-        forecaster.intervals = Intervals(scale, normal_calibration())
     train = encode_split(forecaster, dataset.train, device)
     validation = encode_split(forecaster, dataset.validation, device)
     settings = scale_to_windows(
