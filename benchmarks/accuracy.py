@@ -88,7 +88,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from closecast.core.config import LOOKBACK, TrainConfig, WindowConfig  # noqa: E402
+from closecast.core.config import (  # noqa: E402
+    DEFAULT_FEATURES,
+    LOOKBACK,
+    TrainConfig,
+    WindowConfig,
+)
 from closecast.models.derived import extra_rows  # noqa: E402
 from closecast.models.lstm import LSTMConfig  # noqa: E402
 from closecast.models.training import SHRINK_Z, fit_output_scale, scale_output  # noqa: E402
@@ -143,9 +148,11 @@ RECIPES = {
         Recipe("vol_return, close", "vol_return", ("close",)),
         Recipe("vol_return, close,volume,open", "vol_return", CVO),
         Recipe("vol_return, close,volume,open, window 20", "vol_return", CVO, 20),
+        Recipe("vol_return, scale inputs", "vol_return", tuple(DEFAULT_FEATURES)),
     )
 }
-DEFAULT = "vol_return, close,volume,open"  # closecast.core.config's WindowConfig()
+DEFAULT = "vol_return, scale inputs"  # closecast.core.config's WindowConfig() (issue 20)
+BEFORE_ISSUE_20 = "vol_return, close,volume,open"  # the default inputs before issue 20
 MODEL = "lstm+intervals"  # the product's intervals in the interval tables
 
 
@@ -285,6 +292,23 @@ def distribution_part(predictions: pd.DataFrame) -> dict[str, np.ndarray]:
         for side in ("lower", "upper"):
             part[f"{side}_{level}"] = p[f"{side}_{level}"].to_numpy() / last - 1.0
     return part
+
+
+def point_comparison(
+    rows: list[dict[str, object]], table: list[dict[str, object]]
+) -> dict[str, Any] | None:
+    """The product's point ratio (mean over trainings) against the point head's of before
+    issue 20 (BEFORE_ISSUE_20 +gated shrink), on the same periods and seeds."""
+    product = [float(r["product_ratio"]) for r in rows if "product_ratio" in r]  # type: ignore[arg-type]
+    before = next((e for e in table if e["recipe"] == f"{BEFORE_ISSUE_20} +gated shrink"), None)
+    if not product or before is None:
+        return None
+    mean, previous = statistics.fmean(product), float(before["mean_ratio"])  # type: ignore[arg-type]
+    return {
+        "product_mean_ratio": mean,
+        "before_mean_ratio": previous,
+        "not_lower": mean <= previous + RATIO_TOLERANCE,
+    }
 
 
 def summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -816,11 +840,14 @@ def main() -> None:
         f"max {args.epochs} epochs, early stopping; {elapsed:.0f}s"
     )
     print_table(table, names)
-    point = next((e for e in table if e["recipe"] == f"{DEFAULT} +gated shrink"), None)
+    point = point_comparison(rows, table)
     if point is not None:
         print(
-            f"default point forecast: mean ratio {float(point['mean_ratio']):.4f} against "  # type: ignore[arg-type]
-            f"{PREVIOUS_DEFAULT['mean_ratio']:.4f} before intervals ({PREVIOUS_DEFAULT['commit']})"
+            f"the product's point forecast (its distribution's median): mean ratio "
+            f"{point['product_mean_ratio']:.4f}, against {point['before_mean_ratio']:.4f} for the "
+            f"point head before issue 20 ({BEFORE_ISSUE_20} +gated shrink) on the same windows "
+            f"and {PREVIOUS_DEFAULT['mean_ratio']:.4f} before intervals "
+            f"({PREVIOUS_DEFAULT['commit']}, other sample periods)"
         )
     if interval_periods:
         print_intervals(pooled, interval_periods)
@@ -838,9 +865,8 @@ def main() -> None:
         "table": table,
         "periods": rows,
         "previous_default": PREVIOUS_DEFAULT,
-        "point_skill_not_lower": None
-        if point is None
-        else float(point["mean_ratio"]) <= PREVIOUS_DEFAULT["mean_ratio"] + RATIO_TOLERANCE,  # type: ignore[arg-type]
+        "point": point,
+        "point_skill_not_lower": None if point is None else point["not_lower"],
         "intervals": {"pooled": pooled, "periods": interval_periods},
         "training_time": speed,
         "elapsed_s": round(elapsed, 1),

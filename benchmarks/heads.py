@@ -37,7 +37,7 @@ from typing import Any
 import accuracy as acc
 import numpy as np
 
-from closecast.core.config import TrainConfig
+from closecast.core.config import DEFAULT_FEATURES, TrainConfig
 from closecast.models.heads import fit_heads, use_head
 from closecast.models.lstm import LSTMConfig
 from closecast.tasks.modeling.evaluation import evaluate_model
@@ -59,17 +59,18 @@ class Variant:
 
 
 FULL = (*CVO, *SCALE_INPUTS)
-NORMAL = LSTMConfig(distribution="normal")
+if FULL != DEFAULT_FEATURES:
+    raise RuntimeError(f"the first variant's inputs {FULL} are no longer the default features")
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("scale inputs, normal", FULL, NORMAL),
-        Variant("no range", tuple(f for f in FULL if "range" not in f), NORMAL),
-        Variant("no volume", tuple(f for f in FULL if "volume" not in f), NORMAL),
-        Variant("hidden 16", FULL, LSTMConfig(hidden_size=16, distribution="normal")),
-        Variant("hidden 64", FULL, LSTMConfig(hidden_size=64, distribution="normal")),
-        Variant("student_t", FULL, LSTMConfig(distribution="student_t")),
-        Variant("default inputs, normal", CVO, NORMAL),
+        Variant("product defaults", FULL),  # normal head, hidden 32, dropout 0.2
+        Variant("no range inputs", tuple(f for f in FULL if "range" not in f)),
+        Variant("no volume inputs", tuple(f for f in FULL if "volume" not in f)),
+        Variant("hidden 16", FULL, LSTMConfig(hidden_size=16)),
+        Variant("hidden 64", FULL, LSTMConfig(hidden_size=64)),
+        Variant("student_t head", FULL, LSTMConfig(distribution="student_t")),
+        Variant("close, volume, open", CVO),  # the inputs before issue 20
     )
 }
 HEAD_ROWS = ("product", "lstm head", "har head")

@@ -127,6 +127,9 @@ class Panel:
     visible: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
+PANEL_FEATURES = ("close", "volume", "open")
+
+
 def build_panel(universe: Universe, as_of: date, window: int) -> Panel:
     """Visible rows of each ticker split by build_windows's dates; its test windows, checked."""
     frames, features, every = {}, {}, {}
@@ -135,8 +138,11 @@ def build_panel(universe: Universe, as_of: date, window: int) -> Panel:
         every[ticker] = compute_features(upto, ["close", "open", "high", "low"])
         visible = upto.iloc[-universe.history :]
         frames[ticker] = compute_features(visible, ["close", "open", "high", "low", "volume"])
-        features[ticker] = frames[ticker][window_columns(WindowConfig().features)]
-    dataset = build_windows(features, WindowConfig(window=window), as_of)
+        features[ticker] = frames[ticker][window_columns(PANEL_FEATURES)]
+    # The raw columns only: derived features' windows are the same once their lookback rows
+    # come before the history (accuracy.period_dataset), so the split dates are too.
+    panel_windows = WindowConfig(window=window, features=list(PANEL_FEATURES))
+    dataset = build_windows(features, panel_windows, as_of)
     parts: dict[str, list[np.ndarray]] = {"tickers": [], "dates": [], "split": [], "returns": []}
     rows, start = {}, 0
     for ticker in sorted(frames):

@@ -26,7 +26,18 @@ PRICE_FEATURES: frozenset[FeatureName] = frozenset({"close", "open", "high", "lo
 # Opt-in scale features that reach further back than the window (models/derived.py): the
 # rows, up to and including its own, that each row's value reads.
 LOOKBACK: dict[FeatureName, int] = {"range22": 22, "range66": 66, "volume60": 60}
-DEFAULT_FEATURES: tuple[FeatureName, ...] = ("close", "volume", "open")
+# The reference design's close, volume and open, then the scale inputs that let the
+# distributional head see further back than its window (issue 20: benchmarks/README.md).
+DEFAULT_FEATURES: tuple[FeatureName, ...] = (
+    "close",
+    "volume",
+    "open",
+    "high",
+    "low",
+    "range22",
+    "range66",
+    "volume60",
+)
 TargetName = Literal["vol_return", "log_return", "minmax_close"]
 TARGETS: tuple[TargetName, ...] = get_args(TargetName)
 DEFAULT_TARGET: TargetName = "vol_return"
@@ -34,7 +45,7 @@ DEFAULT_TARGET: TargetName = "vol_return"
 # distribution around the HAR scale, or ("none", the reference design) one number by MSE.
 DistributionName = Literal["student_t", "normal", "none"]
 DISTRIBUTIONS: tuple[DistributionName, ...] = get_args(DistributionName)
-DEFAULT_DISTRIBUTION: DistributionName = "student_t"
+DEFAULT_DISTRIBUTION: DistributionName = "normal"
 EXPERIMENT = "closecast"
 BACKFILL_EXPERIMENT = "closecast-backfill"
 MODEL_NAME = "closecast-lstm"
