@@ -45,6 +45,17 @@ loss of the 95% / 80% lower bounds at 2.5% / 10%, and the share of
 ticker-periods whose Kupiec / Christoffersen p-values are ≥ 5%; the DM
 p-values of the 95% score run against every baseline.
 
+Issue 20: the default recipe is the scale inputs (close, volume, open, high,
+low, range22, range66, volume60), and the product is the distributional head
+(`LSTMConfig()`: the next return's distribution around the HAR scale, the
+better of its `lstm` and `har` heads kept on validation); the recipe table
+trains the one-output point head (`distribution="none"`), so its rows compare
+targets and inputs as before, and `point` compares the product's median with
+the point head of before issue 20 on the same windows. Each recipe sees the
+same `history` sessions, with the rows its derived features read before them;
+the index periods leave room for that 66-row lookback. `--heads` runs the
+head's variants and ablations against the baselines (benchmarks/heads.py).
+
 Growth (`--growth`, issue 14): the default recipe trained as the pipeline
 trains it on every ticker of ../shared/data (the S&P 500, ~440k training
 windows per period), once with the batch and patience the window count gives
@@ -59,6 +70,7 @@ as the whole file gets), back to back 110 sessions apart
 Usage:
     python benchmarks/accuracy.py [--epochs 50] [--periods 6] [--seeds 2] [--configs 1,3] [--quick]
     python benchmarks/accuracy.py --growth [--periods 2] [--seeds 2]   # ~10 min on 2 cores
+    python benchmarks/accuracy.py --heads [--variants 1,2]   # issue 20, ~6 min on 2 cores
 
 Writes benchmarks/results/accuracy.json (accuracy_growth.json with --growth)
 and prints the tables.
