@@ -56,13 +56,15 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def distinct(a: float, b: float) -> tuple[str, str]:
-    """`a` and `b` with the fewest significant digits (3 or more) that tell them apart."""
+def distinct(a: float, b: float, zeros: bool = False) -> tuple[str, str]:
+    """`a` and `b` with the fewest significant digits (3 or more) that tell them apart;
+    `zeros` keeps trailing zeros, so both show as many digits (0.0400 beside 0.0382)."""
+    flag = "#" if zeros else ""
     for digits in range(3, 13):
-        shown = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        shown = f"{a:{flag}.{digits}g}", f"{b:{flag}.{digits}g}"
         if shown[0] != shown[1]:
             return shown
-    return f"{a:.4g}", f"{b:.4g}"
+    return f"{a:{flag}.4g}", f"{b:{flag}.4g}"
 
 
 def head_comparison(metrics: dict[str, float]) -> str | None:
@@ -72,7 +74,7 @@ def head_comparison(metrics: dict[str, float]) -> str | None:
     lstm, har = metrics.get("val_interval_score_lstm"), metrics.get("val_interval_score_har")
     if lstm is None or har is None:
         return None
-    a, b = distinct(lstm, har)
+    a, b = distinct(lstm, har, zeros=True)
     change = lstm / har - 1.0 if har > 0 else 0.0
     side = "lower" if change < 0 else "higher"
     return f"validation interval score {a} (lstm) vs {b} (har), lstm {abs(change):.1%} {side}"
