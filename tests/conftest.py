@@ -18,11 +18,13 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from closecast.core.config import (
+    FEATURES,
     DataConfig,
     PipelineConfig,
     TrainConfig,
     WindowConfig,
 )
+from closecast.models.derived import extra_rows, with_derived
 from closecast.models.lstm import LSTMConfig
 from tests.fakes import fake_yahoo, yahoo_frame  # noqa: F401
 from tests.mlflow_fixtures import mlflow_home, mlflow_template  # noqa: F401
@@ -186,6 +188,18 @@ def write_ticker_csvs(
 def csv_folder(tmp_path: Path) -> Path:
     """Three tickers ending 2021-03-12: two with 300 rows, one with 40 (too short)."""
     return write_ticker_csvs(tmp_path / "csv", {"AAA": 300, "BBB": 300, "SHORT": 40})
+
+
+# Rows before a feature frame's first that its derived features read (models/derived.py).
+WARM_UP = extra_rows(FEATURES)
+
+
+def feature_frame(raw: pd.DataFrame, start: str = "2021-01-04") -> pd.DataFrame:
+    """Raw close/volume/open/high/low rows as compute_features leaves them: with every
+    derived feature (range22, range66, volume60), less the first WARM_UP rows, which those
+    read but have no value of; the rest dated on business days from `start`."""
+    frame = with_derived(raw.reset_index(drop=True), FEATURES).iloc[WARM_UP:]
+    return frame.set_axis(pd.bdate_range(start, periods=len(frame), name="date"))
 
 
 def tiny_config(home: Path, source: str, tickers: list[str], **data: object) -> PipelineConfig:

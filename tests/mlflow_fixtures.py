@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from mlflow import MlflowClient
 
 import closecast.tasks.modeling.training
 from closecast.cli.serve import _healthy, stop_process_group
+from closecast.models.lstm import LSTMConfig
 from closecast.tasks.modeling.training import TrainedModel
+from closecast.tasks.modeling.windows import Dataset
 from tests.waiting import fail_unstarted, wait_for
 
 # Generous, for a loaded machine. A server that exits or is not up by then fails the test:
@@ -70,11 +73,13 @@ def spoil_training(value: float) -> Callable[..., TrainedModel]:
 
 
 def point_only_training() -> Callable[..., TrainedModel]:
-    """Real training without intervals: a model as they were before intervals existed."""
+    """Real training of a point head without intervals: a model as they were before
+    intervals (and the distributional heads, which need them) existed."""
     real = closecast.tasks.modeling.training.train_model
 
-    def train(*args: object, **kwargs: object) -> TrainedModel:
-        trained = real(*args, **kwargs)  # type: ignore[arg-type]
+    def train(dataset: Dataset, lstm: LSTMConfig, *args: object, **kwargs: object) -> TrainedModel:
+        point = replace(lstm, distribution="none")
+        trained = real(dataset, point, *args, **kwargs)  # type: ignore[arg-type]
         trained.forecaster.intervals = None
         return trained
 

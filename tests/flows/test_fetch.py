@@ -18,7 +18,7 @@ from closecast.flows.fetch import fetch
 from closecast.tasks.data.store import load_prices, read_prices, store_lock, write_prices
 from closecast.tasks.data.validate import validate_prices
 from closecast.tasks.modeling.features import build_features
-from closecast.tasks.modeling.windows import build_windows
+from closecast.tasks.modeling.windows import build_windows, window_columns
 from tests.conftest import read_report, write_ticker_csvs
 from tests.fakes import FakeYahoo, yahoo_frame
 
@@ -219,8 +219,9 @@ def test_failed_fetch_falls_back_to_the_store_as_stale(tmp_path: Path, yahoo: Fa
     result = fetch(_data(["AAA", "BBB"], DAY_200), tmp_path)
     loaded = load_prices(tmp_path / "prices", ["AAA", "BBB"], DAY_200)
     validated = validate_prices(loaded.frames)
-    features = build_features(validated.frames, ["close", "volume", "open", "high", "low"])
-    dataset = build_windows(features, WindowConfig(), loaded.as_of)
+    config = WindowConfig()
+    features = build_features(validated.frames, window_columns(config.features))
+    dataset = build_windows(features, config, loaded.as_of)
     issues = merge_issues(result.issues(loaded.frames), loaded.issues, dataset.issues)
 
     assert set(result.failures) == {"AAA"}
@@ -365,8 +366,11 @@ def test_sp500_slice_says_why_each_ticker_is_unusable(
     result = fetch(data, tmp_path / "home")
     loaded = load_prices(tmp_path / "home" / "prices", data.tickers, None)
     validated = validate_prices(loaded.frames)
-    features = build_features(validated.frames, ["close", "volume", "open", "high", "low"])
-    dataset = build_windows(features, WindowConfig(), loaded.as_of)
+    # Inputs without a lookback, so a ticker's rows are the file's valid rows: the default
+    # features drop 65 warm-up rows first (models/derived.py) and APTV would have none.
+    config = WindowConfig(features=["close", "volume", "open"])
+    features = build_features(validated.frames, window_columns(config.features))
+    dataset = build_windows(features, config, loaded.as_of)
     issues = merge_issues(result.issues(loaded.frames), loaded.issues, dataset.issues)
 
     assert loaded.as_of == date(2018, 2, 7)

@@ -16,6 +16,7 @@ from closecast.core.config import MODEL_NAME
 from closecast.core.errors import PipelineError
 from closecast.flows.naming import schedule_slot, slot_as_of
 from closecast.flows.nightly import nightly
+from closecast.models.derived import extra_rows
 from closecast.models.forecaster import OUTPUT_COLUMNS
 from closecast.tasks.data.store import load_prices
 from closecast.tasks.data.validate import validate_prices
@@ -143,7 +144,8 @@ def test_second_run_is_a_challenger_and_report_matches_pyfunc(
     assert model.metadata.signature is not None
     assert model.metadata.saved_input_example_info is not None
     prices = load_prices(config.prices_dir, ["AAA", "BBB"], None)
-    predicted = model.predict(latest_rows(prices.frames, ["AAA", "BBB"], 10))
+    rows = config.windows.window + extra_rows(config.windows.features)  # its input_rows
+    predicted = model.predict(latest_rows(prices.frames, ["AAA", "BBB"], rows))
     assert list(predicted.columns) == list(OUTPUT_COLUMNS)
     assert set(predicted["status"]) == {"ok"}
     assert list(predicted["ticker"]) == list(report["ticker"])

@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 from closecast.core.config import MODEL_NAME
 from closecast.flows.nightly import nightly
 from closecast.flows.predict import predict
+from closecast.models.derived import extra_rows
 from closecast.tasks.data.store import load_prices
 from closecast.tasks.modeling.features import latest_rows
 from tests.conftest import read_report, tiny_config, write_ticker_csvs
@@ -49,7 +50,8 @@ def test_predict_uses_the_champion_and_trains_nothing(
     mlflow.set_tracking_uri(config.mlflow_uri)
     champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     prices = load_prices(config.prices_dir, ["AAA", "BBB"], date(2021, 3, 9))
-    expected = champion.predict(latest_rows(prices.frames, ["AAA", "BBB"], 10))
+    rows = config.windows.window + extra_rows(config.windows.features)  # its input_rows
+    expected = champion.predict(latest_rows(prices.frames, ["AAA", "BBB"], rows))
     np.testing.assert_allclose(
         report["predicted_close"][:2].to_numpy(), expected["predicted_close"], rtol=1e-6
     )

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from closecast.cli.app import main
-from closecast.core.config import MODEL_NAME
+from closecast.core.config import MODEL_NAME, WindowConfig
+from closecast.models.derived import extra_rows
 from closecast.tasks.data.store import load_prices
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.modeling.features import latest_rows
@@ -64,7 +65,9 @@ def test_nightly_promote_and_load_against_a_tracking_server(
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     prices = load_prices(home / "prices", ["AAA", "BBB"], None)
-    predicted = model.predict(latest_rows(prices.frames, ["AAA", "BBB"], 10))
+    windows = WindowConfig()  # what the run trained on: the CLI's defaults
+    rows = windows.window + extra_rows(windows.features)  # the champion's input_rows
+    predicted = model.predict(latest_rows(prices.frames, ["AAA", "BBB"], rows))
     np.testing.assert_allclose(predicted["predicted_close"], report["predicted_close"], rtol=1e-6)
 
     assert main(["promote", "2", "--home", str(home)]) == 0

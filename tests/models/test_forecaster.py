@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from closecast.core.config import DistributionName
 from closecast.models.calibration import Calibration
 from closecast.models.encoding import Encoding
 from closecast.models.forecaster import OUTPUT_COLUMNS, Forecaster
@@ -32,12 +33,13 @@ def _forecaster(target: str = "vol_return") -> Forecaster:
     return Forecaster(module, Encoding(features=FEATURES, target=target), window=5)
 
 
-def _distributional(head: str = "lstm") -> Forecaster:
-    """A spec-3 model by hand: the default Student-t head with the HAR scale and a
-    calibration, as train_model leaves one. Its head gets random weights: at its zero
-    initialisation every window would predict location 0 and multiplier 1."""
+def _distributional(head: str = "lstm", distribution: DistributionName = "student_t") -> Forecaster:
+    """A spec-3 model by hand: a Student-t head (the widest; or `distribution`) with the HAR
+    scale and a calibration, as train_model leaves one. Its head gets random weights: at its
+    zero initialisation every window would predict location 0 and multiplier 1."""
     torch.manual_seed(0)
-    module = LSTMForecaster(LSTMConfig(hidden_size=8), n_features=len(FEATURES))
+    config = LSTMConfig(hidden_size=8, distribution=distribution)
+    module = LSTMForecaster(config, n_features=len(FEATURES))
     with torch.no_grad():
         module.head.weight.normal_(0, 0.3)
         module.head.bias.normal_(0, 0.1)
@@ -82,8 +84,13 @@ def _windows(forecaster: Forecaster, rows: pd.DataFrame) -> tuple[np.ndarray, np
 
 @pytest.mark.parametrize(
     "build",
-    [partial(_forecaster, "vol_return"), partial(_forecaster, "minmax_close"), _distributional],
-    ids=["vol_return", "minmax_close", "student_t"],
+    [
+        partial(_forecaster, "vol_return"),
+        partial(_forecaster, "minmax_close"),
+        _distributional,
+        partial(_distributional, distribution="normal"),
+    ],
+    ids=["vol_return", "minmax_close", "student_t", "normal"],
 )
 def test_windows_predicted_in_chunks_equal_all_at_once(
     build: Callable[[], Forecaster], monkeypatch: pytest.MonkeyPatch
@@ -108,7 +115,8 @@ def test_windows_predicted_in_chunks_equal_all_at_once(
     chunked = forecaster.predict_windows(windows, tickers)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
     assert whole.shape == (10,) and np.isfinite(whole).all()
-    assert outputs.shape == ((10, 3) if forecaster.distributional else (10,))
+    widths = {"none": (10,), "normal": (10, 2), "student_t": (10, 3)}
+    assert outputs.shape == widths[forecaster.module.config.distribution]
 
 
 def test_a_distributional_model_predicts_its_median_with_the_chosen_heads_scale() -> None:
@@ -251,13 +259,16 @@ def test_save_and_load_round_trip_and_an_unknown_spec_version_is_refused(tmp_pat
         Forecaster.load(weights, spec)
 
 
-def test_a_distributional_model_round_trips_with_its_head(tmp_path: Path) -> None:
+@pytest.mark.parametrize("distribution", ["student_t", "normal"])
+def test_a_distributional_model_round_trips_with_its_head(
+    tmp_path: Path, distribution: DistributionName
+) -> None:
     """Spec 3 saves the distribution, the chosen head and both heads' scores; what loads
     back predicts the same bounds."""
-    original = _distributional("har")
+    original = _distributional("har", distribution)
     weights, spec = original.save(tmp_path / "model")
     data = json.loads(spec.read_text())
-    assert data["spec_version"] == 3 and data["lstm"]["distribution"] == "student_t"
+    assert data["spec_version"] == 3 and data["lstm"]["distribution"] == distribution
     assert (data["head"], data["head_scores"]) == ("har", {"lstm": 0.031, "har": 0.032})
     loaded = Forecaster.load(weights, spec)
     assert loaded.distributional and loaded.intervals == original.intervals

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from closecast.core.config import DistributionName
+from closecast.core.config import DEFAULT_DISTRIBUTION, DistributionName
 from closecast.models.distribution import head_outputs, parameters
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
 
@@ -71,23 +71,38 @@ def test_module_computes_the_design_equations(
     assert np.std(expected, axis=0).min() > 0.01  # not passing on a constant output
 
 
-def test_the_default_head_is_a_zero_student_t_the_har_recipe() -> None:
-    """The default network predicts a Student-t; untrained, every window gets location 0,
-    multiplier 1 and ν = 5 whatever its input, so it starts as the HAR-scale recipe."""
-    torch.manual_seed(0)
+def test_the_default_head_is_the_products_default_distribution() -> None:
+    """LSTMConfig() predicts closecast.core.config's DEFAULT_DISTRIBUTION, normal (issue 20):
+    location and log multiplier, zero-initialised; `none` keeps torch's own init."""
     model = LSTMForecaster(LSTMConfig(hidden_size=8), n_features=2)
-    assert model.config.distribution == "student_t" and model.outputs == 3
-    model.eval()
-    with torch.no_grad():
-        out = model(10 * torch.randn(32, 6, 2)).numpy()  # (32, 3)
-    assert out.shape == (32, 3) and not out.any()
-    found = parameters("student_t", out)
-    np.testing.assert_array_equal(found.location, 0.0)
-    np.testing.assert_array_equal(found.multiplier, 1.0)
-    assert found.nu is not None
-    np.testing.assert_allclose(found.nu, 5.0, rtol=1e-12)
+    assert model.config.distribution == DEFAULT_DISTRIBUTION == "normal"
+    assert model.outputs == head_outputs(DEFAULT_DISTRIBUTION) == 2
+    assert not model.head.weight.any() and not model.head.bias.any()
     point = LSTMForecaster(LSTMConfig(hidden_size=8, distribution="none"), n_features=2)
     assert point.outputs == 1 and point.head.weight.abs().sum() > 0  # torch's own init
+
+
+@pytest.mark.parametrize(("distribution", "width"), [("normal", 2), ("student_t", 3)])
+def test_an_untrained_distributional_head_is_the_har_recipe(
+    distribution: DistributionName, width: int
+) -> None:
+    """Untrained, every window gets location 0, multiplier 1 (and, for a Student-t, ν = 5)
+    whatever its input, so the network starts as the HAR-scale recipe."""
+    torch.manual_seed(0)
+    model = LSTMForecaster(LSTMConfig(hidden_size=8, distribution=distribution), n_features=2)
+    assert model.outputs == width
+    model.eval()
+    with torch.no_grad():
+        out = model(10 * torch.randn(32, 6, 2)).numpy()  # (32, K)
+    assert out.shape == (32, width) and not out.any()
+    found = parameters(distribution, out)
+    np.testing.assert_array_equal(found.location, 0.0)
+    np.testing.assert_array_equal(found.multiplier, 1.0)
+    if distribution == "student_t":
+        assert found.nu is not None
+        np.testing.assert_allclose(found.nu, 5.0, rtol=1e-12)
+    else:
+        assert found.nu is None
 
 
 @pytest.mark.parametrize("distribution", ["none", "student_t"])

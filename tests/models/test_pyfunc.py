@@ -38,7 +38,7 @@ def _forecaster(features: tuple[str, ...], seed: int = 0) -> Forecaster:
 
 
 def _distributional(features: tuple[str, ...], seed: int = 2) -> Forecaster:
-    """A spec-3 forecaster by hand: the default Student-t head (given random weights: at its
+    """A spec-3 forecaster by hand: the default (normal) head (given random weights: at its
     zero initialisation it predicts the last close), a HAR scale and a calibration, head lstm."""
     torch.manual_seed(seed)
     module = LSTMForecaster(LSTMConfig(hidden_size=8), n_features=len(features))
@@ -202,7 +202,7 @@ def test_a_close_only_model_needs_only_ticker_date_close(logged: Logged) -> None
 
 
 def test_a_distributional_model_predicts_through_the_pyfunc_as_in_memory(logged: Logged) -> None:
-    """Spec 3 (Student-t head, HAR scale, head lstm): yfinance-named rows through the pyfunc
+    """Spec 3 (the default head, HAR scale, head lstm): yfinance-named rows through the pyfunc
     give the in-memory median and intervals of the raw windows; it asks for high and low."""
     rows = yahoo_rows(["BBB", "AAA"])
     predicted = logged.distributional_model.predict(rows)

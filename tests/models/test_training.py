@@ -28,13 +28,14 @@ from closecast.models.training import (
 
 
 def _model(n_features: int, seed: int = 0, **config: float | str) -> LSTMForecaster:
-    """A hidden-8 network; the default head (student_t) unless `distribution` says otherwise."""
+    """A hidden-8 network; the default head (normal) unless `distribution` says otherwise."""
     torch.manual_seed(seed)
     return LSTMForecaster(LSTMConfig(hidden_size=8, **config), n_features=n_features)  # type: ignore[arg-type]
 
 
-# The point head (MSE, the reference design) and the default distributional head (NLL).
-MSE_AND_NLL = ["none", "student_t"]
+# The point head (MSE, the reference design) and the distributional heads (NLL): normal,
+# the default, and student_t.
+MSE_AND_NLL = ["none", "normal", "student_t"]
 
 
 def _data(n: int, n_features: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

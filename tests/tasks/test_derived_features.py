@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from closecast.core.config import WindowConfig
+from closecast.core.config import DEFAULT_FEATURES, WindowConfig
 from closecast.core.statuses import INSUFFICIENT_HISTORY
 from closecast.models.derived import PARKINSON, derive, extra_rows, source_columns
 from closecast.tasks.modeling.features import compute_features
@@ -72,8 +72,10 @@ def test_warm_up_rows_are_dropped_not_left_nan() -> None:
     assert features.index[0] == prices.index[65]
     assert np.isfinite(features.to_numpy()).all()
     assert len(compute_features(prices.iloc[:50], ["close", "range66"])) == 0
-    # the defaults drop nothing
+    # close, volume and open (the defaults before issue 20) drop nothing; the defaults 65
     assert len(compute_features(prices, ["close", "volume", "open"])) == len(prices)
+    defaults = compute_features(prices, window_columns(DEFAULT_FEATURES))
+    assert defaults.index[0] == prices.index[65] and np.isfinite(defaults.to_numpy()).all()
 
 
 def test_zero_volume_and_a_flat_range_are_finite() -> None:

@@ -114,7 +114,7 @@ def test_an_untrained_distributional_model_is_the_har_recipe() -> None:
     """The default head at its zero initialisation (location 0, multiplier 1) forecasts
     tomorrow = today with the HAR scale's intervals: skill 0, the recipe's bounds, and the
     heads' validation scores among the metrics."""
-    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=1)  # student_t, zero head
+    module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=1)  # normal, zero head
     scale = ScaleModel(spans_for_window(3), (0.5, 0.2, 0.3, 0.1))
     calibration = normal_calibration()
     intervals = Intervals(scale, calibration)

@@ -80,7 +80,7 @@ def _champion(features: tuple[str, ...]) -> Forecaster:
 
 
 def _spec3(features: tuple[str, ...], head: str, seed: int = 0) -> Forecaster:
-    """A distributional (Student-t) model with the HAR scale and the given head; its dense
+    """A model of the default distribution with the HAR scale and the given head; its dense
     head gets random weights (at zero, both heads would draw the same intervals)."""
     torch.manual_seed(seed)
     module = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=len(features))

@@ -15,27 +15,29 @@ from closecast.tasks.modeling.evaluation import evaluate_model
 from closecast.tasks.modeling.training import train_model
 from closecast.tasks.modeling.windows import Dataset, build_windows
 from closecast.tasks.registry.gate import decide_promotion, rescore_champion
+from tests.conftest import WARM_UP, feature_frame
 
 
 def _frames(n: int = 160) -> dict[str, pd.DataFrame]:
-    """Two tickers of random walks with volatility that changes halfway."""
-    index = pd.bdate_range("2021-01-04", periods=n, name="date")
+    """Two tickers of n business days of random-walk features with volatility that changes
+    halfway; the derived ones read from WARM_UP rows more of prices, as calm as the first half."""
+    rows = n + WARM_UP
     frames = {}
     for seed, ticker in enumerate(("AAA", "BBB")):
         rng = np.random.default_rng(seed)
-        vol = np.where(np.arange(n) < n // 2, 0.008, 0.02)
+        vol = np.where(np.arange(rows) < WARM_UP + n // 2, 0.008, 0.02)
         close = 50 * np.exp(np.cumsum(rng.normal(0, vol)))
-        open_ = close * np.exp(rng.normal(0, 0.003, n))
-        frames[ticker] = pd.DataFrame(
+        open_ = close * np.exp(rng.normal(0, 0.003, rows))
+        raw = pd.DataFrame(
             {
                 "close": close,
-                "volume": rng.uniform(1e5, 2e5, n),
+                "volume": rng.uniform(1e5, 2e5, rows),
                 "open": open_,
                 "high": np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, vol / 2))),
                 "low": np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, vol / 2))),
-            },
-            index=index,
+            }
         )
+        frames[ticker] = feature_frame(raw)
     return frames
 
 

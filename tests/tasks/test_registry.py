@@ -66,7 +66,9 @@ def test_register_refuses_nan_metrics_before_touching_mlflow(tmp_path: Path) -> 
 
 
 def _forecaster(features: tuple[str, ...]) -> Forecaster:
-    module = LSTMForecaster(LSTMConfig(hidden_size=4, distribution="none"), n_features=len(features))
+    module = LSTMForecaster(
+        LSTMConfig(hidden_size=4, distribution="none"), n_features=len(features)
+    )
     return Forecaster(module, Encoding(features=features), 10)
 
 

@@ -16,26 +16,28 @@ from closecast.models.lstm import LSTMConfig
 from closecast.tasks.modeling import training as training_module
 from closecast.tasks.modeling.training import encode_split, resolve_device, train_model
 from closecast.tasks.modeling.windows import Dataset, build_windows
+from tests.conftest import WARM_UP, feature_frame
 
 
 def _frames(n: int = 120) -> dict[str, pd.DataFrame]:
-    """Two tickers of close/volume/open random walks on business days."""
-    index = pd.bdate_range("2021-01-04", periods=n, name="date")
+    """Two tickers of n business days of random-walk features: close, volume, open, high,
+    low and the derived ones, read from WARM_UP rows more of prices."""
+    rows = n + WARM_UP
     frames = {}
     for seed, ticker in enumerate(("AAA", "BBB")):
         rng = np.random.default_rng(seed)
-        close = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
-        open_ = close * np.exp(rng.normal(0, 0.003, n))
-        frames[ticker] = pd.DataFrame(
+        close = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, rows)))
+        open_ = close * np.exp(rng.normal(0, 0.003, rows))
+        raw = pd.DataFrame(
             {
                 "close": close,
-                "volume": rng.uniform(1e5, 2e5, n),
+                "volume": rng.uniform(1e5, 2e5, rows),
                 "open": open_,
-                "high": np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.004, n))),
-                "low": np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.004, n))),
-            },
-            index=index,
+                "high": np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.004, rows))),
+                "low": np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.004, rows))),
+            }
         )
+        frames[ticker] = feature_frame(raw)
     return frames
 
 
@@ -160,8 +162,8 @@ def test_the_minmax_target_is_never_shrunk() -> None:
 
 
 def test_a_default_run_keeps_the_head_that_scored_lower_on_validation(dataset: Dataset) -> None:
-    """The default (Student-t) network is calibrated with both heads; the run keeps the one
-    whose validation interval score is lower, and says both scores."""
+    """The default (distributional) network is calibrated with both heads; the run keeps the
+    one whose validation interval score is lower, and says both scores."""
     trained = train_model(dataset, LSTMConfig(hidden_size=8), TrainConfig(epochs=1))
     forecaster = trained.forecaster
     assert forecaster.distributional and forecaster.intervals is not None
@@ -260,8 +262,12 @@ def test_a_flat_window_gets_the_volatility_floor_not_a_zero_width_interval() -> 
     forecaster = train_model(
         data, LSTMConfig(hidden_size=8), TrainConfig(epochs=1, device="cpu")
     ).forecaster
-    flat = np.full((1, 10, len(data.columns)), 50.0)  # (1, T, C): close, volume, open, high, low
-    flat[:, :, data.columns.index("volume")] = 1e5
+    flat = np.full((1, 10, len(data.columns)), 50.0)  # (1, T, C): every price 50
+    # and so no high-low range, and a usual day's volume
+    halted = {"volume": 1e5, "range22": 0.0, "range66": 0.0, "volume60": 1.0}
+    for name, value in halted.items():
+        if name in data.columns:
+            flat[:, :, data.columns.index(name)] = value
     forecast = forecaster.predict_distribution(flat, np.array(["AAA"], dtype=object))
     assert forecast["lower_95"][0] < forecast["lower_80"][0] < 50.0 * 1.0001
     assert forecast["upper_95"][0] > forecast["upper_80"][0] > 50.0 * 0.9999

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from closecast.core.config import WindowConfig
+from closecast.core.config import LOOKBACK, WindowConfig
 from closecast.core.errors import PipelineError
 from closecast.core.statuses import INSUFFICIENT_HISTORY, STALE_DATA, Issues
+from closecast.models.derived import extra_rows
 from closecast.models.encoding import fit_bounds
 from closecast.models.forecaster import SCALE_COLUMNS
 from closecast.models.scale import ewma_sigma
@@ -193,6 +194,16 @@ def _ticker_windows(ticker: str, frame: pd.DataFrame, window: int) -> WindowSet:
     )
 
 
+def lookback_note(features: Sequence[str]) -> str:
+    """What a history count leaves out when features read rows before their own: e.g.
+    ", after the 65 rows that range66 reads first" ("" when none do)."""
+    extra = extra_rows(features)
+    if not extra:
+        return ""
+    longest = max((f for f in features if f in LOOKBACK), key=lambda f: LOOKBACK[f])  # type: ignore[index]
+    return f", after the {extra} rows that {longest} reads first"
+
+
 def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of: date) -> Dataset:
     """Cut every ticker's windows and split them by target date.
 
@@ -212,11 +223,12 @@ def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
     if absent:
         raise ValueError(f"feature frames lack column(s) {', '.join(absent)}: see window_columns")
     frames = {t: f[columns] for t, f in features.items() if len(f) > config.window}
+    before = lookback_note(config.features)
     issues: Issues = {
         t: (
             INSUFFICIENT_HISTORY,
             f"only {len(f)} rows of valid history; one window and its next close need "
-            f"{config.window + 1}",
+            f"{config.window + 1}{before}",
         )
         for t, f in features.items()
         if len(f) <= config.window
@@ -226,6 +238,7 @@ def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
         raise PipelineError(
             f"no ticker can be trained: the longest valid history is {longest} rows; "
             f"a window of {config.window} days and its next close need {config.window + 1}"
+            f"{before}"
         )
     every_target = np.concatenate([f.index.to_numpy()[config.window :] for f in frames.values()])
     val_start, test_start = split_boundaries(
@@ -240,7 +253,8 @@ def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
             issues[ticker] = (
                 INSUFFICIENT_HISTORY,
                 f"only {len(frame)} rows of valid history; the model needs "
-                f"{config.window + n_test} (window {config.window} + test span {n_test})",
+                f"{config.window + n_test} (window {config.window} + test span {n_test})"
+                f"{before}",
             )
             continue
         if len(train_rows) == 0:  # long enough, but it begins after the training dates
