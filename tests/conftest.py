@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from prefect.testing.utilities import prefect_test_harness
@@ -200,6 +201,36 @@ def feature_frame(raw: pd.DataFrame, start: str = "2021-01-04") -> pd.DataFrame:
     read but have no value of; the rest dated on business days from `start`."""
     frame = with_derived(raw.reset_index(drop=True), FEATURES).iloc[WARM_UP:]
     return frame.set_axis(pd.bdate_range(start, periods=len(frame), name="date"))
+
+
+def walk_frames(
+    n: int = 120, calm: float = 0.01, stormy: float | None = None, range_share: float = 0.4
+) -> dict[str, pd.DataFrame]:
+    """Two tickers (AAA, BBB) of n business days of random-walk features (`feature_frame`,
+    from WARM_UP rows more of prices): daily volatility `calm`, or `calm` then `stormy` from
+    halfway through the n days; high and low lie ~range_share × volatility beyond the
+    open and close."""
+    rows = n + WARM_UP
+    frames = {}
+    for seed, ticker in enumerate(("AAA", "BBB")):
+        rng = np.random.default_rng(seed)
+        vol = np.full(rows, calm)
+        if stormy is not None:
+            vol[WARM_UP + n // 2 :] = stormy
+        close = 50 * np.exp(np.cumsum(rng.normal(0, vol)))
+        open_ = close * np.exp(rng.normal(0, 0.003, rows))
+        spread = range_share * vol
+        raw = pd.DataFrame(
+            {
+                "close": close,
+                "volume": rng.uniform(1e5, 2e5, rows),
+                "open": open_,
+                "high": np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, spread))),
+                "low": np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, spread))),
+            }
+        )
+        frames[ticker] = feature_frame(raw)
+    return frames
 
 
 def tiny_config(home: Path, source: str, tickers: list[str], **data: object) -> PipelineConfig:

@@ -87,6 +87,21 @@ def test_per_ticker_metrics_are_in_price_units() -> None:
     assert table.loc["A", "skill"] == pytest.approx(1 - 1 / np.sqrt(2.5))
 
 
+# Two 3-day windows, one rising and one falling, whose next closes are 12.5 and 18.0.
+CLOSES = np.array([[10.0, 11.0, 12.0], [20.0, 19.0, 18.0]])
+
+
+def _two_windows(windows: np.ndarray) -> WindowSet:
+    """CLOSES' windows (2, 3, C) as a test span, the closes in column 0."""
+    return WindowSet(
+        windows=windows,
+        next_close=np.array([12.5, 18.0]),
+        tickers=np.array(["A", "B"], dtype=object),
+        target_dates=np.array(["2024-01-02", "2024-01-02"], dtype="datetime64[ns]"),
+        baseline_sigma=np.array([0.01, 0.02]),
+    )
+
+
 def test_evaluate_forecaster_scores_the_model_and_naive_on_the_same_windows() -> None:
     """A model that predicts a zero return is the naive forecast: skill 0, one row per window."""
     torch.manual_seed(0)
@@ -95,14 +110,7 @@ def test_evaluate_forecaster_scores_the_model_and_naive_on_the_same_windows() ->
         module.head.weight.zero_()
         module.head.bias.zero_()
     forecaster = Forecaster(module, Encoding(features=("close",)), window=3)
-    closes = np.array([[10.0, 11.0, 12.0], [20.0, 19.0, 18.0]])
-    test = WindowSet(
-        windows=closes[:, :, None],  # (2, 3, 1)
-        next_close=np.array([12.5, 18.0]),
-        tickers=np.array(["A", "B"], dtype=object),
-        target_dates=np.array(["2024-01-02", "2024-01-02"], dtype="datetime64[ns]"),
-        baseline_sigma=np.array([0.01, 0.02]),
-    )
+    test = _two_windows(CLOSES[:, :, None])  # (2, 3, 1)
     evaluation = evaluate_model(forecaster, test)
     np.testing.assert_allclose(evaluation.predictions["predicted_close"], [12.0, 18.0])
     assert evaluation.metrics["skill"] == pytest.approx(0.0)
@@ -126,15 +134,8 @@ def test_an_untrained_distributional_model_is_the_har_recipe() -> None:
         head="lstm",
         head_scores={"lstm": 0.02, "har": 0.021},
     )
-    closes = np.array([[10.0, 11.0, 12.0], [20.0, 19.0, 18.0]])
-    windows = np.stack([closes, closes * 1.02, closes * 0.97], axis=-1)  # (2, 3, 3)
-    test = WindowSet(
-        windows=windows,  # close, high, low
-        next_close=np.array([12.5, 18.0]),
-        tickers=np.array(["A", "B"], dtype=object),
-        target_dates=np.array(["2024-01-02", "2024-01-02"], dtype="datetime64[ns]"),
-        baseline_sigma=np.array([0.01, 0.02]),
-    )
+    windows = np.stack([CLOSES, CLOSES * 1.02, CLOSES * 0.97], axis=-1)  # (2, 3, 3)
+    test = _two_windows(windows)  # close, high, low
     evaluation = evaluate_model(forecaster, test)
     np.testing.assert_allclose(evaluation.predictions["predicted_close"], [12.0, 18.0])
     assert evaluation.metrics["skill"] == pytest.approx(0.0)

@@ -3,7 +3,6 @@ champion are all scored on the challenger's test windows by the same score."""
 
 import copy
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -15,30 +14,13 @@ from closecast.tasks.modeling.evaluation import evaluate_model
 from closecast.tasks.modeling.training import train_model
 from closecast.tasks.modeling.windows import Dataset, build_windows
 from closecast.tasks.registry.gate import decide_promotion, rescore_champion
-from tests.conftest import WARM_UP, feature_frame
+from tests.conftest import walk_frames
 
 
 def _frames(n: int = 160) -> dict[str, pd.DataFrame]:
     """Two tickers of n business days of random-walk features with volatility that changes
     halfway; the derived ones read from WARM_UP rows more of prices, as calm as the first half."""
-    rows = n + WARM_UP
-    frames = {}
-    for seed, ticker in enumerate(("AAA", "BBB")):
-        rng = np.random.default_rng(seed)
-        vol = np.where(np.arange(rows) < WARM_UP + n // 2, 0.008, 0.02)
-        close = 50 * np.exp(np.cumsum(rng.normal(0, vol)))
-        open_ = close * np.exp(rng.normal(0, 0.003, rows))
-        raw = pd.DataFrame(
-            {
-                "close": close,
-                "volume": rng.uniform(1e5, 2e5, rows),
-                "open": open_,
-                "high": np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, vol / 2))),
-                "low": np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, vol / 2))),
-            }
-        )
-        frames[ticker] = feature_frame(raw)
-    return frames
+    return walk_frames(n, calm=0.008, stormy=0.02, range_share=0.5)
 
 
 @pytest.fixture(scope="module")

@@ -16,29 +16,13 @@ from closecast.models.lstm import LSTMConfig
 from closecast.tasks.modeling import training as training_module
 from closecast.tasks.modeling.training import encode_split, resolve_device, train_model
 from closecast.tasks.modeling.windows import Dataset, build_windows
-from tests.conftest import WARM_UP, feature_frame
+from tests.conftest import walk_frames
 
 
 def _frames(n: int = 120) -> dict[str, pd.DataFrame]:
     """Two tickers of n business days of random-walk features: close, volume, open, high,
     low and the derived ones, read from WARM_UP rows more of prices."""
-    rows = n + WARM_UP
-    frames = {}
-    for seed, ticker in enumerate(("AAA", "BBB")):
-        rng = np.random.default_rng(seed)
-        close = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, rows)))
-        open_ = close * np.exp(rng.normal(0, 0.003, rows))
-        raw = pd.DataFrame(
-            {
-                "close": close,
-                "volume": rng.uniform(1e5, 2e5, rows),
-                "open": open_,
-                "high": np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.004, rows))),
-                "low": np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.004, rows))),
-            }
-        )
-        frames[ticker] = feature_frame(raw)
-    return frames
+    return walk_frames(n)
 
 
 @pytest.fixture
