@@ -229,6 +229,11 @@ def _mlflow_statuses(db: Path) -> list[str]:
         return []
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT's default action, whatever the suite inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_training(cli: subprocess.Popen[bytes], db: Path) -> None:
     """Until the command's MLflow run is RUNNING: it trains from then on, for long."""
     statuses = wait_for(
@@ -261,6 +266,9 @@ def test_ctrl_c_stops_a_run_in_one_line_with_its_mlflow_run_killed(tmp_path: Pat
             stdout=subprocess.DEVNULL,
             stderr=err_file,
             start_new_session=True,  # its own group, so the test can send it a terminal's Ctrl-C
+            # As a terminal starts it: a suite run in the background (`make test &`) ignores
+            # SIGINT, and the command would inherit that and train on through the Ctrl-C.
+            preexec_fn=_default_sigint,
         )
     servers: list[int] = []
     try:
