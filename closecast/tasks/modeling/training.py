@@ -87,15 +87,16 @@ def train_model(
     encoding = Encoding(features=dataset.features, target=dataset.target)
     if not encoding.predicts_return:
         lstm = replace(lstm, distribution="none")
-    scale = fit_base_scale(dataset.window, dataset.columns, dataset.train)
+    scale = None  # a distributional head's targets are in units of the HAR scale: it comes first
+    if lstm.distribution != "none":
+        scale = fit_base_scale(dataset.window, dataset.columns, dataset.train)
     seed_everything(config.seed)  # before the module exists: its initial weights are seeded
     forecaster = Forecaster(
         module=LSTMForecaster(lstm, n_features=len(dataset.features)),
         encoding=encoding,
         window=dataset.window,
         bounds=dataset.bounds,
-        # a distributional head's targets are in units of the HAR scale: it comes first
-        intervals=Intervals(scale, normal_calibration()) if lstm.distribution != "none" else None,
+        intervals=None if scale is None else Intervals(scale, normal_calibration()),
     )
     train = encode_split(forecaster, dataset.train, device)
     validation = encode_split(forecaster, dataset.validation, device)
@@ -108,7 +109,7 @@ def train_model(
         result.output_scale = fit_output_scale(forecaster.module, *validation)
         scale_output(forecaster.module, result.output_scale)
     forecaster.module.cpu()
-    if forecaster.distributional:
+    if scale is not None:
         choose_head(forecaster, scale, dataset.train, dataset.validation)
     else:
         forecaster.intervals = fit_intervals(
