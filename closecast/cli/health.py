@@ -24,7 +24,12 @@ from closecast.core.errors import PipelineError
 from closecast.core.schedule import NIGHTLY_SLOT
 from closecast.tasks.mlflow.auth import refusals_as_errors
 from closecast.tasks.mlflow.connection import connect_mlflow, unreadable_store
-from closecast.tasks.registry.aliases import CHAMPION, alias_history, current_aliases
+from closecast.tasks.registry.aliases import (
+    CHAMPION,
+    alias_history,
+    current_aliases,
+    reconcile_aliases,
+)
 from closecast.tasks.reporting.report import report_path
 from closecast.tasks.reporting.scorecard import UnreadableReport, read_report
 
@@ -105,10 +110,14 @@ def last_nightly(client: MlflowClient, experiment: str = EXPERIMENT) -> Run | No
 
 
 def champion(client: MlflowClient) -> tuple[str | None, str | None]:
-    """The champion's version and since when: the `champion_since` tag, else the alias history."""
+    """The champion's version and since when: a move made outside closecast found now, else
+    the `champion_since` tag, else the alias history."""
+    noticed = [m for m in reconcile_aliases(client) if m.alias == CHAMPION]
     version = current_aliases(client).get(CHAMPION)
     if version is None:
         return None, None
+    if noticed:  # recorded now, or (a user who may not write) only found: the same time
+        return version, noticed[-1].at.isoformat(timespec="seconds")
     try:
         since = client.get_registered_model(MODEL_NAME).tags.get(CHAMPION_SINCE_TAG)
     except MlflowException:

@@ -135,9 +135,10 @@ def run(
     result = with_runner(nightly, flow_runner)(config)
     typer.echo(f"report: {result.report_path}")
     typer.echo(f"mlflow run: {result.run_id}")
+    by = "" if result.predicting_model == result.model else f"{result.predicting_model} "
     typer.echo(
-        f"model: closecast-lstm v{result.version} ({result.promotion}); "
-        f"predictions by v{result.predicting_version}"
+        f"model: {result.model} v{result.version} ({result.promotion}); "
+        f"predictions by {by}v{result.predicting_version}"
     )
     typer.echo(f"skill vs naive: {result.metrics['skill']:+.4f}")
     typer.echo(head_summary(result.head, result.metrics))

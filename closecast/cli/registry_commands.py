@@ -19,15 +19,24 @@ def _missing_database(uri: str) -> Path | None:
 
 def _registry(home: Path | None):  # type: ignore[no-untyped-def]
     """A client for the registry the pipeline would use, after one successful contact."""
-    with heavy_imports():
-        from closecast.tasks.mlflow.connection import connect_mlflow
+    from closecast.core.config import MODEL_NAME
 
-    uri = build_config(home).mlflow_uri
+    with heavy_imports():
+        from closecast.tasks.mlflow.auth import refusals_as_errors
+        from closecast.tasks.mlflow.connection import connect_mlflow
+        from closecast.tasks.registry.aliases import reconcile_aliases
+
+    config = build_config(home)
+    uri = config.mlflow_uri
     if missing := _missing_database(uri):
         raise InputError(
             f"no MLflow database at {missing}: run `closecast run` first, or set MLFLOW_TRACKING_URI"
         )
-    return uri, connect_mlflow(uri)
+    client = connect_mlflow(uri)
+    with refusals_as_errors(uri):
+        for model in dict.fromkeys((MODEL_NAME, config.candidates or MODEL_NAME)):
+            reconcile_aliases(client, model)  # moves made in the MLflow UI, recorded first
+    return uri, client
 
 
 def _who() -> str:
@@ -98,11 +107,15 @@ def models(
                 + (f"  ({m.reason})" if m.reason else "")
             )
         return
-    table = version_table(client)
-    if table.empty:
-        typer.echo(f"no versions of {MODEL_NAME} registered at {uri}")
-        return
-    typer.echo(table.to_string(index=False))
+    candidates = build_config(home).candidates
+    for model in (candidates, MODEL_NAME) if candidates else (MODEL_NAME,):
+        table = version_table(client, model)
+        if candidates:  # two models: each table under its name
+            typer.echo(f"{model}:")
+        if table.empty:
+            typer.echo(f"no versions of {model} registered at {uri}")
+            continue
+        typer.echo(table.to_string(index=False))
 
 
 def promote(
@@ -114,7 +127,8 @@ def promote(
 ) -> None:
     """Point `champion` at VERSION; promoting the previous version is the rollback.
 
-    A tracking server that refuses the user the move (403) fails it in one
+    With a candidates model (CLOSECAST_CANDIDATES_MODEL), VERSION is a candidate: it is
+    copied into closecast-lstm (once) and `champion` points at the copy. A tracking server that refuses the user the move (403) fails it in one
     line naming the permission; the champion stays where it was.
     """
     from closecast.core.config import MODEL_NAME
@@ -126,12 +140,15 @@ def promote(
     if not version.isdigit():
         raise InputError(f"invalid version {version!r}: expected a version number")
     uri, _ = _registry(home)
+    candidates = build_config(home).candidates
+    by = f"closecast promote by {_who()}"
     try:
         with refusals_as_errors(uri):
-            move = promote_version(uri, version, f"closecast promote by {_who()}", reason)
+            move = promote_version(uri, version, by, reason, candidates)
     except UnknownVersion as exc:
         raise InputError(str(exc)) from None
-    typer.echo(f"champion: {MODEL_NAME} v{move.version} (was v{move.previous or '-'})")
+    copied = f"copy of {candidates} v{version}; " if candidates else ""
+    typer.echo(f"champion: {MODEL_NAME} v{move.version} ({copied}was v{move.previous or '-'})")
 
 
 def status(

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from closecast.core.errors import InputError
 from closecast.core.sources import SOURCE_HELP, SOURCE_PATTERN, check_source
 
 TICKER_PATTERN = re.compile(r"^[A-Za-z0-9.^=_-]{1,20}$")
@@ -49,6 +50,7 @@ DEFAULT_DISTRIBUTION: DistributionName = "normal"
 EXPERIMENT = "closecast"
 BACKFILL_EXPERIMENT = "closecast-backfill"
 MODEL_NAME = "closecast-lstm"
+CANDIDATES_ENV = "CLOSECAST_CANDIDATES_MODEL"  # set: the nightly registers there, for review
 # The registry aliases: the version that serves, and the one trained last (the gate's
 # "champion" decision is named after the alias it moves).
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -88,6 +90,27 @@ def check_tracking_uri(uri: str | None) -> str | None:
         if db.is_dir():
             raise ValueError(f"tracking URI {uri!r}: {db} is a folder, not a database file")
     return uri
+
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_model_name(name: str | None) -> str | None:
+    """A registered-model name for the candidates model: letters, digits, `.`, `_`, `-`, and
+    not the production model's own name."""
+    if name is None:
+        return None
+    if not _MODEL_NAME.match(name):
+        raise InputError(
+            f"invalid candidates model {name!r}: expected letters, digits, '.', '_' or '-' "
+            "(at most 100), e.g. closecast-lstm-candidates"
+        )
+    if name == MODEL_NAME:
+        raise InputError(
+            f"invalid candidates model {name!r}: it must differ from {MODEL_NAME}, "
+            "whose champion reviewers control"
+        )
+    return name
 
 
 def default_home() -> Path:
@@ -266,6 +289,14 @@ class RegistryConfig:
     tracking_uri: str
     promotion: Literal["auto", "manual"]
     source: str
+    # The model the nightly registers into for review (None: MODEL_NAME itself, where the
+    # gate may move `champion`); `champion` is always MODEL_NAME's.
+    candidates: str | None = None
+
+    @property
+    def model(self) -> str:
+        """The registered model new versions go to."""
+        return self.candidates or MODEL_NAME
 
 
 class PipelineConfig(_Strict):
@@ -296,6 +327,13 @@ class PipelineConfig(_Strict):
         "empty = $MLFLOW_TRACKING_URI, else sqlite:///<home>/mlflow.db.",
     )
     experiment: str = Field(default=EXPERIMENT, description="MLflow experiment of the runs.")
+    candidates_model: Annotated[str | None, AfterValidator(check_model_name)] = Field(
+        default=None,
+        description="Registered model the nightly registers into for review, e.g. "
+        "closecast-lstm-candidates: reviewers copy approved versions into closecast-lstm, "
+        "whose `champion` predicts. Empty: $CLOSECAST_CANDIDATES_MODEL, else none (one "
+        "model: the gate moves `champion` itself).",
+    )
 
     @model_validator(mode="after")
     def _sample_defaults(self) -> "PipelineConfig":
@@ -321,7 +359,14 @@ class PipelineConfig(_Strict):
     @property
     def registry(self) -> RegistryConfig:
         """The part of the config that registering a version reads."""
-        return RegistryConfig(self.mlflow_uri, self.promotion, self.data.source)
+        return RegistryConfig(self.mlflow_uri, self.promotion, self.data.source, self.candidates)
+
+    @property
+    def candidates(self) -> str | None:
+        """The candidates model: `candidates_model`, else `$CLOSECAST_CANDIDATES_MODEL`, else
+        None; read when used, like the tracking URI, so a deployment follows its environment."""
+        name = self.candidates_model or os.environ.get(CANDIDATES_ENV) or None
+        return check_model_name(name) if name else None
 
     @property
     def prices_dir(self) -> Path:

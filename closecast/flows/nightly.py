@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from closecast.core.config import PipelineConfig
+from closecast.core.config import MODEL_NAME, PipelineConfig
 from closecast.flows.deployment import served_config
 from closecast.flows.fetch import fetch
 from closecast.flows.naming import run_name, schedule_slot, slot_as_of
@@ -30,6 +30,8 @@ class NightlyResult:
     promotion: str
     metrics: dict[str, float]
     head: str  # the trained version's interval head: lstm, har or point
+    model: str = MODEL_NAME  # the registered model `version` is a version of
+    predicting_model: str = MODEL_NAME  # and `predicting_version`'s
 
 
 @flow(name="nightly", flow_run_name=lambda: run_name("nightly"))
@@ -52,10 +54,15 @@ def nightly(config: PipelineConfig) -> NightlyResult:
         new = register_model(
             config.registry, run, trained.forecaster, evaluation, data, inputs.latest
         )
-        served = load_version(uri, new.predicting_version)  # the champion when `new` lost
+        served = load_version(uri, new.predicting_version, new.predicting_model)  # or champion
         predictions = predict_next(served, inputs.latest)
         report = session_report(
-            config.data.tickers, inputs, predictions, new.predicting_version, run
+            config.data.tickers,
+            inputs,
+            predictions,
+            new.predicting_version,
+            run,
+            new.predicting_model,
         )
         require_predictions(report, config.reports_dir)  # none: `new` is rolled back
         promote_model(uri, new)
@@ -74,4 +81,6 @@ def nightly(config: PipelineConfig) -> NightlyResult:
         new.decision.tag,
         evaluation.metrics,
         trained.forecaster.head_label,
+        new.model,
+        new.predicting_model,
     )

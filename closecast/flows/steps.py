@@ -89,10 +89,12 @@ def session_report(
     predictions: pd.DataFrame,
     version: str,
     run_id: str,
+    model: str = MODEL_NAME,
 ) -> pd.DataFrame:
-    """The report's rows: one per requested ticker, a prediction or the reason there is none."""
+    """The report's rows: one per requested ticker, a prediction or the reason there is none
+    (`version` of registered model `model` predicted)."""
     prices = inputs.prices
-    context = ReportContext(prices.as_of, prices.target_date, MODEL_NAME, version, run_id)
+    context = ReportContext(prices.as_of, prices.target_date, model, version, run_id)
     return build_report(
         tickers, context, inputs.validated.last_closes(), predictions, inputs.issues
     )
@@ -123,7 +125,7 @@ def session_run(
     every_run = run_tags(config.data, inputs.prices, inputs.dataset, flow_run_id())
     with (
         tracking_run(config, f"{kind} {inputs.prices.as_of}", every_run | (tags or {})) as run_id,
-        rollback_registration(config.mlflow_uri, run_id),
+        rollback_registration(config.mlflow_uri, run_id, config.registry.model),
     ):
         yield run_id
 

@@ -1,17 +1,28 @@
 """The alias audit: move `champion` and `challenger`, record each move, answer "when".
 
-Each alias keeps its moves in registered-model tags a reviewer can read on
-the registry page: `<alias>_history`, a JSON list of the newest moves (at,
-version, previous, by, reason), capped to fit MLflow's 5000-character tag
-column, and the latest move spelled out as `<alias>_since`, `<alias>_set_by`
-and `<alias>_reason`. One list per alias, so nightly `challenger` moves never
-push `champion` moves out. Registries written before this layout hold one
-`alias_move.<ms>.<alias>.v<N>` tag per move; those are still read (and left
-in place), merged by time, so `alias_history` answers "what was champion on
-date X" from both. `rollback_registration` puts the aliases back, and
+Each move is kept on the version it pointed the alias at (or, for a removed
+alias, the version it left): the version tag `alias_moves`, a JSON list
+(alias, at, version, previous, by, reason) that fits MLflow's
+5000-character tag column. The registered model keeps only short tags a
+reviewer reads on the registry pages: `champion` (`v5`), and the latest
+move of each alias spelled out as `<alias>_since`, `<alias>_set_by` and
+`<alias>_reason`, so the model page is not crowded by JSON. Registries
+written before this layout hold `<alias>_history` JSON tags, or one
+`alias_move.<ms>.<alias>.v<N>` tag per move, on the registered model; those
+are still read (and left in place), merged by time, so `alias_history`
+answers "what was champion on date X" from all of them.
+
+MLflow records neither when nor by whom an alias was set, so a move made
+outside closecast (the MLflow UI's alias editor, another client) is found
+by `reconcile_aliases`, which every closecast command that touches the
+registry runs first: the alias's current version differs from the last
+recorded move, and the move is recorded as made outside closecast, at the
+time it was noticed. `rollback_registration` puts the aliases back, and
 deletes the run's versions, when a run fails after it registered.
 """
 
+import contextlib
+import io
 import json
 import logging
 import re
@@ -25,12 +36,15 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from closecast.core.config import CHALLENGER, CHAMPION, MODEL_NAME
+from closecast.tasks.mlflow.auth import refusal_status
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.registry.gate import GATED_METRICS
+from closecast.tasks.registry.roles import OUTSIDE, update_roles
 
 ALIASES = (CHAMPION, CHALLENGER)
+MOVES_TAG = "alias_moves"  # on a version: the moves that pointed an alias at it, or away from it
 LEGACY_PREFIX = "alias_move."  # one tag per move, as registries before the capped history hold
-MAX_TAG_VALUE = 5000  # registered_model_tags.value is VARCHAR(5000) in MLflow's SQL stores
+MAX_TAG_VALUE = 5000  # the tag value columns are VARCHAR(5000) in MLflow's SQL stores
 HISTORY_REASON = 200  # characters of a reason kept in the history (the `_reason` tag has it all)
 
 logger = logging.getLogger(__name__)
@@ -59,12 +73,21 @@ class AliasMove:
         data = json.loads(text)
         return cls(**{**data, "at": datetime.fromisoformat(data["at"])})
 
-    def entry(self) -> dict[str, str | None]:
-        """This move as a row of its alias's `_history` tag (the alias is the tag's)."""
+    @property
+    def holder(self) -> str | None:
+        """The version whose `alias_moves` tag keeps this move."""
+        return self.version or self.previous
+
+    def entry(self, model: str = MODEL_NAME) -> dict[str, str | None]:
+        """This move of `model`'s alias as a row of a history tag, its reason cut to
+        HISTORY_REASON. The row names the model: a version copied into another model (the
+        MLflow UI's "Promote model") carries its tags, and those moves are not the copy's."""
         reason = self.reason
         if len(reason) > HISTORY_REASON:
             reason = reason[: HISTORY_REASON - 1] + "…"
         return {
+            "model": model,
+            "alias": self.alias,
             "at": self.at.isoformat(),
             "version": self.version,
             "previous": self.previous,
@@ -74,9 +97,11 @@ class AliasMove:
 
     @classmethod
     def from_entry(cls, alias: str, entry: dict[str, str | None]) -> "AliasMove":
+        """A row of a history tag; `alias` for the rows of an `<alias>_history` tag, which
+        do not name it."""
         return cls(
             at=datetime.fromisoformat(str(entry["at"])),
-            alias=alias,
+            alias=str(entry.get("alias") or alias),
             version=entry["version"],
             previous=entry["previous"],
             by=str(entry["by"]),
@@ -94,97 +119,172 @@ def capped_history(entries: list[dict[str, str | None]], limit: int = MAX_TAG_VA
     return text
 
 
-def _history_tags(tags: dict[str, str], move: AliasMove) -> dict[str, str]:
-    """The alias's tags once `move` is recorded: its capped history and its latest move."""
-    key = f"{move.alias}_history"
-    entries = [*json.loads(tags.get(key, "[]")), move.entry()]
-    return {
-        key: capped_history(entries),
+def latest_tags(move: AliasMove) -> dict[str, str]:
+    """The registered model's short tags once `move` is recorded: its latest move spelled out,
+    and for `champion` the version, so the registry list shows it without a click."""
+    tags = {
         f"{move.alias}_since": move.at.isoformat(timespec="seconds"),
         f"{move.alias}_set_by": move.by,
         f"{move.alias}_reason": move.reason or "-",
     }
+    if move.alias == CHAMPION:
+        tags[CHAMPION] = f"v{move.version}" if move.version else "none"
+    return tags
 
 
 def _missing(exc: MlflowException) -> bool:
     return exc.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
-def current_aliases(client: MlflowClient) -> dict[str, str]:
+def current_aliases(client: MlflowClient, model: str = MODEL_NAME) -> dict[str, str]:
     """alias -> version of the registered model; empty when it is not registered yet.
 
     Any other registry error (unreachable server) propagates: a missing
     answer must never read as "there is no champion".
     """
     try:
-        return {a: str(v) for a, v in client.get_registered_model(MODEL_NAME).aliases.items()}
+        return {a: str(v) for a, v in client.get_registered_model(model).aliases.items()}
     except MlflowException as exc:
         if _missing(exc):
             return {}
         raise
 
 
-def alias_version(client: MlflowClient, alias: str) -> str | None:
+def alias_version(client: MlflowClient, alias: str, model: str = MODEL_NAME) -> str | None:
     """The version `alias` points at, or None."""
-    return current_aliases(client).get(alias)
+    return current_aliases(client, model).get(alias)
+
+
+def record_move(client: MlflowClient, move: AliasMove, model: str = MODEL_NAME) -> None:
+    """Write `move` to the history: its version's `alias_moves` tag and the model's short tags."""
+    if move.holder is not None:
+        tags = client.get_model_version(model, move.holder).tags
+        entries = [*json.loads(tags.get(MOVES_TAG, "[]")), move.entry(model)]
+        client.set_model_version_tag(model, move.holder, MOVES_TAG, capped_history(entries))
+    for key, value in latest_tags(move).items():
+        client.set_registered_model_tag(model, key, value)
+
+
+def _after_champion_move(client: MlflowClient, model: str, move: AliasMove) -> None:
+    """Bring the cards and `promotion` tags of the versions a `champion` move touched up to date."""
+    if move.alias != CHAMPION:
+        return
+    try:
+        update_roles(client, model, move, alias_history(client, model))
+    except MlflowException as exc:  # the move stands; a stale card is only a stale card
+        logger.warning("could not update the cards after %s moved: %s", CHAMPION, exc)
 
 
 def move_alias(
-    client: MlflowClient, alias: str, version: str | None, by: str, reason: str
+    client: MlflowClient,
+    alias: str,
+    version: str | None,
+    by: str,
+    reason: str,
+    model: str = MODEL_NAME,
 ) -> AliasMove:
     """Point `alias` at `version` (None removes it) and record the move in the history."""
-    previous = alias_version(client, alias)
+    reconcile_aliases(client, model)  # a move made outside closecast is recorded before this one
+    previous = alias_version(client, alias, model)
     if version is None:
-        client.delete_registered_model_alias(MODEL_NAME, alias)
+        client.delete_registered_model_alias(model, alias)
     else:
-        client.set_registered_model_alias(MODEL_NAME, alias, version)
+        client.set_registered_model_alias(model, alias, version)
     move = AliasMove(datetime.now(UTC), alias, version, previous, by[:300], reason[:1000])
-    tags = client.get_registered_model(MODEL_NAME).tags
-    for key, value in _history_tags(tags, move).items():
-        client.set_registered_model_tag(MODEL_NAME, key, value)
+    record_move(client, move, model)
+    _after_champion_move(client, model, move)
     return move
 
 
-def discard_run_versions(client: MlflowClient, run_id: str) -> list[str]:
+def reconcile_aliases(client: MlflowClient, model: str = MODEL_NAME) -> list[AliasMove]:
+    """Record the alias moves made outside closecast since the last recorded one.
+
+    An alias whose current version is not the one its last recorded move
+    set was moved by someone else (the MLflow UI's alias editor, another
+    client). MLflow keeps neither the time nor the user of an alias change,
+    so the move is recorded at the time closecast noticed it, by OUTSIDE.
+    A user who may not write the registry (403) gets the moves back
+    unrecorded, with a warning: `status` still reports the alias's true
+    version, and the next command of a user who may records it.
+
+    Returns:
+        The moves found, recorded or not.
+    """
+    current = current_aliases(client, model)
+    history = alias_history(client, model)
+    found = []
+    for alias in ALIASES:
+        last = next((m for m in reversed(history) if m.alias == alias), None)
+        recorded = last.version if last else None
+        if current.get(alias) == recorded:
+            continue
+        since = f"after the last recorded move at {last.at:%Y-%m-%d %H:%M} UTC" if last else ""
+        reason = (
+            f"{alias} points at v{current.get(alias) or '-'}, not at v{recorded or '-'} as "
+            f"recorded: moved {OUTSIDE}{', ' + since if since else ''}; MLflow keeps no time "
+            "or user for alias moves, so this is when closecast noticed it"
+        )
+        move = AliasMove(datetime.now(UTC), alias, current.get(alias), recorded, OUTSIDE, reason)
+        found.append(move)
+        try:
+            record_move(client, move, model)
+        except MlflowException as exc:
+            if refusal_status(exc) is None:
+                raise
+            logger.warning(
+                "%s of %s was moved outside closecast (v%s -> v%s) but this user may not "
+                "record it (%s): the next closecast command of a user with EDIT on %s will",
+                alias, model, recorded or "-", current.get(alias) or "-", exc.error_code, model,
+            )  # fmt: skip
+            continue
+        _after_champion_move(client, model, move)
+    return found
+
+
+def discard_run_versions(client: MlflowClient, run_id: str, model: str = MODEL_NAME) -> list[str]:
     """Delete every version a (failed) run registered; returns their numbers."""
     if not re.fullmatch(r"[0-9a-f]{32}", run_id):
         raise ValueError(f"invalid run id {run_id!r}")
-    found = client.search_model_versions(f"name='{MODEL_NAME}' and tags.run_id='{run_id}'")
+    found = client.search_model_versions(f"name='{model}' and tags.run_id='{run_id}'")
     versions = sorted(str(v.version) for v in found)
     for version in versions:
-        client.delete_model_version(MODEL_NAME, version)
+        client.delete_model_version(model, version)
     return versions
 
 
 @contextmanager
-def rollback_registration(tracking_uri: str, run_id: str) -> Iterator[None]:
-    """If the block fails, delete what `run_id` registered and put the aliases back.
+def rollback_registration(
+    tracking_uri: str, run_id: str, model: str = MODEL_NAME
+) -> Iterator[None]:
+    """If the block fails, delete what `run_id` registered in `model` and put its aliases back.
 
     The original exception always propagates; a failing clean-up is logged,
     never raised in its place.
     """
     client = configure_mlflow(tracking_uri)
-    before = {alias: alias_version(client, alias) for alias in (CHAMPION, CHALLENGER)}
+    before = {alias: alias_version(client, alias, model) for alias in ALIASES}
     try:
         yield
     except BaseException:
         try:
-            discarded = discard_run_versions(client, run_id)
+            discarded = discard_run_versions(client, run_id, model)
             for alias, version in before.items():
-                if alias_version(client, alias) != version:
+                if alias_version(client, alias, model) != version:
                     by = f"rollback of failed run {run_id}"
-                    move_alias(client, alias, version, by, "restoring the alias the run had moved")
+                    reason = "restoring the alias the run had moved"
+                    move_alias(client, alias, version, by, reason, model)
             if discarded:
-                logger.warning("run failed: discarded %s v%s", MODEL_NAME, ", v".join(discarded))
+                logger.warning("run failed: discarded %s v%s", model, ", v".join(discarded))
         except Exception as exc:  # the run's own error is the one to report
             logger.error("could not roll back the registry after the failure: %s", exc)
         raise
 
 
-def alias_history(client: MlflowClient) -> list[AliasMove]:
-    """Every recorded alias move, oldest first: the capped histories and any old-layout tags."""
+def alias_history(client: MlflowClient, model: str = MODEL_NAME) -> list[AliasMove]:
+    """Every recorded alias move, oldest first: the versions' `alias_moves` and any tags of
+    the older layouts on the registered model."""
     try:
-        tags = client.get_registered_model(MODEL_NAME).tags
+        tags = client.get_registered_model(model).tags
     except MlflowException as exc:
         if _missing(exc):
             return []
@@ -193,6 +293,9 @@ def alias_history(client: MlflowClient) -> list[AliasMove]:
     for alias in ALIASES:
         entries = json.loads(tags.get(f"{alias}_history", "[]"))
         moves += [AliasMove.from_entry(alias, entry) for entry in entries]
+    for version in client.search_model_versions(f"name='{model}'"):
+        entries = json.loads(version.tags.get(MOVES_TAG, "[]"))
+        moves += [AliasMove.from_entry("", e) for e in entries if e.get("model") == model]
     return sorted(moves, key=lambda m: m.at)
 
 
@@ -205,29 +308,59 @@ def alias_at(history: list[AliasMove], alias: str, when: datetime) -> str | None
     return version
 
 
-def promote_version(tracking_uri: str, version: str, by: str, reason: str) -> AliasMove:
+def require_version(client: MlflowClient, version: str, model: str = MODEL_NAME) -> None:
+    """Raise UnknownVersion when `version` is not a number or `model` has no such version."""
+    if not version.isdigit():
+        raise UnknownVersion(f"invalid version {version!r}: expected a version number")
+    try:
+        client.get_model_version(model, version)
+    except MlflowException as exc:
+        if _missing(exc):
+            raise UnknownVersion(f"version {version} of {model} does not exist") from None
+        raise
+
+
+def promote_version(
+    tracking_uri: str, version: str, by: str, reason: str, candidates: str | None = None
+) -> AliasMove:
     """Point `champion` at an existing `version` (a manual promotion, or a rollback).
+
+    With `candidates`, `version` is a version of that model: it is copied into
+    MODEL_NAME (once: a later promotion of the same candidate, a rollback,
+    reuses the copy) and `champion` is pointed at the copy. Copying needs
+    EDIT on MODEL_NAME, so a user without it is refused before anything changes.
 
     Raises:
         UnknownVersion: when `version` is not a number or no such version exists.
     """
-    if not version.isdigit():
-        raise UnknownVersion(f"invalid version {version!r}: expected a version number")
     client = configure_mlflow(tracking_uri)
-    try:
-        client.get_model_version(MODEL_NAME, version)
-    except MlflowException as exc:
-        if _missing(exc):
-            raise UnknownVersion(f"version {version} of {MODEL_NAME} does not exist") from None
-        raise
-    return move_alias(client, CHAMPION, version, by, reason)
+    require_version(client, version, candidates or MODEL_NAME)
+    if candidates is None:
+        return move_alias(client, CHAMPION, version, by, reason)
+    copy = production_copy(client, candidates, version)
+    reason = f"{reason} (copy of {candidates} v{version})"
+    return move_alias(client, CHAMPION, copy, by, reason)
 
 
-def version_table(client: MlflowClient) -> pd.DataFrame:
+def production_copy(client: MlflowClient, candidates: str, version: str) -> str:
+    """The MODEL_NAME version copied from `candidates` v`version`, copied now if there is none."""
+    source = f"models:/{candidates}/{version}"
+    for found in client.search_model_versions(f"name='{MODEL_NAME}'"):
+        if found.source == source:
+            return str(found.version)
+    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints its progress there
+        copied = client.copy_model_version(source, MODEL_NAME)
+    client.set_model_version_tag(
+        MODEL_NAME, copied.version, "candidate", f"{candidates} v{version}"
+    )
+    return str(copied.version)
+
+
+def version_table(client: MlflowClient, model: str = MODEL_NAME) -> pd.DataFrame:
     """One row per registered version, newest first: what `closecast models` prints."""
     columns = ["version", "aliases", "created", *GATED_METRICS, "promotion"]
     aliases: dict[str, list[str]] = {}
-    for alias, version in sorted(current_aliases(client).items()):
+    for alias, version in sorted(current_aliases(client, model).items()):
         aliases.setdefault(version, []).append(alias)
     rows = [
         {
@@ -238,7 +371,7 @@ def version_table(client: MlflowClient) -> pd.DataFrame:
             ),
             **{k: v.tags.get(k, "") for k in (*GATED_METRICS, "promotion")},
         }
-        for v in client.search_model_versions(f"name='{MODEL_NAME}'")
+        for v in client.search_model_versions(f"name='{model}'")
     ]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values("version", ascending=False, ignore_index=True)

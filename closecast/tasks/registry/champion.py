@@ -10,7 +10,7 @@ from closecast.core.errors import PipelineError
 from closecast.models.forecaster import Forecaster
 from closecast.tasks.mlflow.auth import refused_request
 from closecast.tasks.mlflow.connection import connect_mlflow
-from closecast.tasks.registry.aliases import CHAMPION
+from closecast.tasks.registry.aliases import CHAMPION, reconcile_aliases
 from closecast.tasks.registry.logged_model import load_forecaster
 
 _VERSION_METRICS = ("test_rmse", "naive_rmse", "skill")
@@ -35,6 +35,7 @@ def require_champion(tracking_uri: str) -> ModelVersion:
     """
     client = connect_mlflow(tracking_uri)
     try:
+        reconcile_aliases(client)  # a champion moved in the MLflow UI is recorded first
         return client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     except MlflowException as exc:
         raise refused_request(tracking_uri, exc) or PipelineError(

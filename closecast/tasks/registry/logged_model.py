@@ -224,7 +224,7 @@ def load_forecaster(model_uri: str) -> Forecaster:
     return Forecaster.load(local / artifacts["weights"]["path"], local / artifacts["spec"]["path"])
 
 
-def load_version(tracking_uri: str, version: str) -> PyFuncModel:
-    """Registry version `version` of the model, loaded as the pyfunc MLflow serves."""
+def load_version(tracking_uri: str, version: str, model: str = MODEL_NAME) -> PyFuncModel:
+    """Registry version `version` of `model`, loaded as the pyfunc MLflow serves."""
     configure_mlflow(tracking_uri)
-    return load_pyfunc(f"models:/{MODEL_NAME}/{version}")
+    return load_pyfunc(f"models:/{model}/{version}")

@@ -33,6 +33,17 @@ GATE_DESCRIPTION = (
     "`closecast models --history` lists every alias move."
 )
 
+CANDIDATES_DESCRIPTION = (
+    "Candidates for closecast-lstm, registered nightly by closecast for review. Each nightly "
+    "run registers its model here and points `challenger` at it; the gate re-scores "
+    "closecast-lstm's `champion` on the challenger's test windows and records what it "
+    "recommends (tags `promotion` and `promotion_reason`, and the first line of the "
+    "version's description). The nightly cannot move the champion: only reviewers, who alone "
+    'may edit closecast-lstm, promote a version, with this page\'s "Promote model" button '
+    "(copy it into closecast-lstm, then set alias `champion` on the copy) or with "
+    "`closecast promote VERSION`, which does both and records it."
+)
+
 UNITS = (
     "Units: test_rmse, naive_rmse and the interval scores are relative to the last close "
     "(fractions of price: 0.01 = 1%), lower is better; coverage is the % of test windows whose "

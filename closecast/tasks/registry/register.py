@@ -30,6 +30,7 @@ from closecast.tasks.registry.aliases import (
     AliasMove,
     alias_version,
     move_alias,
+    reconcile_aliases,
 )
 from closecast.tasks.registry.gate import (
     GATED_METRICS,
@@ -40,6 +41,7 @@ from closecast.tasks.registry.gate import (
 )
 from closecast.tasks.registry.logged_model import load_forecaster, log_forecaster
 from closecast.tasks.registry.model_card import (
+    CANDIDATES_DESCRIPTION,
     GATE_DESCRIPTION,
     CardLinks,
     data_lines,
@@ -59,6 +61,8 @@ class RegisteredVersion:
     # the champion's metrics re-scored on this version's test windows (empty: none, or unscorable)
     champion_metrics: dict[str, float] = field(default_factory=dict)
     rescore_problem: str = ""  # why the champion could not be re-scored, when it could not
+    model: str = MODEL_NAME  # the registered model `version` is a version of
+    predicting_model: str = MODEL_NAME  # and `predicting_version`'s
 
     @property
     def champion_comparison(self) -> tuple[str, dict[str, float]] | None:
@@ -124,8 +128,10 @@ def register_model(
     """
     metrics = evaluation.metrics
     check_metrics(metrics, intervals=forecaster.intervals is not None)
-    tracking_uri = registry.tracking_uri
+    tracking_uri, model = registry.tracking_uri, registry.model
     client = configure_mlflow(tracking_uri)
+    for name in dict.fromkeys((MODEL_NAME, model)):
+        reconcile_aliases(client, name)  # moves made in the MLflow UI, recorded first
     current = alias_version(client, CHAMPION)
     champion, problem = None, ""
     if current is not None:  # a champion that cannot be loaded fails the run, not the gate
@@ -133,7 +139,9 @@ def register_model(
         rescored, problem = rescore_champion(current, loaded, dataset.test, dataset.columns)
         champion = (current, rescored)
     held = champion[1] if champion else {}
-    decision = decide_promotion(metrics, champion, registry.promotion)
+    # Into a candidates model the nightly only recommends: reviewers move the champion.
+    mode = "manual" if registry.candidates else registry.promotion
+    decision = decide_promotion(metrics, champion, mode)
     model_uri = log_forecaster(forecaster, run_id, example)
     tags = {
         "promotion": decision.tag,
@@ -142,25 +150,31 @@ def register_model(
         "head": forecaster.head_label,
         **{k: f"{metrics[k]:.6g}" for k in GATED_METRICS},
     }
-    version = str(mlflow.register_model(model_uri, MODEL_NAME, tags=tags).version)
-    client.update_registered_model(MODEL_NAME, description=GATE_DESCRIPTION)
+    version = str(mlflow.register_model(model_uri, model, tags=tags).version)
+    client.update_registered_model(
+        model, description=CANDIDATES_DESCRIPTION if registry.candidates else GATE_DESCRIPTION
+    )
     data = data_lines(dataset, registry.source, list_tickers(dataset.tickers))
     links = card_links(client, tracking_uri, run_id)
     card = describe_version(
         version, metrics, decision, held, len(dataset.test), data, links, forecaster.head
     )
-    client.update_model_version(MODEL_NAME, version, description=card)
-    predicting = version if decision.promote or current is None else current
-    return RegisteredVersion(version, decision, predicting, current, run_id, held, problem)
+    client.update_model_version(model, version, description=card)
+    if decision.promote or current is None:  # no champion yet: the new version predicts
+        predicting, predicting_model = version, model
+    else:
+        predicting, predicting_model = current, MODEL_NAME
+    return RegisteredVersion(
+        version, decision, predicting, current, run_id, held, problem, model, predicting_model
+    )
 
 
 def promote_model(tracking_uri: str, registered: RegisteredVersion) -> list[AliasMove]:
     """Move `challenger` to the new version, and `champion` when the gate promoted it."""
     client = configure_mlflow(tracking_uri)
-    by = f"nightly run {registered.run_id}"
-    moves = [move_alias(client, CHALLENGER, registered.version, by, "newly trained version")]
-    if registered.decision.promote:
-        moves.append(
-            move_alias(client, CHAMPION, registered.version, by, registered.decision.reason)
-        )
+    by, model = f"nightly run {registered.run_id}", registered.model
+    moves = [move_alias(client, CHALLENGER, registered.version, by, "newly trained version", model)]
+    if registered.decision.promote:  # never for a candidates model: its decisions are "manual"
+        reason = registered.decision.reason
+        moves.append(move_alias(client, CHAMPION, registered.version, by, reason, model))
     return moves

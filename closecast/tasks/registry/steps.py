@@ -68,6 +68,7 @@ def promote_model(tracking_uri: str, registered: RegisteredVersion) -> None:
 
 
 @task(name="load-version", cache_policy=NO_CACHE, task_run_name="load-version v{version}")
-def load_version(tracking_uri: str, version: str) -> PyFuncModel:
-    """Registry version `version` as the pyfunc MLflow serves (the model that predicts)."""
-    return logged_model.load_version(tracking_uri, version)
+def load_version(tracking_uri: str, version: str, model: str = MODEL_NAME) -> PyFuncModel:
+    """Registry version `version` of `model` as the pyfunc MLflow serves (the model that
+    predicts)."""
+    return logged_model.load_version(tracking_uri, version, model)
