@@ -10,15 +10,18 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.server.auth.client import AuthServiceClient
 
 from closecast.cli.app import main
-from closecast.core.config import EXPERIMENT, MODEL_NAME
+from closecast.core.config import CANDIDATES_ENV, EXPERIMENT, MODEL_NAME
 from closecast.tasks.registry.aliases import alias_history, current_aliases
+from closecast.tasks.registry.roles import OUTSIDE
 from tests.conftest import read_report
 from tests.mlflow_fixtures import running_mlflow_server
 from tests.waiting import wait_for
@@ -29,6 +32,9 @@ ADMIN = ("admin", "admin-password-1")
 # user -> (password, {resource type: permission on experiment closecast / model closecast-lstm})
 USERS = {
     "pipeline": ("pipeline-password-1", {"experiment": "EDIT", "registered_model": "EDIT"}),
+    # With a candidates model: EDIT on the experiment only; it creates (so manages) the
+    # candidates model, and reads closecast-lstm, whose champion reviewers move.
+    "nightly": ("nightly-password-1", {"experiment": "EDIT"}),
     "reviewer": ("reviewer-password-1", {"registered_model": "MANAGE"}),
     "reader": ("reader-password-1", {}),
     "stranger": ("stranger-password-1", {}),
@@ -176,6 +182,76 @@ def test_the_pipeline_registers_a_reviewer_promotes_and_a_reader_only_reads(
     report = read_report(report_path)
     assert report["model_version"].astype(str).tolist() == ["1", "1"]
     assert report["predicted_close"].notna().all()
+
+
+CANDIDATES = "closecast-lstm-candidates"
+
+
+def test_with_a_candidates_model_only_reviewers_move_the_champion(
+    at_server: AuthServer,
+    csv_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The nightly registers into the candidates model and may not move closecast-lstm's
+    champion (403, one line, nothing changed), neither with `closecast promote` nor directly;
+    a reviewer promotes with `closecast promote` (a recorded copy) or as the MLflow UI does
+    (copy, then the alias pencil), which the next command records as made outside."""
+    url, home = at_server.url, tmp_path / "home"
+    client = MlflowClient(url, registry_uri=url)
+    monkeypatch.setenv(CANDIDATES_ENV, CANDIDATES)
+    login(monkeypatch, "nightly")
+    before = current_aliases(client)
+    assert main(nightly_args(csv_folder, home)) == 0
+    assert f"model: {CANDIDATES} v1 (manual); predictions by " in capsys.readouterr().out
+    assert current_aliases(client, CANDIDATES) == {"challenger": "1"}
+    assert current_aliases(client) == before
+
+    history = alias_history(client)
+    assert main(["promote", "1", "--home", str(home)]) == 1
+    assert last_error(capsys, caplog) == (
+        f"closecast: pipeline failed: user nightly may not register versions of {MODEL_NAME}: "
+        f"MLflow at {url} needs EDIT permission on the registered model (403 Permission denied)"
+    )
+    with pytest.raises(MlflowException) as refused:
+        client.set_registered_model_alias(MODEL_NAME, "champion", "1")
+    assert refused.value.error_code == "PERMISSION_DENIED"
+    assert current_aliases(client) == before and alias_history(client) == history
+
+    login(monkeypatch, "reviewer")
+    assert main(["promote", "1", "--home", str(home), "--reason", "reviewed"]) == 0
+    copy = current_aliases(client)["champion"]
+    assert capsys.readouterr().out.strip() == (
+        f"champion: {MODEL_NAME} v{copy} (copy of {CANDIDATES} v1; "
+        f"was v{before.get('champion', '-')})"
+    )
+    assert client.get_model_version(MODEL_NAME, copy).source == f"models:/{CANDIDATES}/1"
+    assert alias_history(client)[-1].by == "closecast promote by reviewer"
+
+    login(monkeypatch, "nightly")
+    assert main(nightly_args(csv_folder, home, "--seed", "2")) == 0
+    out = capsys.readouterr().out
+    assert f"model: {CANDIDATES} v2 (manual); predictions by {MODEL_NAME} v{copy}" in out
+    login(monkeypatch, "reviewer")  # the MLflow UI: "Promote model", then the alias pencil
+    copied = str(client.copy_model_version(f"models:/{CANDIDATES}/2", MODEL_NAME).version)
+    client.set_registered_model_alias(MODEL_NAME, "champion", copied)
+    noticed = datetime.now(UTC).replace(microsecond=0)
+    login(monkeypatch, "nightly")  # may not record it, but reports the true champion
+    main(["status", "--home", str(home), "--json"])
+    out, err = capsys.readouterr()
+    health = json.loads(out)
+    assert health["champion_version"] == copied
+    assert datetime.fromisoformat(health["champion_since"]) >= noticed - timedelta(seconds=1)
+    said = err + caplog.text
+    assert "was moved outside closecast" in said and "may not record it" in said, said[-2000:]
+    login(monkeypatch, "reviewer")
+    assert main(["models", "--history", "--home", str(home)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"champion    v{copy} -> v{copied}  by {OUTSIDE}" in last
+    card = client.get_model_version(MODEL_NAME, copy).description
+    assert card.startswith("Champion from ") and f"superseded by v{copied}." in card
 
 
 def test_a_user_without_edit_fails_the_nightly_in_one_line_and_moves_nothing(

@@ -21,8 +21,6 @@ time it was noticed. `rollback_registration` puts the aliases back, and
 deletes the run's versions, when a run fails after it registered.
 """
 
-import contextlib
-import io
 import json
 import logging
 import re
@@ -348,10 +346,18 @@ def production_copy(client: MlflowClient, candidates: str, version: str) -> str:
     for found in client.search_model_versions(f"name='{MODEL_NAME}'"):
         if found.source == source:
             return str(found.version)
-    with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints its progress there
-        copied = client.copy_model_version(source, MODEL_NAME)
-    client.set_model_version_tag(
-        MODEL_NAME, copied.version, "candidate", f"{candidates} v{version}"
+    # What MLflow's copy_model_version (and the UI's "Promote model") does, without its
+    # progress prints, and keeping a refusal (403) the tracking server's own error.
+    src = client.get_model_version(candidates, version)
+    try:
+        client.create_registered_model(MODEL_NAME)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    tags = {k: v for k, v in src.tags.items() if k != MOVES_TAG}
+    tags["candidate"] = f"{candidates} v{version}"
+    copied = client.create_model_version(
+        MODEL_NAME, source, run_id=src.run_id, tags=tags, description=src.description
     )
     return str(copied.version)
 
