@@ -1,4 +1,4 @@
-"""Alerts: three Prefect automations that send a notification through one block.
+"""Alerts: four Prefect automations that send a notification through one block.
 
 - **nightly failed**: a `nightly` flow run ends Failed, Crashed or TimedOut.
 - **nightly late**: a `nightly` flow run that went Late, Pending or Running
@@ -13,6 +13,10 @@
 - **report unhealthy**: the `closecast.report.unhealthy` event of a
   `nightly` run (closecast/tasks/reporting/events.py: more than
   UNHEALTHY_SHARE of its tickers not ok).
+- **challenger waits**: the `closecast.challenger.waiting` event of a
+  `nightly` run: it registered a version the gate recommends, and promotion
+  is a person's (`--no-promote`, or a candidates model). The message names
+  the version, the gate's verdict, its card and `closecast promote N`.
 
 Automations run on the Prefect server, so a notification endpoint that is
 down never touches the nightly; the server logs the miss and records a
@@ -37,7 +41,7 @@ from uuid import UUID
 
 from closecast.core.errors import InputError
 from closecast.core.schedule import NIGHTLY_SLOT
-from closecast.tasks.reporting.events import UNHEALTHY_EVENT, UNHEALTHY_SHARE
+from closecast.tasks.reporting.events import UNHEALTHY_EVENT, UNHEALTHY_SHARE, WAITING_EVENT
 
 if TYPE_CHECKING:
     from prefect.events.schemas.automations import AutomationCore
@@ -56,6 +60,7 @@ DELIVERY_TIMEOUT_S = 60.0
 FAILED = "closecast: nightly failed"
 LATE = "closecast: nightly late"
 UNHEALTHY = "closecast: report unhealthy"
+WAITING = "closecast: challenger waits for review"
 
 _RUN = "{{ flow_run.name }} (flow run {{ flow_run.id }})"
 # One firing of a trigger: the same in each redelivery of its alert.
@@ -114,7 +119,7 @@ def notify_target(url: str | None, block: str | None) -> NotifyTarget | None:
 def alert_automations(
     block_id: UUID, late_within: timedelta = LATE_WITHIN, webhook: bool = False
 ) -> list["AutomationCore"]:
-    """The three automations (Prefect `AutomationCore`s), notifying through `block_id`.
+    """The four automations (Prefect `AutomationCore`s), notifying through `block_id`.
 
     Args:
         block_id: The notification block.
@@ -210,7 +215,32 @@ def alert_automations(
             )
         ],
     )
-    return [failed, late, unhealthy]
+    waiting = AutomationCore(
+        name=WAITING,
+        description=(
+            "A nightly registered a version the gate recommends promoting, and promotion is "
+            "a person's (--no-promote, or a candidates model): it waits for review."
+        ),
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "closecast.model.*"},
+            match_related=nightly,
+            expect={WAITING_EVENT},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            notify(
+                "closecast: {{ event.payload.model }} v{{ event.payload.version }} waits for review",
+                "The nightly {{ flow_run.name }} registered {{ event.payload.model }} "
+                "v{{ event.payload.version }}; the gate recommends promoting it: "
+                "{{ event.payload.recommendation }} To promote it: "
+                "{{ event.payload.command }}. Its card: {{ event.payload.card }}",
+            )
+        ],
+    )
+    return [failed, late, unhealthy, waiting]
 
 
 def webhook_json(subject: str, body: str) -> str:
@@ -275,10 +305,10 @@ def notification_block_id(client: Any, target: NotifyTarget) -> UUID:
 
 
 def install_alerts(target: NotifyTarget, late_within: timedelta = LATE_WITHIN) -> list[UUID]:
-    """Create or update (by name) the three automations on the current Prefect API.
+    """Create or update (by name) the four automations on the current Prefect API.
 
     Returns:
-        Their ids, in the order failed, late, unhealthy.
+        Their ids, in the order failed, late, unhealthy, waiting.
     """
     from prefect.client.orchestration import get_client
 

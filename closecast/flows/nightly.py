@@ -13,7 +13,7 @@ from closecast.flows.naming import run_name, schedule_slot, slot_as_of
 from closecast.flows.steps import prepare_session, require_windows, session_report, session_run
 from closecast.tasks.modeling.steps import evaluate_model, predict_next, train_model
 from closecast.tasks.registry.steps import load_version, promote_model, register_model
-from closecast.tasks.reporting.events import emit_report_health
+from closecast.tasks.reporting.events import announce_waiting, emit_report_health
 from closecast.tasks.reporting.report import require_predictions
 from closecast.tasks.reporting.steps import log_run, name_run, publish_report, update_scorecard
 from closecast.tasks.reporting.summary import MlflowLinks
@@ -73,6 +73,7 @@ def nightly(config: PipelineConfig) -> NightlyResult:
             report, config.reports_dir, evaluation.metrics, new.decision.line, live, champion, links
         )
     emit_report_health(report, path)  # too many tickers not ok: an alert, never a failure
+    announce_waiting(new, uri)  # a recommended version only a person may promote: an alert
     return NightlyResult(
         path,
         run,

@@ -8,7 +8,15 @@ from prefect.events import Event
 from prefect.events.clients import AssertingEventsClient
 from prefect.events.worker import EventsWorker
 
-from closecast.tasks.reporting.events import UNHEALTHY_EVENT, emit_report_health, report_health
+from closecast.tasks.registry.gate import Decision
+from closecast.tasks.registry.register import RegisteredVersion
+from closecast.tasks.reporting.events import (
+    UNHEALTHY_EVENT,
+    WAITING_EVENT,
+    announce_waiting,
+    emit_report_health,
+    report_health,
+)
 
 
 def report(statuses: list[str]) -> pd.DataFrame:
@@ -81,3 +89,46 @@ def test_a_report_that_cannot_be_read_is_logged_and_never_raises(
     with caplog.at_level(logging.WARNING, logger="closecast.tasks.reporting.events"):
         assert emit_report_health(pd.DataFrame({"ticker": ["A"]})) is False
     assert f"could not emit {UNHEALTHY_EVENT}: KeyError" in caplog.text
+
+
+def _registered(decision: Decision, model: str = "closecast-lstm") -> RegisteredVersion:
+    return RegisteredVersion("6", decision, "5", "5", "a" * 32, model=model)
+
+
+def test_a_recommended_version_that_needs_a_person_emits_one_event_with_the_command(
+    emitted: Callable[[], list[Event]],
+) -> None:
+    """Manual promotion, the gate recommends v6: one event naming the model and version, the
+    gate's verdict, the card's page and `closecast promote 6`."""
+    verdict = "interval score −2.2% (95% CI −3.9% to −0.4%, p = 0.01) beats champion v5."
+    decision = Decision(
+        False, "manual", "promotion is manual", champion="5", recommended=True,
+        recommendation=verdict,
+    )  # fmt: skip
+    assert announce_waiting(_registered(decision), "http://127.0.0.1:5000/")
+    (event,) = emitted()
+    assert event.event == WAITING_EVENT
+    assert event.resource.id == "closecast.model.closecast-lstm.v6"
+    assert event.payload == {
+        "model": "closecast-lstm",
+        "version": "6",
+        "champion": "5",
+        "recommendation": verdict,
+        "card": "http://127.0.0.1:5000/#/models/closecast-lstm/versions/6",
+        "command": "closecast promote 6",
+    }
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        Decision(True, "champion", "beats v5", champion="5", recommended=True),  # promoted
+        Decision(False, "manual", "manual", champion="5", recommended=False),  # not recommended
+        Decision(False, "rejected", "does not beat v5", champion="5"),
+    ],
+)
+def test_a_version_promoted_or_not_recommended_is_not_announced(
+    emitted: Callable[[], list[Event]], decision: Decision
+) -> None:
+    assert announce_waiting(_registered(decision), "sqlite:///x.db") is False
+    assert emitted() == []

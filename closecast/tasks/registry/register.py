@@ -92,6 +92,14 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str, artifact: str = 
     return page
 
 
+def version_url(tracking_uri: str, model: str, version: str) -> str:
+    """A registry version's page (its model card) in the MLflow UI; relative, as `run_url`."""
+    page = f"#/models/{model}/versions/{version}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return page
+
+
 def run_plots(client: MlflowClient, run_id: str, folder: str = "", depth: int = 2) -> list[str]:
     """Artifact paths of the run's PNG images, in its top folders."""
     found = []

@@ -1,4 +1,5 @@
-"""The report's health as a Prefect event, for the automation that alerts on it.
+"""The report's health, and a challenger that waits for review, as Prefect events, for the
+automations that alert on them.
 
 When more than UNHEALTHY_SHARE of a report's tickers are not `ok`, the flow emits
 `closecast.report.unhealthy` (resource `closecast.report.<as_of>`; Prefect
@@ -15,11 +16,28 @@ from pathlib import Path
 import pandas as pd
 
 from closecast.core.statuses import OK
+from closecast.tasks.registry.register import RegisteredVersion, version_url
 
 logger = logging.getLogger(__name__)
 
 UNHEALTHY_EVENT = "closecast.report.unhealthy"
 UNHEALTHY_SHARE = 0.2  # more than this share of tickers not ok is an alert
+WAITING_EVENT = "closecast.challenger.waiting"  # a version the gate recommends awaits a person
+
+
+@dataclass(frozen=True)
+class WaitingChallenger:
+    """A registered version the gate recommends promoting, which only a person may promote."""
+
+    model: str  # the registered model it is a version of
+    version: str
+    champion: str | None  # the champion version it was compared with
+    recommendation: str  # what the gate would decide, and why
+    card: str  # its model card (the version page in the MLflow UI)
+
+    @property
+    def command(self) -> str:
+        return f"closecast promote {self.version}"
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,48 @@ def emit_report_health(report: pd.DataFrame, path: Path | None = None) -> bool:
         return False
     if event is None:
         _logger().warning("%s not emitted: no Prefect API to send it to", UNHEALTHY_EVENT)
+    return event is not None
+
+
+def waiting_challenger(
+    registered: RegisteredVersion, tracking_uri: str
+) -> WaitingChallenger | None:
+    """The announcement of `registered` when the gate recommends it but a person promotes."""
+    decision = registered.decision
+    if decision.promote or not decision.recommended:
+        return None
+    card = version_url(tracking_uri, registered.model, registered.version)
+    reason = decision.recommendation or decision.reason
+    return WaitingChallenger(registered.model, registered.version, decision.champion, reason, card)
+
+
+def announce_waiting(registered: RegisteredVersion, tracking_uri: str) -> bool:
+    """Emit WAITING_EVENT for `registered` if it waits for review (`waiting_challenger`)."""
+    waiting = waiting_challenger(registered, tracking_uri)
+    return emit_waiting_challenger(waiting) if waiting else False
+
+
+def emit_waiting_challenger(waiting: WaitingChallenger) -> bool:
+    """Emit WAITING_EVENT (resource `closecast.model.<model>.v<version>`) for the automation
+    that tells reviewers. Never raises: a miss is logged and the flow goes on.
+
+    Returns:
+        Whether the event was handed to Prefect's events worker.
+    """
+    try:
+        from prefect.events import emit_event
+
+        resource = {
+            "prefect.resource.id": f"closecast.model.{waiting.model}.v{waiting.version}",
+            "prefect.resource.name": f"{waiting.model} v{waiting.version}",
+        }
+        payload = asdict(waiting) | {"command": waiting.command}
+        event = emit_event(WAITING_EVENT, resource=resource, payload=payload)
+    except Exception as exc:  # an announcement must never fail the nightly it reports on
+        _logger().warning("could not emit %s: %s: %s", WAITING_EVENT, type(exc).__name__, exc)
+        return False
+    if event is None:
+        _logger().warning("%s not emitted: no Prefect API to send it to", WAITING_EVENT)
     return event is not None
 
 
