@@ -90,8 +90,10 @@ def test_history_of_many_moves_stays_bounded_and_readable(mlflow_home: Path) -> 
 
 
 def test_history_recorded_by_the_old_layout_is_still_read(mlflow_home: Path) -> None:
-    """Old `alias_move.*` tags and new moves merge into one history, by time; `alias_at`
-    answers from both, and the old tags are left in place."""
+    """Old `alias_move.*` and `<alias>_history` tags and new moves merge into one history, by
+    time; `alias_at` answers from all; the next move takes the old JSON off the model page onto
+    the versions, losing no move, and puts `champion` first (the Registered Models list shows
+    a model's first tag)."""
     client = _registry(mlflow_home)
     t0 = datetime(2024, 1, 2, 23, tzinfo=UTC)
     old = [
@@ -101,9 +103,16 @@ def test_history_recorded_by_the_old_layout_is_still_read(mlflow_home: Path) -> 
     for move in old:
         _legacy_tag(client, move)
         client.set_registered_model_alias(MODEL_NAME, move.alias, "1")
+    later = AliasMove(t0 + timedelta(hours=1), "challenger", "1", "1", "nightly run b", "")
+    entry = {k: v for k, v in later.entry().items() if k not in ("model", "alias")}
+    client.set_registered_model_tag(MODEL_NAME, "challenger_history", json.dumps([entry]))
+    old.append(later)
     new = move_alias(client, "champion", "2", "closecast promote by ann", "v1 drifts")
     history = alias_history(client)
     assert history == [*old, new]
     assert alias_at(history, "champion", t0 + timedelta(days=1)) == "1"
     assert alias_at(history, "champion", datetime.now(UTC)) == "2"
-    assert len([k for k in client.get_registered_model(MODEL_NAME).tags if "alias_move" in k]) == 2
+    tags = client.get_registered_model(MODEL_NAME).tags
+    assert not [k for k in tags if "alias_move" in k or k.endswith("_history")]
+    assert next(iter(tags)) == "champion" and tags["champion"] == "v2"
+    assert len(json.loads(client.get_model_version(MODEL_NAME, "1").tags["alias_moves"])) == 3

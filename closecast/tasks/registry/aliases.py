@@ -161,6 +161,50 @@ def record_move(client: MlflowClient, move: AliasMove, model: str = MODEL_NAME) 
         client.set_model_version_tag(model, move.holder, MOVES_TAG, capped_history(entries))
     for key, value in latest_tags(move).items():
         client.set_registered_model_tag(model, key, value)
+    tidy_model_tags(client, model)
+
+
+def tidy_model_tags(client: MlflowClient, model: str = MODEL_NAME) -> None:
+    """Keep the registered model's tags short, `champion` first.
+
+    The Registered Models list shows a model's first tag (MLflow keeps them in
+    the order they were first set), so `champion` goes first. The older
+    layouts' JSON history tags move onto the versions they name (written there
+    before they are deleted here, so a failure in between duplicates moves,
+    which `alias_history` merges, and loses none); a move of a version deleted
+    since is dropped with it.
+    """
+    tags = client.get_registered_model(model).tags
+    legacy = [k for k in tags if k.startswith(LEGACY_PREFIX) or k.endswith("_history")]
+    if not legacy and (CHAMPION not in tags or next(iter(tags)) == CHAMPION):
+        return
+    if legacy:
+        moved: dict[str, list[dict[str, str | None]]] = {}
+        for move in _tag_moves(tags):
+            if move.holder is not None:
+                moved.setdefault(move.holder, []).append(move.entry(model))
+        for version in client.search_model_versions(f"name='{model}'"):
+            if entries := moved.get(str(version.version)):
+                kept = json.loads(version.tags.get(MOVES_TAG, "[]"))
+                merged = sorted(_unique(kept + entries), key=lambda e: str(e["at"]))
+                client.set_model_version_tag(
+                    model, version.version, MOVES_TAG, capped_history(merged)
+                )
+    short = {k: v for k, v in tags.items() if k not in legacy}
+    for key in tags:
+        client.delete_registered_model_tag(model, key)
+    for key in sorted(short, key=lambda k: k != CHAMPION):  # champion first, the rest in order
+        client.set_registered_model_tag(model, key, short[key])
+
+
+def _unique(entries: list[dict[str, str | None]]) -> list[dict[str, str | None]]:
+    seen, kept = set(), []
+    for entry in entries:
+        key = (entry.get("alias"), entry["at"], entry["version"], entry["previous"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(entry)
+    return kept
 
 
 def _after_champion_move(client: MlflowClient, model: str, move: AliasMove) -> None:
@@ -287,14 +331,20 @@ def alias_history(client: MlflowClient, model: str = MODEL_NAME) -> list[AliasMo
         if _missing(exc):
             return []
         raise
+    moves = _tag_moves(tags)
+    for version in client.search_model_versions(f"name='{model}'"):
+        entries = json.loads(version.tags.get(MOVES_TAG, "[]"))
+        moves += [AliasMove.from_entry("", e) for e in entries if e.get("model") == model]
+    return sorted(dict.fromkeys(moves), key=lambda m: m.at)  # once each, oldest first
+
+
+def _tag_moves(tags: dict[str, str]) -> list[AliasMove]:
+    """The moves the older layouts kept in registered-model tags."""
     moves = [AliasMove.from_json(v) for k, v in tags.items() if k.startswith(LEGACY_PREFIX)]
     for alias in ALIASES:
         entries = json.loads(tags.get(f"{alias}_history", "[]"))
         moves += [AliasMove.from_entry(alias, entry) for entry in entries]
-    for version in client.search_model_versions(f"name='{model}'"):
-        entries = json.loads(version.tags.get(MOVES_TAG, "[]"))
-        moves += [AliasMove.from_entry("", e) for e in entries if e.get("model") == model]
-    return sorted(moves, key=lambda m: m.at)
+    return moves
 
 
 def alias_at(history: list[AliasMove], alias: str, when: datetime) -> str | None:
