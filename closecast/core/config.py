@@ -266,6 +266,7 @@ class RegistryConfig:
     tracking_uri: str
     promotion: Literal["auto", "manual"]
     source: str
+    promotion_alpha: float | None = None  # the auto gate promotes only when p < it (None: off)
 
 
 class PipelineConfig(_Strict):
@@ -289,6 +290,13 @@ class PipelineConfig(_Strict):
     promotion: Literal["auto", "manual"] = Field(
         default="auto",
         description="auto: the gate may move `champion`; manual: people promote by hand.",
+    )
+    promotion_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="The gate promotes only when its one-sided Diebold–Mariano p-value is "
+        "below this, e.g. 0.05; empty: a lower interval score is enough.",
     )
     tracking_uri: Annotated[str | None, AfterValidator(check_tracking_uri)] = Field(
         default=None,
@@ -321,7 +329,9 @@ class PipelineConfig(_Strict):
     @property
     def registry(self) -> RegistryConfig:
         """The part of the config that registering a version reads."""
-        return RegistryConfig(self.mlflow_uri, self.promotion, self.data.source)
+        return RegistryConfig(
+            self.mlflow_uri, self.promotion, self.data.source, self.promotion_alpha
+        )
 
     @property
     def prices_dir(self) -> Path:
