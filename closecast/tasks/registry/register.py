@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from prefect.utilities.urls import url_for
 
 from closecast.core.config import MODEL_NAME, RegistryConfig
@@ -121,9 +122,11 @@ def selection_end(client: MlflowClient, version: str) -> str:
     registered = client.get_model_version(MODEL_NAME, version)
     if registered.tags.get("test_end"):
         return registered.tags["test_end"]
+    if not registered.run_id:
+        return ""
     try:
         return client.get_run(registered.run_id).data.tags.get("as_of", "")
-    except Exception:  # a run deleted since: the comparison then uses every window
+    except MlflowException:  # a run deleted since: the comparison then uses every window
         return ""
 
 
