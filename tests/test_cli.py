@@ -46,8 +46,12 @@ def test_run_exits_0_and_prints_where_things_are(
         (["run", "--source", "sample", "--tickers", ""], "no tickers given"),
         (["fetch", "--source", "sample", "--tickers", " , "], "no tickers given"),
         (["run", "--source", "yfinance", "--tickers", ""], "no tickers given"),
+        (["run", "--source", "sample", "--promotion-alpha", "1.5"], "--promotion-alpha 1.5"),
+        (["run", "--source", "sample", "--promotion-alpha", "0"], "--promotion-alpha 0.0"),
+        (["backfill", "--source", "sample", "--start", "2018-11-01", "--end", "2018-11-02",
+          "--register", "--promotion-alpha", "-0.1"], "--promotion-alpha -0.1"),
     ],
-)
+)  # fmt: skip
 def test_bad_input_exits_2_with_one_line(
     tmp_path: Path, args: list[str], named: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -351,3 +355,14 @@ def test_usage_errors_and_the_version_need_no_prefect(args: list[str], code: int
     assert done.stderr.strip().startswith(err) and len(done.stderr.strip().splitlines()) <= 1
     if args == ["--version"]:
         assert printed == [f"closecast {metadata.version('closecast')}"]
+
+
+def test_promotion_alpha_reaches_the_gates_config(tmp_path: Path) -> None:
+    """--promotion-alpha sets the config's field and the registry config the gate reads;
+    left out, it is off."""
+    from closecast.cli.options import DataOptions, build_config
+
+    data = DataOptions(source="sample")
+    config = build_config(tmp_path / "home", data, promotion_alpha=0.05)
+    assert (config.promotion_alpha, config.registry.promotion_alpha) == (0.05, 0.05)
+    assert build_config(tmp_path / "home", data).registry.promotion_alpha is None

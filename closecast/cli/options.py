@@ -165,9 +165,12 @@ MODEL_OPTIONS = (
     ConfigOption("--device", "train", "device"),
 )
 # Config fields -> the flags that set them, so an out-of-range value names the flag a person typed.
-FLAGS = {"home": "--home", "data.source": "--source", "data.as_of": "--as-of"} | {
-    f"{o.section}.{o.field}": o.flag for o in MODEL_OPTIONS
-}
+FLAGS = {
+    "home": "--home",
+    "data.source": "--source",
+    "data.as_of": "--as-of",
+    "promotion_alpha": "--promotion-alpha",
+} | {f"{o.section}.{o.field}": o.flag for o in MODEL_OPTIONS}
 
 
 def in_place_of(
@@ -262,6 +265,7 @@ def build_config(
     *,
     model: Mapping[str, Any] | None = None,
     no_promote: bool = False,
+    promotion_alpha: float | None = None,
     uses_mlflow: bool = True,
 ) -> PipelineConfig:
     """The `PipelineConfig` a command's options describe; what they leave out is the model's
@@ -279,6 +283,8 @@ def build_config(
             section[option.field] = option.parse(model[option.name])
     if no_promote:
         fields["promotion"] = "manual"
+    if promotion_alpha is not None:
+        fields["promotion_alpha"] = promotion_alpha
     try:
         config = PipelineConfig(**fields)
         if uses_mlflow:  # $MLFLOW_TRACKING_URI, when set, is checked like the field would be

@@ -32,6 +32,13 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 NoPromoteOpt = Annotated[bool, typer.Option("--no-promote", help="Never move champion.")]
+PromotionAlphaOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--promotion-alpha",
+        help="Promote only when the gate's p-value is below this, e.g. 0.05 (default: off).",
+    ),
+]
 
 
 DASHBOARD_PORT = 8787
@@ -120,12 +127,15 @@ def run(
     home: HomeOpt = None,
     model: dict[str, Any],
     no_promote: NoPromoteOpt = False,
+    promotion_alpha: PromotionAlphaOpt = None,
     runner: TaskRunnerOpt = "default",
     dask_address: DaskAddressOpt = None,
     host: DaskHostOpt = LOOPBACK,
 ) -> None:
     """The nightly flow: fetch, validate, train, evaluate, register, predict, report."""
-    config = build_config(home, data, model=model, no_promote=no_promote)
+    config = build_config(
+        home, data, model=model, no_promote=no_promote, promotion_alpha=promotion_alpha
+    )
     flow_runner = task_runner(runner, dask_address, parse_host(host))
     with heavy_imports():
         from closecast.flows.nightly import nightly
@@ -215,6 +225,7 @@ def backfill(
     no_promote: Annotated[
         bool, typer.Option("--no-promote", help="With --register: never move champion.")
     ] = False,
+    promotion_alpha: PromotionAlphaOpt = None,
     runner: TaskRunnerOpt = "default",
     dask_address: DaskAddressOpt = None,
     host: DaskHostOpt = LOOPBACK,
@@ -230,7 +241,9 @@ def backfill(
 
     if not sessions_between(first, last):
         raise InputError(f"no XNYS session between --start {start} and --end {end}")
-    config = build_config(home, data, model=model, no_promote=no_promote)
+    config = build_config(
+        home, data, model=model, no_promote=no_promote, promotion_alpha=promotion_alpha
+    )
     flow_runner = task_runner(runner, dask_address, parse_host(host))
     with heavy_imports():
         from closecast.flows.backfill import backfill as backfill_flow

@@ -289,6 +289,7 @@ class RegistryConfig:
     tracking_uri: str
     promotion: Literal["auto", "manual"]
     source: str
+    promotion_alpha: float | None = None  # the auto gate promotes only when p < it (None: off)
     # The model the nightly registers into for review (None: MODEL_NAME itself, where the
     # gate may move `champion`); `champion` is always MODEL_NAME's.
     candidates: str | None = None
@@ -320,6 +321,13 @@ class PipelineConfig(_Strict):
     promotion: Literal["auto", "manual"] = Field(
         default="auto",
         description="auto: the gate may move `champion`; manual: people promote by hand.",
+    )
+    promotion_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="The gate promotes only when its one-sided Diebold–Mariano p-value is "
+        "below this, e.g. 0.05; empty: a lower interval score is enough.",
     )
     tracking_uri: Annotated[str | None, AfterValidator(check_tracking_uri)] = Field(
         default=None,
@@ -359,7 +367,9 @@ class PipelineConfig(_Strict):
     @property
     def registry(self) -> RegistryConfig:
         """The part of the config that registering a version reads."""
-        return RegistryConfig(self.mlflow_uri, self.promotion, self.data.source, self.candidates)
+        return RegistryConfig(
+            self.mlflow_uri, self.promotion, self.data.source, self.promotion_alpha, self.candidates
+        )
 
     @property
     def candidates(self) -> str | None:

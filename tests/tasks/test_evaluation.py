@@ -13,8 +13,12 @@ from closecast.models.lstm import LSTMConfig, LSTMForecaster
 from closecast.models.scale import ScaleModel, spans_for_window
 from closecast.tasks.modeling.evaluation import (
     evaluate_model,
+    interval_metrics,
+    newey_west_lags,
+    paired_difference,
     per_ticker_metrics,
     score_forecasts,
+    window_interval_scores,
 )
 from closecast.tasks.modeling.windows import WindowSet
 
@@ -145,3 +149,46 @@ def test_an_untrained_distributional_model_is_the_har_recipe() -> None:
         np.testing.assert_allclose(evaluation.predictions[column], bounds, rtol=1e-12)
     assert evaluation.metrics["val_interval_score_lstm"] == 0.02
     assert evaluation.metrics["val_interval_score_har"] == 0.021
+
+
+DATES = np.repeat(pd.date_range("2024-01-02", periods=4, freq="B").to_numpy(), 2)  # 2 tickers
+
+
+def test_paired_difference_averages_tickers_per_session_and_uses_newey_west() -> None:
+    """Daily differentials 1, 3, 2, 6 (two tickers each, ±0.5 around them), one lag: mean 3,
+    γ₀ = 14/4, γ₁ = −3/4, so the variance of the mean is (3.5 − 0.75) / 4 = 0.6875; the
+    interval is t(3)'s 95% around 3 and p = P(t(3) ≤ 3 / √0.6875)."""
+    daily = np.array([1.0, 3.0, 2.0, 6.0])
+    a = np.repeat(daily, 2) + np.tile([0.5, -0.5], 4)  # (8,): the tickers differ, dates agree
+    result = paired_difference(a, np.zeros(8), DATES, lags=1)
+    se = np.sqrt(0.6875)
+    assert (result.mean, result.sessions, result.lags) == (3.0, 4, 1)
+    assert result.low == pytest.approx(3.0 - 3.182446 * se, abs=1e-5)
+    assert result.high == pytest.approx(3.0 + 3.182446 * se, abs=1e-5)
+    assert result.pvalue == pytest.approx(0.981853, abs=1e-5)  # t(3).cdf(3.6181): a is worse
+    flipped = paired_difference(np.zeros(8), a, DATES, lags=1)
+    assert flipped.pvalue == pytest.approx(1 - result.pvalue)  # b − a: a is better beyond chance
+
+
+def test_paired_difference_with_no_variance_gives_no_interval() -> None:
+    """One session, or identical forecasts: no interval; p 0.5 at a tie, NaN otherwise."""
+    one = paired_difference(np.array([1.0, 2.0]), np.zeros(2), DATES[:2])
+    assert one.sessions == 1 and np.isnan(one.low) and np.isnan(one.pvalue)
+    tie = paired_difference(np.ones(8), np.ones(8), DATES)
+    assert tie.mean == 0 and tie.pvalue == 0.5 and np.isnan(tie.high)
+    assert paired_difference(np.empty(0), np.empty(0), DATES[:0]).sessions == 0
+
+
+@pytest.mark.parametrize(("n", "lags"), [(1, 0), (2, 1), (20, 2), (60, 3), (250, 4)])
+def test_newey_west_lags_grow_slowly_with_the_sessions(n: int, lags: int) -> None:
+    """⌊4 (n / 100)^(2/9)⌋, at most n − 1."""
+    assert newey_west_lags(n) == lags
+
+
+def test_window_interval_scores_average_to_the_run_level_score() -> None:
+    """Each window's mean of its 80% and 95% scores; their mean is test_interval_score."""
+    bounds = close_intervals(LAST, np.zeros(4), np.full(4, 0.01), normal_calibration())
+    scores = window_interval_scores(bounds, ACTUAL, LAST)
+    run = interval_metrics(bounds, ACTUAL, LAST)
+    assert scores.shape == (4,)
+    assert scores.mean() == pytest.approx((run["interval_score_80"] + run["interval_score_95"]) / 2)

@@ -13,7 +13,14 @@ from closecast.models.lstm import LSTMConfig, LSTMForecaster
 from closecast.models.scale import ScaleModel, spans_for_window
 from closecast.tasks.modeling.evaluation import evaluate_model, score_distribution
 from closecast.tasks.modeling.windows import WindowSet
-from closecast.tasks.registry.gate import check_metrics, decide_promotion, rescore_champion
+from closecast.tasks.registry.gate import (
+    Comparison,
+    check_metrics,
+    compare_scores,
+    decide_promotion,
+    fresh_windows,
+    rescore_champion,
+)
 
 COLUMNS = ("close", "volume")
 
@@ -175,12 +182,99 @@ def test_rescore_champion_reads_its_own_columns_of_the_challengers_windows() -> 
         (("3", scored(0.04)), "auto", "3", "test_interval_score"),
         (("3", NO_INTERVALS), "auto", "3", "test_rmse"),
         (("3", {}), "auto", "3", ""),
-        (("3", scored(0.05)), "manual", "3", ""),
+        (("3", scored(0.05)), "manual", "3", "test_interval_score"),
     ],
 )
 def test_decision_names_the_champion_faced_and_the_metric_that_decided(
     champion: tuple[str, dict[str, float]] | None, mode: str, against: str | None, compared: str
 ) -> None:
-    """The card reads from the decision which version it faced and which score decided."""
+    """The card reads from the decision which version it faced and which score decided (or,
+    under manual promotion, would have decided)."""
     decision = decide_promotion(scored(0.04), champion, mode)
     assert (decision.champion, decision.compared) == (against, compared)
+
+
+DAYS = pd.date_range("2024-01-02", periods=6, freq="B").to_numpy()
+TWO_TICKERS = np.repeat(DAYS, 2)  # (12,): two tickers a day
+
+
+def test_fresh_windows_are_the_ones_after_the_champions_selection() -> None:
+    """Windows dated after the champion's test_end are fresh; no test_end: all of them."""
+    fresh = fresh_windows(TWO_TICKERS, "2024-01-05")  # a Friday: the 4th session
+    assert fresh.tolist() == [False] * 8 + [True] * 4
+    assert fresh_windows(TWO_TICKERS, "").all()
+
+
+def test_the_gate_compares_only_the_fresh_windows() -> None:
+    """A champion that scores far better on the windows it was selected on but worse on the
+    fresh ones loses: the old windows carry its luck and do not count."""
+    champion = np.where(fresh_windows(TWO_TICKERS, "2024-01-05"), 0.050, 0.030)
+    challenger = np.full(12, 0.040)
+    challenger[8:] = [0.039, 0.040, 0.041, 0.040]  # 2% better on the two fresh sessions
+    comparison = compare_scores(challenger, champion, TWO_TICKERS, "2024-01-05")
+    assert comparison is not None
+    assert (comparison.windows, comparison.test.sessions) == (4, 2)
+    decision = decide_promotion(
+        scored(challenger.mean()), ("3", scored(champion.mean())), "auto", comparison=comparison
+    )
+    assert challenger.mean() > champion.mean()  # on all the windows it would lose
+    assert (decision.promote, decision.tag) == (True, "champion")
+    assert decision.difference == pytest.approx(-0.2)  # 0.040 vs 0.050
+    assert (decision.windows, decision.sessions, decision.since) == (4, 2, "2024-01-05")
+    assert decision.reason.startswith(
+        "beats champion v3 on the 2 sessions (4 windows) after v3's selection on 2024-01-05"
+    )
+    assert "interval score −20.0% (95% CI" in decision.reason
+    assert decision.metrics["gate_difference"] == pytest.approx(-0.2)
+    assert set(decision.metrics) == {
+        "gate_difference", "gate_difference_low", "gate_difference_high", "gate_pvalue",
+        "gate_windows", "gate_sessions",
+    }  # fmt: skip
+
+
+def _comparison(daily: list[float], since: str = "2024-01-01") -> Comparison | None:
+    """Challenger − champion of `daily` per session (two tickers alike), champion at 0.05."""
+    champion = np.full(12, 0.05)
+    return compare_scores(champion + np.repeat(daily, 2), champion, TWO_TICKERS, since)
+
+
+def test_promotion_alpha_holds_back_a_better_challenger_within_the_noise() -> None:
+    """Better on average but not beyond chance: promoted without alpha, held back with it,
+    and the reason says so; clearly better passes alpha too."""
+    noisy = _comparison([-0.004, 0.003, -0.003, 0.002, -0.004, 0.001])  # mean −0.0005
+    plain = decide_promotion(scored(0.0495), ("3", scored(0.05)), "auto", comparison=noisy)
+    assert plain.promote and plain.pvalue > 0.05
+    held = decide_promotion(
+        scored(0.0495), ("3", scored(0.05)), "auto", comparison=noisy, alpha=0.05
+    )
+    assert (held.promote, held.tag, held.recommended) == (False, "rejected", False)
+    assert held.reason.startswith("held back: scores better than champion v3 but not beyond")
+    assert f"p = {held.pvalue:.2f}, promotion_alpha 0.05" in held.reason
+    clear = _comparison([-0.002, -0.0021, -0.0019, -0.002, -0.0022, -0.0018])
+    passed = decide_promotion(
+        scored(0.048), ("3", scored(0.05)), "auto", comparison=clear, alpha=0.05
+    )
+    assert passed.promote and passed.pvalue < 0.01 and "p < 0.01" in passed.reason
+
+
+def test_no_fresh_window_keeps_the_champion() -> None:
+    """A champion selected on every window the challenger has: nothing can show it beaten."""
+    comparison = _comparison([-0.01] * 6, since="2024-01-09")
+    decision = decide_promotion(scored(0.04), ("3", scored(0.05)), "auto", comparison=comparison)
+    assert (decision.promote, decision.sessions) == (False, 0)
+    assert "no test window comes after champion v3's selection on 2024-01-09" in decision.reason
+
+
+def test_manual_mode_carries_what_the_gate_would_have_decided() -> None:
+    """Manual moves nothing, but says what auto would have done, with the numbers."""
+    clear = _comparison([-0.002, -0.0021, -0.0019, -0.002, -0.0022, -0.0018])
+    manual = decide_promotion(scored(0.048), ("3", scored(0.05)), "manual", comparison=clear)
+    assert (manual.promote, manual.tag, manual.recommended) == (False, "manual", True)
+    assert manual.recommendation.startswith("beats champion v3 on the 6 sessions")
+    assert manual.reason.startswith("promotion is manual: the gate recommends promoting (beats")
+    assert manual.difference == pytest.approx(-0.04) and manual.pvalue < 0.01
+    worse = decide_promotion(
+        scored(0.06), ("3", scored(0.05)), "manual", comparison=_comparison([0.01] * 6)
+    )
+    assert (worse.recommended, worse.tag) == (False, "manual")
+    assert "the gate would not promote (does not beat champion v3" in worse.reason

@@ -41,17 +41,23 @@ def card(mine: dict[str, float], champion: dict[str, float] | None, mode: str = 
     ("mine", "champion", "mode", "first"),
     [
         (metrics(0.0301), metrics(0.0301), "auto",
-         "Rejected: ties champion v1 on the same 250 test windows (interval score 0.0301 each)."),
+         "Rejected: ties champion v1 on the same 250 test windows (interval score 301 bp each)."),
         (metrics(0.0301), metrics(0.0312), "auto",
-         "Champion: beats v1 on the same 250 test windows (interval score 0.0301 vs 0.0312)."),
+         "Champion: beats v1 on the same 250 test windows (interval score 301 vs 312 bp)."),
         (metrics(0.0312), metrics(0.0301), "auto",
          "Rejected: does not beat champion v1 on the same 250 test windows "
-         "(interval score 0.0312 vs 0.0301)."),
+         "(interval score 312 vs 301 bp)."),
         (metrics(0.0301), None, "auto", "First version: champion."),
-        (metrics(0.0301), metrics(0.0312), "manual", "Manual review: not promoted automatically."),
+        (metrics(0.0301), metrics(0.0312), "manual",
+         "Manual review: the gate recommends promoting (it beats v1 on the same 250 test "
+         "windows (interval score 301 vs 312 bp)); run closecast promote 2."),
+        (metrics(0.0312), metrics(0.0301), "manual",
+         "Manual review: the gate would keep champion v1 (this version does not beat champion "
+         "v1 on the same 250 test windows (interval score 312 vs 301 bp)); closecast promote 2 "
+         "promotes it anyway."),
         (metrics(0.0301, rmse=0.0092), NO_INTERVALS, "auto",
          "Champion: beats v1 on the same 250 test windows "
-         "(test_rmse, as v1 has no intervals: 0.0092 vs 0.0093)."),
+         "(test_rmse, as v1 has no intervals: 92 vs 93 bp)."),
         (metrics(0.0301), {}, "auto",
          "Champion: replaces v1, which cannot score these 250 test windows."),
     ],
@@ -69,7 +75,7 @@ def test_headline_shows_enough_digits_to_tell_two_scores_apart() -> None:
     """Scores equal to 4 digits are shown to the digit where they differ."""
     decision = Decision(True, "champion", "", champion="1", compared="test_interval_score")
     line = headline(decision, metrics(0.030123), metrics(0.030124), 250)
-    assert line.endswith("(interval score 0.030123 vs 0.030124).")
+    assert line.endswith("(interval score 301.23 vs 301.24 bp).")
     assert distinct(0.5, 0.5) == ("0.5", "0.5")
 
 
@@ -84,12 +90,12 @@ def test_card_puts_challenger_and_champion_side_by_side_with_the_difference() ->
     mine, theirs = metrics(0.0312, rmse=0.0091), metrics(0.0301, rmse=0.0091)
     rows = _rows(card(mine, theirs))
     assert rows["metric"] == ["v2 (this version)", "champion v1", "v2 − v1"]
-    assert rows["interval score, mean (decides)"] == ["0.0312", "0.0301", "+0.0011"]
-    assert rows["interval score 95%"] == ["0.03744", "0.03612", "+0.00132"]
-    assert rows["test_rmse"] == ["0.0091", "0.0091", "0 (tie)"]
+    assert rows["interval score, mean (decides)"] == ["312.0 bp", "301.0 bp", "+11.0 bp"]
+    assert rows["interval score 95%"] == ["374.4 bp", "361.2 bp", "+13.2 bp"]
+    assert rows["test_rmse"] == ["91.0 bp", "91.0 bp", "0 (tie)"]
     assert rows["coverage 80%"] == ["79.2%", "79.2%", "0 (tie)"]
     text = card(mine, theirs)
-    assert "relative to the last close" in text and "coverage is the %" in text
+    assert "basis points of the last close" in text and "coverage is the %" in text
     assert "**Decision:** rejected — interval score 0.031200 does not beat" in text
 
 
@@ -99,9 +105,9 @@ def test_first_version_has_no_champion_column_and_point_champion_shows_dashes() 
     assert alone["metric"] == ["v2 (this version)"]
     assert alone["skill"] == [f"{1 - 0.0091 / 0.0095:.6g}"]
     point = _rows(card(metrics(0.0301, rmse=0.0092), NO_INTERVALS))
-    assert point["interval score, mean"] == ["0.0301", "—", "—"]
+    assert point["interval score, mean"] == ["301.0 bp", "—", "—"]
     assert point["coverage 95%"] == ["94.8%", "—", "—"]
-    assert point["test_rmse (decides)"] == ["0.0092", "0.0093", "-0.0001"]
+    assert point["test_rmse (decides)"] == ["92.0 bp", "93.0 bp", "-1.0 bp"]
 
 
 def test_card_stays_within_mlflows_description_limit() -> None:
@@ -126,3 +132,46 @@ def test_comparison_table_marks_the_metric_that_decided() -> None:
     assert [line.split("|")[1].strip() for line in lines if "(decides)" in line] == [
         "test_rmse (decides)"
     ]
+
+
+PAIRED = {"difference": -0.022, "difference_low": -0.039, "difference_high": -0.004,
+          "pvalue": 0.011, "windows": 40, "sessions": 20, "since": "2024-03-01",
+          "champion": "1", "compared": "test_interval_score"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("decision", "first"),
+    [
+        (Decision(True, "champion", "", recommended=True, **PAIRED),
+         "Champion: beats v1 on the 20 sessions after its selection: "
+         "interval score −2.2% (95% CI −3.9% to −0.4%, p = 0.01)."),
+        (Decision(False, "manual", "", recommended=True, **PAIRED),
+         "Manual review: the gate recommends promoting (it beats v1 on the 20 sessions after "
+         "its selection: interval score −2.2% (95% CI −3.9% to −0.4%, p = 0.01)); "
+         "run closecast promote 2."),
+        (Decision(False, "rejected", "", **PAIRED | {"pvalue": 0.2, "difference_high": 0.01}),
+         "Rejected: scores better than champion v1 on the 20 sessions after its selection, "
+         "but not beyond chance: interval score −2.2% (95% CI −3.9% to +1.0%, p = 0.20)."),
+        (Decision(False, "rejected", "", **PAIRED | {"sessions": 0, "windows": 0}),
+         "Rejected: no test window comes after champion v1's selection on 2024-03-01."),
+    ],
+)  # fmt: skip
+def test_headline_gives_the_gates_difference_interval_and_pvalue(
+    decision: Decision, first: str
+) -> None:
+    """The paired comparison on the fresh windows in the first line; a manual version's
+    line names the exact command that promotes it."""
+    text = describe_version("2", metrics(0.0301), decision, metrics(0.0312), 250, [], LINKS)
+    assert text.splitlines()[0] == first
+    if decision.sessions:
+        assert (
+            "**Gate:** interval score −2.2%" in text and "on 40 test windows (20 sessions)" in text
+        )
+
+
+def test_card_cells_carry_units_and_are_centred() -> None:
+    """Every column is centred (`:-:`), so two numbers never run together in MLflow's UI."""
+    lines = comparison_table("2", metrics(0.0301), Decision(False, "rejected", "", champion="1"),
+                             metrics(0.0312))  # fmt: skip
+    assert lines[1] == "|:--|:-:|:-:|:-:|"
+    assert lines[4].split("|")[2:5] == [" 301.0 bp ", " 312.0 bp ", " -11.0 bp "]

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -46,7 +47,12 @@ from closecast.tasks.registry.logged_model import (
     log_forecaster,
     signature,
 )
-from closecast.tasks.registry.register import list_tickers, register_model, run_url
+from closecast.tasks.registry.register import (
+    list_tickers,
+    register_model,
+    run_url,
+    selection_end,
+)
 from tests.conftest import write_ticker_csvs
 from tests.mlflow_fixtures import new_home, spoil_training
 
@@ -201,7 +207,7 @@ def test_worse_challenger_is_rejected_and_champion_predicts(scenario: Scenario) 
     assert scenario.worse.predicting_version == "1"
     tags = _tags(scenario, "2")
     assert tags["promotion"] == "rejected"
-    assert "does not beat champion v1's" in tags["promotion_reason"]
+    assert tags["promotion_reason"].startswith("does not beat champion v1 on the ")
     assert set(scenario.worse_report["model_version"]) == {1}
 
 
@@ -217,18 +223,19 @@ def test_every_version_carries_a_model_card(scenario: Scenario) -> None:
     windows = len(_latest_test_windows(scenario.config))
     head = card.splitlines()[0]
     assert re.fullmatch(
-        rf"Rejected: does not beat champion v1 on the same {windows} test windows "
-        r"\(interval score [0-9.e-]+ vs [0-9.e-]+\)\.",
+        r"Rejected: does not beat champion v1 on the \d+ sessions after its selection: "
+        r"interval score \+[0-9.]+% \(95% CI [−+][0-9.]+% to \+[0-9.]+%, p (=|<) [0-9.]+\)\.",
         head,
     ), head
+    assert f"the table covers all {windows} test windows" in card
     assert "| metric | v2 (this version) | champion v1 | v2 − v1 |" in card
     row = next(line for line in card.splitlines() if line.startswith("| interval score, mean"))
-    mine, theirs = (float(c) for c in row.split("|")[2:4])
-    assert mine == pytest.approx(scenario.worse.metrics["test_interval_score"], rel=1e-5)
+    mine, theirs = (float(c.removesuffix(" bp ")) / 1e4 for c in row.split("|")[2:4])
+    assert mine == pytest.approx(scenario.worse.metrics["test_interval_score"], abs=0.06e-4)
     reason = _tags(scenario, "2")["promotion_reason"]
-    compared = float(re.search(r"champion v1's ([0-9.]+)", reason).group(1))  # type: ignore[union-attr]
-    assert theirs == pytest.approx(compared, abs=1e-6)  # the champion column: v1 re-scored
-    assert "relative to the last close" in card and "AAA, BBB" in card
+    compared = float(re.search(r"champion v1's interval score ([0-9.]+)", reason).group(1))  # type: ignore[union-attr]
+    assert theirs == pytest.approx(compared, abs=0.06e-4)  # the champion column: v1 re-scored
+    assert "basis points of the last close" in card and "AAA, BBB" in card
     assert f"data_sha256 `{client.get_run(scenario.worse.run_id).data.tags['data_sha256']}`" in card
     assert re.search(r"Dates predicted: train \d{4}-\d\d-\d\d – \d{4}-\d\d-\d\d", card)
     run = client.get_run(scenario.worse.run_id)
@@ -238,6 +245,7 @@ def test_every_version_carries_a_model_card(scenario: Scenario) -> None:
     assert f"]({page}/artifactPath/plots/" in card and ".png)" in card
     gate = client.get_registered_model(MODEL_NAME).description
     assert "A tie is rejected" in gate and "closecast promote" in gate
+    assert "after the champion's own selection" in gate
 
 
 def _latest_test_windows(config: PipelineConfig) -> WindowSet:
@@ -254,7 +262,7 @@ def _latest_test_windows(config: PipelineConfig) -> WindowSet:
 def test_champion_is_rescored_on_the_challengers_test_windows(scenario: Scenario) -> None:
     """The RMSE the gate compared is v1 scored on v2's test span, not v1's stored number."""
     reason = _tags(scenario, "2")["promotion_reason"]
-    compared = float(re.search(r"champion v1's ([0-9.]+)", reason).group(1))  # type: ignore[union-attr]
+    compared = float(re.search(r"champion v1's interval score ([0-9.]+)", reason).group(1))  # type: ignore[union-attr]
     config = scenario.config
     test = _latest_test_windows(config)
     configure_mlflow(config.mlflow_uri)
@@ -268,10 +276,63 @@ def test_champion_is_rescored_on_the_challengers_test_windows(scenario: Scenario
 
 
 def test_manual_mode_tags_manual_and_leaves_champion(scenario: Scenario) -> None:
-    """With promotion manual the version is challenger, tagged manual; champion stays."""
+    """With promotion manual the version is challenger, tagged manual; champion stays; its
+    card opens with what the gate would have decided and the command that promotes it."""
     assert scenario.manual.promotion == "manual"
     assert _tags(scenario, "3")["promotion"] == "manual"
     assert scenario.before_failure[0] == {"champion": "1", "challenger": "3"}
+    first = scenario.client.get_model_version(MODEL_NAME, "3").description.splitlines()[0]
+    assert re.fullmatch(
+        r"Manual review: the gate (recommends promoting \(it beats v1 .*\); run closecast "
+        r"promote 3|would keep champion v1 \(this version .*\); closecast promote 3 promotes "
+        r"it anyway)\.",
+        first,
+    ), first
+    assert "interval score " in first and "95% CI" in first
+
+
+def test_the_gate_compares_the_windows_after_the_champions_selection(scenario: Scenario) -> None:
+    """Each version records its last test date (test_end); the next run's gate pairs the two
+    on the windows after it and logs the difference, its interval and p-value on its run."""
+    config, client = scenario.config, scenario.client
+    test = _latest_test_windows(config)
+    first_end = _tags(scenario, "1")["test_end"]
+    assert first_end == str(pd.Timestamp(_test_windows_at(config, date(2021, 1, 8)).max()).date())
+    assert _tags(scenario, "2")["test_end"] == str(pd.Timestamp(test.target_dates.max()).date())
+    fresh = int((pd.to_datetime(test.target_dates) > pd.Timestamp(first_end)).sum())
+    metrics = client.get_run(scenario.worse.run_id).data.metrics
+    assert metrics["gate_windows"] == fresh and 0 < fresh <= len(test)
+    assert (
+        metrics["gate_difference_low"]
+        < metrics["gate_difference"]
+        < metrics["gate_difference_high"]
+    )
+    assert metrics["gate_difference"] > 0 and 0.5 < metrics["gate_pvalue"] <= 1  # spoiled: worse
+    assert f"after v1's selection on {first_end}" in _tags(scenario, "2")["promotion_reason"]
+
+
+def test_a_version_without_test_end_was_selected_at_its_runs_as_of(scenario: Scenario) -> None:
+    """Versions registered before the tag: the gate reads their run's as_of instead."""
+    client = scenario.client
+    end = _tags(scenario, "1")["test_end"]
+    client.delete_model_version_tag(MODEL_NAME, "1", "test_end")
+    try:
+        as_of = client.get_run(scenario.first.run_id).data.tags["as_of"]
+        assert selection_end(client, "1") == as_of == "2021-01-08"
+    finally:
+        client.set_model_version_tag(MODEL_NAME, "1", "test_end", end)
+    assert selection_end(client, "1") == end
+
+
+def _test_windows_at(config: PipelineConfig, as_of: date) -> np.ndarray:
+    """The target dates of a run's test windows at `as_of`."""
+    prices = load_prices(config.prices_dir, TICKERS, as_of)
+    validated = validate_prices(prices.frames)
+    features = {
+        t: compute_features(f, window_columns(config.windows.features))
+        for t, f in validated.frames.items()
+    }
+    return build_windows(features, config.windows, prices.as_of).test.target_dates
 
 
 def test_every_alias_move_is_recorded(scenario: Scenario) -> None:

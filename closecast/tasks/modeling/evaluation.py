@@ -7,6 +7,7 @@ normal, around the naive forecast), which need no fitting. Every error and
 score is relative to the last close, so no ticker dominates by its price level.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 from pandas.core.groupby import DataFrameGroupBy
 from scipy.stats import binomtest, norm
+from scipy.stats import t as student_t
 from sklearn.metrics import (
     mean_absolute_error,
     mean_absolute_percentage_error,
@@ -86,6 +88,88 @@ def diebold_mariano_pvalue(
     if n < 2 or sd == 0.0:
         return 0.5 if mean == 0.0 else float(mean > 0)
     return float(norm.cdf(mean / (sd / np.sqrt(n))))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """The mean of a daily loss differential a − b, its 95% interval and one-sided p-value."""
+
+    mean: float  # mean over sessions of (a − b), in the losses' unit
+    low: float
+    high: float
+    pvalue: float  # one-sided: that a is no lower than b; small values favour a
+    sessions: int
+    lags: int  # Newey–West lags of the variance
+
+
+def newey_west_lags(n: int) -> int:
+    """Newey and West's (1994) automatic lag, ⌊4 (n / 100)^(2/9)⌋, capped at n − 1."""
+    return max(0, min(n - 1, math.floor(4 * (n / 100) ** (2 / 9)))) if n > 1 else 0
+
+
+def hac_variance_of_mean(d: np.ndarray, lags: int) -> float:
+    """Newey–West (Bartlett kernel) variance of the mean of the series `d`, (n,) -> float.
+
+    γ₀ + 2 Σₗ (1 − l / (lags + 1)) γₗ, over n, with autocovariances γₗ
+    divided by n; a negative sum (possible with few sessions) falls back to γ₀ / n.
+    """
+    n = len(d)
+    centred = d - d.mean()
+    gamma = [float(centred[lag:] @ centred[: n - lag]) / n for lag in range(lags + 1)]
+    total = gamma[0] + 2 * sum((1 - lag / (lags + 1)) * gamma[lag] for lag in range(1, lags + 1))
+    return (total if total > 0 else gamma[0]) / n
+
+
+def paired_difference(
+    loss_a: np.ndarray, loss_b: np.ndarray, dates: np.ndarray, lags: int | None = None
+) -> PairedDifference:
+    """Diebold–Mariano test of two forecasts' losses on the same windows, HAC variance.
+
+    The differential a − b is averaged over the tickers of each date first (tickers
+    that move together are not independent evidence), then its mean over the
+    sessions is tested with a Newey–West variance and Student's t with n − 1
+    degrees of freedom (Harvey, Leybourne and Newbold's small-sample form).
+    With fewer than 2 sessions, or a constant differential, there is no
+    variance: the interval is NaN and the p-value 0.5 at a tie, else NaN.
+
+    Args:
+        loss_a, loss_b: (N,) each window's loss of forecast a and of forecast b.
+        dates: (N,) each window's target date.
+        lags: Newey–West lags; None: `newey_west_lags` of the number of sessions.
+    """
+    d = pd.Series(np.asarray(loss_a) - np.asarray(loss_b)).groupby(np.asarray(dates)).mean()
+    values = d.to_numpy(dtype=np.float64)  # (sessions,), in date order
+    n = len(values)
+    if n == 0:
+        return PairedDifference(np.nan, np.nan, np.nan, np.nan, 0, 0)
+    mean = float(values.mean())
+    lags = newey_west_lags(n) if lags is None else min(lags, n - 1)
+    variance = hac_variance_of_mean(values, lags) if n > 1 else 0.0
+    if variance <= 0.0:
+        p = 0.5 if mean == 0.0 else np.nan
+        return PairedDifference(mean, np.nan, np.nan, p, n, lags)
+    se, df = math.sqrt(variance), n - 1
+    half = float(student_t.ppf(0.975, df)) * se
+    p = float(student_t.cdf(mean / se, df))
+    return PairedDifference(mean, mean - half, mean + half, p, n, lags)
+
+
+def window_interval_scores(
+    bounds: dict[str, np.ndarray], actual: np.ndarray, last_close: np.ndarray
+) -> np.ndarray:
+    """Each window's `test_interval_score`: the mean of its 80% and 95% interval scores,
+    relative to the last close, (N,) -> (N,); NaN for a model without intervals."""
+    y = actual / last_close  # (N,)
+    scores = [
+        interval_score(
+            bounds[f"lower_{level}"] / last_close,
+            bounds[f"upper_{level}"] / last_close,
+            y,
+            alpha=1.0 - level / 100.0,
+        )  # NaN bounds give NaN scores
+        for level in LEVELS
+    ]
+    return (scores[0] + scores[1]) / 2.0
 
 
 def direction_interval(hits: np.ndarray) -> tuple[float, float]:

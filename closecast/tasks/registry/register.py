@@ -12,17 +12,22 @@ both: if anything in between fails, the run's version is deleted and the
 aliases are put back.
 """
 
+import math
+import time
 from dataclasses import dataclass, field
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from prefect.utilities.urls import url_for
 
 from closecast.core.config import MODEL_NAME, RegistryConfig
 from closecast.models.forecaster import Forecaster
 from closecast.tasks.mlflow.connection import configure_mlflow
-from closecast.tasks.modeling.evaluation import Evaluation
+from closecast.tasks.modeling.evaluation import Evaluation, window_interval_scores
 from closecast.tasks.modeling.windows import Dataset
 from closecast.tasks.registry.aliases import (
     CHALLENGER,
@@ -34,10 +39,12 @@ from closecast.tasks.registry.aliases import (
 )
 from closecast.tasks.registry.gate import (
     GATED_METRICS,
+    Comparison,
     Decision,
     check_metrics,
+    compare_scores,
     decide_promotion,
-    rescore_champion,
+    rescore_windows,
 )
 from closecast.tasks.registry.logged_model import load_forecaster, log_forecaster
 from closecast.tasks.registry.model_card import (
@@ -121,6 +128,36 @@ def card_links(client: MlflowClient, tracking_uri: str, run_id: str) -> CardLink
     return CardLinks(run_url(tracking_uri, experiment, run_id), run_id, flow_run, plots)
 
 
+def selection_end(client: MlflowClient, version: str) -> str:
+    """The last test target date version `version` was selected on (ISO date): its
+    `test_end` tag, else its run's `as_of` (versions from before the tag), else ''."""
+    registered = client.get_model_version(MODEL_NAME, version)
+    if registered.tags.get("test_end"):
+        return registered.tags["test_end"]
+    if not registered.run_id:
+        return ""
+    try:
+        return client.get_run(registered.run_id).data.tags.get("as_of", "")
+    except MlflowException:  # a run deleted since: the comparison then uses every window
+        return ""
+
+
+def _test_end(dataset: Dataset) -> str:
+    dates = dataset.test.target_dates
+    return str(pd.Timestamp(dates.max()).date()) if len(dates) else ""
+
+
+def _challenger_scores(evaluation: Evaluation) -> np.ndarray:
+    """Each test window's interval score of the new model, from its predictions."""
+    p = evaluation.predictions
+    bounds = {
+        c: p[c].to_numpy(dtype=float) for c in p.columns if c.startswith(("lower_", "upper_"))
+    }
+    return window_interval_scores(
+        bounds, p["actual_close"].to_numpy(dtype=float), p["last_close"].to_numpy(dtype=float)
+    )
+
+
 def register_model(
     registry: RegistryConfig,
     run_id: str,
@@ -141,21 +178,27 @@ def register_model(
     for name in dict.fromkeys((MODEL_NAME, model)):
         reconcile_aliases(client, name)  # moves made in the MLflow UI, recorded first
     current = alias_version(client, CHAMPION)
-    champion, problem = None, ""
+    champion, problem, comparison = None, "", None
     if current is not None:  # a champion that cannot be loaded fails the run, not the gate
         loaded = load_forecaster(f"models:/{MODEL_NAME}/{current}")
-        rescored, problem = rescore_champion(current, loaded, dataset.test, dataset.columns)
+        rescored, scores, problem = rescore_windows(current, loaded, dataset.test, dataset.columns)
         champion = (current, rescored)
+        comparison = _comparison(client, current, evaluation, dataset, scores)
     held = champion[1] if champion else {}
     # Into a candidates model the nightly only recommends: reviewers move the champion.
     mode = "manual" if registry.candidates else registry.promotion
-    decision = decide_promotion(metrics, champion, mode)
+    decision = decide_promotion(
+        metrics, champion, mode, comparison=comparison, alpha=registry.promotion_alpha
+    )
+    if decision.metrics:
+        client.log_batch(run_id, metrics=_metrics(decision.metrics))
     model_uri = log_forecaster(forecaster, run_id, example)
     tags = {
         "promotion": decision.tag,
         "promotion_reason": decision.reason,
         "run_id": run_id,
         "head": forecaster.head_label,
+        "test_end": _test_end(dataset),
         **{k: f"{metrics[k]:.6g}" for k in GATED_METRICS},
     }
     version = str(mlflow.register_model(model_uri, model, tags=tags).version)
@@ -175,6 +218,26 @@ def register_model(
     return RegisteredVersion(
         version, decision, predicting, current, run_id, held, problem, model, predicting_model
     )
+
+
+def _comparison(
+    client: MlflowClient,
+    champion: str,
+    evaluation: Evaluation,
+    dataset: Dataset,
+    scores: np.ndarray,
+) -> Comparison | None:
+    """The paired interval scores on the windows after the champion's selection (None: the
+    champion could not be re-scored)."""
+    if len(scores) != len(dataset.test):
+        return None
+    since = selection_end(client, champion)
+    return compare_scores(_challenger_scores(evaluation), scores, dataset.test.target_dates, since)
+
+
+def _metrics(values: dict[str, float]) -> list[Metric]:
+    now = int(time.time() * 1000)
+    return [Metric(k, v, now, 0) for k, v in values.items() if math.isfinite(v)]
 
 
 def promote_model(tracking_uri: str, registered: RegisteredVersion) -> list[AliasMove]:
