@@ -106,8 +106,8 @@ def test_nightly_end_to_end(mlflow_home: Path, csv_folder: Path) -> None:
         )
     assert flow_run.name == f"nightly {report['as_of'][0]} · v1 champion"
     assert summary.description == (
-        f"The run for {report['as_of'][0]} → {report['target_date'][0]}: closecast-lstm v1 "
-        "predicted 2 of 3 tickers; champion. Its scores, moves and chart of tomorrow."
+        f"{report['as_of'][0]} → {report['target_date'][0]}: v1 champion; closecast-lstm v1 "
+        "predicted 2 of 3 tickers. Scores, moves and tomorrow's chart."
     )
     assert "](data:image/png;base64,iVBORw0KGgo" in str(summary.data)
     assert "- fan charts of the last 60 test sessions: 2 tickers in the MLflow run" in str(

@@ -153,8 +153,8 @@ def test_publish_report_writes_the_csv_and_publishes_the_table_and_the_summary(
     assert "| live, last 20 sessions (180 closes) | 76.1% | 93.3% |" in text
     assert "| BBB | stale_data | last close 2024-04-20 is older than as_of |" in text
     assert summary.description == (
-        "The run for 2024-05-01 → 2024-05-02: closecast-lstm v3 predicted 1 of 2 tickers; "
-        "champion. Its scores, moves and chart of tomorrow."
+        "2024-05-01 → 2024-05-02: champion; closecast-lstm v3 predicted 1 of 2 tickers. "
+        "Scores, moves and tomorrow's chart."
     )
     assert "## Tomorrow" in text and "(data:image/png;base64,iVBORw0KGgo" in text
     assert "MLflow run" not in text  # no run given: the chart is the summary's alone
@@ -252,5 +252,5 @@ def test_the_summary_artifact_gives_the_reason_the_champion_the_moves_and_the_li
     ) in text
     assert "[v4](http://127.0.0.1:5000/#/models/closecast-lstm/versions/4)" in text
     page = f"#/experiments/{experiment}/runs/{run_id}/artifactPath/plots/tomorrow.png"
-    assert f"- this chart: [`plots/tomorrow.png`](http://127.0.0.1:5000/{page})" in text
+    assert f"- this chart: [plots/tomorrow.png](http://127.0.0.1:5000/{page})" in text
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/tomorrow.png"]

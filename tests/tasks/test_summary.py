@@ -250,7 +250,7 @@ def test_summary_shows_tomorrows_chart_inline_and_where_the_charts_are(
         in text
     )
     assert (
-        "- this chart: [`plots/tomorrow.png`]"
+        "- this chart: [plots/tomorrow.png]"
         "(http://mlflow:5000/#/experiments/2/runs/abc/artifactPath/plots/tomorrow.png) in the MLflow run"
     ) in text
     assert (
@@ -270,8 +270,12 @@ def test_summary_shows_tomorrows_chart_inline_and_where_the_charts_are(
 def test_the_summary_description_says_the_session_the_model_and_the_decision(
     report: pd.DataFrame,
 ) -> None:
-    """One line for the artifacts list: as_of → target, version, tickers, the decision's tag."""
-    assert summary_description(report, "rejected: interval score worse") == (
-        "The run for 2024-05-01 → 2024-05-02: closecast-lstm v3 predicted 2 of 3 tickers; "
-        "rejected. Its scores, moves and chart of tomorrow."
+    """One line for the artifacts list: as_of → target, the registered version and the gate's
+    tag, the version that predicted and how many tickers; a predict's decision as it reads."""
+    assert summary_description(report, "rejected: interval score worse", "4") == (
+        "2024-05-01 → 2024-05-02: v4 rejected; closecast-lstm v3 predicted 2 of 3 tickers. "
+        "Scores, moves and tomorrow's chart."
+    )
+    assert summary_description(report, "champion v3").startswith(
+        "2024-05-01 → 2024-05-02: champion v3; closecast-lstm v3 predicted 2 of 3 tickers."
     )

@@ -3,6 +3,7 @@ ticker's fan chart of its last test sessions over its errors against the naive f
 and the loss curves of training."""
 
 import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,9 +27,26 @@ LOSS_CURVES_PLOT = "plots/loss_curves.png"
 TIE = 1e-6  # percentage points: absolute errors closer than this count as a tie
 # One look per line, the same in every chart: colour, style and marker each tell them apart.
 # Naive is drawn on top, dashed: a model shrunk to naive (output_scale 0) hides nothing.
-ACTUAL = {"color": "black", "linestyle": "-", "linewidth": 1.0, "marker": "o", "markersize": 3}
-PREDICTED = {"color": "tab:orange", "linestyle": "-", "linewidth": 1.8, "marker": "D"}
-NAIVE = {"color": "tab:gray", "linestyle": "--", "linewidth": 1.2, "marker": None, "zorder": 3}
+ACTUAL: dict[str, Any] = {
+    "color": "black",
+    "linestyle": "-",
+    "linewidth": 1.0,
+    "marker": "o",
+    "markersize": 3,
+}
+PREDICTED: dict[str, Any] = {
+    "color": "tab:orange",
+    "linestyle": "-",
+    "linewidth": 1.8,
+    "marker": "D",
+}
+NAIVE: dict[str, Any] = {
+    "color": "tab:gray",
+    "linestyle": "--",
+    "linewidth": 1.2,
+    "marker": None,
+    "zorder": 3,
+}
 BAND = "tab:blue"
 
 
@@ -93,7 +111,7 @@ def plot_tomorrow(report: pd.DataFrame, limit: int = TOMORROW_TICKERS) -> Figure
             )
     axes.axvline(0, label="naive (no move)", **NAIVE)
     move = 100 * shown["predicted_return"].to_numpy()
-    axes.plot(move, y, linestyle="none", label="predicted move", **_marker(PREDICTED))
+    axes.plot(move, y, linestyle="none", label="predicted move", zorder=4, **_marker(PREDICTED))
     axes.set_yticks(y, shown["ticker"].astype(str).tolist())
     axes.set_ylim(y.min() - 0.7, y.max() + 0.7)
     axes.set_xlabel("move, % of the last close")
@@ -112,7 +130,7 @@ def plot_tomorrow(report: pd.DataFrame, limit: int = TOMORROW_TICKERS) -> Figure
     return figure
 
 
-def _marker(style: dict[str, object]) -> dict[str, object]:
+def _marker(style: dict[str, Any]) -> dict[str, Any]:
     """A line's colour and marker, for points drawn without the line."""
     return {"color": style["color"], "marker": style["marker"], "markersize": 6}
 

@@ -94,7 +94,7 @@ def publish_report(
     create_markdown_artifact(
         markdown=summary_markdown(report, metrics, decision, live, champion, links, charts),
         key="nightly-summary",
-        description=summary_description(report, decision),
+        description=summary_description(report, decision, links.version if links else None),
     )
     not_ok = report[report["status"] != OK]
     if len(not_ok):

@@ -131,7 +131,8 @@ def _charts_lines(charts: RunCharts, links: MlflowLinks | None) -> list[str]:
     ]
     where = [""]
     if charts.logged and links is not None:
-        page = f"[`{TOMORROW_PLOT}`]({links.url(links.artifact_path(TOMORROW_PLOT))})"
+        # No code span in the link text: the Prefect UI would show its backticks.
+        page = f"[{TOMORROW_PLOT}]({links.url(links.artifact_path(TOMORROW_PLOT))})"
         where.append(f"- this chart: {page} in the MLflow run")
     if charts.fans:
         where.append(
@@ -394,12 +395,15 @@ def summary_markdown(
     return "\n".join(lines)
 
 
-def summary_description(report: pd.DataFrame, decision: str) -> str:
-    """The summary artifact's description: the session, the model and the decision's tag."""
+def summary_description(report: pd.DataFrame, decision: str, version: str | None = None) -> str:
+    """The summary artifact's description, one line in the artifact list: the session, what
+    the gate decided on the version this run registered (`version`), what predicted."""
     first = report.iloc[0]
     ok = int((report["status"] == OK).sum())
+    tag = decision.split(":", 1)[0]
+    outcome = f"v{version} {tag}" if version else tag
     return (
-        f"The run for {first['as_of']} → {first['target_date']}: {first['model_name']} "
-        f"v{first['model_version']} predicted {ok} of {plural(len(report), 'ticker')}; "
-        f"{decision.split(':', 1)[0]}. Its scores, moves and chart of tomorrow."
+        f"{first['as_of']} → {first['target_date']}: {outcome}; {first['model_name']} "
+        f"v{first['model_version']} predicted {ok} of {plural(len(report), 'ticker')}. "
+        "Scores, moves and tomorrow's chart."
     )
