@@ -30,10 +30,23 @@ def test_prefect_yaml_schedules_nightly_on_the_slot_the_code_uses(
 ) -> None:
     """prefect.yaml's nightly schedule is NIGHTLY_SLOT (core/schedule.py), the one `serve`,
     `status` and the late alert use, and its description names that slot."""
+    from closecast.cli.serve import NIGHTLY_DESCRIPTION
+
     (schedule,) = deployments["nightly"]["schedules"]
     assert (schedule["cron"], schedule["timezone"]) == (NIGHTLY_SLOT.cron, NIGHTLY_SLOT.timezone)
     assert schedule["active"] is True
-    assert f"({NIGHTLY_SLOT.at()})" in deployments["nightly"]["description"]
+    assert deployments["nightly"]["description"] == NIGHTLY_DESCRIPTION
+
+
+def test_the_nightly_description_names_the_schedules_time_zone() -> None:
+    """The UI shows the cron without its zone beside a next run in browser time: `serve`'s
+    nightly deployment (and prefect.yaml's, above) says the time and the zone it is in."""
+    from closecast.cli.serve import NIGHTLY_DESCRIPTION, build_deployments
+
+    nightly = build_deployments(PipelineConfig(data={"source": "sample"}))[0]
+    assert nightly.name == "nightly"
+    assert nightly.description == NIGHTLY_DESCRIPTION
+    assert "18:30 New York time (America/New_York" in NIGHTLY_DESCRIPTION
 
 
 @pytest.mark.parametrize(
@@ -152,3 +165,64 @@ def test_a_run_config_overrides_the_deployment_config_only_in_the_fields_it_sets
     sample = run_with({"data": {"source": "sample"}}).data  # sample's own tickers, not AAA
     assert (sample.source, sample.tickers) == ("sample", list(SAMPLE_TICKERS))
     assert run_with(served.model_dump(mode="json")) == served
+
+
+def _descriptions(schema: object) -> list[str]:
+    """Every `description` in a JSON schema, however deep."""
+    if isinstance(schema, dict):
+        own = [schema["description"]] if isinstance(schema.get("description"), str) else []
+        return own + [d for value in schema.values() for d in _descriptions(value)]
+    if isinstance(schema, list):
+        return [d for value in schema for d in _descriptions(value)]
+    return []
+
+
+@pytest.mark.parametrize("name", ["nightly", "predict", "backfill"])
+def test_run_form_help_texts_render_as_written(name: str) -> None:
+    """The form renders descriptions as markdown: outside code spans none holds `<` or `>`
+    (an HTML tag to the renderer, `<home>` vanished), `*` or a bare `_word_`; the tracking
+    URI's default keeps its `<home>` inside a code span."""
+    import re
+
+    from prefect.utilities.callables import parameter_schema
+
+    flow = load_flow_from_entrypoint(f"{ROOT}/closecast/flows/{name}.py:{name}")
+    descriptions = _descriptions(parameter_schema(flow).model_dump())
+    assert len(descriptions) > 5
+    for description in descriptions:
+        prose = re.sub(r"`[^`]*`", "", description)
+        assert not re.search(r"[<>*]|(^|\s)_\w", prose), description
+    uri = _field_schemas(parameter_schema(flow).model_dump())["config.tracking_uri"]
+    assert "`sqlite:///<home>/mlflow.db`" in uri["description"]
+
+
+def test_as_of_is_typed_as_yyyy_mm_dd_in_the_form_and_read_as_a_date() -> None:
+    """The form draws as_of as text (YYYY-MM-DD) or latest, not a calendar; backfill's start
+    and end as text; Prefect's check refuses `2024-5-1` before a run starts, and the flow
+    still reads the date (and the empty value) as the CLI's --as-of does."""
+    from datetime import date
+
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import is_valid
+
+    nightly = load_flow_from_entrypoint(f"{ROOT}/closecast/flows/nightly.py:nightly")
+    schema = parameter_schema(nightly).model_dump()
+    as_of = _field_schemas(schema)["data.as_of"]
+    assert as_of["anyOf"] == [
+        {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$", "title": "YYYY-MM-DD"},
+        {"type": "null", "title": "latest"},
+    ]
+    assert "format" not in str(as_of)  # format: date is what draws the calendar
+    assert is_valid({"config": {"data": {"as_of": "2024-05-01"}}}, schema)
+    assert is_valid({"config": {"data": {"as_of": None}}}, schema)
+    assert not is_valid({"config": {"data": {"as_of": "2024-5-1"}}}, schema)
+    read = nightly.validate_parameters({"config": {"data": {"as_of": "2024-05-01"}}})
+    assert read["config"].data.as_of == date(2024, 5, 1)
+
+    backfill = load_flow_from_entrypoint(f"{ROOT}/closecast/flows/backfill.py:backfill")
+    properties = parameter_schema(backfill).model_dump()["properties"]
+    for field in ("start", "end"):
+        assert properties[field]["type"] == "string" and "format" not in properties[field]
+        assert properties[field]["pattern"] == r"^\d{4}-\d{2}-\d{2}$"
+    read = backfill.validate_parameters({"config": {}, "start": "2024-01-02", "end": "2024-01-05"})
+    assert (read["start"], read["end"]) == (date(2024, 1, 2), date(2024, 1, 5))

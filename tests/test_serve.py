@@ -291,3 +291,33 @@ def test_the_local_server_database_lives_under_the_home_unless_one_is_named(
         user_database or f"sqlite+aiosqlite:///{tmp_path / 'home' / 'prefect' / 'prefect.db'}"
     )
     assert (url.get_secret_value() if hasattr(url, "get_secret_value") else url) == expected
+
+
+@pytest.mark.parametrize(
+    ("user", "ui"),
+    [
+        ({"PREFECT_UI_URL": "http://127.0.0.1:4200"}, "http://127.0.0.1:4321"),
+        ({"PREFECT_SERVER_UI_API_URL": "https://proxy.example/api"}, "https://proxy.example"),
+    ],
+)
+def test_serve_links_flow_runs_to_the_ui_it_serves(
+    monkeypatch: pytest.MonkeyPatch, user: dict[str, str], ui: str
+) -> None:
+    """While serve serves its own server (here on port 4321), a flow run's link (`url_for`,
+    what a model card links) names that server's UI, not a UI URL left from an earlier
+    serve on port 4200; behind a proxy, the proxy's. Afterwards the environment is as it was."""
+    from prefect.utilities.urls import url_for
+
+    from closecast.cli.serve import served_at
+
+    for name, value in user.items():
+        monkeypatch.setenv(name, value)
+    run_id = "123e4567-e89b-12d3-a456-426614174000"
+    with served_at("http://127.0.0.1:4321/api"):
+        assert url_for("flow-run", obj_id=run_id) == f"{ui}/runs/flow-run/{run_id}"
+        assert os.environ["PREFECT_UI_URL"] == ui  # the runs the runner starts inherit it
+        assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:4321/api"
+    assert os.environ.get("PREFECT_UI_URL") == user.get("PREFECT_UI_URL")
+    assert "PREFECT_API_URL" not in os.environ or os.environ["PREFECT_API_URL"] != (
+        "http://127.0.0.1:4321/api"
+    )

@@ -36,6 +36,13 @@ logger = logging.getLogger(__name__)
 # Flow runs the runner starts at a time. One: it takes due runs oldest slot first, so late
 # nightlies catch up in order (the deployment limit alone lets them race for the slot).
 RUNNER_LIMIT = 1
+# The UI shows a cron in words without its time zone ("At 06:30 PM") beside a next run in the
+# browser's: the description names the zone. prefect.yaml says the same (tests/test_deployments).
+NIGHTLY_DESCRIPTION = (
+    f"Retrain, gate and predict after every weekday close, Monday to Friday at "
+    f"{NIGHTLY_SLOT.at()} time ({NIGHTLY_SLOT.timezone}; the schedule's times are "
+    f"{NIGHTLY_SLOT.place}'s, whatever the browser's time zone)."
+)
 LOCK_NAME = "serve.lock"
 T = TypeVar("T")
 
@@ -110,7 +117,7 @@ def build_deployments(
             ),
             parameters=parameters,
             tags=["closecast"],
-            description="Retrain, gate and predict after every weekday close.",
+            description=NIGHTLY_DESCRIPTION,
         ),
         predict_flow.to_deployment(
             "predict",
@@ -145,8 +152,6 @@ def serve_deployments(
     """Serve the home's deployments until interrupted, on PREFECT_API_URL or a server of its
     own on host; first install the alerts when a target is given (left as they are otherwise).
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     api_url = os.environ.get("PREFECT_API_URL")
     with home_lock(config.home):
         if api_url:
@@ -157,13 +162,36 @@ def serve_deployments(
             print(f"serving on the Prefect API at {api_url}", flush=True)
             _serve(config, task_runner, alerts)
             return
-        with local_server(port, config.home, host) as url:
-            os.environ["PREFECT_API_URL"] = url  # the runs the runner starts inherit it
-            try:
-                with temporary_settings(updates={PREFECT_API_URL: url}):
-                    _serve(config, task_runner, alerts)
-            finally:
-                os.environ.pop("PREFECT_API_URL", None)
+        with local_server(port, config.home, host) as url, served_at(url):
+            _serve(config, task_runner, alerts)
+
+
+@contextmanager
+def served_at(api_url: str) -> Iterator[None]:
+    """The API and UI URLs of the server serve started, for this process and the runs its
+    runner starts (they inherit the environment) while the block runs.
+
+    The UI URL is the one this server's UI is reached at: beside the API, or behind
+    the proxy its UI calls the API through (PREFECT_SERVER_UI_API_URL). A
+    PREFECT_UI_URL from a profile or the environment would name another port (an
+    earlier serve's), and the model card's link to the flow run (`url_for`) with it.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    proxied = os.environ.get("PREFECT_SERVER_UI_API_URL") or os.environ.get("PREFECT_UI_API_URL")
+    ui_url = (proxied or api_url).rstrip("/").removesuffix("/api")
+    published = {"PREFECT_API_URL": api_url, "PREFECT_UI_URL": ui_url}
+    previous = {name: os.environ.get(name) for name in published}
+    os.environ.update(published)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_UI_URL: ui_url}):
+            yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _serve(

@@ -11,7 +11,15 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from closecast.core.errors import InputError
 from closecast.core.sources import SOURCE_HELP, SOURCE_PATTERN, check_source
@@ -54,6 +62,28 @@ CANDIDATES_ENV = "CLOSECAST_CANDIDATES_MODEL"  # set: the nightly registers ther
 # The registry aliases: the version that serves, and the one trained last (the gate's
 # "champion" decision is named after the alias it moves).
 CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+ISO_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+# A date as the Prefect run form draws it: a text box for YYYY-MM-DD, not a calendar that
+# opens on today; validated (and parsed) as a date all the same.
+DateText = Annotated[
+    date,
+    WithJsonSchema({"type": "string", "pattern": ISO_DATE_PATTERN, "examples": ["2024-05-01"]}),
+]
+# The same, or empty; the form's toggle reads "YYYY-MM-DD | latest".
+OptionalDateText = Annotated[
+    date | None,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": ISO_DATE_PATTERN, "title": "YYYY-MM-DD"},
+                {"type": "null", "title": "latest"},
+            ],
+            "examples": ["2024-05-01"],
+        }
+    ),
+]
 
 
 def check_ticker(ticker: str) -> str:
@@ -171,7 +201,7 @@ class DataConfig(_Strict):
         description="Tickers to predict, e.g. AAPL, MSFT, ^GSPC; empty with source sample "
         "means ^GSPC and ^IXIC, with a csv source every ticker it holds.",
     )
-    as_of: date | None = Field(
+    as_of: OptionalDateText = Field(
         default=None,
         description="Last date a run may see, e.g. 2024-05-01; empty = the latest session; "
         "a date that is not a session means the session before.",
@@ -332,7 +362,7 @@ class PipelineConfig(_Strict):
     tracking_uri: Annotated[str | None, AfterValidator(check_tracking_uri)] = Field(
         default=None,
         description="MLflow tracking URI, e.g. http://127.0.0.1:5000; "
-        "empty = $MLFLOW_TRACKING_URI, else sqlite:///<home>/mlflow.db.",
+        "empty = $MLFLOW_TRACKING_URI, else `sqlite:///<home>/mlflow.db`.",
     )
     experiment: str = Field(default=EXPERIMENT, description="MLflow experiment of the runs.")
     candidates_model: Annotated[str | None, AfterValidator(check_model_name)] = Field(

@@ -17,10 +17,11 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from closecast.core.config import BACKFILL_EXPERIMENT, PipelineConfig
+from closecast.core.config import BACKFILL_EXPERIMENT, DateText, PipelineConfig
 from closecast.core.statuses import ticker_label
 from closecast.flows.deployment import served_config
 from closecast.flows.fetch import fetch
+from closecast.flows.naming import rename_flow_run
 from closecast.flows.steps import model_in_use, prepare_session, session_report, session_run
 from closecast.tasks.data.sources import FetchResult
 from closecast.tasks.modeling.prediction import ModelInUse
@@ -65,8 +66,8 @@ def _backfill_name() -> str:
 @flow(name="backfill", flow_run_name=_backfill_name)
 def backfill(
     config: PipelineConfig,
-    start: date,
-    end: date,
+    start: DateText,
+    end: DateText,
     retrain_every: Annotated[int, Field(ge=1)] = 1,
     register_versions: bool = False,
 ) -> BackfillResult:
@@ -128,7 +129,8 @@ def backfill_session(
         report = session_report(config.data.tickers, inputs, predictions, model.version, run)
         if registered is not None:
             promote_model(uri, registered)
-            name_run(uri, run, "backfill", as_of, registered.version, registered.decision)
+            title = name_run(uri, run, "backfill", as_of, registered.version, registered.decision)
+            rename_flow_run(title)
         live = update_scorecard(config.reports_dir, inputs.validated.frames, as_of, uri, run)
         champion = registered.champion_comparison if registered else None
         links = MlflowLinks(uri, run, version=registered.version if registered else None)

@@ -31,16 +31,23 @@ def name_flow_run(as_of: date) -> None:
 
     A name without it (an as_of given, a backfill session) or no flow run is left alone.
     """
-    from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
     name = flow_run.name
-    if not flow_run.id or not name or LATEST not in name:
+    if name and LATEST in name:
+        rename_flow_run(name.replace(LATEST, f"as_of={as_of.isoformat()}"))
+
+
+def rename_flow_run(name: str) -> None:
+    """Rename the current flow run, e.g. after its outcome once known
+    (`nightly 2018-12-19 · v5 champion`, the name its MLflow run gets); outside one, nothing."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
         return
     with get_client(sync_client=True) as client:
-        client.update_flow_run(
-            UUID(flow_run.id), name=name.replace(LATEST, f"as_of={as_of.isoformat()}")
-        )
+        client.update_flow_run(UUID(flow_run.id), name=name)
 
 
 def schedule_slot() -> datetime | None:

@@ -9,7 +9,7 @@ from prefect import flow
 from closecast.core.config import MODEL_NAME, PipelineConfig
 from closecast.flows.deployment import served_config
 from closecast.flows.fetch import fetch
-from closecast.flows.naming import run_name, schedule_slot, slot_as_of
+from closecast.flows.naming import rename_flow_run, run_name, schedule_slot, slot_as_of
 from closecast.flows.steps import prepare_session, require_windows, session_report, session_run
 from closecast.tasks.modeling.steps import evaluate_model, predict_next, train_model
 from closecast.tasks.registry.steps import load_version, promote_model, register_model
@@ -66,7 +66,7 @@ def nightly(config: PipelineConfig) -> NightlyResult:
         )
         require_predictions(report, config.reports_dir)  # none: `new` is rolled back
         promote_model(uri, new)
-        name_run(uri, run, "nightly", as_of, new.version, new.decision)
+        rename_flow_run(name_run(uri, run, "nightly", as_of, new.version, new.decision))
         live = update_scorecard(config.reports_dir, inputs.validated.frames, as_of, uri, run)
         links, champion = MlflowLinks(uri, run, version=new.version), new.champion_comparison
         path = publish_report(

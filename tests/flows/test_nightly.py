@@ -10,6 +10,11 @@ import numpy as np
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 
 from closecast.core.calendar import NEW_YORK
 from closecast.core.config import MODEL_NAME
@@ -89,10 +94,25 @@ def test_nightly_end_to_end(mlflow_home: Path, csv_folder: Path) -> None:
     assert run.data.tags["mlflow.source.type"] == "JOB"
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
-    # the Prefect flow run's name says the as_of the run resolved, not "latest"
+    # the Prefect flow run takes the outcome into its name, as the MLflow run does; its
+    # summary artifact is described and shows tomorrow's chart inline
     with get_client(sync_client=True) as prefect:
         flow_run = prefect.read_flow_run(UUID(run.data.tags["flow_run_id"]))
-    assert flow_run.name == f"nightly AAA +2 as_of={report['as_of'][0]}"
+        [summary] = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["nightly-summary"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
+            )
+        )
+    assert flow_run.name == f"nightly {report['as_of'][0]} · v1 champion"
+    assert summary.description == (
+        f"{report['as_of'][0]} → {report['target_date'][0]}: v1 champion; closecast-lstm v1 "
+        "predicted 2 of 3 tickers. Scores, moves and tomorrow's chart."
+    )
+    assert "](data:image/png;base64,iVBORw0KGgo" in str(summary.data)
+    assert "- fan charts of the last 60 test sessions: 2 tickers in the MLflow run" in str(
+        summary.data
+    )
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
     version = client.get_model_version(MODEL_NAME, "1")
     assert version.tags["promotion"] == "champion"
@@ -114,6 +134,7 @@ def test_nightly_end_to_end(mlflow_home: Path, csv_folder: Path) -> None:
         "loss_curves.png",
         "predicted_vs_actual_AAA.png",
         "predicted_vs_actual_BBB.png",
+        "tomorrow.png",
     ]
     assert (Path(artifacts) / "plots" / plots[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (Path(artifacts) / "per_ticker_metrics.json").is_file()

@@ -1,11 +1,13 @@
 from datetime import date
 from pathlib import Path
+from uuid import UUID
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
 
 from closecast.core.config import MODEL_NAME
 from closecast.flows.nightly import nightly
@@ -55,6 +57,12 @@ def test_predict_uses_the_champion_and_trains_nothing(
     np.testing.assert_allclose(
         report["predicted_close"][:2].to_numpy(), expected["predicted_close"], rtol=1e-6
     )
+    # the run holds tomorrow's chart; the flow run is named after its session and version
+    run = client.get_run(result.run_id)
+    assert [a.path for a in client.list_artifacts(result.run_id, "plots")] == ["plots/tomorrow.png"]
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(UUID(run.data.tags["flow_run_id"]))
+    assert flow_run.name == "predict 2021-03-09 · v1 champion"
 
 
 def test_predict_keeps_the_report_of_a_run_that_trained(

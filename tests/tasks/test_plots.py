@@ -1,18 +1,25 @@
 import io
+from datetime import date
 
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_hex, to_rgb
 
 from closecast.tasks.reporting.plots import (
     LOSS_CURVES_PLOT,
+    PLOTTED_TICKERS,
+    TOMORROW_TICKERS,
+    fan_chart_rule,
     plot_loss_curves,
     plot_name,
     plot_predictions,
     plot_tickers,
+    plot_tomorrow,
 )
+from closecast.tasks.reporting.report import ReportContext, build_report
 
 
 def _per_ticker(skills: dict[str, float]) -> pd.DataFrame:
@@ -32,8 +39,22 @@ def _per_ticker(skills: dict[str, float]) -> pd.DataFrame:
 def test_plot_tickers_keeps_all_or_the_worst_and_best(
     skills: dict[str, float], expected: list[str]
 ) -> None:
-    """Up to six tickers are all plotted; beyond that the three worst and three best by skill."""
-    assert plot_tickers(_per_ticker(skills)) == expected
+    """Up to a limit (six here) tickers are all plotted; beyond it the three worst and three
+    best by skill."""
+    assert plot_tickers(_per_ticker(skills), limit=6) == expected
+
+
+def test_every_ticker_up_to_twenty_gets_a_fan_chart_and_the_rule_says_so() -> None:
+    """20 tickers: 20 fan charts; 25: the 10 worst and 10 best; the rule names both numbers."""
+    twenty = _per_ticker({f"T{i:02d}": i / 100 for i in range(20)})
+    assert PLOTTED_TICKERS == 20
+    assert plot_tickers(twenty) == [f"T{i:02d}" for i in range(20)]
+    many = _per_ticker({f"T{i:02d}": i / 100 for i in range(25)})
+    assert plot_tickers(many) == [f"T{i:02d}" for i in [*range(10), *range(15, 25)]]
+    assert fan_chart_rule() == (
+        "every ticker with a test span up to 20; beyond that the 10 worst and 10 best by "
+        "skill against the naive forecast"
+    )
 
 
 def _test_predictions(sessions: int, intervals: bool = True) -> pd.DataFrame:
@@ -71,7 +92,11 @@ def test_plot_predictions_is_a_fan_chart_of_the_last_sessions() -> None:
     """The last 60 test sessions: actual, predicted and naive lines over 80% and 95% bands."""
     figure = plot_predictions(_test_predictions(100), "BBB")
     axes, _ = figure.axes
-    assert [line.get_label() for line in axes.lines] == ["actual", "predicted", "naive"]
+    assert [line.get_label() for line in axes.lines] == [
+        "actual",
+        "predicted",
+        "naive (last close)",
+    ]
     np.testing.assert_allclose(axes.lines[0].get_ydata(), np.arange(40.0, 100.0) + 151)
     assert _bands(axes) == ["95% interval", "80% interval"]
     light, dark = [c for c in axes.collections if isinstance(c, PolyCollection)]
@@ -98,7 +123,11 @@ def test_plot_predictions_of_a_short_span_or_a_model_without_intervals() -> None
 
     figure = plot_predictions(_test_predictions(5, intervals=False), "AAA")
     axes, _ = figure.axes
-    assert [line.get_label() for line in axes.lines] == ["actual", "predicted", "naive"]
+    assert [line.get_label() for line in axes.lines] == [
+        "actual",
+        "predicted",
+        "naive (last close)",
+    ]
     assert _bands(axes) == []
     assert axes.get_title().startswith("AAA: RMSE ")  # no coverage to speak of
     figure.savefig(io.BytesIO(), format="png")
@@ -176,3 +205,79 @@ def test_plot_loss_curves_refuses_an_empty_history() -> None:
 def test_plot_name_is_a_safe_artifact_path(ticker: str, name: str) -> None:
     """A ticker's plot lands in plots/ whatever characters the symbol has."""
     assert plot_name(ticker) == f"plots/predicted_vs_actual_{name}.png"
+
+
+def test_the_actual_predicted_and_naive_lines_differ_in_colour_style_and_marker() -> None:
+    """Each pair of the fan chart's three lines differs in colour (far apart, not black beside
+    dark blue), and in line style or marker, so they tell apart where they overlap; the
+    legend names all three."""
+    axes, errors = plot_predictions(_test_predictions(30), "AAA").axes
+    looks = [
+        (to_hex(line.get_color()), line.get_linestyle(), line.get_marker()) for line in axes.lines
+    ]
+    for i, first in enumerate(looks):
+        for second in looks[i + 1 :]:
+            apart = np.linalg.norm(np.subtract(to_rgb(first[0]), to_rgb(second[0])))
+            assert apart > 0.5, (first, second)
+            assert first[1:] != second[1:]
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend == ["95% interval", "80% interval", "actual", "predicted", "naive (last close)"]
+    model, naive = errors.lines  # the error panel draws them as the fan chart does
+    assert to_hex(model.get_color()) == looks[1][0] and to_hex(naive.get_color()) == looks[2][0]
+
+
+CONTEXT = ReportContext(date(2018, 12, 19), date(2018, 12, 20), "closecast-lstm", "5", "r")
+
+
+def _tomorrow_report(n: int, intervals: bool = True) -> pd.DataFrame:
+    """n predicted tickers T00.. whose moves rise by 0.1% a ticker, from -1%, and one stale."""
+    tickers = [f"T{i:02d}" for i in range(n)]
+    close = np.linspace(20.0, 200.0, n)
+    predicted = close * (1 + (np.arange(n) - 10) / 1000)
+    frame = pd.DataFrame({"ticker": tickers, "predicted_close": predicted})
+    if intervals:
+        for level, z in ((80, 1.28), (95, 1.96)):
+            frame[f"lower_{level}"] = predicted * (1 - z / 100)
+            frame[f"upper_{level}"] = predicted * (1 + z / 100)
+    issues = {"OLD": ("stale_data", "old")}
+    closes = dict(zip(tickers, close, strict=True))
+    return build_report([*tickers, "OLD"], CONTEXT, closes, frame, issues)
+
+
+def test_tomorrow_shows_every_predicted_ticker_with_both_bands_in_percent() -> None:
+    """Three predicted tickers (a stale one left out): three rows, the largest rise on top,
+    each move in % of its last close inside its 80% band inside its 95% band."""
+    [axes] = plot_tomorrow(_tomorrow_report(3)).axes
+    assert [t.get_text() for t in axes.get_yticklabels()] == ["T02", "T01", "T00"]
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend == ["95% interval", "80% interval", "naive (no move)", "predicted move"]
+    [naive, moves] = axes.lines
+    np.testing.assert_allclose(moves.get_xdata(), [-0.8, -0.9, -1.0])  # T02 first, on top
+    wide, narrow = (c for c in axes.collections if c.get_label().endswith("interval"))
+    for band, z in ((wide, 1.96), (narrow, 1.28)):
+        lows = [segment[0][0] for segment in band.get_segments()]
+        np.testing.assert_allclose(
+            lows, [100 * ((1 + m / 100) * (1 - z / 100) - 1) for m in moves.get_xdata()]
+        )
+    assert list(naive.get_xdata()) == [0, 0]
+    assert axes.get_xlabel() == "move, % of the last close"
+    assert axes.get_title() == "Predicted move 2018-12-19 → 2018-12-20: all 3 predicted tickers"
+
+
+def test_tomorrow_of_many_tickers_shows_the_largest_rises_and_falls() -> None:
+    """50 predicted tickers: the 15 largest rises and the 15 largest falls, the title says so."""
+    [axes] = plot_tomorrow(_tomorrow_report(50)).axes
+    shown = [t.get_text() for t in axes.get_yticklabels()]
+    assert TOMORROW_TICKERS == 30 and len(shown) == 30
+    assert shown == [f"T{i:02d}" for i in [*range(49, 34, -1), *range(14, -1, -1)]]
+    assert axes.get_title().endswith("the 15 largest predicted rises and falls of 50 tickers")
+
+
+def test_tomorrow_of_a_point_forecast_and_of_no_prediction() -> None:
+    """No intervals: the moves alone, no band; no prediction at all: a ValueError."""
+    [axes] = plot_tomorrow(_tomorrow_report(4, intervals=False)).axes
+    assert [c for c in axes.collections if c.get_label().endswith("interval")] == []
+    assert len(axes.get_yticklabels()) == 4
+    nothing = _tomorrow_report(2).assign(status="stale_data")
+    with pytest.raises(ValueError, match="no ticker has a prediction"):
+        plot_tomorrow(nothing)

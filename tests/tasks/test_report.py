@@ -11,6 +11,7 @@ from prefect import flow
 from prefect.artifacts import Artifact
 
 from closecast.core.errors import PipelineError
+from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.reporting.report import (
     REPORT_COLUMNS,
     ReportContext,
@@ -151,6 +152,12 @@ def test_publish_report_writes_the_csv_and_publishes_the_table_and_the_summary(
     assert "- promotion: **champion: first**" in text
     assert "| live, last 20 sessions (180 closes) | 76.1% | 93.3% |" in text
     assert "| BBB | stale_data | last close 2024-04-20 is older than as_of |" in text
+    assert summary.description == (
+        "2024-05-01 → 2024-05-02: champion; closecast-lstm v3 predicted 1 of 2 tickers. "
+        "Scores, moves and tomorrow's chart."
+    )
+    assert "## Tomorrow" in text and "(data:image/png;base64,iVBORw0KGgo" in text
+    assert "MLflow run" not in text  # no run given: the chart is the summary's alone
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -199,22 +206,16 @@ def test_the_table_artifact_rounds_and_shows_status_before_the_identifiers(
 
 
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.parametrize(
-    ("tracking_uri", "run_link"),
-    [
-        ("http://127.0.0.1:5000", "[run](http://127.0.0.1:5000/#/experiments/1/runs/{run})"),
-        (
-            "sqlite:///{home}/mlflow.db",
-            "start `mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db` "
-            "and open run `#/experiments/1/runs/{run}`",
-        ),
-    ],
-)
 def test_the_summary_artifact_gives_the_reason_the_champion_the_moves_and_the_links(
-    tmp_path: Path, tracking_uri: str, run_link: str
+    mlflow_home: Path,
 ) -> None:
     """Read back from Prefect: the reason, challenger vs champion in bp, each move with its
-    intervals in %, and the MLflow run and version (a URL on a server, a hint for sqlite)."""
+    intervals in %, the MLflow run and version (for a local store: how to open them, then
+    links), and tomorrow's chart, which the run holds too."""
+    uri = f"sqlite:///{mlflow_home}/mlflow.db"
+    client = configure_mlflow(uri)
+    experiment = client.create_experiment("closecast")
+    run_id = client.create_run(experiment).info.run_id
     forecast = pd.DataFrame(
         {
             "ticker": ["AAA"],
@@ -226,15 +227,14 @@ def test_the_summary_artifact_gives_the_reason_the_champion_the_moves_and_the_li
         }
     )
     report = build_report(["AAA"], CONTEXT, {"AAA": 100.0}, forecast, {})
-    uri = tracking_uri.format(home=tmp_path)
-    links = MlflowLinks(uri, "r" * 32, version="4", experiment_id="1")
+    links = MlflowLinks(uri, run_id, version="4")
     reason = "rejected: interval score 0.030000 does not beat champion v3's 0.029000"
     mine = {"test_rmse": 0.0102, "test_interval_score": 0.03}
     held = {"test_rmse": 0.0101, "test_interval_score": 0.029}
 
     @flow
     def publish() -> Path:
-        return publish_report(report, tmp_path, mine, reason, None, ("3", held), links)
+        return publish_report(report, mlflow_home, mine, reason, None, ("3", held), links)
 
     publish()
 
@@ -246,5 +246,11 @@ def test_the_summary_artifact_gives_the_reason_the_champion_the_moves_and_the_li
     assert "| interval score (mean of 80% and 95%) | 300.0 bp | 290.0 bp | +10.0 bp |" in text
     assert "| test_rmse | 102.0 bp | 101.0 bp | +1.0 bp |" in text
     assert "| AAA | 100.00 | 101.00 | +1.00% | -1.00% to +3.00% | -2.00% to +4.00% |" in text
-    assert run_link.format(home=tmp_path, run="r" * 32) in text
-    assert "#/models/closecast-lstm/versions/4" in text
+    assert (
+        f"start `mlflow ui --backend-store-uri {uri}` (it serves http://127.0.0.1:5000), then "
+        f"open [run](http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id})"
+    ) in text
+    assert "[v4](http://127.0.0.1:5000/#/models/closecast-lstm/versions/4)" in text
+    page = f"#/experiments/{experiment}/runs/{run_id}/artifactPath/plots/tomorrow.png"
+    assert f"- this chart: [plots/tomorrow.png](http://127.0.0.1:5000/{page})" in text
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/tomorrow.png"]

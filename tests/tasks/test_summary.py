@@ -6,7 +6,12 @@ import pandas as pd
 import pytest
 
 from closecast.tasks.reporting.report import ReportContext, build_report
-from closecast.tasks.reporting.summary import MlflowLinks, summary_markdown
+from closecast.tasks.reporting.summary import (
+    MlflowLinks,
+    RunCharts,
+    summary_description,
+    summary_markdown,
+)
 
 CONTEXT = ReportContext(date(2024, 5, 1), date(2024, 5, 2), "closecast-lstm", "3", "r" * 32)
 
@@ -216,11 +221,61 @@ def test_summary_links_the_run_and_versions_on_a_tracking_server(report: pd.Data
 
 
 def test_summary_tells_how_to_open_a_local_store(report: pd.DataFrame) -> None:
-    """A sqlite store: the `mlflow ui` command to run and the relative pages to open."""
+    """A sqlite store: the `mlflow ui` command to run, then links to the pages it serves on
+    its default address (no code span to paste)."""
     links = MlflowLinks("sqlite:////home/u/.closecast/mlflow.db", "abc", "3", "1")
     text = summary_markdown(report, METRICS, "champion: first version", links=links)
     assert (
         "- MLflow: start `mlflow ui --backend-store-uri sqlite:////home/u/.closecast/mlflow.db` "
-        "and open run `#/experiments/1/runs/abc` · v3 `#/models/closecast-lstm/versions/3`"
+        "(it serves http://127.0.0.1:5000), then open "
+        "[run](http://127.0.0.1:5000/#/experiments/1/runs/abc) · "
+        "[v3](http://127.0.0.1:5000/#/models/closecast-lstm/versions/3)"
     ) in text
-    assert "http" not in text
+    assert "`#/" not in text
+
+
+def test_summary_shows_tomorrows_chart_inline_and_where_the_charts_are(
+    report: pd.DataFrame,
+) -> None:
+    """Tomorrow's chart as an inline PNG (an artifact holds no files), a link to it in the
+    MLflow run, and the fan charts counted with the rule that picked them."""
+    png = b"\x89PNG\r\n\x1a\nfake"
+    fans = ["plots/predicted_vs_actual_AAA.png", "plots/predicted_vs_actual_BBB.png"]
+    charts = RunCharts(png, logged=True, fans=fans)
+    links = MlflowLinks("http://mlflow:5000", "abc", version="4", experiment_id="2")
+    text = summary_markdown(report, METRICS, "champion", links=links, charts=charts)
+    assert "## Tomorrow\n" in text
+    assert (
+        "![predicted moves with their 80% and 95% intervals](data:image/png;base64,iVBORw0KGgpmYWtl)"
+        in text
+    )
+    assert (
+        "- this chart: [plots/tomorrow.png]"
+        "(http://mlflow:5000/#/experiments/2/runs/abc/artifactPath/plots/tomorrow.png) in the MLflow run"
+    ) in text
+    assert (
+        "- fan charts of the last 60 test sessions: 2 tickers in the MLflow run "
+        "(`plots/predicted_vs_actual_<ticker>.png`): every ticker with a test span up to 20; "
+        "beyond that the 10 worst and 10 best by skill against the naive forecast"
+    ) in text
+    assert (
+        text.index("## Predicted moves")
+        < text.index("## Tomorrow")
+        < text.index("## Not predicted")
+    )
+    alone = summary_markdown(report, METRICS, "champion v3", charts=RunCharts(png))
+    assert "data:image/png;base64," in alone and "MLflow run" not in alone
+
+
+def test_the_summary_description_says_the_session_the_model_and_the_decision(
+    report: pd.DataFrame,
+) -> None:
+    """One line for the artifacts list: as_of → target, the registered version and the gate's
+    tag, the version that predicted and how many tickers; a predict's decision as it reads."""
+    assert summary_description(report, "rejected: interval score worse", "4") == (
+        "2024-05-01 → 2024-05-02: v4 rejected; closecast-lstm v3 predicted 2 of 3 tickers. "
+        "Scores, moves and tomorrow's chart."
+    )
+    assert summary_description(report, "champion v3").startswith(
+        "2024-05-01 → 2024-05-02: champion v3; closecast-lstm v3 predicted 2 of 3 tickers."
+    )

@@ -1,7 +1,9 @@
-"""Plots for a run's review: each ticker's fan chart of its last test sessions over its
-errors against the naive forecast, and the loss curves of training."""
+"""Plots for a run's review: tomorrow's predicted move of every ticker with its bands, each
+ticker's fan chart of its last test sessions over its errors against the naive forecast,
+and the loss curves of training."""
 
 import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,18 +15,124 @@ from matplotlib.ticker import MaxNLocator
 from closecast.models.forecaster import INTERVAL_COLUMNS
 from closecast.tasks.modeling.evaluation import LEVELS
 
-PLOTTED_TICKERS = 6  # predicted-vs-actual PNGs per run: all tickers up to this many
+# Fan charts (predicted-vs-actual PNGs) per run: every ticker with a test span up to this
+# many, else half of them the worst and half the best by skill against naive.
+PLOTTED_TICKERS = 20
 PLOTTED_SESSIONS = 60  # the last test sessions a plot shows (about three months)
+# Tomorrow's chart: every predicted ticker up to this many, else the largest predicted
+# rises and falls, half each (the report and the `predictions` table have them all).
+TOMORROW_TICKERS = 30
+TOMORROW_PLOT = "plots/tomorrow.png"
 LOSS_CURVES_PLOT = "plots/loss_curves.png"
 TIE = 1e-6  # percentage points: absolute errors closer than this count as a tie
+# One look per line, the same in every chart: colour, style and marker each tell them apart.
+# Naive is drawn on top, dashed: a model shrunk to naive (output_scale 0) hides nothing.
+ACTUAL: dict[str, Any] = {
+    "color": "black",
+    "linestyle": "-",
+    "linewidth": 1.0,
+    "marker": "o",
+    "markersize": 3,
+}
+PREDICTED: dict[str, Any] = {
+    "color": "tab:orange",
+    "linestyle": "-",
+    "linewidth": 1.8,
+    "marker": "D",
+}
+NAIVE: dict[str, Any] = {
+    "color": "tab:gray",
+    "linestyle": "--",
+    "linewidth": 1.2,
+    "marker": None,
+    "zorder": 3,
+}
+BAND = "tab:blue"
 
 
 def plot_tickers(per_ticker: pd.DataFrame, limit: int = PLOTTED_TICKERS) -> list[str]:
-    """Tickers worth a plot: all up to `limit`, else the worst and best by skill."""
+    """Tickers worth a fan chart: all up to `limit`, else the worst and best by skill."""
     ranked = per_ticker.sort_values(["skill", "ticker"])["ticker"].astype(str).tolist()
     if len(ranked) <= limit:
         return sorted(ranked)
     return sorted(ranked[: limit // 2] + ranked[len(ranked) - (limit - limit // 2) :])
+
+
+def fan_chart_rule(limit: int = PLOTTED_TICKERS) -> str:
+    """The rule that picks the fan charts, in the words the summary and the card use."""
+    return (
+        f"every ticker with a test span up to {limit}; beyond that the {limit // 2} worst "
+        f"and {limit - limit // 2} best by skill against the naive forecast"
+    )
+
+
+def tomorrow_rows(report: pd.DataFrame, limit: int = TOMORROW_TICKERS) -> pd.DataFrame:
+    """The predicted rows tomorrow's chart shows, largest predicted move first: all up to
+    `limit`, else the `limit // 2` largest rises and as many largest falls."""
+    ok = report[report["status"] == "ok"]
+    ranked = ok.sort_values(["predicted_return", "ticker"], ascending=[False, True])
+    if len(ranked) <= limit:
+        return ranked
+    return pd.concat([ranked.head(limit // 2), ranked.tail(limit // 2)])
+
+
+def plot_tomorrow(report: pd.DataFrame, limit: int = TOMORROW_TICKERS) -> Figure:
+    """Tomorrow's predicted move of each ticker, in % of its last close, with its 80% and
+    95% intervals: one row per ticker, the largest predicted rise on top.
+
+    The naive forecast (no move) is the dashed line at 0. Beyond `limit` predicted
+    tickers, the largest rises and falls (`tomorrow_rows`), a gap between them.
+
+    Raises:
+        ValueError: when no row of the report has a prediction.
+    """
+    shown = tomorrow_rows(report, limit)
+    if not len(shown):
+        raise ValueError("no ticker has a prediction: no chart of tomorrow to draw")
+    total = int((report["status"] == "ok").sum())
+    y = np.arange(len(shown), dtype=float)[::-1]  # the first row (largest rise) on top
+    if len(shown) < total:
+        y[len(shown) // 2 :] -= 1.0  # a blank row between the rises and the falls
+    close = shown["last_close"].to_numpy()
+    figure = Figure(figsize=(9, 1.6 + 0.32 * (len(shown) + 1)), layout="constrained")
+    axes = figure.subplots()
+    for level, width, alpha in ((95, 5, 0.3), (80, 10, 0.6)):
+        lower, upper = shown[f"lower_{level}"].to_numpy(), shown[f"upper_{level}"].to_numpy()
+        has = np.isfinite(lower) & np.isfinite(upper)
+        if has.any():
+            axes.hlines(
+                y[has],
+                100 * (lower[has] / close[has] - 1),
+                100 * (upper[has] / close[has] - 1),
+                color=BAND,
+                alpha=alpha,
+                linewidth=width,
+                label=f"{level}% interval",
+            )
+    axes.axvline(0, label="naive (no move)", **NAIVE)
+    move = 100 * shown["predicted_return"].to_numpy()
+    axes.plot(move, y, linestyle="none", label="predicted move", zorder=4, **_marker(PREDICTED))
+    axes.set_yticks(y, shown["ticker"].astype(str).tolist())
+    axes.set_ylim(y.min() - 0.7, y.max() + 0.7)
+    axes.set_xlabel("move, % of the last close")
+    first = shown.iloc[0]
+    which = (
+        f"all {total} predicted tickers"
+        if len(shown) == total
+        else f"the {len(shown) // 2} largest predicted rises and falls of {total} tickers"
+    )
+    axes.set_title(
+        f"Predicted move {first['as_of']} → {first['target_date']}: {which}",
+        fontsize="medium",
+    )
+    axes.grid(axis="x", alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    return figure
+
+
+def _marker(style: dict[str, Any]) -> dict[str, Any]:
+    """A line's colour and marker, for points drawn without the line."""
+    return {"color": style["color"], "marker": style["marker"], "markersize": 6}
 
 
 def _plot_title(ticker: str, rows: pd.DataFrame) -> str:
@@ -83,18 +191,14 @@ def _draw_fan(axes: Axes, shown: pd.DataFrame, when: pd.Series) -> None:
                 when,
                 lower,
                 upper,
-                color="tab:blue",
+                color=BAND,
                 alpha=alpha,
                 linewidth=0,
                 label=f"{level}% interval",
             )
-    axes.plot(when, shown["actual_close"], label="actual", color="black", marker=".", markersize=4)
-    axes.plot(
-        when, shown["predicted_close"], label="predicted", color="midnightblue", linewidth=1.2
-    )
-    axes.plot(
-        when, shown["last_close"], label="naive", color="tab:gray", linestyle="--", linewidth=0.8
-    )
+    axes.plot(when, shown["actual_close"], label="actual", **ACTUAL)
+    axes.plot(when, shown["predicted_close"], label="predicted", markersize=3, **PREDICTED)
+    axes.plot(when, shown["last_close"], label="naive (last close)", **NAIVE)
     outside = ~shown["actual_close"].between(shown["lower_95"], shown["upper_95"])
     outside &= shown["lower_95"].notna() & shown["upper_95"].notna()
     if outside.any():
@@ -114,8 +218,8 @@ def _draw_errors(axes: Axes, shown: pd.DataFrame, when: pd.Series) -> None:
     last, actual = shown["last_close"], shown["actual_close"]
     model = 100 * (shown["predicted_close"] - actual).abs() / last
     naive = 100 * (last - actual).abs() / last
-    axes.plot(when, model, label="model", color="midnightblue", marker=".", markersize=4)
-    axes.plot(when, naive, label="naive", color="tab:gray", linestyle="--", linewidth=0.8)
+    axes.plot(when, model, label="model", markersize=3, **PREDICTED)
+    axes.plot(when, naive, label="naive", **NAIVE)
     # Closer by more than a rounding error: a model that adds nothing ties on every session.
     closer, farther = int((model < naive - TIE).sum()), int((model > naive + TIE).sum())
     axes.set_title(

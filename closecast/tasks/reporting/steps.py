@@ -28,7 +28,7 @@ from closecast.tasks.reporting import backfill, scorecard, tracking
 from closecast.tasks.reporting.backfill import BackfillPlan, waiting_message
 from closecast.tasks.reporting.report import table_records, write_report
 from closecast.tasks.reporting.scorecard import LIVE_SESSIONS, live_metrics
-from closecast.tasks.reporting.summary import MlflowLinks, summary_markdown
+from closecast.tasks.reporting.summary import MlflowLinks, summary_description, summary_markdown
 
 
 @task(name="plan-backfill", cache_policy=NO_CACHE, task_run_name="plan-backfill {start}..{end}")
@@ -65,7 +65,8 @@ def publish_report(
     champion: tuple[str, dict[str, float]] | None = None,
     links: MlflowLinks | None = None,
 ) -> Path:
-    """Write the CSV and publish it as a Prefect table artifact with a markdown summary.
+    """Write the CSV and publish it as a Prefect table artifact with a markdown summary;
+    draw tomorrow's chart into the summary and, with `links`, log it to the MLflow run.
 
     Args:
         report: the report's rows.
@@ -76,10 +77,14 @@ def publish_report(
             adds last month's realised RMSE and coverage to the summary.
         champion: (version, its metrics re-scored on the same test windows), shown
             beside `metrics` in the summary.
-        links: the run and its version in MLflow, linked from the summary.
+        links: the run and its version in MLflow, linked from the summary; the run gets
+            tomorrow's chart (`plots/tomorrow.png`).
     """
     as_of = date.fromisoformat(report["as_of"].iloc[0])
     path = write_report(report, reports_dir, as_of)
+    uri, run_id = (links.tracking_uri, links.run_id) if links is not None else ("", "")
+    charts = tracking.chart_tomorrow(uri, run_id, report)
+    links = tracking.with_experiment(links) if links is not None else None
     create_table_artifact(
         table=table_records(report),
         key="predictions",
@@ -87,8 +92,9 @@ def publish_report(
         "closes to the cent, predicted_return_bp in basis points",
     )
     create_markdown_artifact(
-        markdown=summary_markdown(report, metrics, decision, live, champion, links),
+        markdown=summary_markdown(report, metrics, decision, live, champion, links, charts),
         key="nightly-summary",
+        description=summary_description(report, decision, links.version if links else None),
     )
     not_ok = report[report["status"] != OK]
     if len(not_ok):
@@ -157,6 +163,7 @@ def log_run(
 @task(name="name-run", cache_policy=NO_CACHE)
 def name_run(
     tracking_uri: str, run_id: str, kind: str, as_of: date, version: str, decision: Decision
-) -> None:
-    """Rename the run after the version it registered and describe it."""
-    tracking.name_run(tracking_uri, run_id, kind, as_of, version, decision)
+) -> str:
+    """Rename the run after the version it registered and describe it; returns the name
+    (`nightly 2018-12-19 · v5 champion`), for the flow run to take too."""
+    return tracking.name_run(tracking_uri, run_id, kind, as_of, version, decision)

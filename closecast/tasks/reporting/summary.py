@@ -1,7 +1,8 @@
 """The run summary: the markdown a person who did not run the flow reads in the Prefect UI."""
 
+import base64
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -9,7 +10,16 @@ from closecast.core.config import MODEL_NAME
 from closecast.core.formatting import NA, basis_points, metric, percent, plural, pvalue
 from closecast.core.statuses import OK
 from closecast.tasks.modeling.evaluation import LEVELS
+from closecast.tasks.reporting.plots import (
+    PLOTTED_SESSIONS,
+    TOMORROW_PLOT,
+    TOMORROW_TICKERS,
+    fan_chart_rule,
+)
 from closecast.tasks.reporting.scorecard import LIVE_SESSIONS
+
+# Where `mlflow ui` serves when started without --port: the summary's links to a local store.
+MLFLOW_UI = "http://127.0.0.1:5000"
 
 
 def _close(value: float) -> str:
@@ -61,16 +71,76 @@ class MlflowLinks:
     def version_path(self, version: str) -> str:
         return f"#/models/{self.model_name}/versions/{version}"
 
+    def artifact_path(self, path: str) -> str:
+        """The run's artifact page of `path`, as the model card links its plots."""
+        return f"{self.run_path()}/artifactPath/{path}"
+
+    @property
+    def served(self) -> bool:
+        """Whether the tracking URI is a server, whose UI the links then point at."""
+        return self.tracking_uri.startswith(("http://", "https://"))
+
+    def url(self, path: str) -> str:
+        """`path` on the tracking server's UI; for a local store on `mlflow ui`'s default."""
+        base = self.tracking_uri.rstrip("/") if self.served else MLFLOW_UI
+        return f"{base}/{path}"
+
+
+@dataclass(frozen=True)
+class RunCharts:
+    """The charts of a run that the summary shows or lists.
+
+    Attributes:
+        tomorrow: tomorrow's chart as a PNG (`plots.plot_tomorrow`), shown inline.
+        logged: whether the run holds it too, as `plots/tomorrow.png`.
+        fans: the run's fan charts (artifact paths); none for a run that trained nothing.
+    """
+
+    tomorrow: bytes
+    logged: bool = False
+    fans: list[str] = field(default_factory=list)
+
 
 def _links_line(links: MlflowLinks, predicting: str) -> str:
-    """The run's and the versions' pages: URLs on a server, a `mlflow ui` hint for a local store."""
+    """The run's and the versions' pages: links on a server; for a local store the `mlflow ui`
+    command to start first, then links to the pages it serves."""
     versions = [v for v in dict.fromkeys([links.version or "", predicting]) if v.isdigit()]
     pages = [("run", links.run_path())] + [(f"v{v}", links.version_path(v)) for v in versions]
-    if links.tracking_uri.startswith(("http://", "https://")):
-        base = links.tracking_uri.rstrip("/")
-        return "- MLflow: " + " · ".join(f"[{name}]({base}/{path})" for name, path in pages)
-    paths = " · ".join(f"{name} `{path}`" for name, path in pages)
-    return f"- MLflow: start `mlflow ui --backend-store-uri {links.tracking_uri}` and open {paths}"
+    shown = " · ".join(f"[{name}]({links.url(path)})" for name, path in pages)
+    if links.served:
+        return f"- MLflow: {shown}"
+    return (
+        f"- MLflow: start `mlflow ui --backend-store-uri {links.tracking_uri}` (it serves "
+        f"{MLFLOW_UI}), then open {shown}"
+    )
+
+
+def _charts_lines(charts: RunCharts, links: MlflowLinks | None) -> list[str]:
+    """Tomorrow's chart inline (a data: URI: an artifact holds no files), then where the run's
+    charts are in MLflow and which tickers have a fan chart."""
+    image = base64.b64encode(charts.tomorrow).decode()
+    lines = [
+        "",
+        "## Tomorrow",
+        "",
+        "Each ticker's predicted move in % of its last close, with its 80% and 95% intervals; "
+        f"beyond {TOMORROW_TICKERS} tickers the {TOMORROW_TICKERS // 2} largest rises and "
+        "falls.",
+        "",
+        f"![predicted moves with their 80% and 95% intervals](data:image/png;base64,{image})",
+    ]
+    where = [""]
+    if charts.logged and links is not None:
+        # No code span in the link text: the Prefect UI would show its backticks.
+        page = f"[{TOMORROW_PLOT}]({links.url(links.artifact_path(TOMORROW_PLOT))})"
+        where.append(f"- this chart: {page} in the MLflow run")
+    if charts.fans:
+        where.append(
+            f"- fan charts of the last {PLOTTED_SESSIONS} test sessions: "
+            f"{plural(len(charts.fans), 'ticker')} in the MLflow run "
+            f"(`plots/predicted_vs_actual_<ticker>.png`): {fan_chart_rule()}"
+        )
+    return lines + where if len(where) > 1 else lines
 
 
 def _champion_lines(
@@ -279,6 +349,7 @@ def summary_markdown(
     live: dict[str, float] | None = None,
     champion: tuple[str, dict[str, float]] | None = None,
     links: MlflowLinks | None = None,
+    charts: RunCharts | None = None,
 ) -> str:
     """The run summary a person who did not run the flow reads in the Prefect UI.
 
@@ -291,6 +362,7 @@ def summary_markdown(
         champion: (version, its metrics re-scored on the same test windows) when the
             gate compared against a champion, shown beside `metrics`.
         links: where the run and its version live in MLflow.
+        charts: tomorrow's chart, shown after the predicted moves, and the run's fan charts.
     """
     ok = report[report["status"] == OK]
     not_ok = report[report["status"] != OK]
@@ -317,6 +389,21 @@ def summary_markdown(
         *_live_lines(live),
         *_coverage_lines(metrics, live),
         *_moves_lines(ok),
+        *(_charts_lines(charts, links) if charts is not None else []),
         *_not_ok_lines(not_ok),
     ]
     return "\n".join(lines)
+
+
+def summary_description(report: pd.DataFrame, decision: str, version: str | None = None) -> str:
+    """The summary artifact's description, one line in the artifact list: the session, what
+    the gate decided on the version this run registered (`version`), what predicted."""
+    first = report.iloc[0]
+    ok = int((report["status"] == OK).sum())
+    tag = decision.split(":", 1)[0]
+    outcome = f"v{version} {tag}" if version else tag
+    return (
+        f"{first['as_of']} → {first['target_date']}: {outcome}; {first['model_name']} "
+        f"v{first['model_version']} predicted {ok} of {plural(len(report), 'ticker')}. "
+        "Scores, moves and tomorrow's chart."
+    )

@@ -2,9 +2,11 @@
 and the name and description it gets once its version is registered."""
 
 import hashlib
+import io
 import json
 import time
 import warnings
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 from closecast.core.config import DataConfig
 from closecast.core.formatting import metric, percent, signed
+from closecast.core.statuses import OK
 from closecast.tasks.data.store import LoadedPrices
 from closecast.tasks.data.validate import ValidatedPrices
 from closecast.tasks.mlflow.connection import configure_mlflow
@@ -30,12 +33,17 @@ from closecast.tasks.modeling.windows import Dataset
 from closecast.tasks.registry.gate import Decision
 from closecast.tasks.reporting.plots import (
     LOSS_CURVES_PLOT,
+    TOMORROW_PLOT,
     plot_loss_curves,
     plot_name,
     plot_predictions,
     plot_tickers,
+    plot_tomorrow,
 )
+from closecast.tasks.reporting.summary import MlflowLinks, RunCharts
 
+CHART_DPI = 80  # tomorrow's chart: sharp in both UIs, small enough to sit inside an artifact
+FAN_PREFIX = "plots/predicted_vs_actual_"
 NOTE_TICKERS = 10  # tickers a run's description names before "…"
 SCHEMA_SAMPLE_ROWS = 100  # rows a table's column types are read from (each column has one dtype)
 
@@ -222,8 +230,9 @@ def log_run(
 
 def name_run(
     tracking_uri: str, run_id: str, kind: str, as_of: date, version: str, decision: Decision
-) -> None:
-    """Rename the run after the version it registered and describe it (`mlflow.note.content`).
+) -> str:
+    """Rename the run after the version it registered and describe it (`mlflow.note.content`);
+    returns the name (`run_title`), which the flow run takes too.
 
     The description reads the run's own `tickers` tag and metrics.
     """
@@ -231,5 +240,32 @@ def name_run(
     run = client.get_run(run_id)
     tickers = [t for t in run.data.tags.get("tickers", "").split(",") if t]
     note = run_note(kind, as_of, tickers, run.data.metrics, version, decision)
-    client.update_run(run_id, name=run_title(kind, as_of, version, decision.tag))
+    title = run_title(kind, as_of, version, decision.tag)
+    client.update_run(run_id, name=title)
     set_tags(client, run_id, {MLFLOW_RUN_NOTE: note})
+    return title
+
+
+def with_experiment(links: MlflowLinks) -> MlflowLinks:
+    """`links` with the run's experiment, so that its pages are linked directly."""
+    if links.experiment_id is not None or not links.run_id:
+        return links
+    run = configure_mlflow(links.tracking_uri).get_run(links.run_id)
+    return replace(links, experiment_id=run.info.experiment_id)
+
+
+def chart_tomorrow(tracking_uri: str, run_id: str, report: pd.DataFrame) -> RunCharts | None:
+    """Draw tomorrow's chart; with a run, log it there as `plots/tomorrow.png` and list the
+    run's fan charts. None when no ticker was predicted (nothing to draw)."""
+    if not (report["status"] == OK).any():
+        return None
+    figure = plot_tomorrow(report)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=CHART_DPI)
+    if not run_id:  # a reader's predict, which may not log a run
+        return RunCharts(buffer.getvalue())
+    client = configure_mlflow(tracking_uri)
+    client.log_figure(run_id, figure, TOMORROW_PLOT, save_kwargs={"dpi": CHART_DPI})
+    plots = [item.path for item in client.list_artifacts(run_id, "plots")]
+    fans = sorted(p for p in plots if p.startswith(FAN_PREFIX))
+    return RunCharts(buffer.getvalue(), logged=True, fans=fans)
