@@ -31,6 +31,7 @@ from closecast.cli.alerts import (
     LATE,
     LATE_WITHIN,
     UNHEALTHY,
+    WAITING,
     NotifyTarget,
     alert_automations,
     install_alerts,
@@ -38,7 +39,7 @@ from closecast.cli.alerts import (
 from closecast.cli.app import main
 from closecast.core.errors import PipelineError
 from closecast.flows.nightly import nightly
-from closecast.tasks.reporting.events import UNHEALTHY_EVENT, emit_report_health
+from closecast.tasks.reporting.events import UNHEALTHY_EVENT, WAITING_EVENT, emit_report_health
 from tests.conftest import tiny_config, write_ticker_csvs
 from tests.mlflow_fixtures import free_port
 from tests.waiting import wait_for
@@ -196,7 +197,7 @@ def test_the_descriptions_count_from_the_nightly_slot_and_name_the_unhealthy_sha
     assert sooner.description.endswith("Running: 19:15 New York for the 18:30 slot.")
 
 
-def test_install_reads_back_three_automations_and_reinstalling_updates_them(
+def test_install_reads_back_four_automations_and_reinstalling_updates_them(
     alerts: Alerts, prefect_server: str
 ) -> None:
     """Installing twice leaves one automation per name, with the same ids, as defined."""
@@ -204,13 +205,15 @@ def test_install_reads_back_three_automations_and_reinstalling_updates_them(
         again = install_alerts(NotifyTarget(url=alerts.receiver.url), late_within=TEST_WITHIN)
         with get_client(sync_client=True) as client:
             by_name = {
-                name: client.read_automations_by_name(name) for name in (FAILED, LATE, UNHEALTHY)
+                name: client.read_automations_by_name(name)
+                for name in (FAILED, LATE, UNHEALTHY, WAITING)
             }
     assert again == alerts.ids
     assert {name: len(found) for name, found in by_name.items()} == {
         FAILED: 1,
         LATE: 1,
         UNHEALTHY: 1,
+        WAITING: 1,
     }
     late = by_name[LATE][0].trigger
     assert late.posture == Posture.Proactive and late.within == TEST_WITHIN
@@ -222,6 +225,7 @@ def test_install_reads_back_three_automations_and_reinstalling_updates_them(
     assert failed.posture == Posture.Reactive
     assert failed.expect == {f"prefect.flow-run.{s}" for s in ("Failed", "Crashed", "TimedOut")}
     assert by_name[UNHEALTHY][0].trigger.expect == {UNHEALTHY_EVENT}
+    assert by_name[WAITING][0].trigger.expect == {WAITING_EVENT}
 
 
 def test_a_failing_nightly_posts_once_naming_its_flow_run(
@@ -264,6 +268,30 @@ def test_a_report_with_over_20pct_of_tickers_not_ok_posts_naming_the_run(
     (post,) = alerts.receiver.wait_for(unhealthy)
     assert post["subject"] == "closecast: 1 of 2 tickers not ok"
     assert "SHORT (insufficient_history)" in post["body"]
+
+
+def test_a_version_that_waits_for_review_posts_its_version_verdict_card_and_command(
+    alerts: Alerts, prefect_server: str, mlflow_home: Path, tmp_path: Path
+) -> None:
+    """A nightly with manual promotion registers v1, which the gate would make champion: the
+    receiver gets one POST naming the version, the gate's verdict, the command and the card."""
+    folder = write_ticker_csvs(tmp_path / "csv", {"AAA": 300})
+    config = tiny_config(mlflow_home, f"csv:{folder}", ["AAA"])
+    config = config.model_copy(update={"promotion": "manual"})
+    with on_prefect_api(prefect_server):
+        state = nightly(config, return_state=True)
+    assert state.is_completed()
+    alerts.runs.append(state.state_details.flow_run_id)
+    run_id = str(state.state_details.flow_run_id)
+
+    def waiting() -> list[dict[str, Any]]:
+        return [p for p in alerts.receiver.naming(run_id) if "waits for review" in p["subject"]]
+
+    (post,) = alerts.receiver.wait_for(waiting)
+    assert post["subject"] == "closecast: closecast-lstm v1 waits for review"
+    assert "the gate recommends promoting it: first version" in post["body"]
+    assert "To promote it: closecast promote 1." in post["body"]
+    assert post["body"].endswith("Its card: #/models/closecast-lstm/versions/1")
 
 
 def test_a_nightly_nobody_starts_posts_late_and_a_failed_one_is_not_posted_twice(
@@ -386,7 +414,7 @@ def test_the_alerts_command_installs_through_a_named_block(
         "closecast: error: no Prefect block slack-webhook/nobody: "
         "create it first (prefect block create slack-webhook)\n"
     )
-    assert [a.name for a in installed if a] == [FAILED, LATE, UNHEALTHY]
+    assert [a.name for a in installed if a] == [FAILED, LATE, UNHEALTHY, WAITING]
     assert {a.actions[0].block_document_id for a in installed if a} == {slack_id}
 
 

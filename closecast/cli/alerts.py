@@ -233,9 +233,9 @@ def alert_automations(
         actions=[
             notify(
                 "closecast: {{ event.payload.model }} v{{ event.payload.version }} waits for review",
-                "The nightly {{ flow_run.name }} registered {{ event.payload.model }} "
+                f"The nightly {_RUN} registered {{{{ event.payload.model }}}} "
                 "v{{ event.payload.version }}; the gate recommends promoting it: "
-                "{{ event.payload.recommendation }} To promote it: "
+                "{{ event.payload.recommendation }}. To promote it: "
                 "{{ event.payload.command }}. Its card: {{ event.payload.card }}",
             )
         ],
