@@ -278,3 +278,7 @@ def test_manual_mode_carries_what_the_gate_would_have_decided() -> None:
     )
     assert (worse.recommended, worse.tag) == (False, "manual")
     assert "the gate would not promote (does not beat champion v3" in worse.reason
+    assert manual.reason.endswith("review and run `closecast promote`")
+    assert manual.for_version("6").reason.endswith("review and run `closecast promote 6`")
+    auto = decide_promotion(scored(0.048), ("3", scored(0.05)), "auto", comparison=clear)
+    assert auto.for_version("6") == auto

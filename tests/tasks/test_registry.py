@@ -280,6 +280,7 @@ def test_manual_mode_tags_manual_and_leaves_champion(scenario: Scenario) -> None
     card opens with what the gate would have decided and the command that promotes it."""
     assert scenario.manual.promotion == "manual"
     assert _tags(scenario, "3")["promotion"] == "manual"
+    assert _tags(scenario, "3")["promotion_reason"].endswith("run `closecast promote 3`")
     assert scenario.before_failure[0] == {"champion": "1", "challenger": "3"}
     first = scenario.client.get_model_version(MODEL_NAME, "3").description.splitlines()[0]
     assert re.fullmatch(

@@ -29,6 +29,7 @@ from closecast.tasks.modeling.evaluation import (
 )
 from closecast.tasks.modeling.windows import WindowSet
 
+PROMOTE_HINT = "review and run `closecast promote`"  # a manual reason's end, before its version
 GATED_METRICS = ("test_interval_score", "test_rmse", "naive_rmse", "skill")  # the gate's first
 
 
@@ -54,6 +55,13 @@ class Decision:
     # What the auto gate decides (under manual promotion: would have decided), and why.
     recommended: bool = False
     recommendation: str = ""
+
+    def for_version(self, version: str) -> "Decision":
+        """This decision once the version is registered: a manual one names the command."""
+        if self.tag != "manual":
+            return self
+        hint = f"review and run `closecast promote {version}`"
+        return replace(self, reason=self.reason.replace(PROMOTE_HINT, hint))
 
     @property
     def line(self) -> str:
@@ -186,10 +194,7 @@ def decide_promotion(
     if mode != "manual":
         return decision
     verdict = "recommends promoting" if decision.promote else "would not promote"
-    reason = (
-        f"promotion is manual: the gate {verdict} ({decision.reason}); "
-        "review and run `closecast promote`"
-    )
+    reason = f"promotion is manual: the gate {verdict} ({decision.reason}); {PROMOTE_HINT}"
     return _replace(decision, promote=False, tag="manual", reason=reason)
 
 

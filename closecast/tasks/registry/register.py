@@ -202,6 +202,9 @@ def register_model(
         **{k: f"{metrics[k]:.6g}" for k in GATED_METRICS},
     }
     version = str(mlflow.register_model(model_uri, model, tags=tags).version)
+    if (named := decision.for_version(version)) != decision:  # `closecast promote 6`
+        decision = named
+        client.set_model_version_tag(model, version, "promotion_reason", decision.reason)
     client.update_registered_model(
         model, description=CANDIDATES_DESCRIPTION if registry.candidates else GATE_DESCRIPTION
     )
