@@ -123,6 +123,12 @@ def test_card_stays_within_mlflows_description_limit() -> None:
     short = describe_version("2", metrics(0.03), decision, {}, 250, ["- data"], links)
     assert "[plots/p011.png]" in short and "p012" not in short and "and 288 more" in short
     assert "- Prefect flow run: [f](http://ui/runs/flow-run/f)" in short
+    assert "Fan charts" not in short  # no rule recorded on the run: none stated
+    ruled = CardLinks(links.run, links.run_id, None, {}, "every ticker up to 20")
+    card = describe_version("2", metrics(0.03), decision, {}, 250, ["- data"], ruled)
+    assert card.endswith(
+        "- Fan charts (`plots/predicted_vs_actual_<ticker>.png`): every ticker up to 20."
+    )
 
 
 def test_comparison_table_marks_the_metric_that_decided() -> None:

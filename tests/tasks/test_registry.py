@@ -243,6 +243,7 @@ def test_every_version_carries_a_model_card(scenario: Scenario) -> None:
     assert f"- MLflow run: [{run.info.run_id}]({page})" in card
     assert f"/runs/flow-run/{run.data.tags['flow_run_id']})" in card
     assert f"]({page}/artifactPath/plots/" in card and ".png)" in card
+    assert "- Fan charts (`plots/predicted_vs_actual_<ticker>.png`): every ticker with a " in card
     gate = client.get_registered_model(MODEL_NAME).description
     assert "A tie is rejected" in gate and "closecast promote" in gate
     assert "after the champion's own selection" in gate

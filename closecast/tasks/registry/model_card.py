@@ -79,6 +79,7 @@ class CardLinks:
     run_id: str
     flow_run: str | None = None  # the flow run's page in the Prefect UI, when one exists
     plots: dict[str, str] = field(default_factory=dict)  # artifact path -> its page
+    fan_rule: str = ""  # which tickers got a fan chart, in words (the run's `fan_charts` tag)
 
 
 def headline(
@@ -274,6 +275,8 @@ def link_lines(links: CardLinks) -> list[str]:
     if shown:
         more = f" and {len(links.plots) - MAX_PLOTS} more" if len(links.plots) > MAX_PLOTS else ""
         lines.append("- Plots: " + ", ".join(f"[{p}]({url})" for p, url in shown) + more)
+    if links.fan_rule:
+        lines.append(f"- Fan charts (`plots/predicted_vs_actual_<ticker>.png`): {links.fan_rule}.")
     return lines
 
 

@@ -125,7 +125,8 @@ def card_links(client: MlflowClient, tracking_uri: str, run_id: str) -> CardLink
     flow_run_id = run.data.tags.get("flow_run_id", "")
     flow_run = url_for("flow-run", obj_id=flow_run_id) if flow_run_id else None
     plots = {p: run_url(tracking_uri, experiment, run_id, p) for p in run_plots(client, run_id)}
-    return CardLinks(run_url(tracking_uri, experiment, run_id), run_id, flow_run, plots)
+    rule = run.data.tags.get("fan_charts", "")  # tasks/reporting/tracking.py sets it
+    return CardLinks(run_url(tracking_uri, experiment, run_id), run_id, flow_run, plots, rule)
 
 
 def selection_end(client: MlflowClient, version: str) -> str:

@@ -34,6 +34,7 @@ from closecast.tasks.registry.gate import Decision
 from closecast.tasks.reporting.plots import (
     LOSS_CURVES_PLOT,
     TOMORROW_PLOT,
+    fan_chart_rule,
     plot_loss_curves,
     plot_name,
     plot_predictions,
@@ -44,6 +45,7 @@ from closecast.tasks.reporting.summary import MlflowLinks, RunCharts
 
 CHART_DPI = 80  # tomorrow's chart: sharp in both UIs, small enough to sit inside an artifact
 FAN_PREFIX = "plots/predicted_vs_actual_"
+FAN_RULE_TAG = "fan_charts"  # run tag: which tickers got a fan chart, in words
 NOTE_TICKERS = 10  # tickers a run's description names before "…"
 SCHEMA_SAMPLE_ROWS = 100  # rows a table's column types are read from (each column has one dtype)
 
@@ -205,7 +207,10 @@ def log_run(
     """
     client = configure_mlflow(tracking_uri)
     log_metrics(client, run_id, run_metrics(evaluation, trained, validated))
-    set_tags(client, run_id, {"head": trained.forecaster.head_label})
+    # The rule that picked the fan charts, for the model card (which may not import plots).
+    set_tags(
+        client, run_id, {"head": trained.forecaster.head_label, FAN_RULE_TAG: fan_chart_rule()}
+    )
     now = int(time.time() * 1000)
     curves = [
         Metric(name, float(h[name]), now, int(h["epoch"]))
