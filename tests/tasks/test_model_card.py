@@ -81,7 +81,8 @@ def test_headline_shows_enough_digits_to_tell_two_scores_apart() -> None:
 
 def _rows(text: str) -> dict[str, list[str]]:
     """The comparison table's rows: label -> cells."""
-    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
+    plain = text.replace("&emsp;", "")  # the cells' padding (model_card.CELL_PAD)
+    rows = [line.strip("|").split("|") for line in plain.splitlines() if line.startswith("| ")]
     return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
 
 
@@ -135,9 +136,9 @@ def test_comparison_table_marks_the_metric_that_decided() -> None:
     """The row the gate compared is marked, so a reviewer knows which number mattered."""
     decision = Decision(False, "rejected", "", champion="1", compared="test_rmse")
     lines = comparison_table("2", metrics(0.03), decision, NO_INTERVALS)
-    assert [line.split("|")[1].strip() for line in lines if "(decides)" in line] == [
-        "test_rmse (decides)"
-    ]
+    assert [
+        line.split("|")[1].replace("&emsp;", "").strip() for line in lines if "(decides)" in line
+    ] == ["test_rmse (decides)"]
 
 
 PAIRED = {"difference": -0.022, "difference_low": -0.039, "difference_high": -0.004,
@@ -175,9 +176,15 @@ def test_headline_gives_the_gates_difference_interval_and_pvalue(
         )
 
 
-def test_card_cells_carry_units_and_are_centred() -> None:
-    """Every column is centred (`:-:`), so two numbers never run together in MLflow's UI."""
+def test_card_cells_carry_units_and_are_padded() -> None:
+    """Cells carry units and an em space either side (MLflow's UI draws tables without
+    padding and ignores alignment), so two numbers never run together; the alignment row
+    has three dashes a cell, which its markdown renderer needs to draw a table at all."""
     lines = comparison_table("2", metrics(0.0301), Decision(False, "rejected", "", champion="1"),
                              metrics(0.0312))  # fmt: skip
-    assert lines[1] == "|:--|:-:|:-:|:-:|"
-    assert lines[4].split("|")[2:5] == [" 301.0 bp ", " 312.0 bp ", " -11.0 bp "]
+    assert lines[1] == "|:---|:---:|:---:|:---:|"
+    pad = "&emsp;"
+    assert lines[4].split("|")[2:5] == [
+        f" {pad}{c}{pad} " for c in ("301.0 bp", "312.0 bp", "-11.0 bp")
+    ]
+    assert lines[0].split("|")[1] == f" {pad}metric{pad} "

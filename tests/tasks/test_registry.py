@@ -216,10 +216,10 @@ def test_every_version_carries_a_model_card(scenario: Scenario) -> None:
     re-scored numbers; units; data span, tickers, source and hash; links to the MLflow run,
     the Prefect flow run and the plots. The registered model says how the gate works."""
     client = scenario.client
-    first = client.get_model_version(MODEL_NAME, "1").description
+    first = client.get_model_version(MODEL_NAME, "1").description.replace("&emsp;", "")
     assert first.splitlines()[0] == "First version: champion."
     assert "| metric | v1 (this version) |" in first and "champion v" not in first.split("|")[2]
-    card = client.get_model_version(MODEL_NAME, "2").description
+    card = client.get_model_version(MODEL_NAME, "2").description.replace("&emsp;", "")
     windows = len(_latest_test_windows(scenario.config))
     head = card.splitlines()[0]
     assert re.fullmatch(
@@ -230,7 +230,7 @@ def test_every_version_carries_a_model_card(scenario: Scenario) -> None:
     assert f"the table covers all {windows} test windows" in card
     assert "| metric | v2 (this version) | champion v1 | v2 − v1 |" in card
     row = next(line for line in card.splitlines() if line.startswith("| interval score, mean"))
-    mine, theirs = (float(c.removesuffix(" bp ")) / 1e4 for c in row.split("|")[2:4])
+    mine, theirs = (float(c.strip().removesuffix(" bp")) / 1e4 for c in row.split("|")[2:4])
     assert mine == pytest.approx(scenario.worse.metrics["test_interval_score"], abs=0.06e-4)
     reason = _tags(scenario, "2")["promotion_reason"]
     compared = float(re.search(r"champion v1's interval score ([0-9.]+)", reason).group(1))  # type: ignore[union-attr]

@@ -17,6 +17,9 @@ from closecast.tasks.registry.gate import Decision, difference_text
 
 MAX_DESCRIPTION = 5000  # model_versions.description is VARCHAR(5000) in MLflow's SQL stores
 MAX_PLOTS = 12
+# MLflow's UI trims a cell's whitespace (Unicode spaces too) and draws it without padding;
+# an entity survives the trim and renders as an em space.
+CELL_PAD = "&emsp;"
 
 GATE_DESCRIPTION = (
     "Next-day closes from an LSTM, trained nightly by closecast. "
@@ -219,19 +222,26 @@ def comparison_table(
     """
     against = decision.champion
     header = f"| metric | v{version} (this version) |"
-    rule = "|:--|:-:|"
+    rule = "|:---|:---:|"  # three dashes a cell: MLflow's markdown renderer needs them
     if against is not None:
         header += f" champion v{against} | v{version} − v{against} |"
-        rule += ":-:|:-:|"
-    lines = [header, rule]
+        rule += ":---:|:---:|"
+    lines = [_padded(header), rule]
     for label, name, unit in ROWS:
         gate = " (decides)" if name == (decision.compared or "test_interval_score") else ""
         row = f"| {label}{gate} | {_cell(metrics.get(name), unit)} |"
         if against is not None:
             theirs = champion.get(name)
             row += f" {_cell(theirs, unit)} | {_difference(metrics.get(name), theirs, unit)} |"
-        lines.append(row)
+        lines.append(_padded(row))
     return lines
+
+
+def _padded(row: str) -> str:
+    """`row` with an em space either side of each cell: MLflow's UI draws tables without
+    padding (and ignores the alignment row), so neighbouring cells would run together."""
+    cells = row.strip().strip("|").split("|")
+    return "|" + "|".join(f" {CELL_PAD}{c.strip()}{CELL_PAD} " for c in cells) + "|"
 
 
 def gate_lines(decision: Decision, windows: int) -> list[str]:
