@@ -177,7 +177,7 @@ def test_a_bad_notify_url_exits_2_in_one_line_before_anything_starts(
 def test_the_production_late_alert_is_proactive_with_a_3h30_window() -> None:
     """Late: a proactive trigger per nightly flow run, started by Late/Pending/Running,
     expecting a final state within 3.5 h (18:30 + 3.5 h = 22:00 New York)."""
-    _, late, _ = alert_automations(uuid4())
+    _, late, _, _ = alert_automations(uuid4())
     trigger = late.trigger
     assert timedelta(hours=3, minutes=30) == LATE_WITHIN
     assert trigger.posture == Posture.Proactive
@@ -190,10 +190,11 @@ def test_the_production_late_alert_is_proactive_with_a_3h30_window() -> None:
 def test_the_descriptions_count_from_the_nightly_slot_and_name_the_unhealthy_share() -> None:
     """The late alert's time is the nightly slot plus its window, the unhealthy alert's
     share is the one the report event uses: computed, not typed again."""
-    _, late, unhealthy = alert_automations(uuid4())
+    _, late, unhealthy, waiting = alert_automations(uuid4())
     assert late.description.endswith("Running: 22:00 New York for the 18:30 slot.")
     assert unhealthy.description == "More than 20% of the tickers of a nightly's report are not ok."
-    _, sooner, _ = alert_automations(uuid4(), late_within=timedelta(minutes=45))
+    assert waiting.description.startswith("A nightly registered a version the gate recommends")
+    _, sooner, _, _ = alert_automations(uuid4(), late_within=timedelta(minutes=45))
     assert sooner.description.endswith("Running: 19:15 New York for the 18:30 slot.")
 
 

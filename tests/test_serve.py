@@ -14,7 +14,7 @@ import yaml
 from mlflow import MlflowClient
 from prefect.settings import Settings
 
-from closecast.cli.alerts import FAILED, LATE, UNHEALTHY
+from closecast.cli.alerts import FAILED, LATE, UNHEALTHY, WAITING
 from closecast.cli.local_server import server_environment
 from tests.conftest import tiny_config
 from tests.prefect_server import api_post, serve_process
@@ -145,7 +145,7 @@ def test_each_home_owns_its_prefect_server_serves_it_alone_and_takes_it_along_on
         assert schedule["schedule"]["cron"] == "30 18 * * 1-5"
         assert schedule["schedule"]["timezone"] == "America/New_York"
         assert found["predict"]["schedules"] == found["backfill"]["schedules"] == []
-        assert set(_automations(api_b)) == {FAILED, LATE, UNHEALTHY}  # installed before serving
+        assert set(_automations(api_b)) == {FAILED, LATE, UNHEALTHY, WAITING}  # before serving
         assert _automations(api_a) == []  # B's alerts are B's server's
         with urllib.request.urlopen(f"http://127.0.0.1:{port_b}/ui-settings", timeout=5) as page:
             assert json.load(page)["api_url"] == api_b  # the UI calls this server, not port 4200

@@ -44,7 +44,7 @@ from closecast.core.schedule import NIGHTLY_SLOT
 from closecast.tasks.reporting.events import UNHEALTHY_EVENT, UNHEALTHY_SHARE, WAITING_EVENT
 
 if TYPE_CHECKING:
-    from prefect.events.schemas.automations import AutomationCore
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger
 
 BLOCK_NAME = "closecast-alerts"  # the custom-webhook block --notify-url saves
 WEBHOOK_SLUG = "custom-webhook"
@@ -195,15 +195,7 @@ def alert_automations(
         description=(
             f"More than {UNHEALTHY_SHARE:.0%} of the tickers of a nightly's report are not ok."
         ),
-        trigger=EventTrigger(
-            match={"prefect.resource.id": "closecast.report.*"},
-            match_related=nightly,
-            expect={UNHEALTHY_EVENT},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Reactive,
-            threshold=1,
-            within=timedelta(0),
-        ),
+        trigger=on_nightly_event(UNHEALTHY_EVENT, "closecast.report.*"),
         actions=[
             notify(
                 "closecast: {{ event.payload.not_ok }} of {{ event.payload.tickers }} tickers not ok",
@@ -221,15 +213,7 @@ def alert_automations(
             "A nightly registered a version the gate recommends promoting, and promotion is "
             "a person's (--no-promote, or a candidates model): it waits for review."
         ),
-        trigger=EventTrigger(
-            match={"prefect.resource.id": "closecast.model.*"},
-            match_related=nightly,
-            expect={WAITING_EVENT},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Reactive,
-            threshold=1,
-            within=timedelta(0),
-        ),
+        trigger=on_nightly_event(WAITING_EVENT, "closecast.model.*"),
         actions=[
             notify(
                 "closecast: {{ event.payload.model }} v{{ event.payload.version }} waits for review",
@@ -241,6 +225,24 @@ def alert_automations(
         ],
     )
     return [failed, late, unhealthy, waiting]
+
+
+def on_nightly_event(event: str, resources: str) -> "EventTrigger":
+    """Fire once per resource (matching `resources`) on each `event` a nightly run emits."""
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    return EventTrigger(
+        match={"prefect.resource.id": resources},
+        match_related=ResourceSpecification(
+            {"prefect.resource.role": "flow", "prefect.resource.name": NIGHTLY_FLOW}
+        ),
+        expect={event},
+        for_each={"prefect.resource.id"},
+        posture=Posture.Reactive,
+        threshold=1,
+        within=timedelta(0),
+    )
 
 
 def webhook_json(subject: str, body: str) -> str:

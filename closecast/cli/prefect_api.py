@@ -49,6 +49,23 @@ def configured_api() -> str | None:
     return get_current_settings().api.url
 
 
+def publish_environ(values: dict[str, str]) -> dict[str, str | None]:
+    """Set `values` in the environment (child processes inherit it); returns what they
+    replaced, for `restore_environ`."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    return previous
+
+
+def restore_environ(previous: dict[str, str | None]) -> None:
+    """Put back the environment `publish_environ` replaced (unset what was unset)."""
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @contextmanager
 def temporary_api(argv: Sequence[str]) -> Iterator[str | None]:
     """For a flow command with no Prefect API configured: a temporary one, its URL.
@@ -106,9 +123,7 @@ def _published(url: str) -> Iterator[None]:
         temporary_settings,
     )
 
-    published = {"PREFECT_API_URL": url, "PREFECT_UI_URL": ""}
-    previous = {name: os.environ.get(name) for name in published}
-    os.environ.update(published)
+    previous = publish_environ({"PREFECT_API_URL": url, "PREFECT_UI_URL": ""})
     refresh_global_settings_context()  # threads without a settings context of their own
     try:
         updates = {
@@ -122,11 +137,7 @@ def _published(url: str) -> Iterator[None]:
             finally:
                 _send_queued_logs_and_events()
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        restore_environ(previous)
         refresh_global_settings_context()
 
 

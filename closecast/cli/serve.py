@@ -21,6 +21,7 @@ from closecast.cli.local_server import _healthy as _healthy
 from closecast.cli.local_server import local_server, require_api
 from closecast.cli.local_server import server_environment as server_environment
 from closecast.cli.local_server import stop_process_group as stop_process_group
+from closecast.cli.prefect_api import publish_environ, restore_environ
 from closecast.core.config import PipelineConfig
 from closecast.core.errors import InputError
 from closecast.core.schedule import NIGHTLY_SLOT
@@ -180,18 +181,12 @@ def served_at(api_url: str) -> Iterator[None]:
 
     proxied = os.environ.get("PREFECT_SERVER_UI_API_URL") or os.environ.get("PREFECT_UI_API_URL")
     ui_url = (proxied or api_url).rstrip("/").removesuffix("/api")
-    published = {"PREFECT_API_URL": api_url, "PREFECT_UI_URL": ui_url}
-    previous = {name: os.environ.get(name) for name in published}
-    os.environ.update(published)
+    previous = publish_environ({"PREFECT_API_URL": api_url, "PREFECT_UI_URL": ui_url})
     try:
         with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_UI_URL: ui_url}):
             yield
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        restore_environ(previous)
 
 
 def _serve(

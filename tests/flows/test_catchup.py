@@ -148,7 +148,8 @@ def test_a_clean_stop_keeps_the_schedule_and_missed_slots_run_oldest_first_point
 
     slots = [_when(r["expected_start_time"]).tz_convert(NEW_YORK) for r in runs]
     assert [(s.date(), s.hour, s.minute) for s in slots] == [(d, 18, 30) for d in SESSIONS]
-    assert [r["name"].rsplit(" ", 1)[-1] for r in runs] == [f"as_of={d}" for d in SESSIONS]
+    # Each run renamed after its outcome, for the session of its slot (flows/naming.py).
+    assert [r["name"].split(" · ")[0] for r in runs] == [f"nightly {d}" for d in SESSIONS]
     starts = [_when(r["start_time"]) for r in runs]
     ends = [_when(r["end_time"]) for r in runs]
     assert starts == sorted(starts)  # oldest slot first

@@ -12,6 +12,7 @@ notification's endpoint.
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -77,24 +78,36 @@ def emit_report_health(report: pd.DataFrame, path: Path | None = None) -> bool:
     """
     try:
         health = report_health(report)
-        if not health.unhealthy:
-            return False
-        from prefect.events import emit_event
-
-        payload = asdict(health) | {
-            "share_pct": round(100 * health.share, 1),
-            "report": str(path) if path else "",
-        }
-        resource = {
-            "prefect.resource.id": f"closecast.report.{health.as_of}",
-            "prefect.resource.name": f"report {health.as_of}",
-        }
-        event = emit_event(UNHEALTHY_EVENT, resource=resource, payload=payload)
     except Exception as exc:  # an alert must never fail the nightly it reports on
         _logger().warning("could not emit %s: %s: %s", UNHEALTHY_EVENT, type(exc).__name__, exc)
         return False
+    if not health.unhealthy:
+        return False
+    payload = asdict(health) | {
+        "share_pct": round(100 * health.share, 1),
+        "report": str(path) if path else "",
+    }
+    return _emit(
+        UNHEALTHY_EVENT, f"closecast.report.{health.as_of}", f"report {health.as_of}", payload
+    )
+
+
+def _emit(event_name: str, resource_id: str, name: str, payload: dict[str, Any]) -> bool:
+    """Hand one event to Prefect's events worker; never raises (a miss is logged).
+
+    Returns:
+        Whether it was handed over (False: no Prefect API to send it to, or an error).
+    """
+    try:
+        from prefect.events import emit_event
+
+        resource = {"prefect.resource.id": resource_id, "prefect.resource.name": name}
+        event = emit_event(event_name, resource=resource, payload=payload)
+    except Exception as exc:  # an alert must never fail the nightly it reports on
+        _logger().warning("could not emit %s: %s: %s", event_name, type(exc).__name__, exc)
+        return False
     if event is None:
-        _logger().warning("%s not emitted: no Prefect API to send it to", UNHEALTHY_EVENT)
+        _logger().warning("%s not emitted: no Prefect API to send it to", event_name)
     return event is not None
 
 
@@ -123,21 +136,9 @@ def emit_waiting_challenger(waiting: WaitingChallenger) -> bool:
     Returns:
         Whether the event was handed to Prefect's events worker.
     """
-    try:
-        from prefect.events import emit_event
-
-        resource = {
-            "prefect.resource.id": f"closecast.model.{waiting.model}.v{waiting.version}",
-            "prefect.resource.name": f"{waiting.model} v{waiting.version}",
-        }
-        payload = asdict(waiting) | {"command": waiting.command}
-        event = emit_event(WAITING_EVENT, resource=resource, payload=payload)
-    except Exception as exc:  # an announcement must never fail the nightly it reports on
-        _logger().warning("could not emit %s: %s: %s", WAITING_EVENT, type(exc).__name__, exc)
-        return False
-    if event is None:
-        _logger().warning("%s not emitted: no Prefect API to send it to", WAITING_EVENT)
-    return event is not None
+    payload = asdict(waiting) | {"command": waiting.command}
+    resource = f"closecast.model.{waiting.model}.v{waiting.version}"
+    return _emit(WAITING_EVENT, resource, f"{waiting.model} v{waiting.version}", payload)
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
