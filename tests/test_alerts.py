@@ -114,13 +114,32 @@ def on_prefect_api(url: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Alerts:
-    """The alerts installed on the test server, the receiver they post to, and a nightly
-    flow run nobody will ever start (scheduled minutes ago)."""
+    """The alerts installed on the test server and the receiver they post to."""
 
     receiver: Receiver
     ids: list[UUID]
-    unstarted_run: UUID
     runs: list[UUID]  # the flow runs the tests made, deleted with the automations
+
+
+def unstarted_nightly(prefect_server: str, name: str = "nobody-runs-me") -> UUID:
+    """A nightly flow run nobody will ever start, scheduled minutes ago (it goes Late)."""
+    with on_prefect_api(prefect_server), get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("nightly")
+        due = datetime.now(UTC) - timedelta(minutes=5)
+        response = client.request(
+            "POST",
+            "/flow_runs/",
+            json={
+                "flow_id": str(flow_id),
+                "name": name,
+                "state": {
+                    "type": "SCHEDULED",
+                    "name": "Scheduled",
+                    "state_details": {"scheduled_time": due.isoformat()},
+                },
+            },
+        )
+    return UUID(response.json()["id"])
 
 
 @pytest.fixture(scope="module")
@@ -128,24 +147,7 @@ def alerts(prefect_server: str) -> Iterator[Alerts]:
     receiver = Receiver()
     with on_prefect_api(prefect_server):
         ids = install_alerts(NotifyTarget(url=receiver.url), late_within=TEST_WITHIN)
-        with get_client(sync_client=True) as client:
-            flow_id = client.create_flow_from_name("nightly")
-            due = datetime.now(UTC) - timedelta(minutes=5)
-            response = client.request(
-                "POST",
-                "/flow_runs/",
-                json={
-                    "flow_id": str(flow_id),
-                    "name": "nobody-runs-me",
-                    "state": {
-                        "type": "SCHEDULED",
-                        "name": "Scheduled",
-                        "state_details": {"scheduled_time": due.isoformat()},
-                    },
-                },
-            )
-            unstarted = UUID(response.json()["id"])
-        made = Alerts(receiver, ids, unstarted, [unstarted])
+        made = Alerts(receiver, ids, [])
         try:
             yield made
         finally:
@@ -296,11 +298,16 @@ def test_a_version_that_waits_for_review_posts_its_version_verdict_card_and_comm
 
 
 def test_a_nightly_nobody_starts_posts_late_and_a_failed_one_is_not_posted_twice(
-    alerts: Alerts,
+    alerts: Alerts, prefect_server: str
 ) -> None:
     """The proactive trigger, at its least window: a run gone Late with no final state
-    within 10 s brings one POST naming it; the failed run's one POST stays one."""
-    run_id = str(alerts.unstarted_run)
+    within 10 s brings one POST naming it; the failed run's one POST stays one.
+
+    The run is made here, after the install test re-installed the automations: a
+    trigger updated after the run went Late has not seen it go Late, and never fires."""
+    unstarted = unstarted_nightly(prefect_server)
+    alerts.runs.append(unstarted)
+    run_id = str(unstarted)
     posts = alerts.receiver.wait_for(lambda: alerts.receiver.naming(run_id))
     assert len(posts) == 1, posts
     (post,) = posts
