@@ -24,11 +24,21 @@ Writes benchmarks/results/universe.json and prints a table.
     python benchmarks/universe.py                      # defaults, 2 cores: target < 60 s, < 2 GB
     python benchmarks/universe.py -- --epochs 2        # extra args go to `closecast run`
     python benchmarks/universe.py --root /tmp/base     # the code of another checkout
+    python benchmarks/universe.py --copies 1 4 20      # 505, 2,020 and 10,100 tickers
+
+With `--copies K` the run reads a K× universe built from the shared file
+(`copy_universe`): every series repeated K times, each copy's prices scaled by
+one random factor (seeded, so every run builds the same file; volume is
+kept), and its tickers renamed (AAL, AAL-X2, ..., AAL-XK): the dynamics are
+real, only the universe grows. Several K run one after the other and the
+growth table (wall, peak memory and each step, against K = the smallest) is
+printed and written to benchmarks/results/universe_growth.json.
 """
 
 import argparse
 import contextlib
 import csv
+import gzip
 import json
 import os
 import re
@@ -43,6 +53,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +65,8 @@ DATA = next(
     ROOT.parent / _SHARED_FILE,
 )
 RESULTS = ROOT / "benchmarks" / "results" / "universe.json"
+GROWTH = ROOT / "benchmarks" / "results" / "universe_growth.json"
+PRICE_COLUMNS = ["open", "high", "low", "close"]
 TARGET_S, TARGET_MB = 60.0, 2048.0  # issue 14 (PRODUCT.md §9 first asked 600 s and 4 GB)
 
 
@@ -250,6 +264,72 @@ def git_head(root: Path) -> str:
         return "unknown"
 
 
+def copy_ticker(ticker: str, copy: int) -> str:
+    """Copy `copy` (1-based) of a ticker: the ticker itself, then TICKER-X2, TICKER-X3, ..."""
+    return ticker if copy == 1 else f"{ticker}-X{copy}"
+
+
+def copy_universe(source: Path, copies: int, target: Path, seed: int = 22) -> int:
+    """Write a `copies`× universe of the shared file to `target` (csv.gz); returns its tickers.
+
+    Copy 1 is the file itself; copy k ≥ 2 multiplies every ticker's prices by
+    one factor drawn log-uniformly from [0.2, 5] (returns, ranges and gaps are
+    unchanged) and renames it with `copy_ticker`.
+    """
+    frame = pd.read_csv(source)
+    tickers = frame["Name"].unique()
+    rng = np.random.default_rng(seed)
+    with gzip.open(target, "wt", compresslevel=1, newline="") as out:
+        for copy in range(1, copies + 1):
+            part = frame if copy == 1 else frame.copy()
+            if copy > 1:
+                factors = dict(
+                    zip(
+                        tickers,
+                        np.exp(rng.uniform(np.log(0.2), np.log(5), len(tickers))),
+                        strict=True,
+                    )
+                )
+                part[PRICE_COLUMNS] = part[PRICE_COLUMNS].mul(part["Name"].map(factors), axis=0)
+                part["Name"] = part["Name"].map(lambda t, c=copy: copy_ticker(t, c))
+            part.to_csv(out, index=False, header=copy == 1, float_format="%.6g")
+    return len(tickers) * copies
+
+
+def growth_table(results: list[dict]) -> list[dict]:
+    """Per universe: tickers, wall, peak tree memory and each step's span, and each against the
+    smallest universe's (x: the ratio; the tickers' ratio is the linear bound)."""
+    base = results[0]
+    rows = []
+    for result in results:
+        row = {
+            "copies": result["copies"],
+            "tickers": result["tickers"],
+            "tickers_x": round(result["tickers"] / base["tickers"], 2),
+            "wall_s": result["wall_s"],
+            "wall_x": round(result["wall_s"] / base["wall_s"], 2),
+            "peak_tree_mb": result["peak_tree_mb"],
+            "peak_tree_x": round(result["peak_tree_mb"] / base["peak_tree_mb"], 2),
+            "step_span_s": {k: v["span_s"] for k, v in result["steps"].items()},
+        }
+        rows.append(row)
+    return rows
+
+
+def print_growth(rows: list[dict]) -> None:
+    print(f"\n{'copies':>6}{'tickers':>9}{'x':>6}{'wall s':>9}{'x':>6}{'peak MB':>9}{'x':>6}")
+    for row in rows:
+        print(
+            f"{row['copies']:>6}{row['tickers']:>9}{row['tickers_x']:>6.1f}{row['wall_s']:>9.1f}"
+            f"{row['wall_x']:>6.2f}{row['peak_tree_mb']:>9.0f}{row['peak_tree_x']:>6.2f}"
+        )
+    steps = sorted({s for row in rows for s in row["step_span_s"]})
+    print(f"\n{'step span s':<22}" + "".join(f"{'K=' + str(r['copies']):>10}" for r in rows))
+    for step in steps:
+        spans = "".join(f"{r['step_span_s'].get(step, float('nan')):>10.1f}" for r in rows)
+        print(f"{step:<22}{spans}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -258,15 +338,50 @@ def main() -> int:
     parser.add_argument(
         "--root", type=Path, default=ROOT, help="the checkout whose code runs (default: this one)"
     )
+    parser.add_argument(
+        "--copies",
+        type=int,
+        nargs="+",
+        default=[1],
+        metavar="K",
+        help="universe sizes, in copies of the shared file (e.g. 1 4 20); default 1",
+    )
     parser.add_argument("extra", nargs="*", help="arguments for `closecast run`, after --")
     args = parser.parse_args()
     if not args.data.is_file():
         print(f"universe data not found: {args.data}", file=sys.stderr)
         return 2
+    bad = [k for k in args.copies if not 1 <= k <= 100]
+    if bad:
+        print(f"invalid --copies {bad[0]}: expected 1 to 100", file=sys.stderr)
+        return 2
+    results = []
+    for copies in sorted(set(args.copies)):
+        output = args.output if copies == 1 else args.output.with_name(f"universe_x{copies}.json")
+        result = run_universe(args, copies, output)
+        if result is None:
+            return 1
+        results.append(result)
+    if len(results) > 1:
+        rows = growth_table(results)
+        GROWTH.write_text(
+            json.dumps({"code": results[-1]["code"], "growth": rows}, indent=2) + "\n"
+        )
+        print_growth(rows)
+        print(f"growth table written to {GROWTH}")
+    return 0
 
+
+def run_universe(args: argparse.Namespace, copies: int, result_path: Path) -> dict | None:
+    """One `closecast run` on a `copies`× universe: its result (also written to `result_path`),
+    None when the command failed."""
     with tempfile.TemporaryDirectory(prefix="closecast-universe-") as tmp:
+        data, tickers = args.data, None
+        if copies > 1:
+            data = Path(tmp) / f"universe_x{copies}.csv.gz"
+            tickers = copy_universe(args.data, copies, data)
         home, prefect_home = Path(tmp) / "home", Path(tmp) / "prefect"
-        command = [sys.executable, "-m", "closecast.cli.app", "run", "--source", f"csv:{args.data}"]
+        command = [sys.executable, "-m", "closecast.cli.app", "run", "--source", f"csv:{data}"]
         command += ["--home", str(home), *args.extra]
         env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
         env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -294,12 +409,13 @@ def main() -> int:
             thread.join()
         load_after = os.getloadavg()
         if args.log:
-            args.log.write_text(output)
+            log = args.log if copies == 1 else args.log.with_name(f"{args.log.stem}_x{copies}.log")
+            log.write_text(output)
         peak_process_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         if process.returncode != 0:
             print(output[-3000:], file=sys.stderr)
             print(f"closecast run exited {process.returncode}", file=sys.stderr)
-            return 1
+            return None
         steps, flow, intervals, step_spans = step_times(prefect_home)
         where = timeline(started_epoch, ended_epoch, server, flow, intervals, steps)
         for name, (begin, end) in step_spans.items():
@@ -311,6 +427,8 @@ def main() -> int:
 
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "copies": copies,
+        "tickers": tickers or sum(statuses.values()),
         "code": git_head(args.root),
         "command": " ".join(["closecast", *command[3:]]).replace(tmp, "$TMP"),
         "cpus": os.cpu_count(),
@@ -326,8 +444,8 @@ def main() -> int:
         "training": training,
         "report_statuses": statuses,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"{'step':<22}{'task runs':>10}{'sum s':>10}{'span s':>10}{'peak MB':>10}")
     for name, step in result["steps"].items():
@@ -345,8 +463,8 @@ def main() -> int:
     print(f"  (import floor alone, before the run: {floor_s:.2f}s)")
     print(f"training: {training}; report: {statuses}")
     print(f"load average before/after: {load_before} / {load_after} on {os.cpu_count()} CPUs")
-    print(f"written to {args.output}")
-    return 0
+    print(f"written to {result_path}")
+    return result
 
 
 if __name__ == "__main__":
