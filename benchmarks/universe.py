@@ -355,13 +355,20 @@ def main() -> int:
     if bad:
         print(f"invalid --copies {bad[0]}: expected 1 to 100", file=sys.stderr)
         return 2
+    sizes = sorted(set(args.copies))
+    if len(sizes) == 1:
+        output = result_file(args.output, sizes[0])
+        return 0 if run_universe(args, sizes[0], output) is not None else 1
+    # Several sizes: one child process each, since step_times reads the Prefect home that
+    # PREFECT_HOME names when prefect is first imported (a second run would read the first's).
     results = []
-    for copies in sorted(set(args.copies)):
-        output = args.output if copies == 1 else args.output.with_name(f"universe_x{copies}.json")
-        result = run_universe(args, copies, output)
-        if result is None:
+    for copies in sizes:
+        command = [sys.executable, __file__, "--data", str(args.data), "--root", str(args.root)]
+        command += ["--output", str(args.output), "--copies", str(copies)]
+        command += ["--log", str(args.log)] if args.log else []
+        if subprocess.run([*command, "--", *args.extra], check=False).returncode != 0:
             return 1
-        results.append(result)
+        results.append(json.loads(result_file(args.output, copies).read_text()))
     if len(results) > 1:
         rows = growth_table(results)
         GROWTH.write_text(
@@ -370,6 +377,11 @@ def main() -> int:
         print_growth(rows)
         print(f"growth table written to {GROWTH}")
     return 0
+
+
+def result_file(output: Path, copies: int) -> Path:
+    """Where one size's result goes: `output` for K = 1, universe_xK.json beside it otherwise."""
+    return output if copies == 1 else output.with_name(f"universe_x{copies}.json")
 
 
 def run_universe(args: argparse.Namespace, copies: int, result_path: Path) -> dict | None:
