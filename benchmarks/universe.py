@@ -264,35 +264,25 @@ def git_head(root: Path) -> str:
         return "unknown"
 
 
-def copy_ticker(ticker: str, copy: int) -> str:
-    """Copy `copy` (1-based) of a ticker: the ticker itself, then TICKER-X2, TICKER-X3, ..."""
-    return ticker if copy == 1 else f"{ticker}-X{copy}"
-
-
 def copy_universe(source: Path, copies: int, target: Path, seed: int = 22) -> int:
     """Write a `copies`× universe of the shared file to `target` (csv.gz); returns its tickers.
 
     Copy 1 is the file itself; copy k ≥ 2 multiplies every ticker's prices by
     one factor drawn log-uniformly from [0.2, 5] (returns, ranges and gaps are
-    unchanged) and renames it with `copy_ticker`.
+    unchanged) and renames it TICKER-Xk.
     """
     frame = pd.read_csv(source)
     tickers = frame["Name"].unique()
     rng = np.random.default_rng(seed)
     with gzip.open(target, "wt", compresslevel=1, newline="") as out:
-        for copy in range(1, copies + 1):
-            part = frame if copy == 1 else frame.copy()
-            if copy > 1:
-                factors = dict(
-                    zip(
-                        tickers,
-                        np.exp(rng.uniform(np.log(0.2), np.log(5), len(tickers))),
-                        strict=True,
-                    )
-                )
-                part[PRICE_COLUMNS] = part[PRICE_COLUMNS].mul(part["Name"].map(factors), axis=0)
-                part["Name"] = part["Name"].map(lambda t, c=copy: copy_ticker(t, c))
-            part.to_csv(out, index=False, header=copy == 1, float_format="%.6g")
+        frame.to_csv(out, index=False, float_format="%.6g")  # copy 1: the file itself
+        for copy in range(2, copies + 1):
+            factors = np.exp(rng.uniform(np.log(0.2), np.log(5), len(tickers)))  # per ticker
+            part = frame.copy()
+            scale = part["Name"].map(dict(zip(tickers, factors, strict=True)))
+            part[PRICE_COLUMNS] = part[PRICE_COLUMNS].mul(scale, axis=0)
+            part["Name"] = part["Name"] + f"-X{copy}"
+            part.to_csv(out, index=False, header=False, float_format="%.6g")
     return len(tickers) * copies
 
 
@@ -369,13 +359,10 @@ def main() -> int:
         if subprocess.run([*command, "--", *args.extra], check=False).returncode != 0:
             return 1
         results.append(json.loads(result_file(args.output, copies).read_text()))
-    if len(results) > 1:
-        rows = growth_table(results)
-        GROWTH.write_text(
-            json.dumps({"code": results[-1]["code"], "growth": rows}, indent=2) + "\n"
-        )
-        print_growth(rows)
-        print(f"growth table written to {GROWTH}")
+    rows = growth_table(results)
+    GROWTH.write_text(json.dumps({"code": results[-1]["code"], "growth": rows}, indent=2) + "\n")
+    print_growth(rows)
+    print(f"growth table written to {GROWTH}")
     return 0
 
 
