@@ -214,6 +214,7 @@ BACKFILL = ["backfill", "--start", "2021-03-01", "--end", "2021-03-05", "--sourc
         ("--batch-size", "0", "--batch-size 0"),
         ("--learning-rate", "2", "--learning-rate 2.0"),
         ("--patience", "0", "--patience 0"),
+        ("--epoch-windows", "5", "--epoch-windows 5"),
         ("--seed", "x", "'--seed'"),
         ("--device", "gpu", "--device 'gpu'"),
     ],
@@ -248,7 +249,7 @@ def test_run_and_backfill_default_to_the_models_settings() -> None:
         "--window": 10, "--features": ",".join(DEFAULT_FEATURES), "--target": "vol_return",
         "--hidden": 32, "--dropout": 0.2, "--distribution": DEFAULT_DISTRIBUTION,
         "--epochs": 50, "--batch-size": 32, "--learning-rate": 0.001, "--patience": 5,
-        "--seed": 42, "--device": "auto",
+        "--seed": 42, "--device": "auto", "--epoch-windows": 2**19, "--full-retrain": False,
     }  # fmt: skip
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     for name in ("run", "backfill"):
@@ -355,6 +356,18 @@ def test_usage_errors_and_the_version_need_no_prefect(args: list[str], code: int
     assert done.stderr.strip().startswith(err) and len(done.stderr.strip().splitlines()) <= 1
     if args == ["--version"]:
         assert printed == [f"closecast {metadata.version('closecast')}"]
+
+
+def test_full_retrain_lifts_the_epoch_budget(tmp_path: Path) -> None:
+    """--full-retrain trains on every window (no budget); --epoch-windows sets the budget."""
+    from closecast.cli.options import DataOptions, build_config
+
+    data = DataOptions(source="sample")
+    assert build_config(tmp_path, data).train.epoch_windows == 2**19
+    full = build_config(tmp_path, data, model={"full_retrain": True})
+    assert full.train.epoch_windows is None
+    budget = build_config(tmp_path, data, model={"epoch_windows": "4096", "full_retrain": False})
+    assert budget.train.epoch_windows == 4096
 
 
 def test_promotion_alpha_reaches_the_gates_config(tmp_path: Path) -> None:

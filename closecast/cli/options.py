@@ -23,7 +23,13 @@ import typer
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from closecast.core.config import DataConfig, PipelineConfig, check_ticker, check_tracking_uri
+from closecast.core.config import (
+    DataConfig,
+    PipelineConfig,
+    TrainConfig,
+    check_ticker,
+    check_tracking_uri,
+)
 from closecast.core.errors import InputError
 from closecast.core.sources import SOURCE_HELP, check_source
 
@@ -130,10 +136,11 @@ class ConfigOption:
         return get_origin(self.info.annotation) is list
 
     def parameter(self) -> inspect.Parameter:
-        """The Typer option: numbers as numbers; lists comma-separated; choices as text,
-        so pydantic's message names the bad choice."""
+        """The Typer option: numbers (and optional ints) as numbers; lists comma-separated;
+        choices as text, so pydantic's message names the bad choice."""
         info = self.info
-        kind = info.annotation if info.annotation in (int, float) else str
+        numbers: dict[Any, type] = {int: int, float: float, int | None: int}  # None: no flag
+        kind = numbers.get(info.annotation, str)
         default = info.get_default(call_default_factory=True)
         help_text = info.description or ""
         if self.is_list:
@@ -161,6 +168,7 @@ MODEL_OPTIONS = (
     ConfigOption("--batch-size", "train", "batch_size"),
     ConfigOption("--learning-rate", "train", "learning_rate"),
     ConfigOption("--patience", "train", "patience"),
+    ConfigOption("--epoch-windows", "train", "epoch_windows"),
     ConfigOption("--seed", "train", "seed"),
     ConfigOption("--device", "train", "device"),
 )
@@ -196,7 +204,23 @@ def in_place_of(
     return decorate
 
 
-with_model_options = in_place_of("model", [o.parameter() for o in MODEL_OPTIONS], dict)
+# Every window, every epoch, however large the universe (train.epoch_windows = null).
+FULL_RETRAIN = inspect.Parameter(
+    "full_retrain",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=False,
+    annotation=Annotated[
+        bool,
+        typer.Option(
+            "--full-retrain",
+            help="Train every epoch on every window, not on a sample of "
+            f"{TrainConfig.model_fields['epoch_windows'].default:,} when the universe has more.",
+        ),
+    ],
+)
+with_model_options = in_place_of(
+    "model", [*(o.parameter() for o in MODEL_OPTIONS), FULL_RETRAIN], dict
+)
 
 
 def with_data_options(
@@ -281,6 +305,8 @@ def build_config(
         if model is not None and option.name in model:
             section = fields.setdefault(option.section, {})
             section[option.field] = option.parse(model[option.name])
+    if model is not None and model.get("full_retrain"):
+        fields.setdefault("train", {})["epoch_windows"] = None
     if no_promote:
         fields["promotion"] = "manual"
     if promotion_alpha is not None:

@@ -269,6 +269,11 @@ class WindowConfig(_Strict):
         return features
 
 
+# Above the S&P 500's 490k training windows (10 days, 5 years): that universe trains on every
+# window, as before the budget; a larger one samples (benchmarks/README.md, "Scale").
+EPOCH_WINDOWS = 2**19
+
+
 class TrainConfig(_Strict):
     """Optimisation settings: Adam on MSE with early stopping."""
 
@@ -297,6 +302,15 @@ class TrainConfig(_Strict):
         default=5,
         ge=1,
         description="Epochs without a better validation loss before stopping, e.g. 5.",
+    )
+    epoch_windows: int | None = Field(
+        default=EPOCH_WINDOWS,
+        ge=256,
+        description="Most training windows one epoch reads, e.g. 524288: a universe with more "
+        "trains each epoch on a fresh seeded sample of this many, and fits the interval scale, "
+        "calibration and validation on fixed samples of this many, so a night costs the same "
+        "however many tickers it has; fewer are all read, every epoch. null (--full-retrain): "
+        "every window. See benchmarks/README.md.",
     )
     grad_clip: float = Field(default=1.0, gt=0, description="Gradient norm clip, e.g. 1.0.")
     seed: int = Field(default=42, description="Random seed: the same seed gives the same model.")

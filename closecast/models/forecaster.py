@@ -34,7 +34,7 @@ from closecast.models.calibration import INTERVAL_COLUMNS, LEVELS, bound_columns
 from closecast.models.derived import extra_rows, source_columns, with_derived
 from closecast.models.distribution import parameters
 from closecast.models.encoding import Bounds, Encoding
-from closecast.models.intervals import SCALE_COLUMNS, Intervals
+from closecast.models.intervals import SCALE_COLUMNS, Intervals, RawWindows
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
 from closecast.models.scale import SIGMA_FLOOR
 
@@ -55,6 +55,9 @@ OUTPUT_COLUMNS = {
 FORECAST_COLUMNS = ("predicted_close", *INTERVAL_COLUMNS)
 # Windows encoded at a time (each window is encoded on its own, so any chunk gives the same).
 ENCODE_CHUNK = 65_536
+# Windows predicted at a time: the raw windows of a chunk (float64) and their work arrays stay
+# a few hundred MB however many windows are asked for (tasks' lazy windows read them on demand).
+PREDICT_CHUNK = 262_144
 
 
 def prediction_table(forecasts: dict[str, dict[str, float]], issues: Issues) -> pd.DataFrame:
@@ -205,7 +208,7 @@ class Forecaster:
             return self.predict_encoded(np.empty((0, self.window, len(self.features)), np.float32))
         return np.concatenate(parts)
 
-    def distribution_parts(
+    def _distribution_parts(
         self, windows: np.ndarray, tickers: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A distributional network's centre μ·σ̂ (log return), HAR scale σ̂ and
@@ -230,7 +233,7 @@ class Forecaster:
         z = np.log(next_close / last_close) / self.intervals.base_scale(windows, self.columns)
         return z.astype(np.float32)
 
-    def predict_windows(self, windows: np.ndarray, tickers: np.ndarray) -> np.ndarray:
+    def _predict_windows(self, windows: np.ndarray, tickers: np.ndarray) -> np.ndarray:
         """Predict the next close of raw windows (N, T, C) of tickers (N,) -> closes (N,):
         a point head's decoded output, a distributional head's median."""
         last_close = windows[:, -1, self.columns.index("close")]  # (N, T, C) -> (N,)
@@ -241,7 +244,31 @@ class Forecaster:
         bounds = self.window_bounds(tickers)
         return self.encoding.decode(self.predict_outputs(windows, tickers), features, bounds)
 
+    def distribution_parts(
+        self, windows: RawWindows, tickers: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A distributional network's centre μ·σ̂ (log return), HAR scale σ̂ and
+        multiplier m for raw windows (N, T, C) of tickers (N,): three (N,) arrays."""
+        return _by_chunk(self._distribution_parts, windows, tickers)
+
+    def predict_windows(self, windows: RawWindows, tickers: np.ndarray) -> np.ndarray:
+        """Predict the next close of raw windows (N, T, C) of tickers (N,) -> closes (N,):
+        a point head's decoded output, a distributional head's median."""
+        return _by_chunk(self._predict_windows, windows, tickers)
+
     def predict_distribution(
+        self, windows: RawWindows, tickers: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The point forecast and its intervals for raw windows (N, T, C) of tickers (N,),
+        PREDICT_CHUNK windows at a time.
+
+        Returns:
+            {column of FORECAST_COLUMNS: closes (N,)}; interval columns are NaN for a
+            model without intervals.
+        """
+        return _by_chunk(self._predict_distribution, windows, tickers)
+
+    def _predict_distribution(
         self, windows: np.ndarray, tickers: np.ndarray
     ) -> dict[str, np.ndarray]:
         """The point forecast and its intervals for raw windows (N, T, C) of tickers (N,).
@@ -384,6 +411,23 @@ class Forecaster:
             head=data.get("head"),
             head_scores={k: float(v) for k, v in (data.get("head_scores") or {}).items()},
         )
+
+
+def _by_chunk(method: Any, windows: RawWindows, tickers: np.ndarray) -> Any:
+    """`method(windows, tickers)` PREDICT_CHUNK windows at a time, its (N,) arrays (alone,
+    in a tuple or in a dict) joined: each window's forecast is its own, so chunks change
+    nothing but the memory used."""
+    if len(windows) <= PREDICT_CHUNK:
+        return method(np.asarray(windows), tickers)
+    parts = [
+        method(windows[start : start + PREDICT_CHUNK], tickers[start : start + PREDICT_CHUNK])
+        for start in range(0, len(windows), PREDICT_CHUNK)
+    ]
+    if isinstance(parts[0], dict):
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    return np.concatenate(parts)
 
 
 def head_sigma(head: str | None, sigma_hat: np.ndarray, multiplier: np.ndarray) -> np.ndarray:

@@ -49,11 +49,28 @@ from closecast.models.scale import (
 SCALE_COLUMNS = ("high", "low")
 
 
+class LazyWindows(Protocol):
+    """Windows (N, T, C) read on demand (tasks' `WindowArray`): indexing gives an array."""
+
+    @property
+    def shape(self) -> tuple[int, int, int]: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, key: Any) -> np.ndarray: ...
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray: ...
+
+
+# Raw windows (N, T, C): an array, or windows read on demand.
+RawWindows = np.ndarray | LazyWindows
+
+
 class Windows(Protocol):
     """Raw windows and the close after each (tasks' `WindowSet` is one)."""
 
     @property
-    def windows(self) -> np.ndarray: ...  # (N, T, C)
+    def windows(self) -> RawWindows: ...  # (N, T, C)
 
     @property
     def tickers(self) -> np.ndarray: ...  # (N,)
@@ -74,11 +91,11 @@ class PointForecaster(Protocol):
     @property
     def window(self) -> int: ...
 
-    def predict_windows(self, windows: np.ndarray, tickers: np.ndarray) -> np.ndarray: ...
+    def predict_windows(self, windows: RawWindows, tickers: np.ndarray) -> np.ndarray: ...
 
 
 def window_scale_inputs(
-    windows: np.ndarray, columns: tuple[str, ...], spans: tuple[int, ...]
+    windows: RawWindows, columns: tuple[str, ...], spans: tuple[int, ...]
 ) -> np.ndarray:
     """HAR regressors at each window's last day, (N, T, C) -> (N, 2·len(spans))."""
     close, high, low = (windows[:, :, columns.index(c)] for c in ("close", "high", "low"))
@@ -100,7 +117,7 @@ class Intervals:
     def from_dict(cls, data: dict[str, Any]) -> "Intervals":
         return cls(ScaleModel.from_dict(data["scale"]), Calibration.from_dict(data["calibration"]))
 
-    def base_scale(self, windows: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
+    def base_scale(self, windows: RawWindows, columns: tuple[str, ...]) -> np.ndarray:
         """The HAR scale σ̂ of each raw window's next log return, (N, T, C) -> (N,)."""
         return predict_scale(self.scale, window_scale_inputs(windows, columns, self.scale.spans))
 

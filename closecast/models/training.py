@@ -22,6 +22,9 @@ from closecast.models.fused_step import FusedLSTMStep
 from closecast.models.lstm import LSTMForecaster
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+Tensors = tuple[torch.Tensor, torch.Tensor]  # inputs (N, T, F), targets (N,)
+# An epoch's training windows: the same every epoch, or drawn for each epoch (1, 2, ...).
+EpochWindows = Tensors | Callable[[int], Tensors]
 
 # Measured with benchmarks/train_speed.py on the 2-core reference machine
 # (hidden 32, windows/s, one thread vs two): batch 32 48k vs 42k; 256 and 512
@@ -292,23 +295,32 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _check_windows(train: Tensors, validation: Tensors) -> None:
+    if len(train[0]) == 0 or len(validation[0]) == 0:
+        raise ValueError(
+            f"need training and validation windows, got {len(train[0])} and {len(validation[0])}"
+        )
+
+
 def fit(
     model: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    validation: tuple[torch.Tensor, torch.Tensor],
+    train: EpochWindows,
+    validation: Tensors,
     settings: FitSettings,
     on_epoch_end: EpochCallback | None = None,
 ) -> FitResult:
     """Train `model` in place; with early stopping, the best weights are restored.
 
+    Args:
+        train: the training windows, or a function giving epoch e's (a fresh sample of
+            a universe too large to read whole every epoch).
+
     Raises:
         TrainingDiverged: when a loss is NaN or infinite.
         ValueError: when there are no training or validation windows.
     """
-    if len(train[0]) == 0 or len(validation[0]) == 0:
-        raise ValueError(
-            f"need training and validation windows, got {len(train[0])} and {len(validation[0])}"
-        )
+    if not callable(train):
+        _check_windows(train, validation)
     hidden_size = model.config.hidden_size if isinstance(model, LSTMForecaster) else 0
     threads = training_threads(settings.batch_size, hidden_size)
     result = FitResult(
@@ -323,7 +335,9 @@ def fit(
         try:
             best_state = _snapshot(model)
             for epoch in range(1, settings.epochs + 1):
-                train_loss = train_epoch(model, stepper, *train, settings.batch_size, generator)
+                windows = train(epoch) if callable(train) else train
+                _check_windows(windows, validation)
+                train_loss = train_epoch(model, stepper, *windows, settings.batch_size, generator)
                 val_loss = evaluate(model, *validation)
                 if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                     raise TrainingDiverged(

@@ -386,3 +386,21 @@ def test_output_scale_drops_moves_that_validation_cannot_tell_from_chance() -> N
     assert fit_output_scale(model, x, weak) == 0.0
     strong = predicted + 0.1 * torch.randn(200, generator=gen)
     assert fit_output_scale(model, x, strong) == pytest.approx(1.0, abs=0.05)
+
+
+def test_fit_asks_for_each_epochs_windows_in_order() -> None:
+    """Given a function of the epoch, fit trains epoch e on what it returns for e."""
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(40, 5, 2), torch.randn(40)
+    asked: list[int] = []
+
+    def windows(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        asked.append(epoch)
+        return inputs[epoch : epoch + 30], targets[epoch : epoch + 30]
+
+    model = LSTMForecaster(LSTMConfig(hidden_size=4), n_features=2)
+    settings = FitSettings(epochs=3, batch_size=8, patience=None)
+    result = fit(model, windows, (inputs[:10], targets[:10]), settings)
+    assert asked == [1, 2, 3] and result.epochs_trained == 3
+    with pytest.raises(ValueError, match="got 0 and 10"):
+        fit(model, lambda epoch: (inputs[:0], targets[:0]), (inputs[:10], targets[:10]), settings)

@@ -14,7 +14,13 @@ from closecast.core.config import DistributionName, TrainConfig, WindowConfig
 from closecast.models.forecaster import Forecaster
 from closecast.models.lstm import LSTMConfig
 from closecast.tasks.modeling import training as training_module
-from closecast.tasks.modeling.training import encode_split, resolve_device, train_model
+from closecast.tasks.modeling.training import (
+    bounded_samples,
+    encode_split,
+    epoch_windows,
+    resolve_device,
+    train_model,
+)
 from closecast.tasks.modeling.windows import Dataset, build_windows
 from tests.conftest import walk_frames
 
@@ -256,3 +262,35 @@ def test_a_flat_window_gets_the_volatility_floor_not_a_zero_width_interval() -> 
     assert forecast["lower_95"][0] < forecast["lower_80"][0] < 50.0 * 1.0001
     assert forecast["upper_95"][0] > forecast["upper_80"][0] > 50.0 * 0.9999
     assert forecast["upper_80"][0] - forecast["lower_80"][0] > 50.0 * 1e-4
+
+
+def test_beyond_the_budget_each_epoch_trains_on_a_fresh_seeded_sample() -> None:
+    """With more training windows than epoch_windows, each epoch encodes its own seeded
+    sample of that many (the same for the same seed and epoch, another for the next epoch),
+    the fits beside the epochs read samples of that many too, and the batch grows for the
+    budget, not the universe; within the budget every window is read, as --full-retrain."""
+    frames = _frames(250)
+    data = build_windows(frames, WindowConfig(), frames["AAA"].index[-1].date())
+    assert len(data.train) > 300  # 2 tickers x ~190 training windows
+    lstm = LSTMConfig(hidden_size=8)
+    config = TrainConfig(epochs=2, device="cpu", epoch_windows=256, growth_windows=70)
+    forecaster = train_model(data, lstm, config).forecaster
+    per_epoch = epoch_windows(forecaster, data.train, config, torch.device("cpu"))
+    assert callable(per_epoch)
+    first, again, second = per_epoch(1), per_epoch(1), per_epoch(2)
+    assert first[0].shape == (256, 10, len(data.features))
+    assert torch.equal(first[0], again[0]) and not torch.equal(first[0], second[0])
+    samples = bounded_samples(data, config)
+    assert (len(samples.train), len(samples.validation)) == (256, len(data.validation))
+    whole = epoch_windows(
+        forecaster,
+        data.train,
+        config.model_copy(update={"epoch_windows": None}),
+        torch.device("cpu"),
+    )
+    assert isinstance(whole, tuple)
+    assert torch.equal(whole[0], encode_split(forecaster, data.train, torch.device("cpu"))[0])
+    budgeted = train_model(data, lstm, config)
+    full = train_model(data, lstm, config.model_copy(update={"epoch_windows": None}))
+    assert (budgeted.fit.batch_size, full.fit.batch_size) == (64, 128)  # 256 vs ~380 windows
+    assert budgeted.fit.epochs_trained == 2

@@ -8,7 +8,14 @@ import pytest
 from closecast.core.config import WindowConfig
 from closecast.core.errors import PipelineError
 from closecast.core.statuses import INSUFFICIENT_HISTORY, STALE_DATA
-from closecast.tasks.modeling.windows import build_windows, make_windows, split_boundaries
+from closecast.tasks.modeling.windows import (
+    WindowArray,
+    WindowSet,
+    build_windows,
+    make_windows,
+    split_boundaries,
+    window_columns,
+)
 
 
 def test_make_windows_on_arange() -> None:
@@ -110,22 +117,70 @@ def test_training_inputs_ignore_values_after_the_boundary() -> None:
     assert clean.bounds == dirty.bounds  # MinMax fitted on the training span only
 
 
-def test_the_splits_are_copied_once_from_the_tickers_values() -> None:
-    """Building 30 tickers' windows allocates little beyond the split arrays it returns
-    (no whole-universe array of every window before the split), in ticker and date order."""
+def test_the_splits_read_windows_from_one_copy_of_the_rows() -> None:
+    """30 tickers' windows cost their rows, not rows x window: the splits share one (R, C)
+    array, hold what make_windows would cut, and keep ticker-then-date order."""
     features = {f"T{i:02}": _frame(400, offset=i) for i in range(30)}
     config = WindowConfig(window=10, features=["close", "volume"])
     tracemalloc.start()
-    dataset = build_windows(features, config, as_of=date(2021, 7, 30))
+    dataset = build_windows(features, config, as_of=features["T00"].index[-1].date())
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     splits = (dataset.train, dataset.validation, dataset.test)
-    windows = sum(s.windows.nbytes for s in splits)
-    assert windows == 30 * 390 * 10 * 4 * 8  # every window, float64
-    assert peak < 1.5 * windows
+    assert list(dataset.latest.tickers) == sorted(features)
+    dense = 30 * 390 * 10 * 4 * 8  # every window, float64, as one array would hold them
+    assert sum(len(s) for s in splits) == 30 * 390
+    assert peak < 0.5 * dense
+    assert len({id(s.windows.rows) for s in (*splits, dataset.latest)}) == 1
+    first = features["T00"][window_columns(config.features)].to_numpy(np.float64)
+    cut = make_windows(first[:-1], 10)
+    mine = np.concatenate([s.windows[s.tickers == "T00"] for s in splits])
+    np.testing.assert_array_equal(mine, cut)
+    np.testing.assert_array_equal(dataset.latest.windows[0], first[-10:])
     for split in splits:
         assert list(dict.fromkeys(split.tickers)) == sorted(features)  # each ticker's run, in order
     for split in splits:
         for ticker in features:
             dates = split.target_dates[split.tickers == ticker]
             assert (np.diff(dates) > np.timedelta64(0)).all()
+
+
+def test_window_array_indexes_like_the_dense_array() -> None:
+    """Every index form the pipeline uses gives what the dense (N, T, C) array gives."""
+    dense = np.arange(6 * 4 * 3, dtype=np.float64).reshape(6, 4, 3)
+    lazy = WindowArray.from_dense(dense)
+    assert lazy.shape == dense.shape and len(lazy) == 6
+    mask = np.array([True, False, True, False, False, True])
+    for key in (
+        2,
+        slice(1, 4),
+        mask,
+        np.array([5, 0]),
+        (slice(None), -1, 0),
+        (slice(None), slice(None), [0, 2]),
+        (mask, slice(-2, None), 1),
+    ):
+        np.testing.assert_array_equal(lazy[key], dense[key])
+    np.testing.assert_array_equal(np.asarray(lazy), dense)
+    np.testing.assert_array_equal(lazy.take(mask)[:, 0], dense[mask][:, 0])
+    np.testing.assert_array_equal(lazy.last(2, [2, 0])[:], dense[:, -2:, [2, 0]])
+    with pytest.raises(IndexError, match="at most"):
+        lazy[..., 0]
+
+
+def test_sample_draws_a_seeded_subset_in_order() -> None:
+    dense = np.arange(100 * 2 * 1, dtype=np.float64).reshape(100, 2, 1)
+    every = WindowSet(
+        dense,
+        np.arange(100.0),
+        np.array(["A"] * 100, dtype=object),
+        np.arange(100).astype("datetime64[D]").astype("datetime64[ns]"),
+        np.ones(100),
+    )
+    assert every.sample(None, 0) is every and every.sample(100, 0) is every
+    drawn = every.sample(30, 7)
+    assert len(drawn) == 30 and (np.diff(drawn.next_close) > 0).all()
+    np.testing.assert_array_equal(drawn.windows[:, 0, 0], 2 * drawn.next_close)
+    np.testing.assert_array_equal(every.sample(30, 7).next_close, drawn.next_close)
+    assert not np.array_equal(every.sample(30, 8).next_close, drawn.next_close)
+    assert [len(b) for b in every.batches(40)] == [40, 40, 20]

@@ -14,8 +14,10 @@ from closecast.models.intervals import Intervals, fit_base_scale, fit_intervals
 from closecast.models.lstm import LSTMConfig, LSTMForecaster
 from closecast.models.training import (
     EpochCallback,
+    EpochWindows,
     FitResult,
     FitSettings,
+    Tensors,
     fit,
     fit_output_scale,
     scale_output,
@@ -62,6 +64,39 @@ def encode_split(
     return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
 
 
+@dataclass(frozen=True)
+class Samples:
+    """The training and validation windows a run fits on beyond the epochs' own: the HAR
+    scale, the calibration, the heads' scores, validation loss and the shrink factor."""
+
+    train: WindowSet
+    validation: WindowSet
+
+
+def bounded_samples(dataset: Dataset, config: TrainConfig) -> Samples:
+    """At most `config.epoch_windows` of each split, seeded (all of a smaller one)."""
+    return Samples(
+        dataset.train.sample(config.epoch_windows, [config.seed, 0]),
+        dataset.validation.sample(config.epoch_windows, [config.seed, 1]),
+    )
+
+
+def epoch_windows(
+    forecaster: Forecaster, train: WindowSet, config: TrainConfig, device: torch.device
+) -> EpochWindows:
+    """What each epoch trains on: every window, encoded once, when there are no more than
+    `config.epoch_windows`; else a fresh seeded sample of that many, encoded for its epoch
+    (memory and time per epoch then stay flat however large the universe)."""
+    budget = config.epoch_windows
+    if budget is None or len(train) <= budget:
+        return encode_split(forecaster, train, device)
+
+    def sampled(epoch: int) -> Tensors:
+        return encode_split(forecaster, train.sample(budget, [config.seed, 2, epoch]), device)
+
+    return sampled
+
+
 def train_model(
     dataset: Dataset,
     lstm: LSTMConfig,
@@ -87,9 +122,10 @@ def train_model(
     encoding = Encoding(features=dataset.features, target=dataset.target)
     if not encoding.predicts_return:
         lstm = replace(lstm, distribution="none")
+    samples = bounded_samples(dataset, config)
     scale = None  # a distributional head's targets are in units of the HAR scale: it comes first
     if lstm.distribution != "none":
-        scale = fit_base_scale(dataset.window, dataset.columns, dataset.train)
+        scale = fit_base_scale(dataset.window, dataset.columns, samples.train)
     seed_everything(config.seed)  # before the module exists: its initial weights are seeded
     forecaster = Forecaster(
         module=LSTMForecaster(lstm, n_features=len(dataset.features)),
@@ -98,10 +134,10 @@ def train_model(
         bounds=dataset.bounds,
         intervals=None if scale is None else Intervals(scale, normal_calibration()),
     )
-    train = encode_split(forecaster, dataset.train, device)
-    validation = encode_split(forecaster, dataset.validation, device)
+    train = epoch_windows(forecaster, dataset.train, config, device)
+    validation = encode_split(forecaster, samples.validation, device)
     settings = scale_to_windows(
-        FitSettings.from_config(config), len(dataset.train), config.growth_windows
+        FitSettings.from_config(config), len(samples.train), config.growth_windows
     )
     forecaster.module.to(device)
     result = fit(forecaster.module, train, validation, settings, on_epoch_end)
@@ -110,9 +146,9 @@ def train_model(
         scale_output(forecaster.module, result.output_scale)
     forecaster.module.cpu()
     if scale is not None:
-        choose_head(forecaster, scale, dataset.train, dataset.validation)
+        choose_head(forecaster, scale, samples.train, samples.validation)
     else:
         forecaster.intervals = fit_intervals(
-            forecaster, dataset.columns, dataset.train, dataset.validation
+            forecaster, dataset.columns, samples.train, samples.validation
         )
     return TrainedModel(forecaster=forecaster, fit=result, device=str(device))

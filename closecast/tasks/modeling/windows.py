@@ -2,9 +2,10 @@
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,11 +59,95 @@ def _window_view(values: np.ndarray, window: int) -> np.ndarray:
     return view.transpose(0, 2, 1)  # -> (n - T + 1, T, F)
 
 
+class WindowArray:
+    """Every window of a set, read from rows on demand: what a (N, T, C) array would hold.
+
+    Window i is `rows[starts[i] + offset : starts[i] + offset + window]`, in the
+    columns `columns` (all when None). The rows are shared by every split of a
+    dataset, so a universe's windows cost its rows (R, C) plus one start per
+    window, not N × T × C values; indexing copies only the windows asked for:
+
+    - `array[first]` (an int, slice, mask or index array) and
+      `array[first, steps, columns]` return NumPy arrays, as the dense array would;
+    - `take(first)` keeps them lazy, `last(steps, columns)` projects lazily;
+    - `np.asarray(array)` materialises every window.
+    """
+
+    ndim = 3
+
+    def __init__(
+        self,
+        rows: np.ndarray,
+        starts: np.ndarray,
+        window: int,
+        columns: np.ndarray | None = None,
+        offset: int = 0,
+    ) -> None:
+        self.rows = rows  # (R, C_all)
+        self.starts = np.asarray(starts, dtype=np.int64)  # (N,)
+        self.window = window
+        self.columns = np.arange(rows.shape[1]) if columns is None else np.asarray(columns)
+        self.offset = offset
+
+    @classmethod
+    def from_dense(cls, windows: np.ndarray) -> "WindowArray":
+        """A lazy array over dense windows (N, T, C), without a copy when they are contiguous."""
+        n, steps, width = windows.shape
+        rows = np.ascontiguousarray(windows).reshape(n * steps, width)
+        return cls(rows, np.arange(n, dtype=np.int64) * steps, steps)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.starts), self.window, len(self.columns))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.rows.dtype
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        parts = key if isinstance(key, tuple) else (key,)
+        if len(parts) > 3 or any(p is Ellipsis or p is None for p in parts):
+            raise IndexError(f"windows take at most (windows, steps, columns), got {key!r}")
+        first, steps, columns = (*parts, slice(None), slice(None))[:3]
+        step_index = (np.arange(self.window) + self.offset)[steps]  # () or (T',)
+        starts = self.starts[first]  # () or (n,)
+        row_index = (
+            np.expand_dims(starts, -1) + step_index if np.ndim(step_index) else starts + step_index
+        )
+        column_index = self.columns[columns]  # () or (k,)
+        if np.ndim(column_index):
+            return self.rows[np.expand_dims(row_index, -1), column_index]
+        return self.rows[row_index, column_index]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def take(self, first: np.ndarray | slice) -> "WindowArray":
+        """The windows `first` picks (a mask, index array or slice), still lazy."""
+        return WindowArray(self.rows, self.starts[first], self.window, self.columns, self.offset)
+
+    def last(self, steps: int, columns: Sequence[int]) -> "WindowArray":
+        """Each window's last `steps` rows (all when fewer) in `columns`, still lazy."""
+        steps = min(steps, self.window)
+        return WindowArray(
+            self.rows,
+            self.starts,
+            steps,
+            self.columns[list(columns)],
+            self.offset + self.window - steps,
+        )
+
+
 @dataclass
 class WindowSet:
     """Raw windows with what each one predicts."""
 
-    windows: np.ndarray  # (N, T, C) raw values of the dataset's columns, close first
+    # (N, T, C) raw values of the dataset's columns, close first; dense windows are wrapped
+    windows: WindowArray
     next_close: np.ndarray  # (N,) the close after the window (NaN when not yet known)
     tickers: np.ndarray  # (N,) ticker of each window
     target_dates: np.ndarray  # (N,) date of the close being predicted
@@ -70,41 +155,40 @@ class WindowSet:
     # window's last day: the interval baseline, which should not be limited to the window.
     baseline_sigma: np.ndarray
 
+    def __post_init__(self) -> None:
+        if isinstance(self.windows, np.ndarray):
+            self.windows = WindowArray.from_dense(self.windows)
+
     def __len__(self) -> int:
         return len(self.windows)
 
     def select(self, mask: np.ndarray | slice) -> "WindowSet":
-        """The windows a boolean mask picks (copies) or a slice (views)."""
+        """The windows a boolean mask, index array or slice picks (the rows stay shared)."""
         return WindowSet(
-            self.windows[mask],
+            self.windows.take(mask),
             self.next_close[mask],
             self.tickers[mask],
             self.target_dates[mask],
             self.baseline_sigma[mask],
         )
 
+    def sample(self, budget: int | None, seed: int | Sequence[int]) -> "WindowSet":
+        """At most `budget` windows drawn without replacement (seeded), in their order; all of
+        them when there are no more than that, or `budget` is None."""
+        if budget is None or len(self) <= budget:
+            return self
+        picked = np.random.default_rng(seed).choice(len(self), budget, replace=False)
+        return self.select(np.sort(picked))
+
+    def batches(self, size: int) -> Iterator["WindowSet"]:
+        """Consecutive slices of at most `size` windows (none for an empty set)."""
+        for start in range(0, len(self), size):
+            yield self.select(slice(start, start + size))
+
     @property
     def last_close(self) -> np.ndarray:
         """Close on the last day of each window, (N, T, F) -> (N,); close is column 0."""
         return self.windows[:, -1, 0]
-
-    @classmethod
-    def concat(cls, parts: list["WindowSet"], window: int, n_features: int) -> "WindowSet":
-        if not parts:
-            return cls(
-                np.empty((0, window, n_features)),
-                np.empty(0),
-                np.empty(0, dtype=object),
-                np.empty(0, dtype="datetime64[ns]"),
-                np.empty(0),
-            )
-        return cls(
-            np.concatenate([p.windows for p in parts]),
-            np.concatenate([p.next_close for p in parts]),
-            np.concatenate([p.tickers for p in parts]),
-            np.concatenate([p.target_dates for p in parts]),
-            np.concatenate([p.baseline_sigma for p in parts]),
-        )
 
 
 @dataclass
@@ -179,19 +263,51 @@ def next_day_ewma_sigma(close: np.ndarray) -> np.ndarray:
     return sigma
 
 
-def _ticker_windows(ticker: str, frame: pd.DataFrame, window: int) -> WindowSet:
-    """Every window of one ticker that has a next row; the windows are a view of its values
-    (the splits copy them once, into their own arrays)."""
-    values = frame.to_numpy(dtype=np.float64)  # (n, C)
-    dates = frame.index.to_numpy(dtype="datetime64[ns]")
-    windows = _window_view(values[:-1], window)  # (n - T, T, C): each has a next row
-    return WindowSet(
-        windows=windows,
-        next_close=values[window:, 0],
-        tickers=np.full(len(windows), ticker, dtype=object),
-        target_dates=dates[window:],
-        baseline_sigma=next_day_ewma_sigma(values[:, 0])[window - 1 : -1],  # at each last row
+def universe_windows(
+    frames: list[tuple[str, pd.DataFrame]], window: int, latest: list[bool]
+) -> tuple[WindowSet, WindowSet]:
+    """Every window with a next row, and each `latest` ticker's last window, over one set
+    of rows: the tickers' values stacked (R, C), which every window and split shares.
+
+    Args:
+        frames: (ticker, rows in window column order), in the order the windows take.
+        window: rows per window.
+        latest: per frame, whether it gets a latest window (not when stale).
+    """
+    width = frames[0][1].shape[1] if frames else 0
+    rows = (
+        np.concatenate([f.to_numpy(dtype=np.float64) for _, f in frames])
+        if frames
+        else np.empty((0, width))
+    )  # (R, C)
+    dates = (
+        np.concatenate([f.index.to_numpy(dtype="datetime64[ns]") for _, f in frames])
+        if frames
+        else np.empty(0, dtype="datetime64[ns]")
+    )  # (R,)
+    lengths = np.array([len(f) for _, f in frames], dtype=np.int64)
+    offsets = np.cumsum(lengths) - lengths  # each ticker's first row
+    counts = lengths - window  # windows with a next row
+    first_window = np.cumsum(counts) - counts
+    starts = np.repeat(offsets, counts) + np.arange(counts.sum()) - np.repeat(first_window, counts)
+    names = np.array([t for t, _ in frames], dtype=object)
+    sigma = [next_day_ewma_sigma(f["close"].to_numpy(dtype=np.float64)) for _, f in frames]
+    every = WindowSet(
+        WindowArray(rows, starts, window),
+        rows[starts + window, 0] if len(rows) else np.empty(0),
+        np.repeat(names, counts),
+        dates[starts + window],
+        np.concatenate([s[window - 1 : -1] for s in sigma]) if sigma else np.empty(0),
     )
+    last = np.flatnonzero(latest)
+    newest = WindowSet(
+        WindowArray(rows, offsets[last] + lengths[last] - window, window),
+        np.full(len(last), np.nan),
+        names[last] if len(last) else np.empty(0, dtype=object),
+        np.full(len(last), np.datetime64("NaT", "ns")),
+        np.array([sigma[i][-1] for i in last]),
+    )
+    return every, newest
 
 
 def lookback_note(features: Sequence[str]) -> str:
@@ -245,7 +361,9 @@ def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
         every_target, config.val_fraction, config.test_fraction
     )
     n_test = int((np.unique(every_target) >= np.datetime64(test_start)).sum())
-    parts, latest, bounds = [], [], {}
+    kept: list[tuple[str, pd.DataFrame]] = []
+    latest: list[bool] = []
+    bounds = {}
     as_of_ts = pd.Timestamp(as_of)
     for ticker, frame in sorted(frames.items()):
         train_rows = frame[frame.index < val_start]
@@ -265,7 +383,7 @@ def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
                 f"rows before {val_start.date().isoformat()}, where validation starts",
             )
             continue
-        parts.append(_ticker_windows(ticker, frame, config.window))
+        kept.append((ticker, frame))
         if config.target == "minmax_close":
             bounds[ticker] = fit_bounds(train_rows[order].to_numpy(dtype=np.float64))
         if frame.index[-1] < as_of_ts:
@@ -274,33 +392,19 @@ def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
                 STALE_DATA,
                 f"the last valid price is from {last}, before as_of {as_of.isoformat()}",
             )
-            continue
-        latest.append(
-            WindowSet(
-                frame.to_numpy(dtype=np.float64)[-config.window :][None],  # (T, C) -> (1, T, C)
-                np.array([np.nan]),
-                np.array([ticker], dtype=object),
-                np.array([np.datetime64("NaT", "ns")]),
-                next_day_ewma_sigma(frame["close"].to_numpy(dtype=np.float64))[-1:],
-            )
-        )
-    # Each ticker's windows are in date order: a split is a slice of each, and each split is
-    # copied once, straight from the tickers' values (windows are the run's largest arrays).
-    bounds_at = [np.datetime64(val_start), np.datetime64(test_start)]
-    cuts = [np.searchsorted(p.target_dates, bounds_at) for p in parts]  # (2,) per ticker
+        latest.append(frame.index[-1] >= as_of_ts)
+    # Each ticker's windows are in date order, so each split keeps the ticker-then-date order.
+    every, newest = universe_windows(kept, config.window, latest)
+    when = every.target_dates
     splits = [
-        WindowSet.concat(
-            [p.select(slice(*ends)) for p, ends in zip(parts, ends_of, strict=True)],
-            config.window,
-            len(columns),
-        )
-        for ends_of in (
-            [(0, a) for a, _ in cuts],
-            [(a, b) for a, b in cuts],
-            [(b, len(p)) for p, (_, b) in zip(parts, cuts, strict=True)],
+        every.select(np.flatnonzero(mask))
+        for mask in (
+            when < np.datetime64(val_start),
+            (when >= np.datetime64(val_start)) & (when < np.datetime64(test_start)),
+            when >= np.datetime64(test_start),
         )
     ]
-    trained_on = sorted(str(p.tickers[0]) for p in parts if len(p))
+    trained_on = sorted(t for t, _ in kept)
     return Dataset(
         features=tuple(order),
         columns=tuple(columns),
@@ -309,7 +413,7 @@ def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
         train=splits[0],
         validation=splits[1],
         test=splits[2],
-        latest=WindowSet.concat(latest, config.window, len(columns)),
+        latest=newest,
         val_start=val_start,
         test_start=test_start,
         data_sha256=hash_frames({t: frames[t] for t in trained_on}),

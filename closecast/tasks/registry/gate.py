@@ -329,7 +329,7 @@ def rescore_windows(
         missing = [c for c in champion.columns if c not in columns]
         if missing:
             raise ValueError(f"the test windows lack its column(s) {', '.join(missing)}")
-        windows = test.windows[:, -champion.window :, [columns.index(c) for c in champion.columns]]
+        windows = test.windows.last(champion.window, [columns.index(c) for c in champion.columns])
         if windows.shape[1] != champion.window:
             raise ValueError(f"its window is {champion.window} days, these hold {windows.shape[1]}")
         forecast = champion.predict_distribution(windows, test.tickers)
