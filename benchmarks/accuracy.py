@@ -71,6 +71,14 @@ Usage:
     python benchmarks/accuracy.py [--epochs 50] [--periods 6] [--seeds 2] [--configs 1,3] [--quick]
     python benchmarks/accuracy.py --growth [--periods 2] [--seeds 2]   # ~10 min on 2 cores
     python benchmarks/accuracy.py --heads [--variants 1,2]   # issue 20, ~6 min on 2 cores
+    python benchmarks/accuracy.py --budget [--periods 2] [--seeds 2]   # issue 22
+
+Budget (`--budget`, issue 22): the same S&P 500 periods as --growth, trained once on every
+window each epoch (`--full-retrain`) and once on a fresh sample of BUDGET_SAMPLE windows per
+epoch (`TrainConfig.epoch_windows`, what a universe beyond 2^19 training windows does), with
+the scale, calibration and validation on samples of as many; scores as --growth, and
+Diebold–Mariano p-values of the sampled variant's daily squared error and interval score
+against every window's. Writes benchmarks/results/accuracy_budget.json.
 
 Writes benchmarks/results/accuracy.json (accuracy_growth.json with --growth)
 and prints the tables.
@@ -83,6 +91,7 @@ import json
 import logging
 import math
 import os
+import platform
 import statistics
 import sys
 import time
@@ -111,7 +120,11 @@ from closecast.models.lstm import LSTMConfig  # noqa: E402
 from closecast.models.training import SHRINK_Z, fit_output_scale, scale_output  # noqa: E402
 from closecast.tasks.data.sources import CsvSource, SampleSource  # noqa: E402
 from closecast.tasks.data.validate import validate_prices  # noqa: E402
-from closecast.tasks.modeling.evaluation import LEVELS, evaluate_model  # noqa: E402
+from closecast.tasks.modeling.evaluation import (  # noqa: E402
+    LEVELS,
+    evaluate_model,
+    window_interval_scores,
+)
 from closecast.tasks.modeling.features import compute_features  # noqa: E402
 from closecast.tasks.modeling.training import encode_split, train_model  # noqa: E402
 from closecast.tasks.modeling.windows import Dataset, build_windows, window_columns  # noqa: E402
@@ -649,19 +662,43 @@ def training_time() -> dict[str, Any] | None:
 
 # --- growth: the S&P 500 with and without `scale_to_windows` ------------------------------------
 
-GROWTH_VARIANTS = {
-    "scaled to the windows (default)": TrainConfig().growth_windows,
-    "batch 32, patience 5 throughout": None,
+GROWTH_VARIANTS: dict[str, dict[str, Any]] = {
+    "scaled to the windows (default)": {"growth_windows": TrainConfig().growth_windows},
+    "batch 32, patience 5 throughout": {"growth_windows": None},
 }
+# --- budget (issue 22): every window each epoch against a sample per epoch -----------------------
+# 2^17 is ~30% of the S&P's ~440k training windows per period: the share of a universe's windows
+# each epoch reads at about 3.4x the S&P's size (2,020 tickers read 26%, 10,100 tickers 5%).
+BUDGET_SAMPLE = 2**17
+BUDGET_VARIANTS: dict[str, dict[str, Any]] = {
+    "every window (--full-retrain)": {"epoch_windows": None},
+    f"{BUDGET_SAMPLE:,} windows per epoch": {"epoch_windows": BUDGET_SAMPLE},
+}
+BUDGET_RESULTS = ROOT / "benchmarks" / "results" / "accuracy_budget.json"
 
 
-def score_growth(dataset: Dataset, seed: int, epochs: int, growth: int | None) -> dict[str, float]:
-    """Train the default recipe as the pipeline does, then score it on the test windows."""
-    train = TrainConfig(epochs=epochs, seed=seed, device="cpu", growth_windows=growth)
+def score_variant(
+    dataset: Dataset, seed: int, epochs: int, update: dict[str, Any]
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Train the default recipe as the pipeline does, with `update` to its TrainConfig, then
+    score it on the test windows: the scores, and each test window's errors."""
+    train = TrainConfig(epochs=epochs, seed=seed, device="cpu").model_copy(update=update)
     started = time.perf_counter()
     trained = train_model(dataset, LSTMConfig(), train)
     seconds = time.perf_counter() - started
-    metrics = evaluate_model(trained.forecaster, dataset.test).metrics
+    evaluation = evaluate_model(trained.forecaster, dataset.test)
+    metrics, p = evaluation.metrics, evaluation.predictions
+    windows = pd.DataFrame(
+        {
+            "date": p["target_date"].to_numpy(),
+            "squared_error": ((p["predicted_close"] - p["actual_close"]) / p["last_close"]) ** 2,
+            "interval_score": window_interval_scores(
+                {c: p[c].to_numpy() for c in p.columns if c.startswith(("lower_", "upper_"))},
+                p["actual_close"].to_numpy(),
+                p["last_close"].to_numpy(),
+            ),
+        }
+    )
     return {
         "ratio": metrics["test_rmse"] / metrics["naive_rmse"],
         "interval_score_95_vs_ewma": metrics["interval_score_95"]
@@ -677,11 +714,21 @@ def score_growth(dataset: Dataset, seed: int, epochs: int, growth: int | None) -
         "fit_s": trained.fit.train_seconds,
         "train_forecaster_s": seconds,
         "train_windows": float(len(dataset.train)),
-    }
+    }, windows
 
 
-def run_growth(args: argparse.Namespace) -> None:
-    """`--growth`: batch and patience scaled to the window count against batch 32, patience 5."""
+def _daily_gap(mine: pd.DataFrame, theirs: pd.DataFrame, column: str) -> np.ndarray:
+    """Per test date, the mean of `column` of `mine` less `theirs` (same windows), (D,)."""
+    by_date = (mine[column] - theirs[column]).groupby(mine["date"].to_numpy()).mean()
+    return by_date.sort_index().to_numpy()
+
+
+def run_variants(
+    args: argparse.Namespace, variants: dict[str, dict[str, Any]], results: Path
+) -> None:
+    """Each variant of TrainConfig on the very same S&P 500 windows, per period and seed,
+    with Diebold–Mariano p-values of each later variant against the first (per seed, daily
+    mean squared error and interval score over every period's test dates)."""
     tickers = CsvSource(args.stocks_file).tickers()
     frames = validate_prices(
         CsvSource(args.stocks_file).download(tickers, None, None).frames
@@ -690,11 +737,11 @@ def run_growth(args: argparse.Namespace) -> None:
     universe = Universe("sp500", frames, SP500_HISTORY, as_of)
     seeds = list(range(42, 42 + args.seeds))
     started = time.perf_counter()
-    rows = []
+    rows, errors = [], {}
     for day in universe.as_of:
         dataset = period_dataset(universe, day, RECIPES[DEFAULT])  # one set of windows for all
-        for seed, (variant, growth) in itertools.product(seeds, GROWTH_VARIANTS.items()):
-            score = score_growth(dataset, seed, args.epochs, growth)
+        for seed, (variant, update) in itertools.product(seeds, variants.items()):
+            score, errors[day, seed, variant] = score_variant(dataset, seed, args.epochs, update)
             rows.append({"as_of": day.isoformat(), "seed": seed, "variant": variant} | score)
             print(
                 f"{day} {seed} {variant:40} ratio {score['ratio']:.5f}  IS95/EWMA "
@@ -703,53 +750,76 @@ def run_growth(args: argparse.Namespace) -> None:
                 f"{score['best_epoch']:.0f})  fit {score['fit_s']:.1f}s",
                 flush=True,
             )
+    first = next(iter(variants))
     table = []
-    for variant in GROWTH_VARIANTS:
+    for variant in variants:
         mine = [r for r in rows if r["variant"] == variant]
-        table.append(
-            {"variant": variant}
-            | {
-                key: statistics.fmean(float(r[key]) for r in mine)
-                for key in (
-                    "ratio",
-                    "interval_score_95_vs_ewma",
-                    "coverage_80",
-                    "coverage_95",
-                    "epochs",
-                    "best_epoch",
-                    "batch_size",
-                    "fit_s",
-                    "train_forecaster_s",
-                )
-            }
-            | {"worst_ratio": max(float(r["ratio"]) for r in mine)}
-        )
+        entry = {"variant": variant} | {
+            key: statistics.fmean(float(r[key]) for r in mine)
+            for key in (
+                "ratio",
+                "interval_score_95_vs_ewma",
+                "coverage_80",
+                "coverage_95",
+                "epochs",
+                "best_epoch",
+                "batch_size",
+                "fit_s",
+                "train_forecaster_s",
+            )
+        }
+        entry["worst_ratio"] = max(float(r["ratio"]) for r in mine)
+        if variant != first:
+            for column in ("squared_error", "interval_score"):
+                entry[f"dm_pvalue_{column}_vs_first"] = {
+                    str(seed): _intervals().diebold_mariano_pvalue(
+                        np.concatenate(
+                            [
+                                _daily_gap(
+                                    errors[day, seed, variant], errors[day, seed, first], column
+                                )
+                                for day in universe.as_of
+                            ]
+                        )
+                    )
+                    for seed in seeds
+                }
+        table.append(entry)
     elapsed = time.perf_counter() - started
     print(f"\nS&P 500, {len(universe.as_of)} periods x {len(seeds)} seeds, means ({elapsed:.0f}s):")
     print(
         f"{'variant':40} {'ratio':>8} {'worst':>8} {'IS95/EWMA':>10} {'cov80':>7} {'cov95':>7} "
-        f"{'batch':>6} {'epochs':>7} {'best':>5} {'fit s':>7} {'train s':>8}"
+        f"{'batch':>6} {'epochs':>7} {'best':>5} {'fit s':>7} {'train s':>8}  DM p (SE, IS)"
     )
     for e in table:
+        dm = ""
+        if "dm_pvalue_squared_error_vs_first" in e:
+            dm = "  " + ", ".join(
+                f"{e['dm_pvalue_squared_error_vs_first'][str(s)]:.2f}/"
+                f"{e['dm_pvalue_interval_score_vs_first'][str(s)]:.2f}"
+                for s in seeds
+            )
         print(
             f"{e['variant']!s:40} {e['ratio']:>8.5f} {e['worst_ratio']:>8.5f} "
             f"{e['interval_score_95_vs_ewma']:>10.4f} {e['coverage_80']:>7.1%} "
             f"{e['coverage_95']:>7.1%} {e['batch_size']:>6.0f} {e['epochs']:>7.1f} "
             f"{e['best_epoch']:>5.1f} "
-            f"{e['fit_s']:>7.1f} {e['train_forecaster_s']:>8.1f}"
+            f"{e['fit_s']:>7.1f} {e['train_forecaster_s']:>8.1f}{dm}"
         )
     result = {
         "universe": describe_universes([universe]),
         "seeds": seeds,
         "epochs": args.epochs,
+        "variants": variants,
         "table": table,
         "periods": rows,
         "load_average_1m": os.getloadavg()[0],
+        "cpu": platform.processor() or platform.machine(),
         "elapsed_s": round(elapsed, 1),
     }
-    GROWTH_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    GROWTH_RESULTS.write_text(json.dumps(result, indent=2, default=_json) + "\n")
-    print(f"wrote {GROWTH_RESULTS.relative_to(ROOT)}")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2, default=_json) + "\n")
+    print(f"wrote {results.relative_to(ROOT)}")
 
 
 def main() -> None:
@@ -775,6 +845,12 @@ def main() -> None:
         help="only issue 20's distributional-head variants against the baselines (heads.py)",
     )
     parser.add_argument("--variants", help="with --heads: comma-separated variant numbers")
+    parser.add_argument(
+        "--budget",
+        action="store_true",
+        help="only issue 22's S&P 500 comparison: every window per epoch against a sample "
+        f"of {BUDGET_SAMPLE:,} (default 2 periods)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.periods, args.epochs, args.seeds = 2, 10, 1
@@ -789,7 +865,12 @@ def main() -> None:
     if args.growth:
         if "--periods" not in sys.argv:
             args.periods = 2
-        run_growth(args)
+        run_variants(args, GROWTH_VARIANTS, GROWTH_RESULTS)
+        return
+    if args.budget:
+        if "--periods" not in sys.argv:
+            args.periods = 2
+        run_variants(args, BUDGET_VARIANTS, BUDGET_RESULTS)
         return
     recipes = list(RECIPES.values())
     if args.configs:
