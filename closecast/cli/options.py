@@ -3,7 +3,7 @@
 Every model and training flag is a row of `MODEL_OPTIONS`: the flag and the
 config field it sets. Its default, type and help come from that field, so a
 default is typed once, in core/config.py. The data flags (--tickers,
---tickers-file, --source, --as-of) are the fields of `DataOptions`.
+--tickers-file, --source, --as-of, --fetch-rate) are the fields of `DataOptions`.
 `with_model_options` and `with_data_options` give a command those flags in
 place of one parameter; `build_config` turns a command's options into the
 `PipelineConfig`, with a one-line `InputError` naming the flag for a bad value.
@@ -44,6 +44,15 @@ DEFAULT_SOURCE: str = DataConfig.model_fields["source"].default
 AsOfOpt = Annotated[
     str | None, typer.Option("--as-of", help="YYYY-MM-DD; default: the last date with data.")
 ]
+FetchRateOpt = Annotated[
+    float,
+    typer.Option(
+        "--fetch-rate",
+        help="Most tickers asked of yfinance per minute, e.g. 60 (a Prefect rate limit; "
+        "local sources are not limited).",
+    ),
+]
+DEFAULT_FETCH_RATE: float = DataConfig.model_fields["fetch_rate"].default
 HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="Data folder; default $CLOSECAST_HOME or .closecast.")
 ]
@@ -102,6 +111,7 @@ class DataOptions:
     tickers_file: TickersFileOpt = None
     source: SourceOpt = DEFAULT_SOURCE
     as_of: AsOfOpt = None
+    fetch_rate: FetchRateOpt = DEFAULT_FETCH_RATE
 
 
 def field_info(model: Any, name: str) -> FieldInfo:
@@ -177,6 +187,7 @@ FLAGS = {
     "home": "--home",
     "data.source": "--source",
     "data.as_of": "--as-of",
+    "data.fetch_rate": "--fetch-rate",
     "promotion_alpha": "--promotion-alpha",
 } | {f"{o.section}.{o.field}": o.flag for o in MODEL_OPTIONS}
 
@@ -280,7 +291,12 @@ def data_fields(data: DataOptions) -> dict[str, Any]:
         symbols = CsvSource(Path(data.source.removeprefix("csv:")).expanduser()).tickers()
     if not symbols and data.source == "yfinance":
         raise InputError("--tickers or --tickers-file is required with --source yfinance")
-    return {"source": data.source, "tickers": symbols, "as_of": parse_date(data.as_of, "--as-of")}
+    return {
+        "source": data.source,
+        "tickers": symbols,
+        "as_of": parse_date(data.as_of, "--as-of"),
+        "fetch_rate": data.fetch_rate,
+    }
 
 
 def build_config(

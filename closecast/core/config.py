@@ -225,6 +225,17 @@ class DataConfig(_Strict):
     retry_backoff_seconds: float = Field(
         default=2.0, ge=0, le=600, description="First retry delay; each later one is 2x longer."
     )
+    # Yahoo publishes no limit. Users report HTTP 429 after bursts of about 1,500 tickers
+    # (yfinance #2480) and no trouble at one request every 1-2 s (#312, #2325): one a second
+    # stays at that pace, in bursts of one chunk. README.md: "Fetching a large universe".
+    fetch_rate: float = Field(
+        default=60.0,
+        gt=0,
+        le=100_000,
+        description="Most tickers asked of a live source (yfinance) per minute, e.g. 60: a "
+        "Prefect rate limit (closecast-fetch-yfinance) the fetch creates or updates; local "
+        "sources are not limited.",
+    )
 
     @field_validator("tickers")
     @classmethod

@@ -1,7 +1,7 @@
-"""The fetch step: plan the source requests, download them with retries, re-fetch re-based ones.
+"""The fetch step's plan: what to ask the source for, how fast, and when to stop asking.
 
-The sources themselves live in `closecast.tasks.data.sources`; this module decides what to
-ask them for and runs the asking as Prefect tasks.
+The sources themselves live in `closecast.tasks.data.sources`, and the Prefect tasks that
+do the asking in `closecast.tasks.data.steps`; this module holds their plain logic.
 """
 
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ import pandas as pd
 
 from closecast.core.calendar import session_on_or_before
 from closecast.core.config import DataConfig
+from closecast.core.errors import PipelineError
 from closecast.tasks.data.sources import PriceSource
 from closecast.tasks.data.store import overlap_start
 
@@ -60,3 +61,42 @@ def fetch_end(source: PriceSource, as_of: date | None) -> date | None:
     if as_of is not None:
         return as_of
     return date.today() if source.live else None
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A Prefect global concurrency limit used as a rate limit (`prefect.concurrency.sync.
+    rate_limit`): `slots` slots, of which `per_second` free up each second; a chunk takes
+    one slot per ticker, so the source is asked `per_second` tickers a second on average, in
+    bursts of at most one chunk."""
+
+    name: str
+    slots: int
+    per_second: float
+
+    def wait_seconds(self, tickers: int) -> float:
+        """How long asking for `tickers` waits on the limit at least, from a full one."""
+        return max(tickers - self.slots, 0) / self.per_second
+
+
+def rate_limit_for(source: PriceSource, config: DataConfig) -> RateLimit | None:
+    """The limit on a live source: `fetch_rate` tickers a minute, shared by every run on the
+    same Prefect server (one limit per source). A local source has none."""
+    if not source.live:
+        return None
+    return RateLimit(f"closecast-fetch-{source.name}", config.chunk_size, config.fetch_rate / 60)
+
+
+class FetchStopped(PipelineError):
+    """The source still refused (HTTP 429) after a chunk's retries: the fetch asked it nothing
+    more. What had arrived is stored; a later run asks only for the rest."""
+
+
+def stopped_message(source: str, fetched: int, total: int, retries: int, reason: str) -> str:
+    """One line: why the fetch stopped, how far it got, and how to resume."""
+    tries = f"{retries} retr{'y' if retries == 1 else 'ies'}"
+    return (
+        f"{source} still refused after {tries} ({reason}), so the fetch stopped asking: "
+        f"{fetched:,} of {total:,} tickers fetched and stored; run the same command again "
+        f"later (a lower --fetch-rate helps): it fetches only the {total - fetched:,} left"
+    )

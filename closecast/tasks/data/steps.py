@@ -6,23 +6,45 @@ Prefect does: retries, run names, log lines. The logic, and its tests, live
 in those modules.
 """
 
+from collections import deque
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
-from prefect import Task, get_run_logger, task, unmapped
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from closecast.core.config import DataConfig
 from closecast.core.errors import InputError
+from closecast.core.progress import progress
 from closecast.core.statuses import ticker_label
 from closecast.tasks.data import store, validate
-from closecast.tasks.data.fetch import RETRY_JITTER, FetchPlan, plan_fetches
-from closecast.tasks.data.sources import FetchResult, PriceSource, TransientFetchError
+from closecast.tasks.data.fetch import (
+    RETRY_JITTER,
+    FetchPlan,
+    FetchStopped,
+    RateLimit,
+    plan_fetches,
+    rate_limit_for,
+    stopped_message,
+)
+from closecast.tasks.data.sources import (
+    FetchResult,
+    PriceSource,
+    RateLimitError,
+    TransientFetchError,
+)
 from closecast.tasks.data.store import LoadedPrices, StoreUpdate
 from closecast.tasks.data.validate import ValidatedPrices
+
+# Chunks asked at once of a live source and of a local one. yfinance already spreads a
+# chunk's tickers over threads of its own, and one chunk at a time lets a rate limit stop
+# the fetch at a chunk's end; a local source reads a few chunks at once.
+LIVE_IN_FLIGHT, LOCAL_IN_FLIGHT = 1, 4
 
 
 def _download_run_name() -> str:
@@ -50,12 +72,17 @@ def _worth_retrying(task: object, task_run: object, state: State) -> bool:
     cache_policy=NO_CACHE,
     task_run_name=lambda: _download_run_name(),
 )
-def download_prices(source: PriceSource, plan: FetchPlan) -> FetchResult:
-    """Ask the source for one chunk; rate limits and network errors are retried."""
+def download_prices(source: PriceSource, plan: FetchPlan, limit: str | None = None) -> FetchResult:
+    """Ask the source for one chunk, once the rate limit `limit` (if any) has a slot for
+    each of its tickers; rate limits and network errors are retried, each try limited."""
+    if limit is not None:
+        from prefect.concurrency.sync import rate_limit
+
+        rate_limit(limit, occupy=len(plan.tickers), strict=True)
     return source.download(plan.tickers, plan.start, plan.end)
 
 
-def download_task(config: DataConfig) -> Task[[PriceSource, FetchPlan], FetchResult]:
+def download_task(config: DataConfig) -> Task[[PriceSource, FetchPlan, str | None], FetchResult]:
     """`download_prices` with the config's retries: `fetch_retries` more tries, the first
     after `retry_backoff_seconds`, each later one after twice the wait before it."""
     return download_prices.with_options(
@@ -64,27 +91,129 @@ def download_task(config: DataConfig) -> Task[[PriceSource, FetchPlan], FetchRes
     )
 
 
-def download_all(source: PriceSource, plans: list[FetchPlan], config: DataConfig) -> FetchResult:
-    """Run every planned download (mapped, so a task runner can fan them out).
+def apply_rate_limit(limit: RateLimit) -> None:
+    """Create the Prefect limit, or set it to this run's numbers (the config wins over an
+    edit in the UI). On the ephemeral API it lasts as long as the API does."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(
+                limit.name, limit.slots, limit.per_second
+            )
+        except ObjectAlreadyExists:  # another run created it between the read and the create
+            client.upsert_global_concurrency_limit_by_name(
+                limit.name, limit.slots, limit.per_second
+            )
+
+
+def _chunk_result(plan: FetchPlan, future: PrefectFuture[FetchResult]) -> tuple[FetchResult, bool]:
+    """A finished chunk's frames, or its tickers' one-line failure; and whether it ended
+    refused by a rate limit. Bad input (InputError) is raised."""
+    try:
+        return future.result(), False
+    except InputError:
+        raise
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        failed = FetchResult(failures={t: f"{t}: {reason}" for t in plan.tickers})
+        return failed, isinstance(exc, RateLimitError)
+
+
+def download_all(
+    source: PriceSource,
+    plans: list[FetchPlan],
+    config: DataConfig,
+    on_chunk: Callable[[FetchResult], None] | None = None,
+) -> FetchResult:
+    """Run every planned download under the source's rate limit, a few chunks at a time,
+    handing each chunk to `on_chunk` (to store it) as soon as it arrives.
 
     A chunk that hits a rate limit or network error is retried (see
     `download_task`); any other error fails it at once. A chunk that fails
-    marks only its own tickers fetch_failed; the other chunks go on. Bad
-    input (InputError) is raised.
+    marks only its own tickers fetch_failed; the other chunks go on, unless
+    it was still rate-limited after its retries: then no further chunk is
+    asked for. A progress bar (log lines where nobody watches) counts the
+    tickers done.
+
+    Raises:
+        FetchStopped: a chunk was still rate-limited after its retries; the chunks that
+            arrived before were handed to `on_chunk`.
+        InputError: bad input from the source.
     """
     result = FetchResult()
     if not plans:
         return result
-    futures = download_task(config).map(unmapped(source), plans)
-    for plan, future in zip(plans, futures, strict=True):
-        try:
-            result.update(future.result())
-        except InputError:
-            raise
-        except Exception as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            result.failures.update({t: f"{t}: {reason}" for t in plan.tickers})
+    log = get_run_logger()
+    total = sum(len(plan.tickers) for plan in plans)
+    limit = rate_limit_for(source, config)
+    if limit is not None:
+        apply_rate_limit(limit)
+        log.info(
+            "fetching %d tickers in %d chunks, at most %g a minute (Prefect rate limit %s): "
+            "%.0f minutes or more",
+            total, len(plans), config.fetch_rate, limit.name, limit.wait_seconds(total) / 60,
+        )  # fmt: skip
+    download, name = download_task(config), limit.name if limit else None
+    in_flight = LIVE_IN_FLIGHT if source.live else LOCAL_IN_FLIGHT
+    waiting = deque(plans)
+    running: deque[tuple[FetchPlan, PrefectFuture[FetchResult]]] = deque()
+    refused: str | None = None
+    with progress(total, f"fetch {source.name}", unit="tickers", log=log) as advance:
+        while running or (waiting and refused is None):
+            while waiting and refused is None and len(running) < in_flight:
+                plan = waiting.popleft()
+                running.append((plan, download.submit(source, plan, name)))
+            plan, future = running.popleft()
+            chunk, rate_limited = _chunk_result(plan, future)
+            if rate_limited and refused is None:
+                refused = next(iter(chunk.failures.values())).split(": ", 1)[1]
+            if on_chunk is not None and chunk.frames:
+                on_chunk(chunk)
+            result.update(chunk)
+            advance(len(plan.tickers))
+    if refused is not None:
+        fetched = len(result.frames)
+        raise FetchStopped(
+            stopped_message(source.name, fetched, total, config.fetch_retries, refused)
+        )
     return result
+
+
+def fetch_into_store(
+    source: PriceSource,
+    plans: list[FetchPlan],
+    prices_dir: Path,
+    stored: dict[str, pd.DataFrame | None],
+    config: DataConfig,
+    replace: bool = False,
+) -> tuple[FetchResult, StoreUpdate]:
+    """`download_all`, merging and atomically writing each chunk as it arrives (replacing
+    whole files with `replace`), so a fetch killed or stopped midway keeps what it got.
+
+    Raises:
+        FetchStopped: as `download_all`; the chunks before are stored.
+    """
+    update = StoreUpdate(added={}, rebased=[])
+
+    def keep(chunk: FetchResult) -> None:
+        saved = store.save_prices(prices_dir, stored, chunk.frames, replace)
+        update.added.update(saved.added)
+        update.rebased += saved.rebased
+
+    try:
+        fetched = download_all(source, plans, config, keep)
+    finally:
+        _log_update(update)
+    return fetched, update
+
+
+def _log_update(update: StoreUpdate) -> None:
+    log = get_run_logger()
+    log.info("stored %d new rows for %d tickers", sum(update.added.values()), len(update.added))
+    if update.rebased:
+        log.warning("source re-based history of %s: re-fetching in full", ", ".join(update.rebased))
 
 
 @task(name="refetch-rebased", cache_policy=NO_CACHE)
@@ -97,8 +226,9 @@ def refetch_rebased(
 ) -> FetchResult:
     """Fetch the whole history of tickers whose source re-based it, and replace their files."""
     fresh: dict[str, pd.DataFrame | None] = dict.fromkeys(rebased)
-    refetched = download_all(source, plan_fetches(fresh, config, end), config)
-    save_prices(prices_dir, fresh, refetched.frames, replace=True)
+    refetched, _ = fetch_into_store(
+        source, plan_fetches(fresh, config, end), prices_dir, fresh, config, replace=True
+    )
     return refetched
 
 
@@ -113,22 +243,6 @@ def read_store(prices_dir: Path, tickers: list[str]) -> dict[str, pd.DataFrame |
     for message in unreadable.values():
         get_run_logger().warning("%s; fetching its whole history again", message)
     return stored
-
-
-@task(name="save-prices", cache_policy=NO_CACHE)
-def save_prices(
-    prices_dir: Path,
-    stored: dict[str, pd.DataFrame | None],
-    fetched: dict[str, pd.DataFrame],
-    replace: bool = False,
-) -> StoreUpdate:
-    """Merge and atomically write fetched prices."""
-    update = store.save_prices(prices_dir, stored, fetched, replace)
-    log = get_run_logger()
-    log.info("stored %d new rows for %d tickers", sum(update.added.values()), len(update.added))
-    if update.rebased:
-        log.warning("source re-based history of %s: re-fetching in full", ", ".join(update.rebased))
-    return update
 
 
 @task(name="load-prices", cache_policy=NO_CACHE)

@@ -11,7 +11,12 @@ from pathlib import Path
 
 from closecast.core.errors import InputError
 from closecast.core.sources import split_source
-from closecast.tasks.data.sources.base import FetchResult, PriceSource, TransientFetchError
+from closecast.tasks.data.sources.base import (
+    FetchResult,
+    PriceSource,
+    RateLimitError,
+    TransientFetchError,
+)
 from closecast.tasks.data.sources.csv import CsvSource
 from closecast.tasks.data.sources.sample import SampleSource
 from closecast.tasks.data.sources.yfinance import YFinanceSource
@@ -21,6 +26,7 @@ __all__ = [
     "CsvSource",
     "FetchResult",
     "PriceSource",
+    "RateLimitError",
     "SampleSource",
     "TransientFetchError",
     "YFinanceSource",

@@ -25,6 +25,11 @@ class TransientFetchError(RuntimeError):
     """A rate limit or network failure: the fetch task retries it with backoff."""
 
 
+class RateLimitError(TransientFetchError):
+    """The source said "too many requests" (HTTP 429). Retried like any transient error;
+    once a chunk's retries are spent on it, the fetch asks the source nothing more."""
+
+
 @dataclass
 class FetchResult:
     """Frames for the tickers a source had, and why it had none for the others."""

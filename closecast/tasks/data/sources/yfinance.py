@@ -17,7 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from closecast.tasks.data.sources.base import YAHOO_COLUMNS, FetchResult, TransientFetchError
+from closecast.tasks.data.sources.base import (
+    YAHOO_COLUMNS,
+    FetchResult,
+    RateLimitError,
+    TransientFetchError,
+)
 from closecast.tasks.data.store import normalize_prices
 
 # Both asks: daily bars, unadjusted (Close and Adj Close kept apart), no dividend columns,
@@ -72,6 +77,14 @@ def is_transient(exc: Exception) -> bool:
     return isinstance(exc, OSError)
 
 
+def _rate_limited(exc: Exception) -> bool:
+    """yfinance's YFRateLimitError, or an HTTP 429 that reached us as a request error."""
+    from yfinance.exceptions import YFRateLimitError
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return isinstance(exc, YFRateLimitError) or status == 429
+
+
 def _reason(exc: Exception) -> str:
     """yfinance's words for a failure on one line: `possibly delisted; no timezone found`."""
     from yfinance.exceptions import YFTickerMissingError
@@ -93,8 +106,9 @@ class YFinanceSource:
         """One `yf.download` for all `tickers`, then one `Ticker.history` per ticker it missed.
 
         Raises:
-            TransientFetchError: a ticker the batch missed hit a rate limit or a
-                network error when asked again; the fetch task retries the chunk.
+            RateLimitError: a ticker the batch missed was refused with HTTP 429
+                when asked again; the fetch task retries the chunk.
+            TransientFetchError: the same for a network error.
         """
         import yfinance as yf
 
@@ -122,7 +136,8 @@ class YFinanceSource:
             except Exception as exc:  # as yf.download does: one ticker's error is its own
                 if is_transient(exc):
                     message = f"yfinance failed for {ticker}: {_reason(exc)}"
-                    raise TransientFetchError(message) from exc
+                    typed = RateLimitError if _rate_limited(exc) else TransientFetchError
+                    raise typed(message) from exc
                 result.failures[ticker] = f"{ticker}: {_reason(exc)}"
                 continue
             if frame is None:
