@@ -61,7 +61,12 @@ def local_cluster_kwargs(host: str) -> dict[str, Any]:
 
 
 def task_runner(kind: str, address: str | None, host: str = LOOPBACK):  # type: ignore[no-untyped-def]
-    """The task runner --task-runner names (None: the flow's own thread pool)."""
+    """The task runner --task-runner names (None: the flow's own thread pool).
+
+    `dask` is prefect-dask's runner (`dask_runner.ClusterTaskRunner`): on the
+    cluster at `address`, else on a local one. A task that keeps killing the
+    cluster's workers, or a cluster left without any, ends the run in one line.
+    """
     if kind not in {"default", "dask"}:
         raise InputError(f"invalid --task-runner {kind!r}: expected default or dask")
     if kind == "default":
@@ -69,20 +74,23 @@ def task_runner(kind: str, address: str | None, host: str = LOOPBACK):  # type: 
             raise InputError(f"--dask-address {address!r} needs --task-runner dask")
         return None
     import dask
-    from prefect_dask import DaskTaskRunner
+
+    from closecast.cli.dask_runner import ClusterTaskRunner, no_workers_timeout_s
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
     if address:
         if not address.startswith(("tcp://", "tls://", "inproc://", "ws://", "wss://")):
             raise InputError(f"invalid --dask-address {address!r}: expected tcp://HOST:PORT")
-        return DaskTaskRunner(address=address)
+        return ClusterTaskRunner(address=address, no_workers_timeout_s=no_workers_timeout_s())
     # The link is formatted from the scheduler's address, which is in-process: name the host
     # the dashboard listens on instead, unless it listens everywhere.
     listens_everywhere = ipaddress.ip_address(host).is_unspecified
     link = DEFAULT_LINK if listens_everywhere else f"http://{host}:{{port}}/status"
     dask.config.set({"distributed.dashboard.link": link})
-    return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(host))
+    return ClusterTaskRunner(
+        cluster_kwargs=local_cluster_kwargs(host), no_workers_timeout_s=no_workers_timeout_s()
+    )
 
 
 def open_mlflow_store(tracking_uri: str) -> "MlflowClient | None":
