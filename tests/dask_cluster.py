@@ -44,6 +44,13 @@ class DaskCluster:
         """Created by the one worker that kills itself with kill="once"."""
         return self.folder / "killed-once"
 
+    def killed(self) -> tuple[str, str] | None:
+        """(worker, task run name) of the death kill="once" caused, if it happened."""
+        if not self.kill_marker.exists():
+            return None
+        worker, name = self.kill_marker.read_text(encoding="utf-8").split("\t", 1)
+        return worker, name
+
     def ran(self) -> list[tuple[str, str]]:
         """(worker, task run name) for every task run a worker started, in order."""
         if not self.record.exists():
