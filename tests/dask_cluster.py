@@ -1,7 +1,7 @@
 """A real Dask cluster on loopback for tests: `dask scheduler` and `dask worker` processes.
 
 Each process leads its own process group and is killed with it at the end, dead or alive,
-so that no scheduler or worker (nor a nanny's child) outlives the test. The workers import
+so that no scheduler or worker outlives the test. The workers import
 closecast from this checkout (PYTHONPATH) and load tests/dask_worker_preload.py, which
 records every task they run and, on cue, kills them mid-task.
 """
@@ -44,6 +44,13 @@ class DaskCluster:
         """Created by the one worker that kills itself with kill="once"."""
         return self.folder / "killed-once"
 
+    def killed(self) -> tuple[str, str] | None:
+        """(worker, task run name) of the death kill="once" caused, if it happened."""
+        if not self.kill_marker.exists():
+            return None
+        worker, name = self.kill_marker.read_text(encoding="utf-8").split("\t", 1)
+        return worker, name
+
     def ran(self) -> list[tuple[str, str]]:
         """(worker, task run name) for every task run a worker started, in order."""
         if not self.record.exists():
@@ -78,23 +85,22 @@ def _registered(cluster: DaskCluster) -> set[str]:
 
 def _kill_all(cluster: DaskCluster) -> None:
     for process in cluster.processes.values():
-        with contextlib.suppress(ProcessLookupError):  # the group: a nanny's worker too
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
 @contextmanager
-def running_dask_cluster(
-    folder: Path, kill: str | None = None, nanny: bool = False
-) -> Iterator[DaskCluster]:
+def running_dask_cluster(folder: Path, kill: str | None = None) -> Iterator[DaskCluster]:
     """A scheduler and two one-thread workers (w1, w2) on free loopback ports, no dashboards.
 
     Args:
         folder: where the logs, the record and the workers' scratch space go.
         kill: None; "once": the first worker to start a validate-prices task run
             SIGKILLs itself (one death in the cluster); "always": every worker does.
-        nanny: workers under a nanny, which restarts a killed worker (`dask worker`'s
-            default); without one a killed worker stays dead.
+
+    The workers run without a nanny, so a killed worker stays dead (a nanny would start
+    it again: a task that kills every worker then ends the same way, after more deaths).
     """
     folder.mkdir(parents=True, exist_ok=True)
     cluster = DaskCluster(f"tcp://127.0.0.1:{free_port()}", folder)
@@ -111,7 +117,7 @@ def running_dask_cluster(
             worker_env[KILL] = "always" if kill == "always" else str(cluster.kill_marker)
         for name in WORKERS:
             command = [*dask, "worker", cluster.address, "--name", name, "--nthreads", "1",
-                       "--host", "127.0.0.1", "--no-dashboard", "--nanny" if nanny else "--no-nanny",
+                       "--host", "127.0.0.1", "--no-dashboard", "--no-nanny",
                        "--local-directory", str(folder / name),
                        "--preload", "tests.dask_worker_preload"]  # fmt: skip
             _start(name, command, cluster, worker_env)

@@ -11,7 +11,7 @@ has been set Running, so that:
   `CLOSECAST_DASK_KILL_TASK` (default `validate-prices`) SIGKILLs its own process, the way a
   machine that loses power or the OOM killer ends it: with `always` every time, otherwise
   only the first worker to create ONCE_MARKER (created atomically, so exactly one death
-  for the whole cluster). The death is mid-run for Prefect (the task run is Running) and
+  for the whole cluster), which writes `WORKER_NAME<TAB>TASK_RUN_NAME` into it. The death is mid-run for Prefect (the task run is Running) and
   mid-task for Dask (the task is processing on this worker).
 """
 
@@ -29,26 +29,29 @@ _worker_name = "?"
 _call_task_fn = SyncTaskRunEngine.call_task_fn
 
 
-def _first_to_claim(marker: str) -> bool:
+def _first_to_claim(marker: str, task_run_name: str) -> bool:
+    """Create `marker` holding `WORKER<TAB>TASK_RUN_NAME`, unless another worker has."""
     try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(f"{_worker_name}\t{task_run_name}")
     return True
 
 
-def _should_die(task_name: str) -> bool:
+def _should_die(task_name: str, task_run_name: str) -> bool:
     cue = os.environ.get(KILL)
     if not cue or task_name != os.environ.get(KILL_TASK, "validate-prices"):
         return False
-    return cue == "always" or _first_to_claim(cue)
+    return cue == "always" or _first_to_claim(cue, task_run_name)
 
 
 def _call_task_fn_on_cue(self: Any, *args: Any, **kwargs: Any) -> Any:
     if record := os.environ.get(RECORD):
         with open(record, "a", encoding="utf-8") as out:
             out.write(f"{_worker_name}\t{self.task_run.name}\n")
-    if _should_die(self.task.name):
+    if _should_die(self.task.name, self.task_run.name):
         os.kill(os.getpid(), signal.SIGKILL)
     return _call_task_fn(self, *args, **kwargs)
 

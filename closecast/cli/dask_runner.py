@@ -67,10 +67,11 @@ class ClusterFuture(PrefectDaskFuture[Any]):
         try:
             return super().result(timeout=timeout, raise_on_failure=raise_on_failure)
         except distributed.KilledWorker as exc:
-            tries = exc.allowed_failures + 1
+            deaths, allowed = exc.allowed_failures + 1, exc.allowed_failures
             raise PipelineError(
-                f"{self.step}: a Dask worker died running it on each of {tries} tries "
-                f"(the last: {exc.last_worker.address}); see that worker's log"
+                f"{self.step}: the Dask workers running it died {deaths} time(s), more than "
+                f"distributed.scheduler.allowed-failures ({allowed}); the last was "
+                f"{exc.last_worker.address}: see its log"
             ) from exc
         except FutureCancelledError as exc:
             if exc.reason != NO_WORKERS:
