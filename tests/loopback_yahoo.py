@@ -43,7 +43,7 @@ OPEN = pd.Timedelta(hours=9, minutes=30)  # Yahoo stamps a daily bar with the se
 
 def chart_json(symbol: str, frame: pd.DataFrame, period1: int | None, period2: int | None) -> bytes:
     """Yahoo's chart answer for `frame`'s rows stamped in [period1, period2)."""
-    stamps = ((frame.index + OPEN).tz_convert("UTC").asi8 // 10**9).tolist()
+    stamps = (frame.index + OPEN).as_unit("s").asi8.tolist()  # seconds since the epoch
     keep = [
         i
         for i, t in enumerate(stamps)
@@ -99,6 +99,7 @@ class LoopbackYahoo:
     _refusals_left: int | None = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     hold: dict[str, threading.Event] = field(default_factory=dict)  # symbol -> wait for it
+    arrived: list[str] = field(default_factory=list)  # held symbols whose request came
 
     def refuse_after(self, served: int, times: int | None = None) -> None:
         """Serve the next `served` chart requests, then answer 429 to `times` of them (None:
@@ -120,7 +121,8 @@ class LoopbackYahoo:
 
     def answer(self, symbol: str, query: dict[str, str]) -> tuple[int, bytes]:
         if symbol in self.hold:
-            self.hold[symbol].wait(timeout=120)
+            self.arrived.append(symbol)
+            self.hold[symbol].wait(timeout=600)
         kind = "tz" if "range" in query else "history"
         with self._lock:
             status = 200
