@@ -1,7 +1,9 @@
 import io
 import logging
+import re
 
 import pytest
+from rich.console import Console
 
 from closecast.core.progress import progress
 
@@ -54,30 +56,43 @@ def test_a_job_that_stops_short_says_where(caplog: pytest.LogCaptureFixture) -> 
     assert messages[-1] == "train: stopped at 12/50 epochs (24%)"
 
 
+class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler that prints through a rich Console of its own, as Prefect's console does."""
+
+    def __init__(self, stream: io.StringIO) -> None:
+        super().__init__(stream)
+        self.console = Console(file=stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(self.format(record), soft_wrap=True)
+
+
+@pytest.mark.parametrize("kind", [logging.StreamHandler, ConsoleHandler])
 def test_on_a_terminal_it_draws_a_bar_and_logs_print_above_it(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    kind: type, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A terminal gets rich's bar (done/total and the unit) and no progress lines; a log
-    handler writing to the same terminal prints through the bar's console meanwhile, and
+    handler writing to the same terminal (plainly, or through a rich Console like Prefect's)
+    prints on a line of its own above the bar meanwhile, not after the bar's text, and
     writes to the terminal itself again afterwards."""
     monkeypatch.setenv("TERM", "xterm-256color")  # not `dumb`, whatever runs the tests
     for name in ("TTY_INTERACTIVE", "TTY_COMPATIBLE", "FORCE_COLOR"):
         monkeypatch.delenv(name, raising=False)
     terminal = Terminal()
-    handler = logging.StreamHandler(terminal)
+    handler = kind(terminal)
     other = logging.getLogger("tests.progress.other")
     other.addHandler(handler)
     caplog.set_level(logging.INFO, "closecast.core.progress")
     try:
         with progress(4, "fetch yfinance", unit="tickers", stream=terminal) as advance:
             advance(2)
-            assert handler.stream is not terminal
             other.warning("chunk 1 stored")
             advance(2)
-        assert handler.stream is terminal
+        other.warning("done")
     finally:
         other.removeHandler(handler)
-    drawn = terminal.getvalue()
+    drawn = re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue())  # colours aside
     assert "fetch yfinance" in drawn and "4/4" in drawn and "tickers" in drawn
-    assert "chunk 1 stored\n" in drawn
+    assert "\r\x1b[2Kchunk 1 stored\n" in drawn, repr(drawn)  # the bar's line cleared first
+    assert drawn.endswith("done\n") and handler.stream is terminal
     assert _lines(caplog) == []
