@@ -44,15 +44,16 @@ DEFAULT_SOURCE: str = DataConfig.model_fields["source"].default
 AsOfOpt = Annotated[
     str | None, typer.Option("--as-of", help="YYYY-MM-DD; default: the last date with data.")
 ]
+# Text, checked by the config's field: a value that is no number is named in its message.
 FetchRateOpt = Annotated[
-    float,
+    str,
     typer.Option(
         "--fetch-rate",
         help="Most tickers asked of yfinance per minute, e.g. 60 (a Prefect rate limit; "
         "local sources are not limited).",
     ),
 ]
-DEFAULT_FETCH_RATE: float = DataConfig.model_fields["fetch_rate"].default
+DEFAULT_FETCH_RATE = f"{DataConfig.model_fields['fetch_rate'].default:g}"
 HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="Data folder; default $CLOSECAST_HOME or .closecast.")
 ]

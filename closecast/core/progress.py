@@ -20,7 +20,10 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from rich.file_proxy import FileProxy
 
 LINES = 10  # log lines a job that nobody watches writes, at most, besides a stop
 
@@ -130,8 +133,25 @@ def _bar(total: int, description: str, unit: str, stream: TextIO) -> Iterator[Ad
     def advance(steps: int = 1) -> None:
         bar.advance(task, steps)  # rich's Progress takes its own lock
 
-    with bar, _handlers_write_to(stream, FileProxy(bar.console, stream)):
+    with bar, _handlers_write_to(stream, _Above(FileProxy(bar.console, stream))):
         yield advance
+
+
+class _Above(io.TextIOBase):
+    """A file whose lines rich prints above its bar (through `FileProxy`), and which rich does
+    not see through: a Console given a FileProxy itself writes to the file behind it."""
+
+    def __init__(self, proxy: "FileProxy") -> None:
+        self._proxy = proxy
+
+    def write(self, text: str) -> int:
+        return self._proxy.write(text)
+
+    def flush(self) -> None:
+        self._proxy.flush()
+
+    def isatty(self) -> bool:
+        return self._proxy.isatty()
 
 
 @contextmanager

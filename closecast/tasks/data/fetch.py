@@ -92,11 +92,12 @@ class FetchStopped(PipelineError):
     more. What had arrived is stored; a later run asks only for the rest."""
 
 
-def stopped_message(source: str, fetched: int, total: int, retries: int, reason: str) -> str:
-    """One line: why the fetch stopped, how far it got, and how to resume."""
+def stopped_message(source: str, fetched: int, total: int, retries: int) -> str:
+    """One line, short enough for the command's (300 characters): why the fetch stopped,
+    how far it got, and how to resume."""
     tries = f"{retries} retr{'y' if retries == 1 else 'ies'}"
     return (
-        f"{source} still refused after {tries} ({reason}), so the fetch stopped asking: "
+        f"{source} rate limit (HTTP 429) outlasted {tries}, so the fetch stopped asking: "
         f"{fetched:,} of {total:,} tickers fetched and stored; run the same command again "
-        f"later (a lower --fetch-rate helps): it fetches only the {total - fetched:,} left"
+        f"later (a lower --fetch-rate helps) to fetch only the {total - fetched:,} left"
     )

@@ -150,34 +150,32 @@ def download_all(
     limit = rate_limit_for(source, config)
     if limit is not None:
         apply_rate_limit(limit)
+        minutes = limit.wait_seconds(total) / 60
         log.info(
-            "fetching %d tickers in %d chunks, at most %g a minute (Prefect rate limit %s): "
-            "%.0f minutes or more",
-            total, len(plans), config.fetch_rate, limit.name, limit.wait_seconds(total) / 60,
+            "fetching %d tickers in %d chunks, at most %g a minute (Prefect rate limit %s): %s",
+            total, len(plans), config.fetch_rate, limit.name,
+            f"at least {minutes:.0f} minutes" if minutes >= 1 else "under a minute of waiting",
         )  # fmt: skip
     download, name = download_task(config), limit.name if limit else None
     in_flight = LIVE_IN_FLIGHT if source.live else LOCAL_IN_FLIGHT
     waiting = deque(plans)
     running: deque[tuple[FetchPlan, PrefectFuture[FetchResult]]] = deque()
-    refused: str | None = None
+    refused = False
     with progress(total, f"fetch {source.name}", unit="tickers", log=log) as advance:
-        while running or (waiting and refused is None):
-            while waiting and refused is None and len(running) < in_flight:
+        while running or (waiting and not refused):
+            while waiting and not refused and len(running) < in_flight:
                 plan = waiting.popleft()
                 running.append((plan, download.submit(source, plan, name)))
             plan, future = running.popleft()
             chunk, rate_limited = _chunk_result(plan, future)
-            if rate_limited and refused is None:
-                refused = next(iter(chunk.failures.values())).split(": ", 1)[1]
+            refused = refused or rate_limited
             if on_chunk is not None and chunk.frames:
                 on_chunk(chunk)
             result.update(chunk)
             advance(len(plan.tickers))
-    if refused is not None:
+    if refused:
         fetched = len(result.frames)
-        raise FetchStopped(
-            stopped_message(source.name, fetched, total, config.fetch_retries, refused)
-        )
+        raise FetchStopped(stopped_message(source.name, fetched, total, config.fetch_retries))
     return result
 
 

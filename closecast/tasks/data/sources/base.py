@@ -21,8 +21,13 @@ YAHOO_COLUMNS = {
 }
 
 
-class TransientFetchError(RuntimeError):
-    """A rate limit or network failure: the fetch task retries it with backoff."""
+class TransientFetchError(PipelineError):
+    """A rate limit or network failure: the fetch task retries it with backoff.
+
+    A PipelineError, so that a chunk whose retries are spent is logged in one
+    line, without the traceback (core.errors.NoTracebackForExpected): the
+    source's refusal says it all.
+    """
 
 
 class RateLimitError(TransientFetchError):
