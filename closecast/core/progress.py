@@ -54,7 +54,8 @@ def progress(
         description: what the job is, e.g. "fetch yfinance"; it starts each line.
         unit: what a step is, e.g. "tickers".
         log: where the lines go when nobody watches (default: this module's logger).
-        lines: at most this many lines, besides one when the job stops short of `total`.
+        lines: at most this many lines, besides one when the job stops short of `total`;
+            0: none at all (the caller logs each step itself, only a terminal gets a bar).
         stream: where the bar is drawn (default: stderr, read when entered).
     """
     stream = stream if stream is not None else sys.stderr
@@ -79,7 +80,10 @@ def _watched(stream: TextIO) -> bool:
 @contextmanager
 def _log_lines(total: int, description: str, unit: str, log: Log, lines: int) -> Iterator[Advance]:
     """Log a line each time another total/lines steps are done, and when the job stops short."""
-    every = max(1, math.ceil(total / max(lines, 1)))
+    if lines <= 0:
+        yield _no_lines
+        return
+    every = max(1, math.ceil(total / lines))
     lock = threading.Lock()
     done = 0
 
@@ -96,6 +100,10 @@ def _log_lines(total: int, description: str, unit: str, log: Log, lines: int) ->
     finally:
         if done < total:
             log.info("%s: stopped at %s", description, _counted(done, total, unit))
+
+
+def _no_lines(steps: int = 1) -> None:
+    """The advance of a job that logs its own lines."""
 
 
 def _counted(done: int, total: int, unit: str) -> str:

@@ -56,6 +56,17 @@ def test_a_job_that_stops_short_says_where(caplog: pytest.LogCaptureFixture) -> 
     assert messages[-1] == "train: stopped at 12/50 epochs (24%)"
 
 
+def test_a_job_that_logs_its_own_steps_gets_no_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """lines=0 (training, which logs every epoch itself): nothing logged, not even when it
+    stops short, and nothing drawn where nobody watches."""
+    stream = io.StringIO()
+    caplog.set_level(logging.INFO, "closecast.core.progress")
+    with progress(20, "train", unit="epochs", lines=0, stream=stream) as advance:
+        for _ in range(7):
+            advance()
+    assert _lines(caplog) == [] and stream.getvalue() == ""
+
+
 class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A handler that prints through a rich Console of its own, as Prefect's console does."""
 

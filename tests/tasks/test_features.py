@@ -63,3 +63,16 @@ def test_latest_rows_are_the_last_window_per_ticker(prices: pd.DataFrame) -> Non
     assert list(rows["ticker"]) == ["AAA"] * 3 + ["BBB"] * 3
     assert rows["close"].iloc[-1] == 14.0 and rows["close"].iloc[2] == 13.0
     assert rows["date"].iloc[0] == pd.Timestamp("2020-01-07")
+
+
+def test_latest_rows_read_from_the_tail_equal_the_whole_history_adjusted(
+    prices: pd.DataFrame,
+) -> None:
+    """A window that spans a dividend (day 2 of the last 4) is adjusted exactly as the
+    whole history's features are, although only its own rows are read."""
+    rows = latest_rows({"AAA": prices}, ["AAA"], 4).set_index("date")
+    whole = compute_features(prices, ["open", "high", "low", "close", "volume"]).iloc[-4:]
+    assert rows["close"].iloc[0] < prices["close"].iloc[1]  # the dividend scaled day 2 down
+    pd.testing.assert_frame_equal(
+        rows.drop(columns="ticker"), whole, check_names=False, check_freq=False
+    )

@@ -14,6 +14,7 @@ from closecast.core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA
 from closecast.tasks.data.store import (
     PRICE_COLUMNS,
     CorruptStoreFile,
+    is_canonical,
     load_prices,
     merge_prices,
     normalize_prices,
@@ -46,6 +47,41 @@ def test_normalize_gives_unique_ascending_naive_dates() -> None:
     assert out.index[0] == pd.Timestamp("2020-01-02")
     assert out["close"].iloc[1] == 1.0
     np.testing.assert_allclose(out["adj_close"], out["close"])  # missing adj_close = close
+
+
+def _shift_one_date(frame: pd.DataFrame, by: pd.Timedelta) -> pd.DataFrame:
+    index = frame.index.to_numpy().copy()
+    index[1] = index[1] + by
+    return frame.set_axis(pd.DatetimeIndex(index, name="date"))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda f: f.tz_localize("UTC"), "tz-aware"),
+        (lambda f: _shift_one_date(f, pd.Timedelta(hours=16)), "a time of day"),
+        (lambda f: _shift_one_date(f, -pd.Timedelta(days=1)), "a duplicate date"),
+        (lambda f: f.iloc[::-1], "descending"),
+        (lambda f: f.rename_axis("Date"), "another index name"),
+        (lambda f: f.drop(columns="adj_close"), "a missing column"),
+        (lambda f: f[PRICE_COLUMNS[::-1]], "columns out of order"),
+        (lambda f: f.astype({"volume": "int64"}), "an int column"),
+        (lambda f: f.set_axis(f.index.astype("datetime64[s]")), "second resolution"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_only_a_canonical_frame_skips_normalizing(change, why: str) -> None:  # type: ignore[no-untyped-def]
+    """A canonical frame (a stored file read back) is copied as is; any deviation from it
+    is not canonical, and normalizing makes it so again."""
+    canonical = _prices(5)
+    assert is_canonical(canonical)
+    again = normalize_prices(canonical)
+    pd.testing.assert_frame_equal(again, canonical)
+    again.iloc[0, 0] = -1.0
+    assert canonical.iloc[0, 0] != -1.0  # a copy, not a view
+    changed = change(canonical)
+    assert not is_canonical(changed), why
+    assert is_canonical(normalize_prices(changed)), why
 
 
 @pytest.mark.parametrize("ticker", ["../x", "..", "."])

@@ -1,5 +1,7 @@
 """Training task: one seeded global model; a diverging loss fails the run and registers nothing."""
 
+import re
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -8,11 +10,13 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
+from prefect.logging import disable_run_logger
 
 from closecast.cli.app import main
 from closecast.core.config import DistributionName, TrainConfig, WindowConfig
 from closecast.models.forecaster import Forecaster
 from closecast.models.lstm import LSTMConfig
+from closecast.tasks.modeling import steps
 from closecast.tasks.modeling import training as training_module
 from closecast.tasks.modeling.training import (
     bounded_samples,
@@ -23,6 +27,7 @@ from closecast.tasks.modeling.training import (
 )
 from closecast.tasks.modeling.windows import Dataset, build_windows
 from tests.conftest import walk_frames
+from tests.core.test_progress import Terminal
 
 
 def _frames(n: int = 120) -> dict[str, pd.DataFrame]:
@@ -160,6 +165,23 @@ def test_a_default_run_keeps_the_head_that_scored_lower_on_validation(dataset: D
     scores = forecaster.head_scores
     assert set(scores) == {"lstm", "har"} and all(np.isfinite(list(scores.values())))
     assert forecaster.head == ("lstm" if scores["lstm"] < scores["har"] else "har")
+
+
+def test_on_a_terminal_the_training_step_draws_an_epoch_bar(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The train-model step on a terminal: rich's bar counts the epochs trained (3 of 3)."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    for name in ("TTY_INTERACTIVE", "TTY_COMPATIBLE", "FORCE_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    config = TrainConfig(epochs=3, patience=10, device="cpu")
+    with disable_run_logger():
+        trained = steps.train_model.fn(dataset, LSTMConfig(hidden_size=8), config)
+    assert trained.fit.epochs_trained == 3
+    drawn = re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue())
+    assert "train" in drawn and "3/3" in drawn and "epochs" in drawn, repr(drawn)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

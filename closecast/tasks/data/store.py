@@ -32,11 +32,33 @@ class MergeResult:
     rebased: bool
 
 
+_DAY_NS = 86_400 * 10**9
+
+
+def is_canonical(frame: pd.DataFrame) -> bool:
+    """Whether `frame` already is what `normalize_prices` makes of it: a stored file read
+    back, or frames merged from such, skip the conversions (most of a read's cost)."""
+    index = frame.index
+    return (
+        isinstance(index, pd.DatetimeIndex)
+        and index.dtype == np.dtype("datetime64[ns]")
+        and index.name == "date"
+        and list(frame.columns) == PRICE_COLUMNS
+        and all(dtype == np.float64 for dtype in frame.dtypes)
+        and index.is_monotonic_increasing
+        and index.is_unique
+        and not (index.asi8 % _DAY_NS).any()
+    )
+
+
 def normalize_prices(frame: pd.DataFrame) -> pd.DataFrame:
     """Canonical price frame: tz-naive date index named `date`, PRICE_COLUMNS as float64.
 
     Duplicate dates keep their last row; a missing adj_close copies close.
+    Always a new frame, never a view of `frame`.
     """
+    if is_canonical(frame):
+        return frame.copy()
     out = frame.copy()
     index = pd.DatetimeIndex(pd.to_datetime(out.index))
     if index.tz is not None:

@@ -54,8 +54,10 @@ def latest_rows(frames: dict[str, pd.DataFrame], tickers: list[str], window: int
     """
     parts = []
     for ticker in sorted(tickers):
-        rows = compute_features(frames[ticker], list(ROW_FEATURES))
-        rows = rows.iloc[-window:].rename_axis("date").reset_index()
+        # ROW_FEATURES derive nothing, and the adjustment is relative to the last row: the
+        # last `window` rows give the same values as the whole history, at a fraction of it.
+        rows = compute_features(frames[ticker].iloc[-window:], list(ROW_FEATURES))
+        rows = rows.rename_axis("date").reset_index()
         parts.append(rows.assign(ticker=ticker))
     columns = ["ticker", "date", *ROW_FEATURES]
     if not parts:

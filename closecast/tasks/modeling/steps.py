@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from closecast.core.config import TrainConfig, WindowConfig
 from closecast.core.errors import PipelineError
+from closecast.core.progress import Advance, progress
 from closecast.models.forecaster import Forecaster
 from closecast.models.lstm import LSTMConfig
 from closecast.models.training import TrainingDiverged
@@ -40,10 +41,13 @@ def build_windows(features: dict[str, pd.DataFrame], config: WindowConfig, as_of
     return windows.build_windows(features, config, as_of)
 
 
-def _epoch_logger(epochs: int) -> Callable[[int, dict[str, float]], None]:
+def _epoch_logger(epochs: int, advance: Advance) -> Callable[[int, dict[str, float]], None]:
+    """One log line per epoch, and a step of the terminal's bar (which early stopping ends
+    short of `epochs`)."""
     logger = get_run_logger()
 
     def log(epoch: int, metrics: dict[str, float]) -> None:
+        advance()
         logger.info(
             "epoch %d/%d  train_loss %.5f  val_loss %.5f",
             epoch,
@@ -63,7 +67,10 @@ def train_model(dataset: Dataset, lstm: LSTMConfig, config: TrainConfig) -> Trai
         PipelineError: when the loss diverges; nothing is trained, so nothing is registered.
     """
     try:
-        trained = training.train_model(dataset, lstm, config, _epoch_logger(config.epochs))
+        with progress(config.epochs, "train", unit="epochs", lines=0) as advance:
+            trained = training.train_model(
+                dataset, lstm, config, _epoch_logger(config.epochs, advance)
+            )
     except TrainingDiverged as exc:
         raise PipelineError(f"training diverged: {exc}") from exc
     get_run_logger().info(
