@@ -20,6 +20,7 @@ from closecast.tasks.data.store import (
     normalize_prices,
     price_path,
     read_prices,
+    read_store,
     save_prices,
     store_lock,
     write_atomic,
@@ -182,6 +183,41 @@ def test_save_fetched_writes_only_what_changed(tmp_path: Path) -> None:
     replaced = save_prices(tmp_path, {"REBASED": None}, {"REBASED": rebased}, replace=True)
     assert replaced.added == {"REBASED": 15}
     pd.testing.assert_frame_equal(read_prices(tmp_path, "REBASED"), rebased, check_freq=False)
+
+
+def test_many_files_are_read_and_written_in_threads_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 tickers, written and read IO_THREADS at a time: each frame lands under its own
+    ticker, in the order asked, and a corrupt file among them is named and read as None.
+    A write that fails raises, after the other writes have completed (each atomic)."""
+    tickers = [f"T{i:02d}" for i in range(40)]
+    frames = {t: _prices(10 + i, seed=i) for i, t in enumerate(tickers)}
+    update = save_prices(tmp_path, dict.fromkeys(tickers), frames)
+    assert update.added == {t: len(f) for t, f in frames.items()}
+    (tmp_path / "T07.parquet").write_bytes(b"PAR1 not really")
+    asked = tickers[::-1]
+    stored, unreadable = read_store(tmp_path, asked)
+    assert list(stored) == asked and list(unreadable) == ["T07"]
+    assert "T07.parquet" in unreadable["T07"] and stored["T07"] is None
+    for ticker in set(tickers) - {"T07"}:
+        pd.testing.assert_frame_equal(stored[ticker], frames[ticker], check_freq=False)
+
+    real = pd.DataFrame.to_parquet
+
+    def fail_for_t03(self: pd.DataFrame, path: Path, *args: object, **kwargs: object) -> None:
+        if len(self) == len(frames["T03"]) + 1:
+            raise OSError("disk full")
+        real(self, path, *args, **kwargs)
+
+    grown = {t: _prices(len(f) + 1, seed=int(t[1:])) for t, f in frames.items()}
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", fail_for_t03)
+    with pytest.raises(OSError, match="disk full"):
+        save_prices(tmp_path, dict.fromkeys(tickers), grown, replace=True)
+    monkeypatch.undo()
+    assert len(read_prices(tmp_path, "T03")) == len(frames["T03"])  # the old file, whole
+    assert len(read_prices(tmp_path, "T39")) == len(grown["T39"])  # the others written
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_store_lock_excludes_a_second_holder(tmp_path: Path) -> None:

@@ -2,9 +2,12 @@
 
 import os
 import tempfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -17,6 +20,11 @@ from closecast.core.statuses import INSUFFICIENT_HISTORY, INVALID_DATA, Issues
 PRICE_COLUMNS = ["open", "high", "low", "close", "adj_close", "volume"]
 # Relative tolerance when re-checking overlapping rows against the source.
 OVERLAP_RTOL = 1e-6
+# Files read or written at once: Parquet's decoding, encoding and the file system calls run
+# outside the GIL, so a few threads overlap them with the pandas work of the others.
+IO_THREADS = 4
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class CorruptStoreFile(RuntimeError):
@@ -210,13 +218,31 @@ def read_store(
     """
     stored: dict[str, pd.DataFrame | None] = {}
     unreadable: dict[str, str] = {}
-    for ticker in tickers:
+
+    def read(ticker: str) -> pd.DataFrame | CorruptStoreFile | None:
         try:
-            stored[ticker] = read_prices(prices_dir, ticker)
+            return read_prices(prices_dir, ticker)
         except CorruptStoreFile as exc:
+            return exc
+
+    for ticker, frame in zip(tickers, _each_in_threads(read, tickers), strict=True):
+        if isinstance(frame, CorruptStoreFile):
             stored[ticker] = None
-            unreadable[ticker] = str(exc).splitlines()[0]
+            unreadable[ticker] = str(frame).splitlines()[0]
+        else:
+            stored[ticker] = frame
     return stored, unreadable
+
+
+def _each_in_threads(work: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """`[work(item) for item in items]`, IO_THREADS at a time; the first error is raised
+    once every call has ended (so no write is left running)."""
+    items = list(items)
+    if len(items) < 2:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="closecast-store") as pool:
+        futures = [pool.submit(work, item) for item in items]
+    return [future.result() for future in futures]
 
 
 def save_prices(
@@ -231,17 +257,19 @@ def save_prices(
     back in `rebased` for a full re-fetch.
     """
     update = StoreUpdate(added={}, rebased=[])
+    writes: list[tuple[str, pd.DataFrame]] = []
     for ticker, frame in sorted(fetched.items()):
         if replace:
-            write_prices(prices_dir, ticker, frame)
+            writes.append((ticker, frame))
             update.added[ticker] = len(frame)
             continue
         merged = merge_prices(stored.get(ticker), frame)
         if merged.rebased:
             update.rebased.append(ticker)
         elif merged.added or stored.get(ticker) is None:
-            write_prices(prices_dir, ticker, merged.frame)
+            writes.append((ticker, merged.frame))
             update.added[ticker] = merged.added
+    _each_in_threads(lambda write: write_prices(prices_dir, *write), writes)
     return update
 
 
