@@ -16,7 +16,7 @@ the pyfunc's input must carry. Means are taken window by window, not as a
 running sum, so a value is the same whichever row the series starts at.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,21 +53,27 @@ def trailing_mean(values: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
-def derive(frame: pd.DataFrame, name: str) -> np.ndarray:
-    """One derived feature of a frame of raw rows in date order, (n,)."""
+def derive(frame: "pd.DataFrame | Mapping[str, np.ndarray]", name: str) -> np.ndarray:
+    """One derived feature of raw rows in date order (a frame, or its columns as arrays), (n,)."""
     if name not in LOOKBACK:
         raise ValueError(f"{name!r} is not a derived feature; expected one of {sorted(LOOKBACK)}")
     rows = LOOKBACK[name]  # type: ignore[index]
     if name in RANGE_FEATURES:
-        high = frame["high"].to_numpy(np.float64)
-        low = frame["low"].to_numpy(np.float64)
+        high = np.asarray(frame["high"], dtype=np.float64)
+        low = np.asarray(frame["low"], dtype=np.float64)
         return np.sqrt(trailing_mean(PARKINSON * np.log(high / low) ** 2, rows))
     if name in VOLUME_RATIO_FEATURES:
-        volume = frame["volume"].to_numpy(np.float64)
+        volume = np.asarray(frame["volume"], dtype=np.float64)
         mean = trailing_mean(volume, rows)
         ratio = np.divide(volume, mean, out=np.ones(len(volume)), where=mean > 0)
         return np.where(np.isnan(mean), np.nan, ratio)
     raise AssertionError(f"no rule derives {name!r}")  # LOOKBACK names a feature without one
+
+
+def feature_columns(raw: Mapping[str, np.ndarray], columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """`columns` of raw rows in date order given as arrays: each raw one as it is, each derived
+    one computed (the arrays `with_derived` puts in a frame, without building one)."""
+    return {c: derive(raw, c) if c in LOOKBACK else raw[c] for c in columns}
 
 
 def with_derived(frame: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:

@@ -79,6 +79,20 @@ def normalize_prices(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def column_values(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """The named columns of `frame` as one (n, len(names)) float64 array, read by position:
+    on a ticker's rows a frame's lookups by name cost more than the arithmetic on them.
+
+    Raises:
+        KeyError: naming the columns `frame` lacks.
+    """
+    positions = frame.columns.get_indexer(names)
+    if (positions < 0).any():
+        absent = [n for n, i in zip(names, positions, strict=True) if i < 0]
+        raise KeyError(f"price frame lacks column(s) {', '.join(absent)}")
+    return frame.iloc[:, positions].to_numpy(np.float64)
+
+
 def price_path(prices_dir: Path, ticker: str) -> Path:
     """`<prices_dir>/<TICKER>.parquet`, refusing anything that would leave the folder."""
     path = prices_dir / f"{ticker}.parquet"

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from closecast.core.statuses import INVALID_DATA, Issues
+from closecast.tasks.data.store import column_values
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,13 @@ class ValidatedPrices:
 
 
 def bad_row_reasons(frame: pd.DataFrame) -> pd.DataFrame:
-    """One boolean column per reason, True where a row breaks that rule.
+    """One boolean column per reason (REASONS), True where a row breaks that rule: the
+    table of `broken_rules`."""
+    return pd.DataFrame(broken_rules(frame), index=frame.index, columns=list(REASONS))
+
+
+def broken_rules(frame: pd.DataFrame) -> np.ndarray:
+    """(n, len(REASONS)) booleans, True where a row breaks that rule.
 
     Rules: prices finite and > 0; volume finite and >= 0; high and low
     bracket open and close; no bar that repeats the next bar's open, high,
@@ -53,8 +60,8 @@ def bad_row_reasons(frame: pd.DataFrame) -> pd.DataFrame:
     neighbours (a single bad tick). Rules that look at the next row never
     see past the frame, so a point-in-time frame is judged on its own rows.
     """
-    prices = frame[PRICE_FIELDS].to_numpy(dtype=np.float64)  # (n, 5)
-    volume = frame["volume"].to_numpy(dtype=np.float64)
+    values = column_values(frame, [*PRICE_FIELDS, "volume"])
+    prices, volume = values[:, :-1], values[:, -1]  # (n, 5), (n,)
     open_, high, low, close = prices[:, 0], prices[:, 1], prices[:, 2], prices[:, 3]
     finite = np.isfinite(prices)
     ohlc = prices[:, :4]
@@ -64,30 +71,29 @@ def bad_row_reasons(frame: pd.DataFrame) -> pd.DataFrame:
         log_close = np.log(np.where(close > 0, close, np.nan))
     jump_in = np.concatenate([[np.nan], np.diff(log_close)])
     jump_out = np.concatenate([np.diff(log_close), [np.nan]])
-    return pd.DataFrame(
-        {
-            "non_finite_price": ~finite.all(axis=1),
-            "non_positive_price": (np.where(finite, prices, 1.0) <= 0).any(axis=1),
-            "bad_volume": ~(np.isfinite(volume) & (volume >= 0)),
-            "inconsistent_ohlc": (high < np.maximum(open_, close) - tolerance)
-            | (low > np.minimum(open_, close) + tolerance),
-            "repeated_bar": (ohlc == next_ohlc).all(axis=1),
-            "price_spike": (np.abs(jump_in) > SPIKE_LOG_RETURN)
-            & (np.abs(jump_out) > SPIKE_LOG_RETURN)
-            & (np.sign(jump_in) != np.sign(jump_out)),
-        },
-        index=frame.index,
-    )
+    rules = {
+        "non_finite_price": ~finite.all(axis=1),
+        "non_positive_price": (np.where(finite, prices, 1.0) <= 0).any(axis=1),
+        "bad_volume": ~(np.isfinite(volume) & (volume >= 0)),
+        "inconsistent_ohlc": (high < np.maximum(open_, close) - tolerance)
+        | (low > np.minimum(open_, close) + tolerance),
+        "repeated_bar": (ohlc == next_ohlc).all(axis=1),
+        "price_spike": (np.abs(jump_in) > SPIKE_LOG_RETURN)
+        & (np.abs(jump_out) > SPIKE_LOG_RETURN)
+        & (np.sign(jump_in) != np.sign(jump_out)),
+    }
+    return np.column_stack([rules[reason] for reason in REASONS])
 
 
 def validate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """Drop bad rows; return the clean frame and the count of rows per first broken rule."""
-    broken = bad_row_reasons(frame)[list(REASONS)].to_numpy()  # (n, R)
+    broken = broken_rules(frame)  # (n, R)
     bad = broken.any(axis=1)
     first = broken.argmax(axis=1)[bad]  # index into REASONS of each bad row's first rule
     counts = np.bincount(first, minlength=len(REASONS))
-    clean = frame[~bad]
-    clean = clean[~clean.index.duplicated(keep="last")].sort_index()
+    clean = frame[~bad] if bad.any() else frame
+    if not (clean.index.is_unique and clean.index.is_monotonic_increasing):
+        clean = clean[~clean.index.duplicated(keep="last")].sort_index()
     return clean, {REASONS[i]: int(n) for i, n in enumerate(counts) if n}
 
 

@@ -1,9 +1,11 @@
 """Features: the model's columns, on a split- and dividend-adjusted basis."""
 
+import numpy as np
 import pandas as pd
 
 from closecast.core.config import FEATURES, PRICE_FEATURES, FeatureName
-from closecast.models.derived import extra_rows, source_columns, with_derived
+from closecast.models.derived import extra_rows, feature_columns, source_columns
+from closecast.tasks.data.store import column_values
 
 # The pyfunc's input rows: every feature, in the OHLCV order people keep prices in.
 ROW_FEATURES: tuple[FeatureName, ...] = ("open", "high", "low", "close", "volume")
@@ -34,14 +36,23 @@ def compute_features(prices: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
         raise ValueError(f"unknown feature(s) {', '.join(unknown)}")
-    factor = prices["adj_close"] / prices["close"]
-    factor = factor / factor.iloc[-1] if len(factor) else factor
+    raw = _columns(prices, ["close", "adj_close", *source_columns(features)])
+    factor = raw["adj_close"] / raw["close"]
+    factor = factor / factor[-1] if len(factor) else factor
     adjusted = {
-        name: prices[name] * factor if name in PRICE_FEATURES else prices[name]
+        name: raw[name] * factor if name in PRICE_FEATURES else raw[name]
         for name in source_columns(features)
     }
-    frame = with_derived(pd.DataFrame(adjusted, index=prices.index), features)[list(features)]
-    return frame.iloc[extra_rows(features) :]
+    skip = extra_rows(features)
+    values = {name: column[skip:] for name, column in feature_columns(adjusted, features).items()}
+    return pd.DataFrame(values, index=prices.index[skip:], columns=list(features))
+
+
+def _columns(frame: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+    """The named columns of `frame` as arrays, each once."""
+    names = list(dict.fromkeys(names))
+    values = column_values(frame, names)
+    return {name: values[:, i] for i, name in enumerate(names)}
 
 
 def latest_rows(frames: dict[str, pd.DataFrame], tickers: list[str], window: int) -> pd.DataFrame:
@@ -52,17 +63,21 @@ def latest_rows(frames: dict[str, pd.DataFrame], tickers: list[str], window: int
 
     Columns: ticker, date, open, high, low, close, volume (adjusted basis).
     """
-    parts = []
+    columns = ["ticker", "date", *ROW_FEATURES]
+    if not tickers:
+        return pd.DataFrame(columns=columns)
+    names, dates, parts = [], [], []
     for ticker in sorted(tickers):
         # ROW_FEATURES derive nothing, and the adjustment is relative to the last row: the
         # last `window` rows give the same values as the whole history, at a fraction of it.
         rows = compute_features(frames[ticker].iloc[-window:], list(ROW_FEATURES))
-        rows = rows.rename_axis("date").reset_index()
-        parts.append(rows.assign(ticker=ticker))
-    columns = ["ticker", "date", *ROW_FEATURES]
-    if not parts:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(parts, ignore_index=True)[columns]
+        names.append(np.full(len(rows), ticker, dtype=object))
+        dates.append(rows.index.to_numpy())
+        parts.append(rows.to_numpy(np.float64))
+    values = np.concatenate(parts)  # (rows, len(ROW_FEATURES))
+    table = {"ticker": np.concatenate(names), "date": np.concatenate(dates)}
+    table |= {name: values[:, i] for i, name in enumerate(ROW_FEATURES)}
+    return pd.DataFrame(table, columns=columns)
 
 
 def build_features(frames: dict[str, pd.DataFrame], features: list[str]) -> dict[str, pd.DataFrame]:
