@@ -48,6 +48,24 @@ def test_csv_dates_with_utc_offsets_keep_their_calendar_day() -> None:
     assert parsed[2] is pd.NaT
 
 
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["2020-03-06", "2020-03-09"], ["2020-03-06", "2020-03-09"]),
+        (["2020-03-06", " 2020-03-09 "], ["2020-03-06", "2020-03-09"]),
+        (["2020-03-06", "03/09/2020"], ["2020-03-06", None]),  # one format per file
+        (["2020-03-06", None, "junk"], ["2020-03-06", None, None]),
+    ],
+    ids=["plain", "padded", "mixed-formats", "missing-and-junk"],
+)
+def test_csv_dates_plain_or_not_read_the_same(values: list, expected: list) -> None:
+    """Plain ISO dates take one parse; any other value sends the column the careful way,
+    which strips padding and leaves NaT where there is no date (or another format than
+    the ISO one the rest of the column has)."""
+    parsed = parse_dates(pd.Series(values, dtype=object))
+    assert list(parsed) == [pd.Timestamp(e) if e else pd.NaT for e in expected]
+
+
 def test_csv_long_file_with_name_column(tmp_path: Path) -> None:
     """A long .csv.gz with the shared S&P file's `Name` ticker column splits per ticker."""
     parts = []

@@ -49,6 +49,9 @@ def parse_dates(values: pd.Series) -> pd.DatetimeIndex:
     ISO strings keep their own calendar date, so `2020-07-02 00:00:00-04:00`
     (yfinance's `to_csv`) is 2020-07-02 whatever its UTC offset.
     """
+    plain = pd.to_datetime(values, format="%Y-%m-%d", errors="coerce")  # one pass in C
+    if not (plain.isna() & values.notna()).any():  # every value a plain date (the usual file)
+        return pd.DatetimeIndex(plain)
     text = values.astype("string").str.strip()
     iso = text.str.match(_ISO_DATE).fillna(False).astype(bool)
     if iso.any():
