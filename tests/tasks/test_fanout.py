@@ -34,3 +34,29 @@ def test_combine_validated_keeps_every_parts_frames_drops_and_issues() -> None:
     assert list(combined.frames) == ["AAA"]
     assert combined.issues == {"BBB": ("invalid_data", "all 3 rows failed validation")}
     assert combined.rows_dropped == 2
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_thread_pool_runs_a_step_in_one_part_and_dask_in_many() -> None:
+    """In Prefect's thread pool (the default) a step is one task run over every ticker, as
+    outside a flow; a runner of processes (Dask) gets MAX_PARTS parts."""
+    from prefect import flow
+    from prefect_dask import DaskTaskRunner
+
+    from closecast.tasks.modeling.fanout import MAX_PARTS, parts_for_runner
+
+    @flow
+    def threads() -> int:
+        return parts_for_runner()
+
+    assert parts_for_runner() == 1
+    assert threads() == 1
+    assert MAX_PARTS > 1
+    seen = {}
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "processes": False}))
+    def on_dask() -> None:
+        seen["parts"] = parts_for_runner()
+
+    on_dask()
+    assert seen["parts"] == MAX_PARTS
