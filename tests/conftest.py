@@ -8,13 +8,16 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 import errno
 import ipaddress
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import prefect.testing.utilities
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
@@ -29,7 +32,7 @@ from closecast.models.derived import extra_rows, with_derived
 from closecast.models.lstm import LSTMConfig
 from tests.fakes import fake_yahoo, yahoo_frame  # noqa: F401
 from tests.mlflow_fixtures import mlflow_home, mlflow_template  # noqa: F401
-from tests.prefect_server import prefect_server, serve_api  # noqa: F401
+from tests.prefect_server import prefect_server, prefect_template, serve_api  # noqa: F401
 
 # A test that needs one of these fixtures is `slow` without saying so: the first three start
 # a Prefect API (flows run on it), the last reads the whole S&P 500 file. `make test-fast`
@@ -38,10 +41,19 @@ SLOW_FIXTURES = frozenset({"prefect_harness", "prefect_server", "serve_api", "sp
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `slow` every test that uses a slow fixture, directly or through another fixture."""
+    """Mark `slow` every test that uses a slow fixture, directly or through another fixture;
+    then put the files with the most slow tests first, each file's tests still together and in
+    their order. xdist (`--dist loadfile`) hands out files in this order: the long ones start
+    first and the quick ones fill in at the end, instead of one long file running alone last."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[item.path.as_posix()] = slow.get(item.path.as_posix(), 0) + (
+            item.get_closest_marker("slow") is not None
+        )
+    items.sort(key=lambda item: -slow[item.path.as_posix()])
 
 
 _SHARED_FILE = Path("shared") / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
@@ -167,10 +179,22 @@ def _no_inherited_mlflow_uri(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """Prefect's own API on a temporary SQLite database, for every flow test."""
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def prefect_harness(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Prefect's own API on a temporary SQLite database, for every flow test: Prefect's test
+    harness, its database a copy of the migrated template (the harness makes its folder
+    with `mkdtemp`, then its server migrates whatever `prefect-test.db` it finds there)."""
+
+    template: Path = request.getfixturevalue("prefect_template")
+
+    def seeded_folder() -> str:
+        folder = tempfile.mkdtemp()
+        shutil.copyfile(template, Path(folder) / "prefect-test.db")
+        return folder
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prefect.testing.utilities, "mkdtemp", seeded_folder)
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
 
 
 def write_ticker_csvs(
