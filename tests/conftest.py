@@ -11,6 +11,7 @@ import ipaddress
 import shutil
 import socket
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    slow: dict[str, int] = {}
-    for item in items:
-        slow[item.path.as_posix()] = slow.get(item.path.as_posix(), 0) + (
-            item.get_closest_marker("slow") is not None
-        )
-    items.sort(key=lambda item: -slow[item.path.as_posix()])
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
 
 
 _SHARED_FILE = Path("shared") / "data" / "sp500_5yr" / "all_stocks_5yr.csv.gz"
