@@ -13,6 +13,7 @@ import socket
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ import numpy as np
 import pandas as pd
 import prefect.testing.utilities
 import pytest
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
+from closecast.cli.prefect_api import RECORDER_BATCHES
 from closecast.core.config import (
     FEATURES,
     DataConfig,
@@ -179,7 +182,12 @@ def _no_inherited_mlflow_uri(monkeypatch: pytest.MonkeyPatch) -> None:
 def prefect_harness(request: pytest.FixtureRequest) -> Iterator[None]:
     """Prefect's own API on a temporary SQLite database, for every flow test: Prefect's test
     harness, its database a copy of the migrated template (the harness makes its folder
-    with `mkdtemp`, then its server migrates whatever `prefect-test.db` it finds there)."""
+    with `mkdtemp`, then its server migrates whatever `prefect-test.db` it finds there).
+
+    As under the temporary API of a `closecast` command (closecast/cli/prefect_api.py), its
+    flow runs send no heartbeats (Prefect's heartbeat thread holds each run's end by up to a
+    second) and its task-run recorder writes in batches (one transaction per event made
+    nearly every download chunk wait 2 s on a 503)."""
 
     template: Path = request.getfixturevalue("prefect_template")
 
@@ -188,9 +196,13 @@ def prefect_harness(request: pytest.FixtureRequest) -> Iterator[None]:
         shutil.copyfile(template, Path(folder) / "prefect-test.db")
         return folder
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(prefect.testing.utilities, "mkdtemp", seeded_folder)
-        with prefect_test_harness(server_startup_timeout=120):
+    with ExitStack() as harness:
+        with pytest.MonkeyPatch.context() as starting:  # only while its server starts
+            starting.setattr(prefect.testing.utilities, "mkdtemp", seeded_folder)
+            for name, value in RECORDER_BATCHES.items():  # the server process inherits them
+                starting.setenv(name, value)
+            harness.enter_context(prefect_test_harness(server_startup_timeout=120))
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield
 
 

@@ -35,6 +35,16 @@ NO_BLOCK_REGISTRATION = (
     "PREFECT_SERVER_REGISTER_BLOCKS_ON_START",
     "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION",
 )
+# The task-run recorder writes task runs in batches, of up to 100 and at least once a second,
+# not in one SQLite transaction per event (Prefect's default). Each of those commits could
+# land inside another request's read-then-write transaction, which SQLite then refuses at
+# once ("database is locked"): the API answers 503 and Prefect's client waits 2 s to ask
+# again. The rate limit's slot request at the start of every download chunk met one nearly
+# every time, as the recorder wrote the chunk task's own start.
+RECORDER_BATCHES = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+}
 
 
 def runs_a_flow(argv: Sequence[str]) -> bool:
@@ -190,12 +200,14 @@ def serve(fd: int, parent: int) -> None:
     starts. The check whether they changed alone loads every installed
     Prefect collection (prefect-dask imports dask.distributed): a quarter
     second of CPU while the command imports its flow, on a machine where the
-    two processes share the cores. PREFECT_SERVER_REGISTER_BLOCKS_ON_START in
-    the environment still wins.
+    two processes share the cores. Its task-run recorder writes in batches
+    (RECORDER_BATCHES). Each setting in the environment still wins.
     """
     watch_parent(parent)  # SIGTERM (uvicorn's graceful stop) once the command is gone
     for name in NO_BLOCK_REGISTRATION:
         os.environ.setdefault(name, "false")
+    for name, value in RECORDER_BATCHES.items():
+        os.environ.setdefault(name, value)
     with heavy_imports():
         import uvicorn
         from prefect.server.api.server import create_app

@@ -30,8 +30,14 @@ DAY_100, DAY_200 = SESSIONS[99], SESSIONS[199]
 
 
 def _data(tickers: list[str], as_of: date | None, **options: object) -> DataConfig:
-    """yfinance from START, retries without waiting."""
-    settings: dict[str, object] = {"start": START, "retry_backoff_seconds": 0, **options}
+    """yfinance from START, retries without waiting, and a rate limit that never makes a test
+    wait (tests/tasks/data/test_fetch_limits.py tests its waits)."""
+    settings: dict[str, object] = {
+        "start": START,
+        "retry_backoff_seconds": 0,
+        "fetch_rate": 60_000,
+        **options,
+    }
     return DataConfig(source="yfinance", tickers=tickers, as_of=as_of, **settings)
 
 
