@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import prefect.main  # configures logging: see below
 import prefect.testing.utilities
 import pytest
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -37,6 +38,10 @@ from closecast.models.lstm import LSTMConfig
 from tests.fakes import fake_yahoo, yahoo_frame  # noqa: F401
 from tests.mlflow_fixtures import mlflow_home, mlflow_template  # noqa: F401
 from tests.prefect_server import prefect_server, prefect_template, serve_api  # noqa: F401
+
+# Importing `prefect.main` (above) configures Prefect's logging, which replaces the root
+# logger's handlers: done at collection, before any test, not inside whichever test first
+# imports a flow, where it removed that test's caplog handler (its records then missing).
 
 # A test that needs one of these fixtures is `slow` without saying so: the first three start
 # a Prefect API (flows run on it), the last reads the whole S&P 500 file. `make test-fast`
