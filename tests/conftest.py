@@ -53,7 +53,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `slow` every test that uses a slow fixture, directly or through another fixture;
     then put the files with the most slow tests first, each file's tests still together and in
     their order. xdist (`--dist loadfile`) hands out files in this order: the long ones start
-    first and the quick ones fill in at the end, instead of one long file running alone last."""
+    first and the quick ones fill in at the end, instead of one long file running alone last
+    (`--no-loadscope-reorder` in pyproject.toml keeps xdist from re-sorting them by size)."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
