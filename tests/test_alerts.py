@@ -40,7 +40,7 @@ from closecast.cli.app import main
 from closecast.core.errors import PipelineError
 from closecast.flows.nightly import nightly
 from closecast.tasks.reporting.events import UNHEALTHY_EVENT, WAITING_EVENT, emit_report_health
-from tests.conftest import tiny_config, write_ticker_csvs
+from tests.fixtures import tiny_config, write_ticker_csvs
 from tests.mlflow_fixtures import free_port
 from tests.waiting import wait_for
 

@@ -8,7 +8,7 @@ import pytest
 
 from closecast.cli.app import main
 from closecast.core.errors import InputError, PipelineError
-from tests.conftest import read_report, write_ticker_csvs
+from tests.fixtures import read_report, write_ticker_csvs
 
 
 @pytest.mark.usefixtures("prefect_harness")

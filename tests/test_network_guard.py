@@ -1,4 +1,4 @@
-"""The network guard of tests/conftest.py: sockets connect to this machine only."""
+"""The network guard of tests/fixtures.py: sockets connect to this machine only."""
 
 import contextlib
 import errno
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import NetworkRefused, is_loopback, refuse_off_machine, take_refused
+from tests.fixtures import NetworkRefused, is_loopback, refuse_off_machine, take_refused
 
 OFF_MACHINE = ("93.184.216.34", 80)  # example.com
 

@@ -16,7 +16,7 @@ from prefect.settings import Settings
 
 from closecast.cli.alerts import FAILED, LATE, UNHEALTHY, WAITING
 from closecast.cli.local_server import server_environment
-from tests.conftest import tiny_config
+from tests.fixtures import tiny_config
 from tests.prefect_server import api_post, serve_process
 from tests.waiting import wait_for
 

@@ -10,7 +10,7 @@ from closecast.core.errors import PipelineError
 from closecast.flows.backfill import backfill
 from closecast.tasks.reporting.report import report_path
 from closecast.tasks.reporting.scorecard import read_scorecard
-from tests.conftest import read_report, tiny_config, write_ticker_csvs
+from tests.fixtures import read_report, tiny_config, write_ticker_csvs
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -11,7 +11,7 @@ from prefect_dask import DaskTaskRunner
 
 from closecast.cli.pipeline_commands import DEFAULT_LINK, local_cluster_kwargs, task_runner
 from closecast.flows.nightly import nightly
-from tests.conftest import read_report, tiny_config
+from tests.fixtures import read_report, tiny_config
 from tests.mlflow_fixtures import new_home
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -19,8 +19,8 @@ from closecast.tasks.data.store import load_prices, read_prices, store_lock, wri
 from closecast.tasks.data.validate import validate_prices
 from closecast.tasks.modeling.features import build_features
 from closecast.tasks.modeling.windows import build_windows, window_columns
-from tests.conftest import read_report, write_ticker_csvs
 from tests.fakes import FakeYahoo, yahoo_frame
+from tests.fixtures import read_report, write_ticker_csvs
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -29,7 +29,7 @@ from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.modeling.features import latest_rows
 from closecast.tasks.reporting.report import REPORT_COLUMNS
 from closecast.tasks.reporting.tracking import prices_table, table_digest
-from tests.conftest import read_report, tiny_config, write_ticker_csvs
+from tests.fixtures import read_report, tiny_config, write_ticker_csvs
 from tests.mlflow_fixtures import point_only_training
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

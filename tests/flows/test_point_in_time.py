@@ -8,8 +8,8 @@ from mlflow import MlflowClient
 from closecast.flows.fetch import fetch
 from closecast.flows.nightly import nightly
 from closecast.tasks.data.store import read_prices
-from tests.conftest import read_report, tiny_config
 from tests.fakes import yahoo_frame
+from tests.fixtures import read_report, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

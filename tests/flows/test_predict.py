@@ -15,7 +15,7 @@ from closecast.flows.predict import predict
 from closecast.models.derived import extra_rows
 from closecast.tasks.data.store import load_prices
 from closecast.tasks.modeling.features import latest_rows
-from tests.conftest import read_report, tiny_config, write_ticker_csvs
+from tests.fixtures import read_report, tiny_config, write_ticker_csvs
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

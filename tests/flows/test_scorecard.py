@@ -10,7 +10,7 @@ from prefect.artifacts import Artifact
 from closecast.flows.nightly import nightly
 from closecast.tasks.reporting.report import REPORT_COLUMNS
 from closecast.tasks.reporting.scorecard import SCORECARD_COLUMNS, read_scorecard
-from tests.conftest import tiny_config
+from tests.fixtures import tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

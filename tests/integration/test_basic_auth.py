@@ -22,7 +22,7 @@ from closecast.cli.app import main
 from closecast.core.config import CANDIDATES_ENV, EXPERIMENT, MODEL_NAME
 from closecast.tasks.registry.aliases import alias_history, current_aliases
 from closecast.tasks.registry.roles import OUTSIDE
-from tests.conftest import read_report
+from tests.fixtures import read_report
 from tests.mlflow_fixtures import running_mlflow_server
 from tests.waiting import wait_for
 

@@ -15,8 +15,8 @@ import pytest
 from mlflow import MlflowClient
 
 from closecast.cli.app import main
-from tests.conftest import read_report
 from tests.dask_cluster import DaskCluster, running_dask_cluster
+from tests.fixtures import read_report
 from tests.mlflow_fixtures import new_home
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

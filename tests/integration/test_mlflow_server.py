@@ -14,7 +14,7 @@ from closecast.tasks.data.store import load_prices
 from closecast.tasks.mlflow.connection import configure_mlflow
 from closecast.tasks.modeling.features import latest_rows
 from closecast.tasks.registry.aliases import alias_history, current_aliases
-from tests.conftest import read_report
+from tests.fixtures import read_report
 from tests.mlflow_fixtures import running_mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

@@ -29,7 +29,7 @@ from closecast.models.lstm import LSTMConfig
 from closecast.models.scale import SIGMA_FLOOR
 from closecast.tasks.modeling.training import train_model
 from closecast.tasks.modeling.windows import Dataset, WindowSet, build_windows
-from tests.conftest import walk_frames
+from tests.fixtures import walk_frames
 
 
 def _frames(n: int = 120) -> dict[str, pd.DataFrame]:

@@ -14,7 +14,7 @@ from closecast.tasks.modeling.evaluation import evaluate_model
 from closecast.tasks.modeling.training import train_model
 from closecast.tasks.modeling.windows import Dataset, build_windows
 from closecast.tasks.registry.gate import decide_promotion, rescore_champion
-from tests.conftest import walk_frames
+from tests.fixtures import walk_frames
 
 
 def _frames(n: int = 160) -> dict[str, pd.DataFrame]:

@@ -53,7 +53,7 @@ from closecast.tasks.registry.register import (
     run_url,
     selection_end,
 )
-from tests.conftest import write_ticker_csvs
+from tests.fixtures import write_ticker_csvs
 from tests.mlflow_fixtures import new_home, spoil_training
 
 TICKERS = ["AAA", "BBB"]

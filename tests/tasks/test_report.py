@@ -21,7 +21,7 @@ from closecast.tasks.reporting.report import (
 )
 from closecast.tasks.reporting.steps import publish_report
 from closecast.tasks.reporting.summary import MlflowLinks
-from tests.conftest import read_report
+from tests.fixtures import read_report
 
 CONTEXT = ReportContext(date(2024, 5, 1), date(2024, 5, 2), "closecast-lstm", "3", "r" * 32)
 

@@ -26,8 +26,8 @@ from closecast.tasks.modeling.training import (
     train_model,
 )
 from closecast.tasks.modeling.windows import Dataset, build_windows
-from tests.conftest import walk_frames
 from tests.core.test_progress import Terminal
+from tests.fixtures import walk_frames
 
 
 def _frames(n: int = 120) -> dict[str, pd.DataFrame]:
