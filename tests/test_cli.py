@@ -338,6 +338,11 @@ print(code, ",".join(heavy) or "-", len(started))
         (["run", "--epochs", "x"], 2, "closecast: error: Invalid value for '--epochs'"),
         (["backfill", "--end", "2021-03-05"], 2, "closecast: error: Missing option '--start'"),
         (["predcit"], 2, "closecast: error: No such command 'predcit'"),
+        (
+            ["serve", "--notify-url", "ftp://alerts"],
+            2,
+            "closecast: error: invalid --notify-url 'ftp://alerts': expected http:// or https://",
+        ),
     ],
 )
 def test_usage_errors_and_the_version_need_no_prefect(args: list[str], code: int, err: str) -> None:

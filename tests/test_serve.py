@@ -2,10 +2,12 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from prefect.settings import Settings
 from closecast.cli.alerts import FAILED, LATE, UNHEALTHY, WAITING
 from closecast.cli.local_server import server_environment
 from tests.fixtures import tiny_config
-from tests.prefect_server import api_post, serve_process
+from tests.prefect_server import api_post, seed_prefect_home, serve_process
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,14 +122,15 @@ def _wait_for_nightly(api: str, serve: subprocess.Popen[str]) -> dict:
 
 @pytest.mark.slow
 def test_each_home_owns_its_prefect_server_serves_it_alone_and_takes_it_along_on_kill_9(
-    tmp_path: Path, csv_folder: Path
+    tmp_path: Path, csv_folder: Path, prefect_template: Path
 ) -> None:
     """Two homes, two serves: each starts a server of its own, installs the alerts and
     deploys nightly (its cron), predict and backfill; each server's database is under its
-    home and holds that home's deployments only; a second serve of a home, or one on a port
-    another serve's server holds, is refused in one line; Ctrl-C of serve stops its server,
-    and so does `kill -9`."""
+    home (A's is there from an earlier serve, B's is made) and holds that home's deployments
+    only; a second serve of a home, or one on a port another serve's server holds, is refused
+    in one line; Ctrl-C of serve stops its server, and so does `kill -9`."""
     home_a, home_b, prefect_home = tmp_path / "HA", tmp_path / "HB", tmp_path / "prefect"
+    seed_prefect_home(home_a / "prefect", prefect_template)  # served before: migrated already
     port_a, port_b = _free_port(), _free_port()
     api_a, api_b = f"http://127.0.0.1:{port_a}/api", f"http://127.0.0.1:{port_b}/api"
     serve_a = _serve_cli(home_a, port_a, f"csv:{csv_folder}", prefect_home)
@@ -154,8 +157,12 @@ def test_each_home_owns_its_prefect_server_serves_it_alone_and_takes_it_along_on
         assert nightly_a["parameters"]["config"]["data"]["source"] == f"csv:{csv_folder}"
         assert nightly_b["parameters"]["config"]["home"] == str(home_b)
         assert nightly_a["id"] != nightly_b["id"]
-        assert (home_a / "prefect" / "prefect.db").is_file()
-        assert (home_b / "prefect" / "prefect.db").is_file()
+        for home in (home_a, home_b):
+            assert _stored_deployments(home / "prefect" / "prefect.db") == {
+                ("nightly", str(home)),
+                ("predict", str(home)),
+                ("backfill", str(home)),
+            }
 
         again = _serve_cli(home_a, _free_port(), "sample", prefect_home)
         out, _ = again.communicate(timeout=120)
@@ -190,6 +197,13 @@ def test_each_home_owns_its_prefect_server_serves_it_alone_and_takes_it_along_on
             if serve is not None and serve.poll() is None:
                 serve.send_signal(signal.SIGINT)
                 serve.communicate(timeout=60)
+
+
+def _stored_deployments(database: Path) -> set[tuple[str, str]]:
+    """(name, home) of each deployment in a Prefect SQLite database, read from the file."""
+    with closing(sqlite3.connect(database)) as db:
+        rows = db.execute("SELECT name, parameters FROM deployment").fetchall()
+    return {(name, json.loads(parameters)["config"]["home"]) for name, parameters in rows}
 
 
 def _port_open(port: int) -> bool:

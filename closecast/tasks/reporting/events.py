@@ -12,12 +12,16 @@ notification's endpoint.
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from closecast.core.statuses import OK
-from closecast.tasks.registry.register import RegisteredVersion, version_url
+
+# `closecast.cli.alerts` reads the event names here: a command that refuses its flags (or a
+# served home) answers before pandas, and the registry's torch and MLflow, are loaded.
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from closecast.tasks.registry.register import RegisteredVersion
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class ReportHealth:
         return self.share > UNHEALTHY_SHARE
 
 
-def report_health(report: pd.DataFrame) -> ReportHealth:
+def report_health(report: "pd.DataFrame") -> ReportHealth:
     """The counts of a report (one row per ticker, a `status` column)."""
     not_ok = report[report["status"] != OK]
     as_of = str(report["as_of"].iloc[0]) if len(report) else ""
@@ -68,7 +72,7 @@ def report_health(report: pd.DataFrame) -> ReportHealth:
     return ReportHealth(as_of, len(report), len(not_ok), statuses)
 
 
-def emit_report_health(report: pd.DataFrame, path: Path | None = None) -> bool:
+def emit_report_health(report: "pd.DataFrame", path: Path | None = None) -> bool:
     """Emit `closecast.report.unhealthy` when more than UNHEALTHY_SHARE of the tickers are not ok.
 
     Never raises: a report that cannot be announced is logged, and the flow goes on.
@@ -112,9 +116,11 @@ def _emit(event_name: str, resource_id: str, name: str, payload: dict[str, Any])
 
 
 def waiting_challenger(
-    registered: RegisteredVersion, tracking_uri: str
+    registered: "RegisteredVersion", tracking_uri: str
 ) -> WaitingChallenger | None:
     """The announcement of `registered` when the gate recommends it but a person promotes."""
+    from closecast.tasks.registry.register import version_url
+
     decision = registered.decision
     if decision.promote or not decision.recommended:
         return None
@@ -123,7 +129,7 @@ def waiting_challenger(
     return WaitingChallenger(registered.model, registered.version, decision.champion, reason, card)
 
 
-def announce_waiting(registered: RegisteredVersion, tracking_uri: str) -> bool:
+def announce_waiting(registered: "RegisteredVersion", tracking_uri: str) -> bool:
     """Emit WAITING_EVENT for `registered` if it waits for review (`waiting_challenger`)."""
     waiting = waiting_challenger(registered, tracking_uri)
     return emit_waiting_challenger(waiting) if waiting else False
