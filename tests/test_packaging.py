@@ -131,20 +131,21 @@ def current(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path) -> 
 
 _FOREIGN = """
 import json, sys
-fake, model_uri, tracking_uri, rows, out, tasks_after = sys.argv[1:]
+fake, model_uri, tracking_uri, rows, out = sys.argv[1:]
 sys.path.insert(0, fake)
 import core, models  # another project's, imported before the model loads
 import mlflow, pandas as pd
 mlflow.set_tracking_uri(tracking_uri)
 mlflow.pyfunc.load_model(model_uri).predict(pd.read_parquet(rows)).to_parquet(out)
 found = {"models": models.OWNER, "core": core.OWNER}
-if tasks_after == "yes":
-    import closecast.tasks.registry.register as register
-    import closecast.core.config, closecast.models.pyfunc
-    found["tasks"] = register.__file__
-    found["core_file"] = closecast.core.config.__file__
-    found["pyfunc_file"] = closecast.models.pyfunc.__file__
-    found["window"] = register.load_forecaster(model_uri).window
+found["loaded_models"] = sys.modules["models"].OWNER
+found["loaded_core"] = sys.modules["core"].OWNER
+import closecast.tasks.registry.register as register
+import closecast.core.config, closecast.models.pyfunc
+found["tasks"] = register.__file__
+found["core_file"] = closecast.core.config.__file__
+found["pyfunc_file"] = closecast.models.pyfunc.__file__
+found["window"] = register.load_forecaster(model_uri).window
 found["now_models"] = sys.modules["models"].OWNER
 found["now_core"] = sys.modules["core"].OWNER
 print(json.dumps(found))
@@ -152,13 +153,13 @@ print(json.dumps(found))
 
 
 @pytest.mark.slow  # a subprocess
-@pytest.mark.parametrize("tasks_after", ["no", "yes"])
 def test_a_logged_model_loads_beside_another_projects_models_and_core(
-    current: Registry, tmp_path: Path, tasks_after: str
+    current: Registry, tmp_path: Path
 ) -> None:
     """A process that has imported its own `models` and `core` loads the pyfunc and gets
-    this process's predictions; its packages stay its own. Importing closecast.tasks
-    after the model (which carries only closecast.models and closecast.core) works too."""
+    this process's predictions; its packages stay its own, after the model loads and after
+    closecast.tasks is imported too (the model carries only closecast.models and
+    closecast.core), which then loads the model's forecaster."""
     fake = tmp_path / "elsewhere"
     for name in ("models", "core"):
         (fake / name).mkdir(parents=True)
@@ -166,9 +167,8 @@ def test_a_logged_model_loads_beside_another_projects_models_and_core(
     rows, out = tmp_path / "rows.parquet", tmp_path / "predicted.parquet"
     _rows().to_parquet(rows)
     model_uri = f"models:/{MODEL_NAME}/1"
-    args = [str(fake), model_uri, current.uri, str(rows), str(out), tasks_after]
     done = subprocess.run(
-        [sys.executable, "-c", _FOREIGN, *args],
+        [sys.executable, "-c", _FOREIGN, str(fake), model_uri, current.uri, str(rows), str(out)],
         cwd=tmp_path,  # not the checkout: closecast comes from where it is installed
         capture_output=True,
         text=True,
@@ -177,16 +177,14 @@ def test_a_logged_model_loads_beside_another_projects_models_and_core(
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
     theirs = "another project"
-    assert [found[k] for k in ("models", "core", "now_models", "now_core")] == [theirs] * 4
+    owners = ("models", "core", "loaded_models", "loaded_core", "now_models", "now_core")
+    assert [found[k] for k in owners] == [theirs] * 6
     configure_mlflow(current.uri)
     here = mlflow.pyfunc.load_model(model_uri).predict(_rows())
     pd.testing.assert_frame_equal(pd.read_parquet(out), here)
-    if tasks_after == "yes":
-        assert found["window"] == current.forecaster.window
-        # one closecast, the installed one: never the model's core beside another version's tasks
-        assert not [
-            k for k in ("tasks", "core_file", "pyfunc_file") if "/code/closecast/" in found[k]
-        ]
+    assert found["window"] == current.forecaster.window
+    # one closecast, the installed one: never the model's core beside another version's tasks
+    assert not [k for k in ("tasks", "core_file", "pyfunc_file") if "/code/closecast/" in found[k]]
 
 
 def old_layout(folder: Path) -> tuple[Path, list[Path]]:
