@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from closecast.cli.prefect_api import runs_a_flow, temporary_api
+from tests.prefect_server import seed_prefect_home
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,10 +87,12 @@ def _server_of(pid: int) -> tuple[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not PROC.is_dir(), reason="reads processes from /proc")
-def test_the_temporary_api_dies_with_a_killed_command(tmp_path: Path) -> None:
+def test_the_temporary_api_dies_with_a_killed_command(
+    tmp_path: Path, prefect_template: Path
+) -> None:
     """`kill -9` of a running `closecast run` leaves no Prefect API server behind."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_HOME"] = str(seed_prefect_home(tmp_path / "prefect", prefect_template))
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     command = [sys.executable, "-m", "closecast.cli.app", "run", "--source", "sample"]
     command += ["--home", str(tmp_path / "home"), "--epochs", "20", "--hidden", "8"]
@@ -152,6 +155,9 @@ class FinishedCommand:
 
 @pytest.fixture(scope="module")
 def finished_fetch(tmp_path_factory: pytest.TempPathFactory) -> FinishedCommand:
+    """A new user's first command: its PREFECT_HOME is empty, so its API makes the database.
+    (The other tests here start from a migrated copy, as every later command does: the
+    migrations cost a command ~5 s of CPU once.)"""
     root = tmp_path_factory.mktemp("finished")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
     env["PREFECT_HOME"] = str(root / "prefect")
@@ -206,13 +212,15 @@ with temporary_api(["fetch"]) as url:
 
 
 @pytest.mark.slow  # a subprocess
-def test_flow_runs_under_the_temporary_api_send_no_heartbeats(tmp_path: Path) -> None:
+def test_flow_runs_under_the_temporary_api_send_no_heartbeats(
+    tmp_path: Path, prefect_template: Path
+) -> None:
     """Its flow runs get its URL, no UI link and no heartbeat: nothing outlives the command to
     hear one, and a flow run's heartbeat thread holds up the run's end by up to a second.
     Its server records task runs in batches of up to 100 a second, not one transaction per
     event (each of which could make a request inside another transaction wait 2 s on a 503)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_HOME"] = str(seed_prefect_home(tmp_path / "prefect", prefect_template))
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     done = subprocess.run(
         [sys.executable, "-c", _SETTINGS_UNDER_THE_API],
@@ -253,12 +261,14 @@ def _wait_for_training(cli: subprocess.Popen[bytes], db: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not PROC.is_dir(), reason="reads processes from /proc")
-def test_ctrl_c_stops_a_run_in_one_line_with_its_mlflow_run_killed(tmp_path: Path) -> None:
+def test_ctrl_c_stops_a_run_in_one_line_with_its_mlflow_run_killed(
+    tmp_path: Path, prefect_template: Path
+) -> None:
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a run trains:
     exit 130 with one line and no traceback, the MLflow run KILLED, no report, no temporary
     file, and neither the command nor its Prefect API left running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_HOME"] = str(seed_prefect_home(tmp_path / "prefect", prefect_template))
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PREFECT_LOGGING_LEVEL"] = "WARNING"  # stderr holds what the interrupt prints
     home = tmp_path / "home"
@@ -317,11 +327,13 @@ print(len(result.frames["^GSPC"]))
 
 
 @pytest.mark.slow
-def test_a_flow_called_from_python_gives_prefects_own_server_two_minutes(tmp_path: Path) -> None:
+def test_a_flow_called_from_python_gives_prefects_own_server_two_minutes(
+    tmp_path: Path, prefect_template: Path
+) -> None:
     """With no Prefect API, a flow called from Python (a notebook, a script) in the project
     starts Prefect's ephemeral server with pyproject.toml's 120 s to come up, not 20."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_HOME"] = str(seed_prefect_home(tmp_path / "prefect", prefect_template))
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     done = subprocess.run(
         [sys.executable, "-c", _FLOW_FROM_PYTHON, str(tmp_path / "home")],
@@ -335,7 +347,9 @@ def test_a_flow_called_from_python_gives_prefects_own_server_two_minutes(tmp_pat
     timeout_s, rows = done.stdout.split()
     assert timeout_s == "120"
     assert int(rows) > 0
-    assert (tmp_path / "prefect" / "prefect.db").is_file()  # the ephemeral server's database
+    with closing(sqlite3.connect(tmp_path / "prefect" / "prefect.db")) as db:
+        # the ephemeral server recorded the flow run in PREFECT_HOME's database
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (1,)
 
 
 def test_the_recorders_flush_cancelled_by_the_shutdown_is_not_logged() -> None:
@@ -363,11 +377,13 @@ def test_the_recorders_flush_cancelled_by_the_shutdown_is_not_logged() -> None:
 
 
 @pytest.mark.slow
-def test_a_run_that_predicts_nothing_ends_without_the_servers_tracebacks(tmp_path: Path) -> None:
+def test_a_run_that_predicts_nothing_ends_without_the_servers_tracebacks(
+    tmp_path: Path, prefect_template: Path
+) -> None:
     """A run that ends at once (nothing to predict) stops its temporary API while the API still
     records the run's task runs: one line says why it failed, and no traceback follows."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_HOME"] = str(seed_prefect_home(tmp_path / "prefect", prefect_template))
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     command = [sys.executable, "-m", "closecast.cli.app", "run", "--source", "sample"]
     command += ["--home", str(tmp_path / "home"), "--as-of", "2027-06-01"]  # the data ends 2018
