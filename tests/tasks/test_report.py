@@ -1,6 +1,8 @@
 """The report: its rows, the no-prediction branch, and what publish_report shows in Prefect."""
 
+import base64
 import json
+import re
 from datetime import date
 from pathlib import Path
 
@@ -207,7 +209,7 @@ def test_the_table_artifact_rounds_and_shows_status_before_the_identifiers(
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_summary_artifact_gives_the_reason_the_champion_the_moves_and_the_links(
-    mlflow_home: Path,
+    mlflow_home: Path, tmp_path: Path
 ) -> None:
     """Read back from Prefect: the reason, challenger vs champion in bp, each move with its
     intervals in %, the MLflow run and version (for a local store: how to open them, then
@@ -254,3 +256,8 @@ def test_the_summary_artifact_gives_the_reason_the_champion_the_moves_and_the_li
     page = f"#/experiments/{experiment}/runs/{run_id}/artifactPath/plots/tomorrow.png"
     assert f"- this chart: [plots/tomorrow.png](http://127.0.0.1:5000/{page})" in text
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/tomorrow.png"]
+    # the run's chart is the summary's, drawn once: the same PNG, byte for byte
+    logged = Path(client.download_artifacts(run_id, "plots/tomorrow.png", str(tmp_path)))
+    assert logged.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    embedded = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
+    assert embedded is not None and base64.b64decode(embedded[1]) == logged.read_bytes()

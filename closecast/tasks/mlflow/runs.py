@@ -3,9 +3,11 @@ processes marked KILLED by the next run on their host."""
 
 import logging
 import os
+import posixpath
 import re
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -240,3 +242,13 @@ def log_metrics(
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
     """Set several run tags in one call."""
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def log_bytes(client: MlflowClient, run_id: str, content: bytes, artifact_file: str) -> None:
+    """Log `content` as the run's artifact `artifact_file` (e.g. `plots/tomorrow.png`): an
+    image already rendered is stored as it is, not drawn again as `log_figure` would."""
+    folder, name = posixpath.split(artifact_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / name
+        local.write_bytes(content)
+        client.log_artifact(run_id, str(local), folder or None)

@@ -26,7 +26,7 @@ from closecast.core.statuses import OK
 from closecast.tasks.data.store import LoadedPrices
 from closecast.tasks.data.validate import ValidatedPrices
 from closecast.tasks.mlflow.connection import configure_mlflow
-from closecast.tasks.mlflow.runs import MAX_PARAM_LENGTH, log_metrics, set_tags
+from closecast.tasks.mlflow.runs import MAX_PARAM_LENGTH, log_bytes, log_metrics, set_tags
 from closecast.tasks.modeling.evaluation import Evaluation
 from closecast.tasks.modeling.training import TrainedModel
 from closecast.tasks.modeling.windows import Dataset
@@ -264,13 +264,13 @@ def chart_tomorrow(tracking_uri: str, run_id: str, report: pd.DataFrame) -> RunC
     run's fan charts. None when no ticker was predicted (nothing to draw)."""
     if not (report["status"] == OK).any():
         return None
-    figure = plot_tomorrow(report)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=CHART_DPI)
+    plot_tomorrow(report).savefig(buffer, format="png", dpi=CHART_DPI)
+    png = buffer.getvalue()  # drawn once: the summary's chart and the run's artifact
     if not run_id:  # a reader's predict, which may not log a run
-        return RunCharts(buffer.getvalue())
+        return RunCharts(png)
     client = configure_mlflow(tracking_uri)
-    client.log_figure(run_id, figure, TOMORROW_PLOT, save_kwargs={"dpi": CHART_DPI})
+    log_bytes(client, run_id, png, TOMORROW_PLOT)
     plots = [item.path for item in client.list_artifacts(run_id, "plots")]
     fans = sorted(p for p in plots if p.startswith(FAN_PREFIX))
-    return RunCharts(buffer.getvalue(), logged=True, fans=fans)
+    return RunCharts(png, logged=True, fans=fans)
