@@ -3,7 +3,8 @@
 Each process leads its own process group and is killed with it at the end, dead or alive,
 so that no scheduler or worker outlives the test. The workers import
 closecast from this checkout (PYTHONPATH) and load tests/dask_worker_preload.py, which
-records every task they run and, on cue, kills them mid-task.
+records every task they run and, on the cue a test writes (`DaskCluster.arm`), kills them
+mid-task.
 """
 
 import contextlib
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.dask_worker_preload import KILL, RECORD
+from tests.dask_worker_preload import KILL, RECORD, claim_marker
 from tests.mlflow_fixtures import free_port
 from tests.waiting import fail_unstarted, wait_for
 
@@ -40,12 +41,28 @@ class DaskCluster:
         return self.folder / "record.tsv"
 
     @property
+    def cue(self) -> Path:
+        """What the workers do on starting a validation: see tests/dask_worker_preload.py."""
+        return self.folder / "kill-cue"
+
+    @property
     def kill_marker(self) -> Path:
-        """Created by the one worker that kills itself with kill="once"."""
-        return self.folder / "killed-once"
+        """Created by the one worker that kills itself on the "once" cue."""
+        return Path(claim_marker(self.cue))
+
+    def arm(self, kill: str | None) -> None:
+        """None: workers run every task; "once": the first worker to start a validate-prices
+        task run SIGKILLs itself (one death in the cluster); "always": every worker does.
+        Also forgets what ran and died before: `ran` and `killed` then tell of what follows."""
+        for path in (self.record, self.kill_marker):
+            path.unlink(missing_ok=True)
+        if kill is None:
+            self.cue.unlink(missing_ok=True)
+        else:
+            self.cue.write_text(kill, encoding="utf-8")
 
     def killed(self) -> tuple[str, str] | None:
-        """(worker, task run name) of the death kill="once" caused, if it happened."""
+        """(worker, task run name) of the death the "once" cue caused, if it happened."""
         if not self.kill_marker.exists():
             return None
         worker, name = self.kill_marker.read_text(encoding="utf-8").split("\t", 1)
@@ -60,6 +77,10 @@ class DaskCluster:
 
     def alive(self, name: str) -> bool:
         return self.processes[name].poll() is None
+
+    def whole(self) -> bool:
+        """Whether the scheduler and both workers still run."""
+        return all(process.poll() is None for process in self.processes.values())
 
     def log(self, name: str) -> Path:
         return self.folder / f"{name}.log"
@@ -91,13 +112,11 @@ def _kill_all(cluster: DaskCluster) -> None:
 
 
 @contextmanager
-def running_dask_cluster(folder: Path, kill: str | None = None) -> Iterator[DaskCluster]:
+def running_dask_cluster(folder: Path) -> Iterator[DaskCluster]:
     """A scheduler and two one-thread workers (w1, w2) on free loopback ports, no dashboards.
 
     Args:
         folder: where the logs, the record and the workers' scratch space go.
-        kill: None; "once": the first worker to start a validate-prices task run
-            SIGKILLs itself (one death in the cluster); "always": every worker does.
 
     The workers run without a nanny, so a killed worker stays dead (a nanny would start
     it again: a task that kills every worker then ends the same way, after more deaths).
@@ -112,9 +131,8 @@ def running_dask_cluster(folder: Path, kill: str | None = None) -> Iterator[Dask
     try:
         _start("scheduler", [*dask, "scheduler", "--host", "127.0.0.1", "--port", port,
                              "--no-dashboard"], cluster, env)  # fmt: skip
-        worker_env = {**env, RECORD: str(cluster.record)}
-        if kill is not None:
-            worker_env[KILL] = "always" if kill == "always" else str(cluster.kill_marker)
+        cluster.arm(None)
+        worker_env = {**env, RECORD: str(cluster.record), KILL: str(cluster.cue)}
         for name in WORKERS:
             command = [*dask, "worker", cluster.address, "--name", name, "--nthreads", "1",
                        "--host", "127.0.0.1", "--no-dashboard", "--no-nanny",
@@ -123,7 +141,7 @@ def running_dask_cluster(folder: Path, kill: str | None = None) -> Iterator[Dask
             _start(name, command, cluster, worker_env)
         up = wait_for(
             lambda: _registered(cluster) == set(WORKERS),
-            alive=lambda: all(p.poll() is None for p in cluster.processes.values()),
+            alive=cluster.whole,
             hang_s=START_TIMEOUT_S,
         )
         if not up:

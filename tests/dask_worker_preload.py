@@ -7,12 +7,14 @@ has been set Running, so that:
 - `CLOSECAST_DASK_RECORD=FILE`: the worker appends `WORKER_NAME<TAB>TASK_RUN_NAME` to
   FILE for every task run it starts (the proof that a task ran on this worker, not in the
   flow's own threads);
-- `CLOSECAST_DASK_KILL=ONCE_MARKER` or `always`: a worker about to run a task named
-  `CLOSECAST_DASK_KILL_TASK` (default `validate-prices`) SIGKILLs its own process, the way a
-  machine that loses power or the OOM killer ends it: with `always` every time, otherwise
-  only the first worker to create ONCE_MARKER (created atomically, so exactly one death
-  for the whole cluster), which writes `WORKER_NAME<TAB>TASK_RUN_NAME` into it. The death is mid-run for Prefect (the task run is Running) and
-  mid-task for Dask (the task is processing on this worker).
+- `CLOSECAST_DASK_KILL=CUE_FILE`: a worker about to run a task named
+  `CLOSECAST_DASK_KILL_TASK` (default `validate-prices`) reads CUE_FILE, which the test
+  writes when it wants a death (so a cluster outlives a test that kills none): missing,
+  nothing happens; `always`, the worker SIGKILLs its own process, the way a machine that
+  loses power or the OOM killer ends it; `once`, only the first worker to create
+  `CUE_FILE.claimed` does (created atomically, so exactly one death for the whole cluster),
+  after writing `WORKER_NAME<TAB>TASK_RUN_NAME` into it. The death is mid-run for Prefect
+  (the task run is Running) and mid-task for Dask (the task is processing on this worker).
 """
 
 import os
@@ -29,6 +31,11 @@ _worker_name = "?"
 _call_task_fn = SyncTaskRunEngine.call_task_fn
 
 
+def claim_marker(cue_file: str | os.PathLike[str]) -> str:
+    """The file the one worker that dies on a `once` cue creates."""
+    return f"{os.fspath(cue_file)}.claimed"
+
+
 def _first_to_claim(marker: str, task_run_name: str) -> bool:
     """Create `marker` holding `WORKER<TAB>TASK_RUN_NAME`, unless another worker has."""
     try:
@@ -41,10 +48,17 @@ def _first_to_claim(marker: str, task_run_name: str) -> bool:
 
 
 def _should_die(task_name: str, task_run_name: str) -> bool:
-    cue = os.environ.get(KILL)
-    if not cue or task_name != os.environ.get(KILL_TASK, "validate-prices"):
+    cue_file = os.environ.get(KILL)
+    if not cue_file or task_name != os.environ.get(KILL_TASK, "validate-prices"):
         return False
-    return cue == "always" or _first_to_claim(cue, task_run_name)
+    try:
+        with open(cue_file, encoding="utf-8") as text:
+            cue = text.read().strip()
+    except FileNotFoundError:
+        return False
+    return cue == "always" or (
+        cue == "once" and _first_to_claim(claim_marker(cue_file), task_run_name)
+    )
 
 
 def _call_task_fn_on_cue(self: Any, *args: Any, **kwargs: Any) -> Any:

@@ -3,10 +3,13 @@
 A `dask scheduler` and two `dask worker` processes (tests/dask_cluster.py): the run gives
 the default runner's report, its per-ticker steps run on the workers (and its training
 does not), a worker killed mid-task is replaced by the other, and a cluster that cannot
-finish a task ends the run in one line.
+finish a task ends the run in one line. A test that kills no worker leaves its cluster to
+the next test (`clusters`).
 """
 
 import re
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import dask
@@ -47,6 +50,24 @@ def default_report(
     return read_report(path)
 
 
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], DaskCluster]]:
+    """Gives a test a whole cluster with nothing armed: the last one again while its
+    scheduler and both workers run (a cluster's three processes cost ~16 s of CPU to start),
+    a new one after a test killed a worker. All are stopped after the module."""
+    with ExitStack() as started:
+        last: list[DaskCluster] = []
+
+        def cluster() -> DaskCluster:
+            if not last or not last[-1].whole():
+                folder = tmp_path_factory.mktemp("cluster")
+                last.append(started.enter_context(running_dask_cluster(folder)))
+            last[-1].arm(None)
+            return last[-1]
+
+        yield cluster
+
+
 def _report(home: Path) -> pd.DataFrame:
     [path] = (home / "reports").glob("predictions_*.csv")
     return read_report(path)
@@ -61,14 +82,16 @@ def _assert_same_report(report: pd.DataFrame, default: pd.DataFrame) -> None:
 
 
 def test_a_run_on_a_dask_cluster_gives_the_default_runners_report(
-    tmp_path: Path, mlflow_template: Path, default_report: pd.DataFrame
+    tmp_path: Path,
+    mlflow_template: Path,
+    default_report: pd.DataFrame,
+    clusters: Callable[[], DaskCluster],
 ) -> None:
     """The same report, bar the run id; each ticker's validation and features ran on one of
     the cluster's workers, and nothing else did (training stays on the flow's machine)."""
-    home = new_home(tmp_path / "home", mlflow_template)
-    with running_dask_cluster(tmp_path / "cluster") as cluster:
-        assert main(_run(home, *_on(cluster))) == 0
-        ran = cluster.ran()
+    home, cluster = new_home(tmp_path / "home", mlflow_template), clusters()
+    assert main(_run(home, *_on(cluster))) == 0
+    ran = cluster.ran()
     _assert_same_report(_report(home), default_report)
     expected = {f"{step} {ticker}" for step in PER_TICKER for ticker in TICKERS}
     assert sorted(name for _, name in ran) == sorted(expected), ran
@@ -76,16 +99,19 @@ def test_a_run_on_a_dask_cluster_gives_the_default_runners_report(
 
 
 def test_a_worker_killed_mid_task_is_replaced_by_the_other(
-    tmp_path: Path, mlflow_template: Path, default_report: pd.DataFrame
+    tmp_path: Path,
+    mlflow_template: Path,
+    default_report: pd.DataFrame,
+    clusters: Callable[[], DaskCluster],
 ) -> None:
     """The first worker to start a validation dies (SIGKILL, no nanny to restart it): Dask runs
     the task again on the other worker, and the run completes with the same report."""
-    home = new_home(tmp_path / "home", mlflow_template)
-    with running_dask_cluster(tmp_path / "cluster", kill="once") as cluster:
-        assert main(_run(home, *_on(cluster))) == 0
-        ran = cluster.ran()
-        died = [name for name in ("w1", "w2") if not cluster.alive(name)]
-        killed = cluster.killed()
+    home, cluster = new_home(tmp_path / "home", mlflow_template), clusters()
+    cluster.arm("once")
+    assert main(_run(home, *_on(cluster))) == 0
+    ran = cluster.ran()
+    died = [name for name in ("w1", "w2") if not cluster.alive(name)]
+    killed = cluster.killed()
     assert killed is not None and died == [killed[0]], (killed, died, ran)
     dead, killed_task = killed
     assert killed_task.startswith("validate-prices ")
@@ -96,17 +122,18 @@ def test_a_worker_killed_mid_task_is_replaced_by_the_other(
 
 
 def test_a_cluster_left_without_workers_fails_the_run_in_one_line(
-    tmp_path: Path, mlflow_template: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    mlflow_template: Path,
+    capfd: pytest.CaptureFixture[str],
+    clusters: Callable[[], DaskCluster],
 ) -> None:
     """Every worker dies running validation (no nanny restarts them): none is left, and the
     run stops waiting after the no-workers timeout instead of never. Exit 1, one line, no
     traceback; nothing registered, no report. (A task that Dask gives up on, KilledWorker,
     ends the same way: tests/test_dask_runner.py.)"""
-    home = new_home(tmp_path / "home", mlflow_template)
-    with (
-        running_dask_cluster(tmp_path / "cluster", kill="always") as cluster,
-        dask.config.set({"distributed.scheduler.no-workers-timeout": "2s"}),
-    ):
+    home, cluster = new_home(tmp_path / "home", mlflow_template), clusters()
+    cluster.arm("always")
+    with dask.config.set({"distributed.scheduler.no-workers-timeout": "2s"}):
         capfd.readouterr()
         code = main(_run(home, *_on(cluster)))
         out, err = capfd.readouterr()
