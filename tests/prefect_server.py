@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from filelock import FileLock
 
 from closecast.cli.local_server import _healthy, server_environment, stop_process_group
 from closecast.core.config import PipelineConfig
 from tests.mlflow_fixtures import free_port
+from tests.prefect_template import make_template
 from tests.waiting import fail_unstarted, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,21 +32,11 @@ BUSY_TRIES = 20
 
 @pytest.fixture(scope="session")
 def prefect_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty Prefect SQLite database with every migration applied, made once per session
-    for all xdist workers. A server started on a fresh database spends about half its
-    start-up (~7 s of CPU here) migrating it; on a copy of this one it only checks it."""
+    """An empty Prefect SQLite database with every migration applied (tests/prefect_template.py).
+    A server started on a fresh database spends about half its start-up (~7 s of CPU here)
+    migrating it; on a copy of this one it only checks it."""
     base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this session's
-    path = shared / "prefect-template" / "prefect.db"
-    with FileLock(shared / "prefect-template.lock"):
-        if not path.is_file():
-            making = shared / "prefect-template-making"
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-            env |= {"PREFECT_HOME": str(making), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-            command = [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"]
-            subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
-            making.rename(path.parent)
-    return path
+    return make_template(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
 
 
 def seed_prefect_home(folder: Path, template: Path) -> Path:
